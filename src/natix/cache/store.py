@@ -1,0 +1,552 @@
+"""The HDF5 feature store: crash-safe writes, resumable runs, torch-free reads.
+
+Layout under a cache root, for a fingerprint ``fp`` (file stem = its first 16 hex digits)::
+
+    <stem>.h5        the cache: always a complete file, replaced atomically
+    <stem>.h5.lock   the writer lock (flock; the holder's pid, host and start time inside)
+    <stem>.parts/    finished chunks of a run in progress, one .npz per chunk
+
+HDF5 files are not safe against ``kill -9`` during a write, so a run never writes into the
+cache file. Each chunk of rows becomes a part file (written to a temporary name, fsync'ed,
+renamed). At the end of a run the old cache and the parts are merged into a new file that
+replaces the old one with `os.replace`; only then are the parts deleted. A killed run leaves
+the old cache plus whole parts, and the next run skips the images those parts already hold.
+Readers only ever open the cache file, so they never see half a chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from natix import __version__
+from natix.cache.fingerprint import canonical_json, fingerprint
+from natix.errors import CacheError, CacheLockedError, FingerprintMismatchError
+
+STEM_LEN = 16
+FORMAT = "natix-features/1"
+_ROW_FIELDS = ("ids", "paths", "labels", "groups", "sizes")
+
+
+def resolve_cache_root(value: str | os.PathLike | None = None) -> Path:
+    """`--cache` if given, else ``$NATIX_CACHE``, else ``./.natix-cache``; resolved at call time."""
+    if value:
+        return Path(value)
+    env = os.environ.get("NATIX_CACHE")
+    return Path(env) if env else Path(".natix-cache")
+
+
+def cache_path(root: str | os.PathLike, fp: str) -> Path:
+    """Where the cache of fingerprint `fp` lives under `root`."""
+    return Path(root) / f"{fp[:STEM_LEN]}.h5"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_writable(root: Path) -> None:
+    """Create `root` and prove a file can be written there, or raise a `CacheError`."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".natix-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CacheError(
+            f"cache directory '{root}' is not writable ({exc.strerror or exc}): "
+            "pass --cache DIR or set NATIX_CACHE to a writable folder"
+        ) from None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """A row of the stored view table."""
+
+    name: str
+    box: tuple[float, float, float, float]  # unit coordinates; multiply by (W, H, W, H)
+    flip: bool
+
+
+class FeatureCache:
+    """A finished cache file, read with h5py and numpy only (no torch).
+
+    Small arrays are read on open; features are read on demand with `features()`.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CacheError(f"feature file '{self.path}' does not exist: run `natix extract` or check the path")
+        try:
+            with h5py.File(self.path, "r") as f:
+                if f.attrs.get("format") != FORMAT:
+                    raise CacheError(
+                        f"'{self.path}' is an HDF5 file but not a natix feature cache: "
+                        "pass a file written by `natix extract`"
+                    )
+                self.identity = json.loads(f.attrs["identity"])
+                self.fingerprint = str(f.attrs["fingerprint"])
+                self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
+                              if k != "identity"}
+                self.ids = f["ids"][()].astype(str)
+                self.paths = np.array([p.decode() if isinstance(p, bytes) else p for p in f["paths"][()]], dtype=object)
+                self.labels = f["labels"][()]
+                self.groups = np.array([g.decode() if isinstance(g, bytes) else g for g in f["groups"][()]], dtype=object)
+                self.sizes = f["sizes"][()]
+                self.shape = tuple(f["features"].shape)
+                self.dtype = np.dtype(f["features"].dtype)
+                v = f["views"]
+                self.views = [ViewInfo(n.decode() if isinstance(n, bytes) else n, tuple(map(float, b)), bool(fl))
+                              for n, b, fl in zip(v["name"][()], v["box"][()], v["flip"][()])]
+                fl = f["failures"]
+                self.failures = [
+                    {"id": i.decode(), "path": p.decode() if isinstance(p, bytes) else p,
+                     "reason": r.decode() if isinstance(r, bytes) else r}
+                    for i, p, r in zip(fl["ids"][()], fl["paths"][()], fl["reasons"][()])
+                ]
+        except CacheError:
+            raise
+        except (OSError, KeyError, ValueError) as exc:
+            raise CacheError(
+                f"feature file '{self.path}' is unreadable or incomplete ({exc}): "
+                "rerun `natix extract` to rebuild it, or run `natix cache verify`"
+            ) from None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_views(self) -> int:
+        return self.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.shape[2]
+
+    @property
+    def view_names(self) -> list[str]:
+        return [v.name for v in self.views]
+
+    def features(self, rows=None, *, dtype=np.float32) -> np.ndarray:
+        """Features ``[N, V, D]`` (or ``[len(rows), V, D]``) as `dtype`.
+
+        `rows` is an index array or slice; sorted index arrays read fastest.
+        """
+        import h5py
+
+        with h5py.File(self.path, "r") as f:
+            ds = f["features"]
+            if rows is None:
+                out = np.empty(ds.shape, dtype=ds.dtype)
+                ds.read_direct(out)
+            elif isinstance(rows, slice):
+                out = ds[rows]
+            else:
+                rows = np.asarray(rows)
+                order = np.argsort(rows, kind="stable")
+                out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
+                if len(rows):
+                    out[order] = ds[rows[order]]
+        return out if dtype is None or out.dtype == dtype else out.astype(dtype)
+
+    def pixel_boxes(self, row: int) -> np.ndarray:
+        """Integer-free boxes ``[V, 4]`` of image `row` in its source pixels."""
+        h, w = self.sizes[row]
+        return np.array([v.box for v in self.views]) * np.array([w, h, w, h], dtype=np.float64)
+
+
+def open_cache(path: str | os.PathLike) -> FeatureCache:
+    """Open a finished feature cache for reading (numpy arrays, no torch)."""
+    return FeatureCache(path)
+
+
+def list_caches(root: str | os.PathLike) -> list[dict]:
+    """One summary per cache file under `root` (unreadable files are listed with their error)."""
+    root = Path(root)
+    out = []
+    for p in sorted(root.glob("*.h5")) if root.is_dir() else []:
+        try:
+            c = FeatureCache(p)
+            out.append({"path": str(p), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
+                        "dim": c.dim, "dtype": str(c.dtype), "backbone": c.identity.get("backbone", {}).get("name"),
+                        "updated": c.attrs.get("updated"), "size_mb": p.stat().st_size / 2**20,
+                        "pending_parts": len(list(_parts_dir(p).glob("part-*.npz")))})
+        except CacheError as exc:
+            out.append({"path": str(p), "error": str(exc)})
+    return out
+
+
+def features_digest(features_ds, block: int = 4096) -> str:
+    """SHA-256 of the features' bytes in row order, read in blocks."""
+    h = hashlib.sha256()
+    for start in range(0, features_ds.shape[0], block):
+        h.update(np.ascontiguousarray(features_ds[start:start + block]).tobytes())
+    return h.hexdigest()
+
+
+def verify_cache(path: str | os.PathLike) -> dict:
+    """Check a cache file end to end. Returns ``{"ok": bool, "problems": [...], "checked": [...]}``."""
+    import h5py
+
+    path = Path(path)
+    cache = FeatureCache(path)  # raises a CacheError for unreadable or foreign files
+    problems, checked = [], []
+    fp = fingerprint(cache.identity)
+    if fp != cache.fingerprint:
+        problems.append(f"stored fingerprint {cache.fingerprint[:16]} does not match its identity ({fp[:16]})")
+    checked.append("fingerprint matches identity")
+    if not path.name.startswith(cache.fingerprint[:STEM_LEN]):
+        problems.append(f"file name does not start with its fingerprint {cache.fingerprint[:STEM_LEN]}")
+    n, v, d = cache.shape
+    for name in _ROW_FIELDS:
+        if len(getattr(cache, name)) != n:
+            problems.append(f"{name} has {len(getattr(cache, name))} rows, features have {n}")
+    checked.append("row counts agree")
+    if len(cache.views) != v:
+        problems.append(f"view table has {len(cache.views)} views, features have {v}")
+    if len(set(cache.ids)) != n:
+        problems.append("image ids are not unique")
+    if not all(len(i) == 64 and all(c in "0123456789abcdef" for c in i) for i in cache.ids):
+        problems.append("some image ids are not SHA-256 hex digests")
+    checked.append("ids unique")
+    if not set(np.unique(cache.labels)) <= {-1, 0, 1}:
+        problems.append("labels outside {-1, 0, 1}")
+    with h5py.File(path, "r") as f:
+        ds = f["features"]
+        finite = all(np.isfinite(ds[s:s + 4096]).all() for s in range(0, n, 4096))
+        if not finite:
+            problems.append("features contain NaN or inf")
+        checked.append("features finite")
+        digest = features_digest(ds)
+        if digest != f.attrs.get("features_sha256"):
+            problems.append("features checksum differs from the one recorded at write time (corruption)")
+        checked.append("features checksum")
+    pending = sorted(_parts_dir(path).glob("part-*.npz"))
+    if pending:
+        problems.append(f"{len(pending)} finished chunk(s) of an interrupted run are not merged yet: "
+                        "rerun the same `natix extract` to merge them")
+    return {"ok": not problems, "problems": problems, "checked": checked, "images": n, "views": v, "dim": d}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _parts_dir(cache_file: Path) -> Path:
+    return cache_file.with_suffix(".parts")
+
+
+class CacheLock:
+    """An exclusive, non-blocking writer lock on a cache file (released by the OS on death)."""
+
+    def __init__(self, cache_file: Path):
+        self.path = cache_file.with_name(cache_file.name + ".lock")
+        self._fd = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except (ValueError, OSError):
+                holder = {}
+            os.close(fd)
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+                   if holder else "another process")
+            raise CacheLockedError(
+                f"cache '{self.path.with_suffix('')}' is being written by {who}: "
+                "wait for that run to finish or stop it, then rerun"
+            ) from None
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
+                           "argv": sys.argv[:8]}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info, 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows of metadata, aligned with a block of features."""
+
+    ids: list[str]
+    paths: list[str]
+    labels: list[int]  # -1 when unknown
+    groups: list[str]  # "" when none
+    sizes: list[tuple[int, int]]  # (height, width) of the decoded source image
+
+
+class CacheWriter:
+    """Appends chunks of rows to the cache of one identity, crash-safely.
+
+    Use as a context manager: it takes the writer lock, checks that an existing cache file
+    holds the same fingerprint, and loads what is already done (cache rows, parts of an
+    interrupted run, known failures). `add_part` makes a chunk durable; `commit` merges.
+    """
+
+    def __init__(self, root: str | os.PathLike, identity: dict, view_table: list[dict]):
+        self.root = Path(root)
+        self.identity = identity
+        self.fingerprint = fingerprint(identity)
+        self.view_table = view_table
+        self.path = cache_path(self.root, self.fingerprint)
+        self.parts = _parts_dir(self.path)
+        self._lock = CacheLock(self.path)
+        self.done_ids: set[str] = set()
+        self.failed_ids: dict[str, str] = {}
+        self.rows_meta: dict[str, tuple[str, int, str]] = {}
+        self.resumed_parts = 0
+        self._next_part = 0
+        self._meta_updates: dict[str, tuple[str, int, str]] = {}
+        self._new_rows = 0
+        self._new_failures: list[tuple[str, str, str]] = []
+
+    # -- lifecycle
+    def __enter__(self):
+        ensure_writable(self.root)
+        self._lock.acquire()
+        try:
+            self._load_state()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+    def _load_state(self) -> None:
+        """Read what the cache file and leftover parts already hold."""
+        if self.path.exists():
+            cache = FeatureCache(self.path)
+            if cache.fingerprint != self.fingerprint:
+                raise FingerprintMismatchError(
+                    f"cache file '{self.path}' holds fingerprint {cache.fingerprint[:16]}..., not "
+                    f"{self.fingerprint[:16]}...: it was renamed or copied by hand; move it away or use another --cache"
+                )
+            self.done_ids.update(cache.ids)
+            for i, p, lab, g in zip(cache.ids, cache.paths, cache.labels, cache.groups):
+                self.rows_meta[i] = (p, int(lab), g)
+            for fail in cache.failures:
+                if fail["id"]:
+                    self.failed_ids[fail["id"]] = fail["reason"]
+        for stale in self.root.glob(self.path.name + ".tmp-*"):
+            stale.unlink()  # a merge that was killed before its rename; the parts still hold its rows
+        if self.parts.is_dir():
+            for tmp in self.parts.glob("*.tmp"):
+                tmp.unlink()
+            for part in sorted(self.parts.glob("part-*.npz")):
+                data = self._read_part(part)
+                self.done_ids.update(data["ids"].tolist())
+                for i, r in zip(data["fail_ids"].tolist(), data["fail_reasons"].tolist()):
+                    if i:
+                        self.failed_ids[i] = r
+                self._next_part = max(self._next_part, int(part.stem.split("-")[1]) + 1)
+                self.resumed_parts += 1
+
+    @staticmethod
+    def _read_part(part: Path) -> dict:
+        try:
+            with np.load(part, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"part file '{part}' is unreadable ({exc}): delete it and rerun") from None
+
+    # -- writing
+    def set_metadata(self, image_id: str, path: str, label: int, group: str) -> None:
+        """Record the current path/label/group of an image already in the cache."""
+        if self.rows_meta.get(image_id) != (path, label, group):
+            self._meta_updates[image_id] = (path, label, group)
+
+    def add_part(self, features: np.ndarray, rows: Rows, failures: list[tuple[str, str, str]]) -> Path:
+        """Durably write one chunk: features ``[n, V, D]`` with their rows, plus failures.
+
+        `failures` holds ``(id, path, reason)``; id is "" when the file could not be read.
+        Safe to call from one background thread.
+        """
+        n = len(rows.ids)
+        assert features.shape[0] == n and features.ndim == 3, (features.shape, n)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        seq = self._next_part
+        self._next_part += 1
+        final = self.parts / f"part-{seq:06d}.npz"
+        tmp = self.parts / f"part-{seq:06d}.tmp"
+        arrays = {
+            "features": features,
+            "ids": np.array(rows.ids, dtype="U64").reshape(n),
+            "paths": np.array(rows.paths, dtype=str).reshape(n),
+            "labels": np.array(rows.labels, dtype=np.int8).reshape(n),
+            "groups": np.array(rows.groups, dtype=str).reshape(n),
+            "sizes": np.array(rows.sizes, dtype=np.int32).reshape(n, 2),
+            "fail_ids": np.array([f[0] for f in failures], dtype="U64"),
+            "fail_paths": np.array([f[1] for f in failures], dtype=str),
+            "fail_reasons": np.array([f[2] for f in failures], dtype=str),
+        }
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.parts)
+        self.done_ids.update(rows.ids)
+        self._new_rows += n
+        self._new_failures.extend(failures)
+        return final
+
+    @property
+    def pending_metadata(self) -> int:
+        """Cached images whose path, label or group will change at the next commit."""
+        return len(self._meta_updates)
+
+    def needs_commit(self) -> bool:
+        """Whether `commit` would change the cache file."""
+        return bool(self._new_rows or self._new_failures or self._meta_updates or self.resumed_parts
+                    or not self.path.exists())
+
+    def commit(self, *, block: int = 4096) -> Path:
+        """Merge the cache file and all parts into a new file and swap it in atomically."""
+        import h5py
+
+        parts = sorted(self.parts.glob("part-*.npz")) if self.parts.is_dir() else []
+        old = FeatureCache(self.path) if self.path.exists() else None
+        # Row metadata in final order: old rows, then parts in sequence order, first id wins.
+        ids, paths, labels, groups, sizes, sources = [], [], [], [], [], []
+        seen: set[str] = set()
+        if old is not None:
+            for r, i in enumerate(old.ids):
+                seen.add(i)
+                ids.append(i); paths.append(old.paths[r]); labels.append(int(old.labels[r]))
+                groups.append(old.groups[r]); sizes.append(tuple(old.sizes[r])); sources.append(("old", r))
+        part_data = []
+        failures: dict[tuple[str, str], tuple[str, str]] = {}
+        if old is not None:
+            for fl in old.failures:
+                failures[(fl["id"], fl["path"] if not fl["id"] else "")] = (fl["path"], fl["reason"])
+        for k, part in enumerate(parts):
+            data = self._read_part(part)
+            part_data.append(data)
+            for r, i in enumerate(data["ids"].tolist()):
+                if i in seen:
+                    continue
+                seen.add(i)
+                ids.append(i); paths.append(str(data["paths"][r])); labels.append(int(data["labels"][r]))
+                groups.append(str(data["groups"][r])); sizes.append(tuple(int(x) for x in data["sizes"][r]))
+                sources.append((k, r))
+            for i, p, reason in zip(data["fail_ids"].tolist(), data["fail_paths"].tolist(),
+                                    data["fail_reasons"].tolist()):
+                failures[(i, p if not i else "")] = (p, reason)
+        for r, i in enumerate(ids):
+            if i in self._meta_updates:
+                paths[r], labels[r], groups[r] = self._meta_updates[i]
+        # An id that now has features is no longer a failure.
+        failures = {k: v for k, v in failures.items() if not (k[0] and k[0] in seen)}
+        if old is not None:
+            v, d, dtype = old.shape[1], old.shape[2], old.dtype
+        elif part_data:
+            _, v, d = part_data[0]["features"].shape
+            dtype = part_data[0]["features"].dtype
+        else:
+            v, d = len(self.view_table), 0
+            dtype = np.dtype(self.identity.get("store_dtype", "float16"))
+        n = len(ids)
+
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        str_dt = h5py.string_dtype("utf-8")
+        created = old.attrs.get("created") if old is not None else _now()
+        with h5py.File(tmp, "w") as f:
+            row_bytes = max(1, v * d * dtype.itemsize)
+            chunk_rows = max(1, min(n, (1 << 20) // row_bytes)) if n else 1
+            ds = f.create_dataset("features", shape=(n, v, d), dtype=dtype,
+                                  chunks=(chunk_rows, v, max(d, 1)) if n and d else None)
+            pos = 0
+            if old is not None and len(old):
+                with h5py.File(self.path, "r") as src:
+                    sds = src["features"]
+                    for s in range(0, len(old), block):
+                        blk = sds[s:s + block]
+                        ds[s:s + len(blk)] = blk
+                pos = len(old)
+            for k, data in enumerate(part_data):
+                take = [r for (src_k, r) in sources[pos:] if src_k == k]
+                if take:
+                    ds[pos:pos + len(take)] = data["features"][take].astype(dtype, copy=False)
+                    pos += len(take)
+            assert pos == n, (pos, n)
+            f.create_dataset("ids", data=np.array(ids, dtype="S64"))
+            f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=str_dt)
+            f.create_dataset("labels", data=np.array(labels, dtype=np.int8))
+            f.create_dataset("groups", data=np.array(groups, dtype=object), dtype=str_dt)
+            f.create_dataset("sizes", data=np.array(sizes, dtype=np.int32).reshape(n, 2))
+            vg = f.create_group("views")
+            vg.create_dataset("name", data=np.array([t["name"] for t in self.view_table], dtype=object), dtype=str_dt)
+            vg.create_dataset("box", data=np.array([t["box"] for t in self.view_table], dtype=np.float64).reshape(-1, 4))
+            vg.create_dataset("flip", data=np.array([t["flip"] for t in self.view_table], dtype=bool))
+            fg = f.create_group("failures")
+            fkeys = sorted(failures)
+            fg.create_dataset("ids", data=np.array([k[0] for k in fkeys], dtype="S64"))
+            fg.create_dataset("paths", data=np.array([failures[k][0] for k in fkeys], dtype=object), dtype=str_dt)
+            fg.create_dataset("reasons", data=np.array([failures[k][1] for k in fkeys], dtype=object), dtype=str_dt)
+            f.attrs["format"] = FORMAT
+            f.attrs["fingerprint"] = self.fingerprint
+            f.attrs["identity"] = canonical_json(self.identity)
+            f.attrs["natix_version"] = __version__
+            f.attrs["created"] = created
+            f.attrs["updated"] = _now()
+            f.attrs["features_sha256"] = features_digest(ds)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.root)
+        # The merged file is durable; only now may the parts go.
+        for part in parts:
+            part.unlink()
+        with contextlib.suppress(OSError):
+            self.parts.rmdir()
+        self.rows_meta = {i: (p, lab, g) for i, p, lab, g in zip(ids, paths, labels, groups)}
+        self._meta_updates.clear()
+        self._new_rows = 0
+        self._new_failures = []
+        self.resumed_parts = 0
+        return self.path

@@ -1,0 +1,276 @@
+"""The `natix` command line: parse → config → one library call → short summary.
+
+Heavy imports (torch, transformers, h5py) happen inside commands so that `natix --help`
+stays instant. Library errors (`NatixError`) become one-line click errors with exit status 1;
+anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from natix.errors import NatixError
+
+
+def _library_errors(fn):
+    """Turn a `NatixError` into a one-line click error (exit 1), without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NatixError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _load_config(ctx: click.Context, _param, value):
+    """Read a YAML file of defaults into ``ctx.default_map``; unknown keys are an error."""
+    if not value:
+        return value
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(value).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"cannot read config file ({exc}): pass a readable YAML file") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter("the config file must be a mapping of command names to option defaults")
+    group = ctx.command
+    for cmd_name, opts in data.items():
+        cmd = group.commands.get(cmd_name) if isinstance(group, click.Group) else None
+        if cmd is None:
+            raise click.BadParameter(f"unknown command '{cmd_name}' in config file: use one of "
+                                     f"{', '.join(sorted(group.commands))}")
+        if isinstance(cmd, click.Group):
+            continue
+        known = {p.name for p in cmd.params}
+        bad = sorted(set(opts or {}) - known)
+        if bad:
+            raise click.BadParameter(f"unknown option(s) {', '.join(bad)} for '{cmd_name}' in config file: "
+                                     f"use {', '.join(sorted(known))}")
+    ctx.default_map = data
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="natix")
+@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
+              expose_value=False, help="YAML file of defaults per command (flags win).")
+@click.option("-v", "--verbose", count=True, help="More diagnostics on stderr (-vv for debug).")
+def cli(verbose: int) -> None:
+    """natix: extract DINOv3 view features once, train everything else from the cache."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+# --------------------------------------------------------------------------- demo helpers
+
+
+@cli.command("demo-data")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--n", default=200, show_default=True, help="Number of images.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same bytes).")
+@_library_errors
+def demo_data(out: str, n: int, seed: int) -> None:
+    """Write a synthetic street-scene image set with labels.csv into OUT."""
+    from natix.data.demo import make_demo_images
+
+    csv = make_demo_images(out, n=n, seed=seed)
+    click.echo(f"wrote {n} images and {csv}")
+
+
+@cli.command("demo-backbone")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--hidden-size", default=32, show_default=True)
+@click.option("--layers", default=2, show_default=True)
+@_library_errors
+def demo_backbone(out: str, seed: int, hidden_size: int, layers: int) -> None:
+    """Save a tiny randomly initialised DINOv3 ViT to OUT (for demos and tests)."""
+    from natix.extract.backbones import save_tiny_dinov3
+
+    _quiet_transformers()
+    path = save_tiny_dinov3(out, seed=seed, hidden_size=hidden_size, layers=layers)
+    click.echo(f"saved a random DINOv3 ViT (hidden {hidden_size}, {layers} layers, 4 registers) to {path}")
+
+
+def _quiet_transformers() -> None:
+    """Hide transformers' per-load progress bars; our own bar reports progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+# --------------------------------------------------------------------------- extract
+
+
+@cli.command()
+@click.argument("data", type=click.Path())
+@click.option("--backbone", required=True,
+              help="Hub id, local directory (save_pretrained), or timm:<model>.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights file for a timm:<model> backbone.")
+@click.option("--adapter", type=click.Path(file_okay=False), help="PEFT LoRA/DoRA adapter directory (merged).")
+@click.option("--views", type=int, default=10, show_default=True, help="1 (global), 10 (+tiles), 20 (+flips).")
+@click.option("--grid", type=int, default=3, show_default=True, help="Tiles per side.")
+@click.option("--overlap", type=float, default=0.125, show_default=True, help="Tile overlap fraction in [0, 1).")
+@click.option("--view-size", type=int, default=224, show_default=True, help="Global view side (multiple of 16).")
+@click.option("--tile-size", type=int, default=None, help="Tile side (multiple of 16)  [default: view size]")
+@click.option("--pool", type=click.Choice(["cls", "cls+mean"]), default="cls", show_default=True)
+@click.option("--store-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA, fp32 on CPU (part of the cache identity).")
+@click.option("--cache", "cache_root", type=click.Path(file_okay=False),
+              help="Cache directory  [default: $NATIX_CACHE, else ./.natix-cache]")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per model step.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Decoding processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the backbone (CUDA).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_library_errors
+def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
+            precision, cache_root, batch_size, workers, device, compile_, quiet, as_json) -> None:
+    """Extract per-view features of every image in DATA (folder or CSV/JSONL manifest)."""
+    from natix.config import RunOptions, ViewRecipe
+    from natix.extract.extractor import extract as run_extract
+
+    recipe = ViewRecipe(n_views=views, grid=grid, overlap=overlap, view_size=view_size,
+                        tile_size=tile_size or view_size)
+    options = RunOptions(batch_size=batch_size, workers=workers, device=device, progress=not quiet)
+    _quiet_transformers()
+    r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
+                    checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
+                    compile=compile_)
+    if as_json:
+        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in r.__dict__.items()}
+        out["images_per_s"] = r.images_per_s
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"cache     {r.cache_file}  (fingerprint {r.fingerprint[:16]})")
+    click.echo(f"images    {r.images} in source: {r.already_cached} already cached, {r.resumed} resumed from an "
+               f"interrupted run, {r.extracted} extracted, {r.failed} failed, {r.known_failures} known failures")
+    if r.metadata_updates:
+        click.echo(f"metadata  {r.metadata_updates} cached images got a new path/label/group")
+    if r.model_work:
+        click.echo(f"speed     {r.images_per_s:.1f} images/s, {r.images_per_s * r.n_views:.0f} views/s on "
+                   f"{r.device} ({r.precision}, batch {r.batch_size}); {r.seconds:.1f} s in all")
+    else:
+        click.echo(f"no model work: every image is already in the cache ({r.seconds:.1f} s)")
+    click.echo(f"features  [N, {r.n_views}, {r.dim}]")
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect feature caches."""
+
+
+@cache.command("ls")
+@click.option("--cache", "cache_root", type=click.Path(file_okay=False),
+              help="Cache directory  [default: $NATIX_CACHE, else ./.natix-cache]")
+@click.option("--json", "as_json", is_flag=True)
+@_library_errors
+def cache_ls(cache_root, as_json) -> None:
+    """List the caches in the cache directory."""
+    from natix.cache.store import list_caches, resolve_cache_root
+
+    root = resolve_cache_root(cache_root)
+    rows = list_caches(root)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no caches in {root}")
+        return
+    click.echo(f"{'file':<22} {'images':>7} {'views':>5} {'dim':>5} {'MB':>8}  backbone / note")
+    for r in rows:
+        name = Path(r["path"]).name
+        if "error" in r:
+            click.echo(f"{name:<22} {'?':>7} {'?':>5} {'?':>5} {'?':>8}  UNREADABLE: {r['error']}")
+            continue
+        note = f"  ({r['pending_parts']} unmerged chunks)" if r["pending_parts"] else ""
+        click.echo(f"{name:<22} {r['images']:>7} {r['views']:>5} {r['dim']:>5} {r['size_mb']:>8.1f}  "
+                   f"{r['backbone']}{note}")
+
+
+@cache.command("info")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@_library_errors
+def cache_info(file, as_json) -> None:
+    """Describe one cache file: identity, contents, views, failures."""
+    import numpy as np
+
+    from natix.cache.store import open_cache
+
+    c = open_cache(file)
+    labels = {int(k): int(v) for k, v in zip(*np.unique(c.labels, return_counts=True))}
+    info = {"path": str(c.path), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
+            "dim": c.dim, "dtype": str(c.dtype), "labels": {"roadwork": labels.get(1, 0),
+                                                            "no_roadwork": labels.get(0, 0),
+                                                            "unknown": labels.get(-1, 0)},
+            "failures": len(c.failures), "natix_version": c.attrs.get("natix_version"),
+            "created": c.attrs.get("created"), "updated": c.attrs.get("updated"), "identity": c.identity}
+    if as_json:
+        info["view_table"] = [{"name": v.name, "box": v.box, "flip": v.flip} for v in c.views]
+        info["failure_list"] = c.failures
+        click.echo(json.dumps(info, indent=2))
+        return
+    ident = c.identity
+    bb = ident["backbone"]
+    click.echo(f"file         {c.path}")
+    click.echo(f"fingerprint  {c.fingerprint}")
+    click.echo(f"features     [{len(c)}, {c.n_views}, {c.dim}] {c.dtype}")
+    click.echo(f"labels       {info['labels']['roadwork']} roadwork, {info['labels']['no_roadwork']} no_roadwork, "
+               f"{info['labels']['unknown']} unknown")
+    click.echo(f"backbone     {bb['loader']}:{bb['name']}  weights {bb['weights_sha256'][:12]}  "
+               f"adapter {'none' if not bb['adapter'] else bb['adapter']['weights_sha256'][:12]}  pool {bb['pool']}")
+    v = ident["views"]
+    click.echo(f"views        {v['n_views']} (grid {v['grid']}, overlap {v['overlap']}, view {v['view_size']}, "
+               f"tile {v['tile_size']}, flips {v['flips']}); precision {ident['precision']}")
+    p = ident["preprocess"]
+    click.echo(f"preprocess   {p['resize']} / {p['sampler']}, mean {p['mean']}, std {p['std']}")
+    click.echo(f"view table   {', '.join(c.view_names)}")
+    click.echo(f"written      created {info['created']}, updated {info['updated']}, natix {info['natix_version']}")
+    click.echo(f"failures     {len(c.failures)}")
+    for fl in c.failures[:10]:
+        click.echo(f"  {fl['path']}: {fl['reason']}")
+    if len(c.failures) > 10:
+        click.echo(f"  ... {len(c.failures) - 10} more (use --json)")
+
+
+@cache.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False))
+@_library_errors
+def cache_verify(file) -> None:
+    """Check a cache file: fingerprint, row counts, ids, finite values, checksum."""
+    from natix.cache.store import verify_cache
+
+    report = verify_cache(file)
+    if report["ok"]:
+        click.echo(f"ok: {report['images']} images x {report['views']} views x {report['dim']} dims; "
+                   f"checked {', '.join(report['checked'])}")
+        return
+    for p in report["problems"]:
+        click.echo(f"problem: {p}", err=True)
+    raise click.ClickException(f"{file} failed verification ({len(report['problems'])} problem(s))")
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="natix")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

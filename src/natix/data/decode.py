@@ -1,0 +1,81 @@
+"""Image decoding: bytes → RGB uint8 array, strictly.
+
+Strict means: the whole file is decoded (a truncated JPEG is an error, never a grey-padded
+image), EXIF orientation is applied, every PIL mode becomes 3-channel 8-bit RGB with
+16-bit and float data rescaled rather than clipped, transparency is composited over white,
+and images above a pixel budget are refused before their pixels are allocated.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+from natix.errors import DecodeError
+
+MAX_PIXELS = 100_000_000  # 100 MP; far above any camera frame, far below a decompression bomb
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to a C-contiguous ``[H, W, 3]`` uint8 RGB array.
+
+    Raises `DecodeError` with a short reason for anything that is not a complete image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise DecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel budget below replaces PIL's warning; keep PIL's hard limit too.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise DecodeError(
+                    f"{w}x{h} = {w * h / 1e6:.0f} MP exceeds the {max_pixels / 1e6:.0f} MP limit "
+                    "(decompression-bomb guard)"
+                )
+            im.load()  # full decode now, so truncation surfaces here
+            im = ImageOps.exif_transpose(im)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"decompression bomb refused: {exc}") from None
+    except UnidentifiedImageError:
+        raise DecodeError("not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DecodeError(f"corrupt or truncated image: {exc}") from None
+    if im.width < 1 or im.height < 1:
+        raise DecodeError(f"image has no pixels ({im.width}x{im.height})")
+    return _to_rgb(im)
+
+
+def _to_rgb(im) -> np.ndarray:
+    """Any PIL mode → ``[H, W, 3]`` uint8."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB":
+        return np.array(im, dtype=np.uint8)  # a writable copy (PIL's buffer is read-only)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im)
+        if mode == "F":
+            arr = arr.astype(np.float64)
+            finite = arr[np.isfinite(arr)]
+            top = 1.0 if finite.size and finite.max() <= 1.0 else 255.0
+            arr = np.nan_to_num(arr, nan=0.0, posinf=top, neginf=0.0) * (255.0 / top)
+        else:
+            arr = arr.astype(np.int64)
+            # 16-bit data (I;16 or 16-bit PNGs opened as I) spans 0..65535: rescale, don't clip.
+            if mode.startswith("I;16") or arr.max(initial=0) > 255:
+                arr = arr / 257.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.array(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+    return np.array(im.convert("RGB"), dtype=np.uint8)

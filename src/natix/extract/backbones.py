@@ -1,0 +1,275 @@
+"""Backbone loading: transformers DINOv3 (Hub id or local directory), timm, PEFT adapters.
+
+Every loader returns a `Backbone`: an ``nn.Module`` in ``eval()`` mode mapping normalised
+pixels ``[B, 3, S, S]`` to pooled features ``[B, D]``, together with the identity fields that
+enter the cache fingerprint (weight hashes, architecture, pooling), never a path.
+
+Spec grammar for ``--backbone``:
+
+- ``facebook/dinov3-vitl16-pretrain-lvd1689m``: a Hub id, loaded with ``DINOv3ViTModel``
+  (gated on the Hub: accept the licence, ``huggingface-cli login``, or download once and
+  pass the directory);
+- ``/path/to/dir``: a local directory saved with ``save_pretrained`` (config.json + weights);
+- ``timm:vit_large_patch16_dinov3``: a timm architecture, pretrained weights from the Hub,
+  or from ``--checkpoint FILE`` (.safetensors, or a torch checkpoint read with
+  ``weights_only=True``);
+- ``timm:local-dir:/path`` / ``timm:hf-hub:org/name``: timm's own folder/Hub formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import re
+from pathlib import Path
+
+from natix.config import POOLS
+from natix.errors import BackboneError
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+# Config keys that describe where a model came from, not what it computes.
+_CONFIG_NOISE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
+                 "_attn_implementation_autoset", "_commit_hash", "out_features", "out_indices", "stage_names",
+                 "_out_features", "_out_indices", "id2label", "label2id", "problem_type", "return_dict",
+                 "output_hidden_states", "output_attentions", "chunk_size_feed_forward", "is_encoder_decoder",
+                 "initializer_range", "drop_path_rate", "attention_dropout", "reshape_hidden_states"}
+
+
+def hash_tensors(named) -> str:
+    """SHA-256 over ``(name, dtype, shape, bytes)`` of tensors, sorted by name.
+
+    `named` is an iterable of ``(name, tensor)``. Bytes come from contiguous CPU copies, so
+    the hash depends on values only, not on device, strides, file names or file layout.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(named, key=lambda kv: kv[0]):
+        t = t.detach().to("cpu").contiguous()
+        h.update(json.dumps([name, str(t.dtype).removeprefix("torch."), list(t.shape)]).encode())
+        h.update(b"\0")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _backbone_module():
+    import torch
+
+    class Backbone(torch.nn.Module):
+        """Pools a ViT's final tokens: CLS, or CLS concatenated with the mean patch token."""
+
+        def __init__(self, model, *, kind: str, n_prefix: int, width: int, pool: str):
+            super().__init__()
+            self.model = model
+            self.kind = kind
+            self.n_prefix = n_prefix  # CLS + register tokens before the patch tokens
+            self.pool = pool
+            self.dim = width * (2 if pool == "cls+mean" else 1)
+
+        def tokens(self, pixels):
+            if self.kind == "transformers":
+                return self.model(pixel_values=pixels).last_hidden_state
+            return self.model.forward_features(pixels)
+
+        def forward(self, pixels):
+            tokens = self.tokens(pixels)
+            cls = tokens[:, 0]
+            if self.pool == "cls":
+                return cls
+            return torch.cat([cls, tokens[:, self.n_prefix:].mean(dim=1)], dim=1)
+
+    return Backbone
+
+
+def load_backbone(name: str, *, checkpoint: str | None = None, adapter: str | None = None,
+                  pool: str = "cls"):
+    """Load a frozen backbone in eval mode on CPU.
+
+    Returns ``(backbone, identity)`` where identity is a JSON dict with the weight hash,
+    architecture, adapter hash and pooling. Raises `BackboneError` with a fix on failure.
+    """
+    if pool not in POOLS:
+        raise BackboneError(f"unknown pooling '{pool}': pass --pool one of {', '.join(POOLS)}")
+    if name.startswith("timm:"):
+        model, ident, n_prefix, width = _load_timm(name[len("timm:"):], checkpoint)
+        kind = "timm"
+    else:
+        if checkpoint:
+            raise BackboneError("--checkpoint applies to timm backbones only: for transformers pass the "
+                                "directory as --backbone")
+        model, ident, n_prefix, width = _load_transformers(name)
+        kind = "transformers"
+    ident["weights_sha256"] = hash_tensors(model.state_dict().items())
+    ident["adapter"] = None
+    if adapter:
+        model, ident["adapter"] = _merge_adapter(model, adapter)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    backbone = _backbone_module()(model, kind=kind, n_prefix=n_prefix, width=width, pool=pool).eval()
+    ident["pool"] = pool
+    ident["n_prefix_tokens"] = n_prefix
+    return backbone, ident
+
+
+def _load_transformers(name: str):
+    """DINOv3ViTModel from a local directory or a Hub id."""
+    from transformers import AutoConfig, DINOv3ViTModel
+
+    path = Path(name).expanduser()
+    local = path.is_dir()
+    if not local:
+        if path.exists():
+            raise BackboneError(f"backbone '{name}' is a file, not a model directory: pass the folder that "
+                                "holds config.json, or timm:<model> with --checkpoint FILE")
+        if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
+            raise BackboneError(
+                f"backbone '{name}' is neither a local directory, a Hub id like "
+                "facebook/dinov3-vitl16-pretrain-lvd1689m, nor timm:<model>: check the spelling"
+            )
+    where = str(path) if local else name
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ("the directory needs a config.json written by save_pretrained" if local else
+                "the Hub is unreachable or the repo is gated: download it once (accept the licence, "
+                "`huggingface-cli login`) and pass the local directory")
+        raise BackboneError(f"cannot load backbone '{name}' ({first}): {hint}") from None
+    if config.model_type != "dinov3_vit":
+        raise BackboneError(f"backbone '{name}' is a '{config.model_type}' model, not DINOv3 ViT: pass a "
+                            "dinov3 ViT checkpoint, or timm:<model> for other architectures")
+    try:
+        model = DINOv3ViTModel.from_pretrained(where, config=config)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BackboneError(f"cannot load weights of backbone '{name}' ({first}): re-download or re-save it") from None
+    # Only the architecture's own arguments: generic PretrainedConfig fields (label maps,
+    # output flags) do not change the features and vary between transformers versions.
+    from transformers import PretrainedConfig
+
+    generic = set(inspect.signature(PretrainedConfig.__init__).parameters)
+    own = set(inspect.signature(type(config).__init__).parameters) - generic - {"self", "kwargs"}
+    arch = {k: v for k, v in config.to_dict().items() if k in own and k not in _CONFIG_NOISE}
+    ident = {"loader": "transformers", "name": name if not local else path.name, "arch": arch}
+    return model, ident, 1 + int(config.num_register_tokens), int(config.hidden_size)
+
+
+def _load_timm(name: str, checkpoint: str | None):
+    """A timm model by name (+ optional checkpoint file) or timm's local-dir/hf-hub forms."""
+    import timm
+
+    external = name.startswith(("local-dir:", "hf-hub:"))
+    if not external and not timm.is_model(name):
+        options = ", ".join(timm.list_models("*dinov3*")[:12])
+        raise BackboneError(f"unknown timm model '{name}': pass one of {options} (or any timm.list_models() name)")
+    if external and checkpoint:
+        raise BackboneError("--checkpoint cannot be combined with timm local-dir:/hf-hub: sources, which carry weights")
+    try:
+        model = timm.create_model(name, pretrained=external or checkpoint is None, num_classes=0)
+    except (OSError, RuntimeError, ValueError, FileNotFoundError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(
+            f"cannot load timm backbone '{name}' ({first}): weights come from the Hub, which may be "
+            "unreachable; pass --checkpoint FILE or timm:local-dir:DIR"
+        ) from None
+    if checkpoint:
+        _load_checkpoint(model, Path(checkpoint))
+    if not hasattr(model, "forward_features") or not hasattr(model, "num_prefix_tokens"):
+        raise BackboneError(f"timm model '{name}' is not a ViT with prefix tokens: pass a *_dinov3 model")
+    arch = {"architecture": model.default_cfg.get("architecture", name.split(":")[-1]),
+            "embed_dim": int(model.num_features), "depth": len(getattr(model, "blocks", [])),
+            "num_prefix_tokens": int(model.num_prefix_tokens)}
+    ident = {"loader": "timm", "name": name.split("/")[-1], "arch": arch}
+    return model, ident, int(model.num_prefix_tokens), int(model.num_features)
+
+
+def _load_checkpoint(model, path: Path) -> None:
+    """Load a state dict file into `model` strictly, without unpickling arbitrary objects."""
+    import torch
+
+    if not path.is_file():
+        raise BackboneError(f"checkpoint '{path}' does not exist: pass an existing .safetensors or .pth file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the same to the user
+        raise BackboneError(f"checkpoint '{path}' is unreadable ({type(exc).__name__}): pass a "
+                            ".safetensors file or a plain state-dict .pth") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("head")]
+    if missing or unexpected:
+        raise BackboneError(
+            f"checkpoint '{path}' does not fit the architecture ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected keys, e.g. {(missing + unexpected)[0]}): pass the matching timm:<model>"
+        )
+
+
+def _merge_adapter(model, adapter: str):
+    """Apply a PEFT LoRA/DoRA adapter directory and merge it into the weights."""
+    from peft import PeftModel
+
+    path = Path(adapter).expanduser()
+    cfg_file = path / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise BackboneError(f"adapter '{adapter}' has no adapter_config.json: pass a directory written by "
+                            "PEFT's save_pretrained")
+    weights = [path / "adapter_model.safetensors", path / "adapter_model.bin"]
+    weights = [w for w in weights if w.is_file()]
+    if not weights:
+        raise BackboneError(f"adapter '{adapter}' has no adapter_model.safetensors: re-save the adapter")
+    if weights[0].suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(weights[0]))
+    else:
+        import torch
+
+        tensors = torch.load(weights[0], map_location="cpu", weights_only=True)
+    config = json.loads(cfg_file.read_text())
+    config = {k: v for k, v in config.items() if k not in ("base_model_name_or_path", "revision", "inference_mode")}
+    try:
+        merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BackboneError(f"adapter '{adapter}' does not fit this backbone ({first}): pass the adapter "
+                            "trained on this backbone") from None
+    return merged, {"weights_sha256": hash_tensors(tensors.items()), "config": _jsonable(config)}
+
+
+def _jsonable(value):
+    """Sets and tuples inside PEFT configs → sorted lists, so they hash canonically."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def save_tiny_dinov3(out: str | Path, *, seed: int = 0, hidden_size: int = 32, layers: int = 2) -> Path:
+    """Save a tiny randomly initialised DINOv3 ViT (4 registers, patch 16) with save_pretrained."""
+    import torch
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    config = DINOv3ViTConfig(hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=2,
+                             intermediate_size=2 * hidden_size, num_register_tokens=4, image_size=224)
+    torch.manual_seed(seed)
+    model = DINOv3ViTModel(config).eval()
+    out = Path(out)
+    model.save_pretrained(out)
+    return out

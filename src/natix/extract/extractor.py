@@ -1,0 +1,330 @@
+"""The batched extractor: images → views → backbone → per-view features in the cache.
+
+The loop keeps the model fed: DataLoader workers read, hash-check and decode images (and,
+on CPU, also build the views, so the main process only runs the model); on CUDA the decoded
+frames are pinned, copied non-blocking, and cut into views on the GPU. A background thread
+writes finished chunks so disk I/O never stalls compute. Chunks are fixed slices of the
+to-do list, so a resumed run forms the same batches as an uninterrupted one and, on CPU,
+writes bitwise-identical features.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from natix.cache.fingerprint import EXTRACTOR_VERSION
+from natix.cache.store import CacheWriter, Rows, ensure_writable, resolve_cache_root
+from natix.config import PRECISIONS, STORE_DTYPES, Preprocess, RunOptions, ViewRecipe
+from natix.data.decode import decode_image
+from natix.data.sources import discover, hash_bytes, hash_files
+from natix.errors import ConfigError, DecodeError
+from natix.extract.views import build_views, normalize, view_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one `extract` call did."""
+
+    cache_file: Path
+    fingerprint: str
+    images: int  # distinct images in the source
+    already_cached: int  # found in the cache file before this run
+    resumed: int  # found in finished chunks of an interrupted run
+    extracted: int  # run through the model now
+    failed: int  # new failures recorded now
+    known_failures: int  # skipped because the same bytes failed before
+    metadata_updates: int  # cached images whose path/label/group changed
+    n_views: int
+    dim: int
+    seconds: float
+    device: str
+    precision: str
+    batch_size: int  # images per step the run settled on (halved after CUDA OOM)
+
+    @property
+    def model_work(self) -> bool:
+        return self.extracted > 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_device(device: str):
+    """'auto' → cuda when available, else cpu; refuse cuda without a GPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}': pass auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible: pass --device cpu")
+    return dev
+
+
+def resolve_precision(precision: str, device) -> str:
+    """'auto' → bf16 on CUDA, fp32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}': pass one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def build_identity(backbone_ident: dict, recipe: ViewRecipe, preprocess: Preprocess, *,
+                   store_dtype: str, precision: str) -> dict:
+    """Everything that changes the features; nothing that only changes speed or paths."""
+    return {
+        "extractor_version": EXTRACTOR_VERSION,
+        "backbone": backbone_ident,
+        "views": recipe.identity(),
+        "preprocess": preprocess.identity(),
+        "store_dtype": store_dtype,
+        "precision": precision,
+    }
+
+
+class _ImageSet:
+    """DataLoader dataset: (position, record, id) → decoded image or views, or a failure reason."""
+
+    def __init__(self, items, recipe: ViewRecipe | None):
+        self.items = items
+        self.recipe = recipe  # set: build uint8 views in the worker (CPU path)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k):
+        import torch
+
+        record, image_id = self.items[k]
+        try:
+            data = Path(record.path).read_bytes()
+        except OSError as exc:
+            return k, f"cannot read file: {exc.strerror or exc}"
+        if hash_bytes(data) != image_id:
+            return k, "file changed while extracting: rerun extract"
+        try:
+            arr = decode_image(data)
+        except DecodeError as exc:
+            return k, str(exc)
+        img = torch.from_numpy(arr).permute(2, 0, 1)  # [3, H, W] uint8 view of the array
+        size = (arr.shape[0], arr.shape[1])
+        if self.recipe is not None:
+            return k, ({s: v[0] for s, v in build_views([img.contiguous()], self.recipe).items()}, size)
+        return k, (img.contiguous(), size)
+
+
+def _collate(batch):
+    return batch
+
+
+class _Writer:
+    """One background thread that makes chunks durable in order; errors resurface in `put`."""
+
+    def __init__(self, writer: CacheWriter, depth: int = 4):
+        self.writer = writer
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="natix-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.add_part(*item)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                    self.error = exc
+
+    def put(self, features, rows, failures):
+        if self.error is not None:
+            raise self.error
+        self.q.put((features, rows, failures))
+
+    def close(self):
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+class _Forward:
+    """Runs the backbone over view batches, halving the micro-batch on CUDA out-of-memory."""
+
+    def __init__(self, backbone, device, precision: str, micro: int):
+        self.backbone = backbone
+        self.device = device
+        self.precision = precision
+        self.micro = micro  # views per forward call
+
+    def __call__(self, x):
+        import torch
+
+        while True:
+            try:
+                outs = []
+                for s in range(0, x.shape[0], self.micro):
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                        enabled=self.precision == "bf16"):
+                        outs.append(self.backbone(x[s:s + self.micro]).float())
+                return torch.cat(outs)
+            except torch.cuda.OutOfMemoryError:
+                if self.micro == 1:
+                    raise
+                self.micro = max(1, self.micro // 2)
+                log.warning("CUDA out of memory: retrying the same images with %d views per forward", self.micro)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+
+def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preprocess: Preprocess = Preprocess(),
+            pool: str = "cls", store_dtype: str = "float16", precision: str = "auto",
+            checkpoint: str | None = None, adapter: str | None = None, cache_root=None,
+            options: RunOptions = RunOptions(), compile: bool = False) -> ExtractResult:
+    """Extract per-view features of every image in `source` into the fingerprinted cache.
+
+    Only images whose content is not yet in the cache go through the model; an identical
+    rerun does no model work. Returns what was done. Raises `NatixError` subclasses for
+    bad input, before anything is written.
+    """
+    import torch
+
+    from natix.extract.backbones import load_backbone
+
+    t0 = time.perf_counter()
+    if store_dtype not in STORE_DTYPES:
+        raise ConfigError(f"unknown store dtype '{store_dtype}': pass one of {', '.join(STORE_DTYPES)}")
+    device = resolve_device(options.device)
+    precision = resolve_precision(precision, device)
+    records = discover(source)
+    root = resolve_cache_root(cache_root)
+    ensure_writable(root)
+    ids = hash_files([r.path for r in records])
+
+    model, bb_ident = load_backbone(backbone, checkpoint=checkpoint, adapter=adapter, pool=pool)
+    identity = build_identity(bb_ident, recipe, preprocess, store_dtype=store_dtype, precision=precision)
+    table = [{"name": v.name, "box": list(v.box), "flip": v.flip} for v in view_table(recipe)]
+
+    with CacheWriter(root, identity, table) as writer:
+        unreadable, todo, seen = [], [], {}
+        already, resumed_ids = 0, 0
+        known_fail = 0
+        in_file = set(writer.rows_meta)
+        for rec, image_id in zip(records, ids):
+            if isinstance(image_id, Exception):
+                unreadable.append(("", str(rec.path), f"cannot read file: {image_id.strerror or image_id}"))
+                continue
+            if image_id in seen:
+                continue  # the same bytes under a second path: one row, the first path
+            seen[image_id] = rec
+            label = -1 if rec.label is None else rec.label
+            group = rec.group or ""
+            if image_id in writer.done_ids:
+                if image_id in in_file:
+                    already += 1
+                else:
+                    resumed_ids += 1
+                writer.set_metadata(image_id, str(rec.path), label, group)
+            elif image_id in writer.failed_ids:
+                known_fail += 1
+            else:
+                todo.append((rec, image_id))
+        metadata_updates = writer.pending_metadata
+        if unreadable:
+            writer.add_part(np.zeros((0, recipe.n_views, 0), dtype=store_dtype),
+                            Rows([], [], [], [], []), unreadable)
+
+        extracted, failed, micro = 0, len(unreadable), options.batch_size * recipe.n_views
+        dim = model.dim
+        if todo:
+            model = model.to(device)
+            forward = _Forward(torch.compile(model) if compile else model, device, precision, micro)
+            extracted, new_failed = _run(todo, forward, writer, recipe, preprocess, device, options,
+                                         store_dtype, dim)
+            failed += new_failed
+            micro = forward.micro
+        if writer.needs_commit():
+            writer.commit()
+    return ExtractResult(
+        cache_file=writer.path, fingerprint=writer.fingerprint, images=len(seen) + len(unreadable),
+        already_cached=already, resumed=resumed_ids, extracted=extracted, failed=failed,
+        known_failures=known_fail, metadata_updates=metadata_updates, n_views=recipe.n_views,
+        dim=dim, seconds=time.perf_counter() - t0,
+        device=str(device), precision=precision,
+        batch_size=max(1, micro // recipe.n_views),
+    )
+
+
+def _run(todo, forward, writer: CacheWriter, recipe: ViewRecipe, preprocess: Preprocess, device,
+         options: RunOptions, store_dtype: str, model_dim: int) -> tuple[int, int]:
+    """The model loop over fixed chunks of `todo`; returns (extracted, failed)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    on_cpu = device.type == "cpu"
+    loader = DataLoader(_ImageSet(todo, recipe if on_cpu else None), batch_size=options.batch_size,
+                        shuffle=False, num_workers=options.workers, collate_fn=_collate,
+                        pin_memory=not on_cpu, persistent_workers=False,
+                        prefetch_factor=4 if options.workers else None)
+    table = view_table(recipe)
+    sizes = sorted({v.size for v in table})
+    slots = {s: [i for i, v in enumerate(table) if v.size == s] for s in sizes}
+    bar = _progress(len(todo), options.progress)
+    out_writer = _Writer(writer)
+    extracted = failed = 0
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                good = [(k, item) for k, item in batch if not isinstance(item, str)]
+                failures = [(todo[k][1], str(todo[k][0].path), item) for k, item in batch if isinstance(item, str)]
+                feats = np.zeros((len(good), recipe.n_views, model_dim), dtype=store_dtype)
+                if good:
+                    if on_cpu:
+                        views = {s: torch.stack([item[0][s] for _, item in good]) for s in sizes}
+                    else:
+                        imgs = [item[0].to(device, non_blocking=True) for _, item in good]
+                        views = build_views(imgs, recipe)
+                    for s in sizes:
+                        v = views[s].to(device, non_blocking=True)
+                        b, nv = v.shape[:2]
+                        x = normalize(v.reshape(b * nv, 3, s, s), preprocess.mean, preprocess.std)
+                        f = forward(x).reshape(b, nv, -1)
+                        feats[:, slots[s]] = f.cpu().numpy().astype(store_dtype)
+                rows = Rows(ids=[todo[k][1] for k, _ in good], paths=[str(todo[k][0].path) for k, _ in good],
+                            labels=[-1 if todo[k][0].label is None else todo[k][0].label for k, _ in good],
+                            groups=[todo[k][0].group or "" for k, _ in good],
+                            sizes=[item[1] for _, item in good])
+                out_writer.put(feats, rows, failures)
+                extracted += len(good)
+                failed += len(failures)
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        out_writer.close()
+    return extracted, failed
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar in images/s on a terminal; a no-op otherwise."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="extract", disable=not enabled or not sys.stderr.isatty(),
+                dynamic_ncols=True, smoothing=0.1)
+

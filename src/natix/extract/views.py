@@ -1,0 +1,137 @@
+"""View geometry (pure numpy) and batched view building (torch, any device).
+
+A recipe's views, in this order: the global view (the whole image), then the grid tiles
+row by row (`tile_r0c0`, `tile_r0c1`, ...), then, when the recipe has flips, the same views
+mirrored horizontally (`global_flip`, `tile_r0c0_flip`, ...). A flipped view has the box of
+its unflipped twin; only the pixels are mirrored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from natix.config import ViewRecipe
+
+
+@dataclass(frozen=True)
+class View:
+    """One row of the view table: a name, a box in unit coordinates and a flip flag."""
+
+    name: str
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) as fractions of width/height
+    flip: bool
+    size: int  # side of the square the box is resized to
+
+
+def tile_edges(grid: int, overlap: float) -> np.ndarray:
+    """Unit-interval edges of `grid` equal tiles that cover [0, 1] and overlap by `overlap`.
+
+    Returns ``[grid, 2]`` (start, end). A tile has length ``t = 1 / (grid - (grid-1)·overlap)``
+    and consecutive starts are ``t·(1 - overlap)`` apart, so neighbours share ``t·overlap``
+    and the last tile ends exactly at 1.
+    """
+    length = 1.0 / (grid - (grid - 1) * overlap)
+    starts = np.arange(grid) * length * (1.0 - overlap)
+    edges = np.stack([starts, starts + length], axis=1)
+    edges[-1, 1] = 1.0  # remove floating-point drift at the border
+    return edges
+
+
+def view_table(recipe: ViewRecipe) -> list[View]:
+    """The recipe's views with boxes in unit coordinates; length ``recipe.n_views``."""
+    views = [View("global", (0.0, 0.0, 1.0, 1.0), False, recipe.view_size)]
+    if recipe.tiles:
+        edges = tile_edges(recipe.grid, recipe.overlap)
+        for r in range(recipe.grid):
+            for c in range(recipe.grid):
+                box = (float(edges[c, 0]), float(edges[r, 0]), float(edges[c, 1]), float(edges[r, 1]))
+                views.append(View(f"tile_r{r}c{c}", box, False, recipe.tile_size))
+    if recipe.flips:
+        views += [View(f"{v.name}_flip", v.box, True, v.size) for v in views]
+    assert len(views) == recipe.n_views
+    return views
+
+
+def pixel_boxes(height: int, width: int, recipe: ViewRecipe) -> np.ndarray:
+    """Integer boxes ``[V, 4]`` (x0, y0, x1, y1), end-exclusive, in source-image pixels.
+
+    Every box lies inside ``[0, width] × [0, height]`` and is at least one pixel wide and
+    high, so images smaller than a tile (even 1×1) still give every view.
+    """
+    unit = np.array([v.box for v in view_table(recipe)], dtype=np.float64)
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    boxes = np.rint(unit * scale).astype(np.int64)
+    # Tiny images: a rounded tile may collapse; give it at least one pixel inside the image.
+    for lo, hi, extent in ((0, 2, width), (1, 3, height)):
+        boxes[:, hi] = np.maximum(boxes[:, hi], boxes[:, lo] + 1)
+        shift = np.maximum(boxes[:, hi] - extent, 0)
+        boxes[:, lo] -= shift
+        boxes[:, hi] -= shift
+    return boxes
+
+
+def build_views(images: list, recipe: ViewRecipe) -> dict:
+    """Crop and resize every view of every image, batched over images of equal size.
+
+    Parameters
+    ----------
+    images : list of uint8 tensors ``[3, H_i, W_i]``, all on one device.
+    recipe : the view recipe.
+
+    Returns
+    -------
+    dict mapping a view side ``S`` to a uint8 tensor ``[B, V_S, 3, S, S]`` holding, for each
+    image, the views of that side in view-table order. Resampling is bilinear with antialias
+    on uint8 (torch's fast path on CPU); on other devices the float result is rounded to the
+    same uint8 grid so that both devices feed the model the same kind of input.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    table = view_table(recipe)
+    sizes = sorted({v.size for v in table})
+    out = {s: torch.empty((len(images), sum(v.size == s for v in table), 3, s, s), dtype=torch.uint8,
+                          device=images[0].device) for s in sizes}
+    slot = {}
+    for s in sizes:
+        for j, i in enumerate(i for i, v in enumerate(table) if v.size == s):
+            slot[i] = j
+    groups: dict[tuple[int, int], list[int]] = {}
+    for b, img in enumerate(images):
+        groups.setdefault(tuple(img.shape[1:]), []).append(b)
+    for (h, w), members in groups.items():
+        batch = torch.stack([images[b] for b in members])
+        if batch.device.type == "cpu":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        else:
+            batch = batch.float()
+        boxes = pixel_boxes(h, w, recipe)
+        index = torch.as_tensor(members, device=batch.device)
+        done: dict[tuple, object] = {}
+        for i, view in enumerate(table):
+            x0, y0, x1, y1 = (int(v) for v in boxes[i])
+            key = (x0, y0, x1, y1, view.size)
+            if key not in done:  # a flipped view reuses its twin's resize
+                crop = F.interpolate(batch[:, :, y0:y1, x0:x1], size=(view.size, view.size),
+                                     mode="bilinear", antialias=True, align_corners=False)
+                if crop.dtype != torch.uint8:
+                    crop = crop.round_().clamp_(0, 255).to(torch.uint8)
+                done[key] = crop
+            crop = done[key]
+            if view.flip:
+                crop = torch.flip(crop, dims=[-1])
+            out[view.size][index, slot[i]] = crop.contiguous()
+    return out
+
+
+def normalize(views, mean, std, dtype=None):
+    """uint8 ``[..., 3, S, S]`` → float ``(x/255 - mean) / std`` on the same device."""
+    import torch
+
+    x = views.to(torch.float32).div_(255.0)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    x = x.sub_(m).div_(s)
+    return x if dtype is None else x.to(dtype)

@@ -1,0 +1,44 @@
+"""Shared fixtures: a temp cache root, seeded RNGs, a tiny random DINOv3, tiny image sets."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """Every test gets its own NATIX_CACHE and fixed seeds."""
+    monkeypatch.setenv("NATIX_CACHE", str(tmp_path / "natix-cache"))
+    random.seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    """A tiny random DINOv3 ViT saved with save_pretrained (the local-directory loader path)."""
+    from natix.extract.backbones import save_tiny_dinov3
+
+    return save_tiny_dinov3(tmp_path_factory.mktemp("tiny-dinov3") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_images(tmp_path_factory):
+    """12 generated street scenes (both sizes, both classes) with labels.csv."""
+    from natix.data.demo import make_demo_images
+
+    out = tmp_path_factory.mktemp("demo") / "images"
+    make_demo_images(out, n=12, seed=0)
+    return out
+
+
+@pytest.fixture
+def cache_root(tmp_path):
+    return tmp_path / "cache"
