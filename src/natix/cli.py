@@ -221,7 +221,8 @@ def cache_info(file, as_json) -> None:
                                                             "no_roadwork": labels.get(0, 0),
                                                             "unknown": labels.get(-1, 0)},
             "failures": len(c.failures), "natix_version": c.attrs.get("natix_version"),
-            "created": c.attrs.get("created"), "updated": c.attrs.get("updated"), "identity": c.identity}
+            "created": c.attrs.get("created"), "updated": c.attrs.get("updated"), "source": c.source,
+            "identity": c.identity}
     if as_json:
         info["view_table"] = [{"name": v.name, "box": v.box, "flip": v.flip} for v in c.views]
         info["failure_list"] = c.failures
@@ -234,7 +235,7 @@ def cache_info(file, as_json) -> None:
     click.echo(f"features     [{len(c)}, {c.n_views}, {c.dim}] {c.dtype}")
     click.echo(f"labels       {info['labels']['roadwork']} roadwork, {info['labels']['no_roadwork']} no_roadwork, "
                f"{info['labels']['unknown']} unknown")
-    click.echo(f"backbone     {bb['loader']}:{bb['name']}  weights {bb['weights_sha256'][:12]}  "
+    click.echo(f"backbone     {c.source.get('backbone', '?')} ({bb['loader']})  weights {bb['weights_sha256'][:12]}  "
                f"adapter {'none' if not bb['adapter'] else bb['adapter']['weights_sha256'][:12]}  pool {bb['pool']}")
     v = ident["views"]
     click.echo(f"views        {v['n_views']} (grid {v['grid']}, overlap {v['overlap']}, view {v['view_size']}, "

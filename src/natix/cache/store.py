@@ -109,9 +109,10 @@ class FeatureCache:
                         "pass a file written by `natix extract`"
                     )
                 self.identity = json.loads(f.attrs["identity"])
+                self.source = json.loads(f.attrs.get("source", "{}"))
                 self.fingerprint = str(f.attrs["fingerprint"])
                 self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
-                              if k != "identity"}
+                              if k not in ("identity", "source")}
                 self.ids = f["ids"][()].astype(str)
                 self.paths = np.array([p.decode() if isinstance(p, bytes) else p for p in f["paths"][()]], dtype=object)
                 self.labels = f["labels"][()]
@@ -192,7 +193,7 @@ def list_caches(root: str | os.PathLike) -> list[dict]:
         try:
             c = FeatureCache(p)
             out.append({"path": str(p), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
-                        "dim": c.dim, "dtype": str(c.dtype), "backbone": c.identity.get("backbone", {}).get("name"),
+                        "dim": c.dim, "dtype": str(c.dtype), "backbone": c.source.get("backbone", "?"),
                         "updated": c.attrs.get("updated"), "size_mb": p.stat().st_size / 2**20,
                         "pending_parts": len(list(_parts_dir(p).glob("part-*.npz")))})
         except CacheError as exc:
@@ -326,9 +327,11 @@ class CacheWriter:
     interrupted run, known failures). `add_part` makes a chunk durable; `commit` merges.
     """
 
-    def __init__(self, root: str | os.PathLike, identity: dict, view_table: list[dict]):
+    def __init__(self, root: str | os.PathLike, identity: dict, view_table: list[dict], *,
+                 source: dict | None = None):
         self.root = Path(root)
         self.identity = identity
+        self.source = source or {}  # where the weights came from: shown, never hashed
         self.fingerprint = fingerprint(identity)
         self.view_table = view_table
         self.path = cache_path(self.root, self.fingerprint)
@@ -531,6 +534,7 @@ class CacheWriter:
             f.attrs["format"] = FORMAT
             f.attrs["fingerprint"] = self.fingerprint
             f.attrs["identity"] = canonical_json(self.identity)
+            f.attrs["source"] = json.dumps(self.source)
             f.attrs["natix_version"] = __version__
             f.attrs["created"] = created
             f.attrs["updated"] = _now()

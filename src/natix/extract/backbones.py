@@ -91,7 +91,8 @@ def load_backbone(name: str, *, checkpoint: str | None = None, adapter: str | No
     """Load a frozen backbone in eval mode on CPU.
 
     Returns ``(backbone, identity)`` where identity is a JSON dict with the weight hash,
-    architecture, adapter hash and pooling. Raises `BackboneError` with a fix on failure.
+    architecture, adapter hash and pooling, and no name or path: the same weights loaded from
+    another place have the same identity. Raises `BackboneError` with a fix on failure.
     """
     if pool not in POOLS:
         raise BackboneError(f"unknown pooling '{pool}': pass --pool one of {', '.join(POOLS)}")
@@ -156,7 +157,7 @@ def _load_transformers(name: str):
     generic = set(inspect.signature(PretrainedConfig.__init__).parameters)
     own = set(inspect.signature(type(config).__init__).parameters) - generic - {"self", "kwargs"}
     arch = {k: v for k, v in config.to_dict().items() if k in own and k not in _CONFIG_NOISE}
-    ident = {"loader": "transformers", "name": name if not local else path.name, "arch": arch}
+    ident = {"loader": "transformers", "arch": arch}
     return model, ident, 1 + int(config.num_register_tokens), int(config.hidden_size)
 
 
@@ -185,7 +186,7 @@ def _load_timm(name: str, checkpoint: str | None):
     arch = {"architecture": model.default_cfg.get("architecture", name.split(":")[-1]),
             "embed_dim": int(model.num_features), "depth": len(getattr(model, "blocks", [])),
             "num_prefix_tokens": int(model.num_prefix_tokens)}
-    ident = {"loader": "timm", "name": name.split("/")[-1], "arch": arch}
+    ident = {"loader": "timm", "arch": arch}
     return model, ident, int(model.num_prefix_tokens), int(model.num_features)
 
 
@@ -209,7 +210,12 @@ def _load_checkpoint(model, path: Path) -> None:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when not strict
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise BackboneError(f"checkpoint '{path}' does not fit the architecture ({first}): pass the matching "
+                            "timm:<model>") from None
     missing = [k for k in missing if not k.startswith("head")]
     if missing or unexpected:
         raise BackboneError(

@@ -222,7 +222,8 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
     identity = build_identity(bb_ident, recipe, preprocess, store_dtype=store_dtype, precision=precision)
     table = [{"name": v.name, "box": list(v.box), "flip": v.flip} for v in view_table(recipe)]
 
-    with CacheWriter(root, identity, table) as writer:
+    source_info = {"backbone": backbone, "checkpoint": checkpoint, "adapter": adapter}
+    with CacheWriter(root, identity, table, source=source_info) as writer:
         unreadable, todo, seen = [], [], {}
         already, resumed_ids = 0, 0
         known_fail = 0

@@ -1,0 +1,305 @@
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from natix.cache.store import CacheLock, open_cache, verify_cache
+from natix.config import RunOptions, ViewRecipe
+from natix.data.decode import decode_image
+from natix.errors import CacheError, CacheLockedError, DataError, FingerprintMismatchError
+from natix.extract.backbones import load_backbone
+from natix.extract.extractor import extract
+from natix.extract.views import build_views, normalize
+
+FAST = RunOptions(batch_size=4, workers=0, progress=False)
+
+
+def _copy_images(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _same_cache(a: Path, b: Path) -> None:
+    """Bitwise equality of everything but timestamps."""
+    ca, cb = open_cache(a), open_cache(b)
+    assert ca.fingerprint == cb.fingerprint
+    np.testing.assert_array_equal(ca.ids, cb.ids)
+    assert ca.features(dtype=None).tobytes() == cb.features(dtype=None).tobytes()
+    for name in ("paths", "labels", "groups", "sizes"):
+        np.testing.assert_array_equal(getattr(ca, name), getattr(cb, name))
+    assert ca.failures == cb.failures
+    assert ca.attrs["features_sha256"] == cb.attrs["features_sha256"]
+
+
+def test_extract_end_to_end_matches_a_direct_forward(demo_images, tiny_backbone, cache_root):
+    r = extract(demo_images, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert (r.images, r.extracted, r.failed, r.already_cached) == (12, 12, 0, 0)
+    c = open_cache(r.cache_file)
+    assert c.shape == (12, 10, 32) and c.dtype == np.float16
+    assert verify_cache(r.cache_file)["ok"]
+    labels = dict(line.split(",") for line in (demo_images / "labels.csv").read_text().splitlines()[1:])
+    for row, path in enumerate(c.paths):
+        data = Path(path).read_bytes()
+        assert c.ids[row] == hashlib.sha256(data).hexdigest()
+        assert c.labels[row] == int(labels[Path(path).name])
+        assert tuple(c.sizes[row]) == decode_image(data).shape[:2]
+    # Row 3 recomputed by hand: decode → views → normalise → model.
+    bb, _ = load_backbone(str(tiny_backbone))
+    img = torch.from_numpy(decode_image(Path(c.paths[3]).read_bytes())).permute(2, 0, 1).contiguous()
+    views = build_views([img], ViewRecipe())[224][0]
+    with torch.inference_mode():
+        ref = bb(normalize(views, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))).numpy()
+    np.testing.assert_allclose(c.features(np.array([3]))[0], ref, rtol=2e-3, atol=2e-3)
+
+
+def test_views_20_and_small_tiles(demo_images, tiny_backbone, cache_root):
+    r20 = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=20), cache_root=cache_root,
+                  options=FAST, store_dtype="float32")
+    c = open_cache(r20.cache_file)
+    assert c.shape == (12, 20, 32) and c.dtype == np.float32
+    assert c.view_names[10] == "global_flip" and c.views[10].flip and c.views[10].box == c.views[0].box
+    f = c.features()
+    assert not np.allclose(f[:, 0], f[:, 10])  # flipping changes the features of these scenes
+    r112 = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(tile_size=112), cache_root=cache_root,
+                   options=FAST)
+    assert r112.fingerprint != r20.fingerprint and open_cache(r112.cache_file).shape == (12, 10, 32)
+    r1 = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=cache_root,
+                 options=FAST, pool="cls+mean")
+    assert open_cache(r1.cache_file).shape == (12, 1, 64)
+
+
+def test_rerun_grown_renamed_and_changed(demo_images, tiny_backbone, tmp_path, cache_root):
+    data = _copy_images(demo_images, tmp_path / "data")
+    first = extract(data, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    stat = first.cache_file.stat()
+
+    again = extract(data, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert (again.extracted, again.already_cached, again.model_work) == (0, 12, False)
+    assert first.cache_file.stat().st_ino == stat.st_ino  # nothing rewritten
+
+    # Renamed and moved: no model work, paths follow the files.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    lines = ["path,label"]
+    for i, line in enumerate((data / "labels.csv").read_text().splitlines()[1:]):
+        name, label = line.split(",")
+        (data / name).rename(moved / f"renamed_{i}.jpg")
+        lines.append(f"renamed_{i}.jpg,{label}")
+    (moved / "labels.csv").write_text("\n".join(lines) + "\n")
+    r = extract(moved, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert (r.extracted, r.already_cached, r.metadata_updates) == (0, 12, 12)
+    assert all(Path(p).parent == moved for p in open_cache(r.cache_file).paths)
+
+    # Grown: only the new images go through the model.
+    from natix.data.demo import make_demo_images
+
+    extra = tmp_path / "extra"
+    make_demo_images(extra, n=15, seed=0)  # images 0..11 equal the first set, 12..14 are new
+    for i in range(12, 15):
+        shutil.copy(extra / f"img_{i:05d}.jpg", moved / f"new_{i}.jpg")
+        lines.append(f"new_{i}.jpg,1")
+    (moved / "labels.csv").write_text("\n".join(lines) + "\n")
+    r = extract(moved, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert (r.extracted, r.already_cached) == (3, 12)
+    assert len(open_cache(r.cache_file)) == 15
+
+    # A changed file is a new image.
+    p = moved / "renamed_0.jpg"
+    from PIL import Image
+
+    Image.open(p).rotate(90, expand=True).save(p, quality=90)
+    r = extract(moved, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert r.extracted == 1 and len(open_cache(r.cache_file)) == 16
+
+
+def test_failures_are_recorded_and_not_retried(demo_images, tiny_backbone, tmp_path, cache_root):
+    data = _copy_images(demo_images, tmp_path / "data")
+    good = (data / "img_00000.jpg").read_bytes()
+    (data / "img_00000.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (data / "img_00001.jpg").write_bytes(b"not an image")
+    shutil.copy(data / "img_00002.jpg", data / "img_00002_copy.jpg")  # same bytes, second path
+    lines = (data / "labels.csv").read_text().splitlines() + ["img_00002_copy.jpg,1"]
+    (data / "labels.csv").write_text("\n".join(lines) + "\n")
+    r = extract(data, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert (r.extracted, r.failed) == (10, 2)
+    c = open_cache(r.cache_file)
+    reasons = {Path(f["path"]).name: f["reason"] for f in c.failures}
+    assert "truncated" in reasons["img_00000.jpg"] and "not a recognised" in reasons["img_00001.jpg"]
+    assert len(c) == 10 and len(set(c.ids)) == 10
+    r2 = extract(data, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert (r2.extracted, r2.known_failures) == (0, 2)
+
+
+def test_unlabeled_source_stores_minus_one(demo_images, tiny_backbone, tmp_path, cache_root):
+    data = tmp_path / "unlabeled"
+    data.mkdir()
+    for p in sorted(demo_images.glob("*.jpg"))[:3]:
+        shutil.copy(p, data / p.name)
+    r = extract(data, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert list(open_cache(r.cache_file).labels) == [-1, -1, -1]
+
+
+def test_workers_give_the_same_features(demo_images, tiny_backbone, tmp_path):
+    a = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "a", options=FAST)
+    b = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "b",
+                options=RunOptions(batch_size=4, workers=2, progress=False))
+    _same_cache(a.cache_file, b.cache_file)
+
+
+def test_oom_halves_the_batch_and_loses_nothing(demo_images, tiny_backbone, tmp_path, monkeypatch):
+    reference = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "ref", options=FAST)
+    import natix.extract.extractor as ex
+
+    calls = []
+    real = ex._Forward.__call__
+
+    def flaky(self, x):
+        calls.append(self.micro)
+        original = self.backbone
+
+        class Guard(torch.nn.Module):
+            def forward(self, pixels):
+                if pixels.shape[0] > 10:
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+                return original(pixels)
+
+        self.backbone = Guard()
+        try:
+            return real(self, x)
+        finally:
+            self.backbone = original
+
+    monkeypatch.setattr(ex._Forward, "__call__", flaky)
+    r = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "oom", options=FAST)
+    assert r.batch_size == 1 and r.extracted == 12  # 40 views → 20 → 10 views per forward
+    a, b = open_cache(reference.cache_file), open_cache(r.cache_file)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.features(), b.features(), atol=2e-3)
+
+
+def test_interrupted_merge_resumes_to_the_same_file(demo_images, tiny_backbone, tmp_path, monkeypatch):
+    reference = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "ref", options=FAST)
+    import natix.cache.store as store
+
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith(".h5"):
+            raise KeyboardInterrupt  # dies after the parts are durable, before the swap
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "run", options=FAST)
+    monkeypatch.setattr(store.os, "replace", real_replace)
+    parts = list((tmp_path / "run").glob("*.parts/part-*.npz"))
+    assert len(parts) == 3 and not list((tmp_path / "run").glob("*.h5"))
+    r = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "run", options=FAST)
+    assert (r.resumed, r.extracted) == (12, 0)
+    assert not list((tmp_path / "run").glob("*.h5.tmp-*")) and not list((tmp_path / "run").glob("*.parts"))
+    _same_cache(reference.cache_file, r.cache_file)
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tiny_backbone, tmp_path):
+    from natix.data.demo import make_demo_images
+
+    data = tmp_path / "data"
+    make_demo_images(data, n=40, seed=3)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "natix.cli", "extract", str(data), "--backbone", str(tiny_backbone),
+           "--batch-size", "1", "--workers", "0", "--quiet", "--cache", str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    parts_dir = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "killed").glob("*.parts/part-*.npz"))
+        if len(found) >= 3:
+            parts_dir = found[0].parent
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and parts_dir is not None
+    assert not list((tmp_path / "killed").glob("*.h5"))  # nothing merged yet
+    # The lock died with the process; the next run resumes what the parts hold.
+    r = extract(data, str(tiny_backbone), cache_root=tmp_path / "killed",
+                options=RunOptions(batch_size=1, workers=0, progress=False))
+    assert r.resumed >= 3 and r.resumed + r.extracted == 40
+    ref = extract(data, str(tiny_backbone), cache_root=tmp_path / "clean",
+                  options=RunOptions(batch_size=1, workers=0, progress=False))
+    _same_cache(ref.cache_file, r.cache_file)
+
+
+def test_locked_cache_names_the_holder(demo_images, tiny_backbone, cache_root):
+    r = extract(demo_images, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    before = open_cache(r.cache_file).features()
+    with CacheLock(r.cache_file):
+        with pytest.raises(CacheLockedError, match=rf"pid {os.getpid()} on .* since .*wait for that run"):
+            extract(demo_images, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    np.testing.assert_array_equal(open_cache(r.cache_file).features(), before)
+    assert extract(demo_images, str(tiny_backbone), cache_root=cache_root, options=FAST).already_cached == 12
+
+
+def test_fingerprint_mismatch_and_corrupt_cache_are_refused_without_loss(demo_images, tiny_backbone, tmp_path):
+    one = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "a",
+                  options=FAST)
+    ten = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "a", options=FAST)
+    shutil.copy(one.cache_file, ten.cache_file)  # a file under another fingerprint's name
+    with pytest.raises(FingerprintMismatchError, match="holds fingerprint .* move it away"):
+        extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "a", options=FAST)
+    assert open_cache(ten.cache_file).shape == (12, 1, 32)  # untouched
+    ten.cache_file.write_bytes(b"garbage" * 100)
+    with pytest.raises(CacheError, match="unreadable or incomplete"):
+        extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "a", options=FAST)
+    assert ten.cache_file.read_bytes() == b"garbage" * 100
+
+
+def test_unwritable_cache_and_bad_data_fail_before_model_work(demo_images, tiny_backbone, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CacheError, match="not writable.*--cache"):
+        extract(demo_images, str(tiny_backbone), cache_root=blocker / "sub", options=FAST)
+    with pytest.raises(DataError, match="does not exist"):
+        extract(tmp_path / "nope", str(tiny_backbone), options=FAST)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        extract(tmp_path / "empty", str(tiny_backbone), options=FAST)
+
+
+def test_default_cache_root_comes_from_the_environment(demo_images, tiny_backbone, tmp_path):
+    r = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), options=FAST)
+    assert r.cache_file.parent == Path(os.environ["NATIX_CACHE"])
+
+
+def test_timm_and_adapter_extraction(demo_images, tiny_backbone, tmp_path, cache_root):
+    import timm
+    from peft import LoraConfig, get_peft_model
+    from timm.models import save_for_hf
+    from transformers import DINOv3ViTModel
+
+    torch.manual_seed(0)
+    args = dict(depth=2, embed_dim=48, num_heads=2)
+    save_for_hf(timm.create_model("vit_small_patch16_dinov3", num_classes=0, **args), tmp_path / "timm",
+                model_args=args, safe_serialization=True)
+    rt = extract(demo_images, f"timm:local-dir:{tmp_path / 'timm'}", recipe=ViewRecipe(n_views=1),
+                 cache_root=cache_root, options=FAST)
+    assert open_cache(rt.cache_file).shape == (12, 1, 48)
+
+    peft_model = get_peft_model(DINOv3ViTModel.from_pretrained(tiny_backbone),
+                                LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    plain = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=cache_root,
+                    options=FAST)
+    adapted = extract(demo_images, str(tiny_backbone), adapter=str(tmp_path / "adapter"),
+                      recipe=ViewRecipe(n_views=1), cache_root=cache_root, options=FAST)
+    assert adapted.fingerprint != plain.fingerprint and adapted.extracted == 12
+    assert not np.allclose(open_cache(adapted.cache_file).features(), open_cache(plain.cache_file).features())
