@@ -8,6 +8,7 @@ workers) live in `RunOptions` and never do.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 from natix.errors import ConfigError, ViewSpecError
@@ -40,6 +41,10 @@ class ViewRecipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ViewSpecError(f"{name} must be an integer, got {value!r}")
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, numbers.Real):
+            raise ViewSpecError(f"overlap must be a number, got {self.overlap!r}: pass e.g. --overlap 0.125")
+        # Equal recipes must have equal identities: overlap 0 and 0.0 give one fingerprint.
+        object.__setattr__(self, "overlap", float(self.overlap))
         if self.grid < 1:
             raise ViewSpecError(f"grid must be >= 1, got {self.grid}: pass --grid 1 or more")
         if not 0.0 <= self.overlap < 1.0:

@@ -92,7 +92,9 @@ class ViewInfo:
 class FeatureCache:
     """A finished cache file, read with h5py and numpy only (no torch).
 
-    Small arrays are read on open; features are read on demand with `features()`.
+    Small arrays are read on open; features are read on demand with `features()`. The file
+    stays open until `close()` (or the end of a ``with`` block), so a cache that a writer
+    replaces meanwhile keeps serving the snapshot that was opened, never a mix of two.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -101,41 +103,56 @@ class FeatureCache:
         self.path = Path(path)
         if not self.path.is_file():
             raise CacheError(f"feature file '{self.path}' does not exist: run `natix extract` or check the path")
+        f = None
         try:
-            with h5py.File(self.path, "r") as f:
-                if f.attrs.get("format") != FORMAT:
-                    raise CacheError(
-                        f"'{self.path}' is an HDF5 file but not a natix feature cache: "
-                        "pass a file written by `natix extract`"
-                    )
-                self.identity = json.loads(f.attrs["identity"])
-                self.source = json.loads(f.attrs.get("source", "{}"))
-                self.fingerprint = str(f.attrs["fingerprint"])
-                self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
-                              if k not in ("identity", "source")}
-                self.ids = f["ids"][()].astype(str)
-                self.paths = np.array([p.decode() if isinstance(p, bytes) else p for p in f["paths"][()]], dtype=object)
-                self.labels = f["labels"][()]
-                self.groups = np.array([g.decode() if isinstance(g, bytes) else g for g in f["groups"][()]], dtype=object)
-                self.sizes = f["sizes"][()]
-                self.shape = tuple(f["features"].shape)
-                self.dtype = np.dtype(f["features"].dtype)
-                v = f["views"]
-                self.views = [ViewInfo(n.decode() if isinstance(n, bytes) else n, tuple(map(float, b)), bool(fl))
-                              for n, b, fl in zip(v["name"][()], v["box"][()], v["flip"][()])]
-                fl = f["failures"]
-                self.failures = [
-                    {"id": i.decode(), "path": p.decode() if isinstance(p, bytes) else p,
-                     "reason": r.decode() if isinstance(r, bytes) else r}
-                    for i, p, r in zip(fl["ids"][()], fl["paths"][()], fl["reasons"][()])
-                ]
+            f = h5py.File(self.path, "r")
+            if f.attrs.get("format") != FORMAT:
+                raise CacheError(
+                    f"'{self.path}' is an HDF5 file but not a natix feature cache: "
+                    "pass a file written by `natix extract`"
+                )
+            self.identity = json.loads(f.attrs["identity"])
+            self.source = json.loads(f.attrs.get("source", "{}"))
+            self.fingerprint = str(f.attrs["fingerprint"])
+            self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
+                          if k not in ("identity", "source")}
+            self.ids = f["ids"][()].astype(str)
+            self.paths = _strings(f["paths"][()])
+            self.labels = f["labels"][()]
+            self.groups = _strings(f["groups"][()])
+            self.sizes = f["sizes"][()]
+            self.shape = tuple(f["features"].shape)
+            self.dtype = np.dtype(f["features"].dtype)
+            v = f["views"]
+            self.views = [ViewInfo(n, tuple(map(float, b)), bool(fl))
+                          for n, b, fl in zip(_strings(v["name"][()]), v["box"][()], v["flip"][()])]
+            fl = f["failures"]
+            self.failures = [{"id": i, "path": p, "reason": r} for i, p, r in
+                             zip(fl["ids"][()].astype(str), _strings(fl["paths"][()]), _strings(fl["reasons"][()]))]
         except CacheError:
+            if f is not None:
+                f.close()
             raise
         except (OSError, KeyError, ValueError) as exc:
+            if f is not None:
+                f.close()
             raise CacheError(
                 f"feature file '{self.path}' is unreadable or incomplete ({exc}): "
                 "rerun `natix extract` to rebuild it, or run `natix cache verify`"
             ) from None
+        self._file = f
+
+    def close(self) -> None:
+        """Release the file handle."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -157,27 +174,32 @@ class FeatureCache:
 
         `rows` is an index array or slice; sorted index arrays read fastest.
         """
-        import h5py
-
-        with h5py.File(self.path, "r") as f:
-            ds = f["features"]
-            if rows is None:
-                out = np.empty(ds.shape, dtype=ds.dtype)
+        if self._file is None:
+            raise CacheError(f"feature cache '{self.path}' is closed: open it again with open_cache()")
+        ds = self._file["features"]
+        if rows is None:
+            out = np.empty(ds.shape, dtype=ds.dtype)
+            if out.size:
                 ds.read_direct(out)
-            elif isinstance(rows, slice):
-                out = ds[rows]
-            else:
-                rows = np.asarray(rows)
-                order = np.argsort(rows, kind="stable")
-                out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
-                if len(rows):
-                    out[order] = ds[rows[order]]
+        elif isinstance(rows, slice):
+            out = ds[rows]
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            order = np.argsort(rows, kind="stable")
+            out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
+            if len(rows):
+                out[order] = ds[rows[order]]
         return out if dtype is None or out.dtype == dtype else out.astype(dtype)
 
     def pixel_boxes(self, row: int) -> np.ndarray:
         """Integer-free boxes ``[V, 4]`` of image `row` in its source pixels."""
         h, w = self.sizes[row]
         return np.array([v.box for v in self.views]) * np.array([w, h, w, h], dtype=np.float64)
+
+
+def _strings(values) -> np.ndarray:
+    """HDF5 variable-length strings (bytes or str) → an object array of str."""
+    return np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
 
 
 def open_cache(path: str | os.PathLike) -> FeatureCache:
@@ -191,11 +213,11 @@ def list_caches(root: str | os.PathLike) -> list[dict]:
     out = []
     for p in sorted(root.glob("*.h5")) if root.is_dir() else []:
         try:
-            c = FeatureCache(p)
-            out.append({"path": str(p), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
-                        "dim": c.dim, "dtype": str(c.dtype), "backbone": c.source.get("backbone", "?"),
-                        "updated": c.attrs.get("updated"), "size_mb": p.stat().st_size / 2**20,
-                        "pending_parts": len(list(_parts_dir(p).glob("part-*.npz")))})
+            with FeatureCache(p) as c:
+                out.append({"path": str(p), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
+                            "dim": c.dim, "dtype": str(c.dtype), "backbone": c.source.get("backbone", "?"),
+                            "updated": c.attrs.get("updated"), "size_mb": p.stat().st_size / 2**20,
+                            "pending_parts": len(list(_parts_dir(p).glob("part-*.npz")))})
         except CacheError as exc:
             out.append({"path": str(p), "error": str(exc)})
     return out
@@ -211,10 +233,13 @@ def features_digest(features_ds, block: int = 4096) -> str:
 
 def verify_cache(path: str | os.PathLike) -> dict:
     """Check a cache file end to end. Returns ``{"ok": bool, "problems": [...], "checked": [...]}``."""
-    import h5py
-
     path = Path(path)
-    cache = FeatureCache(path)  # raises a CacheError for unreadable or foreign files
+    with FeatureCache(path) as cache:  # raises a CacheError for unreadable or foreign files
+        return _verify(path, cache)
+
+
+def _verify(path: Path, cache: FeatureCache) -> dict:
+    """The checks of `verify_cache` on an open cache."""
     problems, checked = [], []
     fp = fingerprint(cache.identity)
     if fp != cache.fingerprint:
@@ -236,16 +261,13 @@ def verify_cache(path: str | os.PathLike) -> dict:
     checked.append("ids unique")
     if not set(np.unique(cache.labels)) <= {-1, 0, 1}:
         problems.append("labels outside {-1, 0, 1}")
-    with h5py.File(path, "r") as f:
-        ds = f["features"]
-        finite = all(np.isfinite(ds[s:s + 4096]).all() for s in range(0, n, 4096))
-        if not finite:
-            problems.append("features contain NaN or inf")
-        checked.append("features finite")
-        digest = features_digest(ds)
-        if digest != f.attrs.get("features_sha256"):
-            problems.append("features checksum differs from the one recorded at write time (corruption)")
-        checked.append("features checksum")
+    ds = cache._file["features"]
+    if not all(np.isfinite(ds[s:s + 4096]).all() for s in range(0, n, 4096)):
+        problems.append("features contain NaN or inf")
+    checked.append("features finite")
+    if features_digest(ds) != cache.attrs.get("features_sha256"):
+        problems.append("features checksum differs from the one recorded at write time (corruption)")
+    checked.append("features checksum")
     pending = sorted(_parts_dir(path).glob("part-*.npz"))
     if pending:
         problems.append(f"{len(pending)} finished chunk(s) of an interrupted run are not merged yet: "
@@ -363,18 +385,8 @@ class CacheWriter:
     def _load_state(self) -> None:
         """Read what the cache file and leftover parts already hold."""
         if self.path.exists():
-            cache = FeatureCache(self.path)
-            if cache.fingerprint != self.fingerprint:
-                raise FingerprintMismatchError(
-                    f"cache file '{self.path}' holds fingerprint {cache.fingerprint[:16]}..., not "
-                    f"{self.fingerprint[:16]}...: it was renamed or copied by hand; move it away or use another --cache"
-                )
-            self.done_ids.update(cache.ids)
-            for i, p, lab, g in zip(cache.ids, cache.paths, cache.labels, cache.groups):
-                self.rows_meta[i] = (p, int(lab), g)
-            for fail in cache.failures:
-                if fail["id"]:
-                    self.failed_ids[fail["id"]] = fail["reason"]
+            with FeatureCache(self.path) as cache:
+                self._absorb(cache)
         for stale in self.root.glob(self.path.name + ".tmp-*"):
             stale.unlink()  # a merge that was killed before its rename; the parts still hold its rows
         if self.parts.is_dir():
@@ -388,6 +400,20 @@ class CacheWriter:
                         self.failed_ids[i] = r
                 self._next_part = max(self._next_part, int(part.stem.split("-")[1]) + 1)
                 self.resumed_parts += 1
+
+    def _absorb(self, cache: FeatureCache) -> None:
+        """Take the done ids, row metadata and failures of the existing cache file."""
+        if cache.fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(
+                f"cache file '{self.path}' holds fingerprint {cache.fingerprint[:16]}..., not "
+                f"{self.fingerprint[:16]}...: it was renamed or copied by hand; move it away or use another --cache"
+            )
+        self.done_ids.update(cache.ids)
+        for i, p, lab, g in zip(cache.ids, cache.paths, cache.labels, cache.groups):
+            self.rows_meta[i] = (p, int(lab), g)
+        for fail in cache.failures:
+            if fail["id"]:
+                self.failed_ids[fail["id"]] = fail["reason"]
 
     @staticmethod
     def _read_part(part: Path) -> dict:
@@ -505,11 +531,9 @@ class CacheWriter:
                                   chunks=(chunk_rows, v, max(d, 1)) if n and d else None)
             pos = 0
             if old is not None and len(old):
-                with h5py.File(self.path, "r") as src:
-                    sds = src["features"]
-                    for s in range(0, len(old), block):
-                        blk = sds[s:s + block]
-                        ds[s:s + len(blk)] = blk
+                for s in range(0, len(old), block):
+                    blk = old.features(slice(s, s + block), dtype=None)
+                    ds[s:s + len(blk)] = blk
                 pos = len(old)
             for k, data in enumerate(part_data):
                 take = [r for (src_k, r) in sources[pos:] if src_k == k]
@@ -539,6 +563,8 @@ class CacheWriter:
             f.attrs["created"] = created
             f.attrs["updated"] = _now()
             f.attrs["features_sha256"] = features_digest(ds)
+        if old is not None:
+            old.close()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)

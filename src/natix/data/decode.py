@@ -35,9 +35,13 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             w, h = im.size
             if w * h > max_pixels:
                 raise DecodeError(
-                    f"{w}x{h} = {w * h / 1e6:.0f} MP exceeds the {max_pixels / 1e6:.0f} MP limit "
+                    f"{w}x{h} = {w * h:,} pixels exceeds the {max_pixels:,}-pixel limit "
                     "(decompression-bomb guard)"
                 )
+            if im.format == "PNG":
+                # load() skips IDAT checksums; verify() checks every chunk's CRC (on a copy,
+                # since a verified image cannot be loaded).
+                Image.open(io.BytesIO(data)).verify()
             im.load()  # full decode now, so truncation surfaces here
             im = ImageOps.exif_transpose(im)
     except DecodeError:
@@ -58,7 +62,9 @@ def _to_rgb(im) -> np.ndarray:
     from PIL import Image
 
     mode = im.mode
-    if mode == "RGB":
+    # A PNG tRNS colour key (1/L/RGB) or a palette transparency entry (P) is transparency too.
+    keyed = mode in ("1", "L", "P", "RGB") and "transparency" in im.info
+    if mode == "RGB" and not keyed:
         return np.array(im, dtype=np.uint8)  # a writable copy (PIL's buffer is read-only)
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im)
@@ -74,7 +80,7 @@ def _to_rgb(im) -> np.ndarray:
                 arr = arr / 257.0
         gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.array(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)

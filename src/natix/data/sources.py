@@ -85,12 +85,16 @@ def read_manifest(path: Path) -> list[ImageRecord]:
     Paths are relative to the manifest's folder unless absolute.
     """
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows = list(_csv_rows(path))
-    elif suffix in (".jsonl", ".json"):
-        rows = list(_jsonl_rows(path))
-    else:
+    if suffix not in (".csv", ".jsonl", ".json"):
         raise DataError(f"manifest '{path}' is neither .csv nor .jsonl: rename it or pass a folder")
+    try:
+        rows = list(_csv_rows(path) if suffix == ".csv" else _jsonl_rows(path))
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"manifest '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise DataError(f"manifest '{path}' is not a readable CSV ({exc}): check its quoting") from None
     records, missing = [], []
     for line, row in rows:
         raw = row.get("path")
@@ -125,7 +129,7 @@ def _csv_rows(path: Path):
 
 def _jsonl_rows(path: Path):
     """(line number, object) for each non-empty JSONL line."""
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8-sig") as fh:  # tolerate a BOM, as for CSV
         for n, text in enumerate(fh, 1):
             if not text.strip():
                 continue

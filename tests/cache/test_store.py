@@ -1,0 +1,104 @@
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from natix.cache.store import CacheWriter, Rows, list_caches, open_cache, resolve_cache_root, verify_cache
+from natix.errors import CacheError
+
+IDENTITY = {"extractor_version": 1, "backbone": {"weights_sha256": "0" * 64}, "store_dtype": "float16"}
+TABLE = [{"name": "global", "box": [0, 0, 1, 1], "flip": False},
+         {"name": "tile", "box": [0, 0, 0.5, 0.5], "flip": False}]
+
+
+def _ids(n, start=0):
+    return [f"{i:064x}" for i in range(start, start + n)]
+
+
+def _write(root, n=5, start=0, identity=IDENTITY):
+    with CacheWriter(root, identity, TABLE, source={"backbone": "test"}) as w:
+        feats = np.arange(n * 2 * 3, dtype=np.float16).reshape(n, 2, 3) + start
+        ids = _ids(n, start)
+        w.add_part(feats, Rows(ids, [f"/img/{i}.jpg" for i in ids], [1] * n, [""] * n, [(10, 20)] * n),
+                   [("f" * 64, "/img/bad.jpg", "corrupt")])
+        return w.commit()
+
+
+def test_write_read_round_trip_and_growth(tmp_path):
+    path = _write(tmp_path)
+    c = open_cache(path)
+    assert c.shape == (5, 2, 3) and c.dtype == np.float16 and len(c) == 5
+    assert list(c.ids) == _ids(5) and c.view_names == ["global", "tile"] and c.source == {"backbone": "test"}
+    assert c.failures == [{"id": "f" * 64, "path": "/img/bad.jpg", "reason": "corrupt"}]
+    np.testing.assert_array_equal(c.features(np.array([4, 0])), c.features()[[4, 0]])
+    np.testing.assert_array_equal(c.pixel_boxes(0)[1], [0, 0, 10, 5])
+    _write(tmp_path, n=3, start=5)
+    c2 = open_cache(path)
+    assert list(c2.ids) == _ids(8) and c2.attrs["created"] == c.attrs["created"]
+    np.testing.assert_array_equal(c2.features()[:5], c.features())
+    assert verify_cache(path)["ok"]
+    [row] = list_caches(tmp_path)
+    assert row["images"] == 8 and row["backbone"] == "test" and row["pending_parts"] == 0
+
+
+def test_verify_detects_corrupted_features_and_pending_parts(tmp_path):
+    path = _write(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f["features"][0, 0, 0] = 123
+    report = verify_cache(path)
+    assert not report["ok"] and any("checksum" in p for p in report["problems"])
+    with h5py.File(path, "r+") as f:
+        f.attrs["fingerprint"] = "1" * 64
+    assert any("does not match its identity" in p for p in verify_cache(path)["problems"])
+
+
+def test_pending_parts_are_reported(tmp_path):
+    path = _write(tmp_path)
+    w = CacheWriter(tmp_path, IDENTITY, TABLE)
+    with w:
+        w.add_part(np.zeros((1, 2, 3), np.float16), Rows(_ids(1, 50), ["/x"], [0], [""], [(1, 1)]), [])
+    assert any("not merged yet" in p for p in verify_cache(path)["problems"])
+    assert list_caches(tmp_path)[0]["pending_parts"] == 1
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "does not exist"),
+    (b"", "unreadable or incomplete"),
+    (b"\x89HDF\r\n\x1a\n" + b"\0" * 100, "unreadable or incomplete"),
+])
+def test_open_refuses_missing_and_broken_files(tmp_path, content, match):
+    path = tmp_path / "x.h5"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CacheError, match=match):
+        open_cache(path)
+
+
+def test_open_refuses_foreign_hdf5_and_truncated_cache(tmp_path):
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(CacheError, match="not a natix feature cache"):
+        open_cache(foreign)
+    path = _write(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CacheError, match="unreadable or incomplete"):
+        open_cache(path)
+
+
+def test_cache_root_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("NATIX_CACHE", str(tmp_path / "env"))
+    assert resolve_cache_root("flag") == resolve_cache_root("flag") and str(resolve_cache_root("flag")) == "flag"
+    assert resolve_cache_root(None) == tmp_path / "env"
+    monkeypatch.delenv("NATIX_CACHE")
+    assert str(resolve_cache_root(None)) == ".natix-cache"
+
+
+def test_reading_a_cache_does_not_import_torch(tmp_path):
+    path = _write(tmp_path)
+    code = ("import sys; from natix.cache import open_cache; c = open_cache(sys.argv[1]); c.features(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; assert 'natix.extract' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
