@@ -176,3 +176,21 @@ def test_timm_name_with_checkpoint_file(tmp_path):
     assert idents[0] == idents[1]
     with pytest.raises(BackboneError, match="does not exist"):
         load_backbone("timm:vit_small_patch16_dinov3", checkpoint=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("kind", ["transformers", "timm"])
+def test_folding_the_normalisation_into_the_patch_embedding_is_exact(kind, tiny_backbone, tiny_timm_dir):
+    from natix.extract.extractor import fold_normalization
+    from natix.extract.views import normalize
+
+    spec = str(tiny_backbone) if kind == "transformers" else f"timm:local-dir:{tiny_timm_dir}"
+    ref, _ = load_backbone(spec)
+    folded, _ = load_backbone(spec)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    assert fold_normalization(folded, mean, std)
+    pixels = torch.randint(0, 256, (3, 3, 48, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = ref(normalize(pixels, mean, std))
+        got = folded(pixels.float())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(folded(normalize(pixels, mean, std)), expected, atol=1e-2)  # weights did change

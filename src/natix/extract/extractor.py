@@ -11,6 +11,7 @@ writes bitwise-identical features.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -121,11 +122,12 @@ class _ImageSet:
             arr = decode_image(data)
         except DecodeError as exc:
             return k, str(exc)
-        img = torch.from_numpy(arr).permute(2, 0, 1)  # [3, H, W] uint8 view of the array
+        # [3, H, W] over the HWC array: channels-last strides, which torch's uint8 resize wants
+        img = torch.from_numpy(arr).permute(2, 0, 1)
         size = (arr.shape[0], arr.shape[1])
         if self.recipe is not None:
-            return k, ({s: v[0] for s, v in build_views([img.contiguous()], self.recipe).items()}, size)
-        return k, (img.contiguous(), size)
+            return k, ({s: v[0] for s, v in build_views([img], self.recipe).items()}, size)
+        return k, (img, size)
 
 
 def _collate(batch):
@@ -163,6 +165,39 @@ class _Writer:
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+
+def fold_normalization(backbone, mean, std) -> bool:
+    """Fold ``(x/255 - mean) / std`` into the patch-embedding convolution, in place.
+
+    The patch embedding is a stride-16, kernel-16, unpadded convolution, hence affine in its
+    input, so ``conv(W, (x/255 - m)/s) + b == conv(W / (255 s), x) + b - Σ W·m/s`` exactly in
+    real arithmetic. The model then takes raw 0..255 pixels, which saves three passes over
+    every view. Returns False (and changes nothing) when the backbone has no such convolution.
+    """
+    import torch
+
+    inner = backbone.model
+    conv = None
+    if backbone.kind == "transformers":
+        conv = getattr(getattr(inner, "embeddings", None), "patch_embeddings", None)
+    else:
+        conv = getattr(getattr(inner, "patch_embed", None), "proj", None)
+    if not isinstance(conv, torch.nn.Conv2d) or conv.padding not in ((0, 0), "valid") \
+            or conv.kernel_size != conv.stride or conv.in_channels != 3:
+        return False
+    m = torch.as_tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    with torch.no_grad():
+        w = conv.weight.double()
+        shift = (w * (m / s)).sum(dim=(1, 2, 3))
+        bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(shift)
+        conv.weight.copy_((w / (255.0 * s)).to(conv.weight.dtype))
+        if conv.bias is None:
+            conv.bias = torch.nn.Parameter((bias - shift).to(conv.weight.dtype), requires_grad=False)
+        else:
+            conv.bias.copy_((bias - shift).to(conv.bias.dtype))
+    return True
 
 
 class _Forward:
@@ -255,10 +290,11 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
         extracted, failed, micro = 0, len(unreadable), options.batch_size * recipe.n_views
         dim = model.dim
         if todo:
+            folded = fold_normalization(model, preprocess.mean, preprocess.std)
             model = model.to(device)
             forward = _Forward(torch.compile(model) if compile else model, device, precision, micro)
             extracted, new_failed = _run(todo, forward, writer, recipe, preprocess, device, options,
-                                         store_dtype, dim)
+                                         store_dtype, dim, folded)
             failed += new_failed
             micro = forward.micro
         if writer.needs_commit():
@@ -274,7 +310,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
 
 
 def _run(todo, forward, writer: CacheWriter, recipe: ViewRecipe, preprocess: Preprocess, device,
-         options: RunOptions, store_dtype: str, model_dim: int) -> tuple[int, int]:
+         options: RunOptions, store_dtype: str, model_dim: int, folded: bool) -> tuple[int, int]:
     """The model loop over fixed chunks of `todo`; returns (extracted, failed)."""
     import torch
     from torch.utils.data import DataLoader
@@ -288,7 +324,12 @@ def _run(todo, forward, writer: CacheWriter, recipe: ViewRecipe, preprocess: Pre
     sizes = sorted({v.size for v in table})
     slots = {s: [i for i, v in enumerate(table) if v.size == s] for s in sizes}
     bar = _progress(len(todo), options.progress)
+    threads = torch.get_num_threads()
+    if on_cpu and options.workers:
+        # Workers decode on their own cores; more model threads would only contend with them.
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - options.workers)))
     out_writer = _Writer(writer)
+    bufs: dict = {}
     extracted = failed = 0
     try:
         with torch.inference_mode():
@@ -298,14 +339,19 @@ def _run(todo, forward, writer: CacheWriter, recipe: ViewRecipe, preprocess: Pre
                 feats = np.zeros((len(good), recipe.n_views, model_dim), dtype=store_dtype)
                 if good:
                     if on_cpu:
-                        views = {s: torch.stack([item[0][s] for _, item in good]) for s in sizes}
+                        views = {s: _stack_into(bufs, ("u8", s), [item[0][s] for _, item in good])
+                                 for s in sizes}
                     else:
                         imgs = [item[0].to(device, non_blocking=True) for _, item in good]
                         views = build_views(imgs, recipe)
                     for s in sizes:
                         v = views[s].to(device, non_blocking=True)
                         b, nv = v.shape[:2]
-                        x = normalize(v.reshape(b * nv, 3, s, s), preprocess.mean, preprocess.std)
+                        v = v.reshape(b * nv, 3, s, s)
+                        if folded:  # into a reused buffer: fresh 100 MB tensors cost page faults
+                            x = _buffer(bufs, ("f32", s), v.shape, torch.float32, device).copy_(v)
+                        else:
+                            x = normalize(v, preprocess.mean, preprocess.std)
                         f = forward(x).reshape(b, nv, -1)
                         feats[:, slots[s]] = f.cpu().numpy().astype(store_dtype)
                 rows = Rows(ids=[todo[k][1] for k, _ in good], paths=[str(todo[k][0].path) for k, _ in good],
@@ -317,9 +363,28 @@ def _run(todo, forward, writer: CacheWriter, recipe: ViewRecipe, preprocess: Pre
                 failed += len(failures)
                 bar.update(len(batch))
     finally:
+        torch.set_num_threads(threads)
         bar.close()
         out_writer.close()
     return extracted, failed
+
+
+def _buffer(bufs: dict, key, shape, dtype, device):
+    """A reusable tensor of at least `shape[0]` rows, viewed as `shape`."""
+    import torch
+
+    buf = bufs.get(key)
+    if buf is None or buf.shape[0] < shape[0] or tuple(buf.shape[1:]) != tuple(shape[1:]):
+        buf = bufs[key] = torch.empty(tuple(shape), dtype=dtype, device=device)
+    return buf[: shape[0]]
+
+
+def _stack_into(bufs: dict, key, tensors):
+    """`torch.stack` into a reusable buffer."""
+    import torch
+
+    out = _buffer(bufs, key, (len(tensors),) + tuple(tensors[0].shape), tensors[0].dtype, tensors[0].device)
+    return torch.stack(tensors, out=out)
 
 
 def _progress(total: int, enabled: bool):

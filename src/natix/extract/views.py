@@ -8,6 +8,7 @@ its unflipped twin; only the pixels are mirrored.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +40,19 @@ def tile_edges(grid: int, overlap: float) -> np.ndarray:
     return edges
 
 
+@functools.lru_cache(maxsize=64)
+def _table(recipe: ViewRecipe) -> tuple[View, ...]:
+    """Memoised `view_table` (recipes are frozen, so hashable)."""
+    return tuple(_make_table(recipe))
+
+
 def view_table(recipe: ViewRecipe) -> list[View]:
     """The recipe's views with boxes in unit coordinates; length ``recipe.n_views``."""
+    return list(_table(recipe))
+
+
+def _make_table(recipe: ViewRecipe) -> list[View]:
+    """Build the view table of `recipe`."""
     views = [View("global", (0.0, 0.0, 1.0, 1.0), False, recipe.view_size)]
     if recipe.tiles:
         edges = tile_edges(recipe.grid, recipe.overlap)
@@ -60,7 +72,7 @@ def pixel_boxes(height: int, width: int, recipe: ViewRecipe) -> np.ndarray:
     Every box lies inside ``[0, width] × [0, height]`` and is at least one pixel wide and
     high, so images smaller than a tile (even 1×1) still give every view.
     """
-    unit = np.array([v.box for v in view_table(recipe)], dtype=np.float64)
+    unit = np.array([v.box for v in _table(recipe)], dtype=np.float64)
     scale = np.array([width, height, width, height], dtype=np.float64)
     boxes = np.rint(unit * scale).astype(np.int64)
     # Tiny images: a rounded tile may collapse; give it at least one pixel inside the image.
@@ -90,28 +102,32 @@ def build_views(images: list, recipe: ViewRecipe) -> dict:
     import torch
     import torch.nn.functional as F
 
-    table = view_table(recipe)
+    if not images:
+        return {}
+    table = _table(recipe)
     sizes = sorted({v.size for v in table})
-    out = {s: torch.empty((len(images), sum(v.size == s for v in table), 3, s, s), dtype=torch.uint8,
-                          device=images[0].device) for s in sizes}
-    slot = {}
-    for s in sizes:
-        for j, i in enumerate(i for i, v in enumerate(table) if v.size == s):
-            slot[i] = j
+    slot = _slots(recipe)
+    device = images[0].device
+    out = {sz: torch.empty((len(images), sum(v.size == sz for v in table), 3, sz, sz), dtype=torch.uint8,
+                           device=device) for sz in sizes}
     groups: dict[tuple[int, int], list[int]] = {}
     for b, img in enumerate(images):
         groups.setdefault(tuple(img.shape[1:]), []).append(b)
     for (h, w), members in groups.items():
-        batch = torch.stack([images[b] for b in members])
+        if len(members) == 1:
+            batch = images[members[0]].unsqueeze(0)  # no copy: keeps the caller's strides
+        else:
+            batch = torch.stack([images[b] for b in members])
         if batch.device.type == "cpu":
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=torch.channels_last)  # no-op for HWC-backed images
         else:
             batch = batch.float()
-        boxes = pixel_boxes(h, w, recipe)
-        index = torch.as_tensor(members, device=batch.device)
+        contiguous = members == list(range(members[0], members[-1] + 1))
+        rows = slice(members[0], members[-1] + 1) if contiguous else torch.as_tensor(members, device=device)
+        boxes = pixel_boxes(h, w, recipe).tolist()
         done: dict[tuple, object] = {}
         for i, view in enumerate(table):
-            x0, y0, x1, y1 = (int(v) for v in boxes[i])
+            x0, y0, x1, y1 = boxes[i]
             key = (x0, y0, x1, y1, view.size)
             if key not in done:  # a flipped view reuses its twin's resize
                 crop = F.interpolate(batch[:, :, y0:y1, x0:x1], size=(view.size, view.size),
@@ -122,8 +138,19 @@ def build_views(images: list, recipe: ViewRecipe) -> dict:
             crop = done[key]
             if view.flip:
                 crop = torch.flip(crop, dims=[-1])
-            out[view.size][index, slot[i]] = crop.contiguous()
+            out[view.size][rows, slot[i]] = crop
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _slots(recipe: ViewRecipe) -> dict[int, int]:
+    """View index → its position among the views of the same side."""
+    seen: dict[int, int] = {}
+    slot = {}
+    for i, v in enumerate(_table(recipe)):
+        slot[i] = seen.get(v.size, 0)
+        seen[v.size] = slot[i] + 1
+    return slot
 
 
 def normalize(views, mean, std, dtype=None):
