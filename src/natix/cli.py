@@ -60,7 +60,29 @@ def _load_config(ctx: click.Context, _param, value):
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _OneLineErrors(click.Group):
+    """A click group whose errors are one line on stderr: exit 2 for usage, 1 for the rest."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "natix"
+            click.echo(f"Error: {exc.format_message()} (see '{where} --help')", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="natix")
 @click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
               expose_value=False, help="YAML file of defaults per command (flags win).")
@@ -153,6 +175,7 @@ def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size
     if as_json:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in r.__dict__.items()}
         out["images_per_s"] = r.images_per_s
+        out["model_work"] = r.model_work
         click.echo(json.dumps(out, indent=2))
         return
     click.echo(f"cache     {r.cache_file}  (fingerprint {r.fingerprint[:16]})")

@@ -1,0 +1,165 @@
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from natix.cli import cli
+
+COMMANDS = [[], ["demo-data"], ["demo-backbone"], ["extract"], ["cache"], ["cache", "ls"], ["cache", "info"],
+            ["cache", "verify"]]
+
+
+def run(*args, **kwargs):
+    return CliRunner().invoke(cli, [str(a) for a in args], **kwargs)
+
+
+def _one_line_error(result, code):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "natix")
+def test_help_of_every_command(cmd):
+    r = run(*cmd, "--help")
+    assert r.exit_code == 0 and "Usage:" in r.output
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from natix.cli import main; sys.argv=['natix','--help']\ntry: main()\nexcept SystemExit: pass\n" \
+           "assert 'torch' not in sys.modules and 'h5py' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["extract", "x", "--backbone", "b", "--views", "abc"], "'abc' is not a valid integer"),
+    (["extract", "x"], "Missing option '--backbone'"),
+    (["extract", "x", "--backbone", "b", "--pool", "gem"], "'gem' is not one of"),
+    (["extract", "x", "--backbone", "b", "--no-such-flag"], "No such option"),
+    (["nosuch"], "No such command"),
+])
+def test_bad_options_exit_2_with_one_line(args, match):
+    assert match in _one_line_error(run(*args), 2)
+
+
+@pytest.fixture
+def setup(demo_images, tiny_backbone, tmp_path):
+    return demo_images, tiny_backbone, tmp_path / "cache"
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--views", "7"], "--views 7 does not fit a 3x3 grid"),
+    (["--grid", "0"], "grid must be >= 1"),
+    (["--overlap", "1.0"], "overlap must be in \\[0, 1\\)"),
+    (["--view-size", "100"], "multiple of the patch size 16"),
+    (["--batch-size", "0"], "batch size must be >= 1"),
+    (["--device", "cuda:7"], "no CUDA GPU|cuda"),
+])
+def test_bad_view_and_run_specs(setup, extra, match):
+    data, backbone, cache = setup
+    line = _one_line_error(run("extract", data, "--backbone", backbone, "--cache", cache, *extra), 1)
+    assert pytest.importorskip("re").search(match, line), line
+    assert not cache.exists() or not list(cache.glob("*.h5"))
+
+
+def test_bad_inputs_give_one_line_and_keep_what_was_extracted(setup, tmp_path):
+    data, backbone, cache = setup
+    ok = run("extract", data, "--backbone", backbone, "--cache", cache, "--views", "1", "-q")
+    assert ok.exit_code == 0, ok.output
+    [h5] = cache.glob("*.h5")
+    before = h5.read_bytes()
+    (tmp_path / "empty").mkdir()
+    bad_manifest = tmp_path / "m.csv"
+    bad_manifest.write_text("path,label\nmissing.jpg,1\n")
+    bad_label = tmp_path / "labels"
+    shutil.copytree(data, bad_label)
+    (bad_label / "labels.csv").write_text("path,label\nimg_00000.jpg,maybe\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = [
+        ([tmp_path / "missing", "--backbone", backbone], "does not exist"),
+        ([tmp_path / "empty", "--backbone", backbone], "no images found"),
+        ([bad_manifest, "--backbone", backbone], "names 1 missing file"),
+        ([bad_label, "--backbone", backbone], "label 'maybe' is not 0, 1"),
+        ([data, "--backbone", "timm:nope_model"], "unknown timm model"),
+        ([data, "--backbone", tmp_path / "nodir"], "neither a local directory"),
+        ([data, "--backbone", backbone, "--cache", blocker / "x"], "not writable"),
+    ]
+    for args, match in cases:
+        cache_args = [] if "--cache" in args else ["--cache", cache]
+        line = _one_line_error(run("extract", *args, *cache_args, "--views", "1"), 1)
+        assert match in line, line
+    assert h5.read_bytes() == before
+
+
+def test_locked_cache_from_the_cli(setup):
+    from natix.cache.store import CacheLock
+
+    data, backbone, cache = setup
+    assert run("extract", data, "--backbone", backbone, "--cache", cache, "--views", "1").exit_code == 0
+    [h5] = cache.glob("*.h5")
+    with CacheLock(h5):
+        line = _one_line_error(run("extract", data, "--backbone", backbone, "--cache", cache, "--views", "1"), 1)
+    assert "is being written by pid" in line
+
+
+def test_happy_path_end_to_end(setup):
+    data, backbone, cache = setup
+    r = run("extract", data, "--backbone", backbone, "--cache", cache, "--views", "10", "--batch-size", "4",
+            "--workers", "0", "-q")
+    assert r.exit_code == 0, r.output
+    assert "12 extracted" in r.output and "features  [N, 10, 32]" in r.output
+    r = run("extract", data, "--backbone", backbone, "--cache", cache, "--views", "10", "--json")
+    result = json.loads(r.output)
+    assert (result["extracted"], result["already_cached"], result["model_work"]) == (0, 12, False)
+    r = run("extract", data, "--backbone", backbone, "--cache", cache)
+    assert "no model work" in r.output
+    [h5] = cache.glob("*.h5")
+    r = run("cache", "ls", "--cache", cache)
+    assert r.exit_code == 0 and h5.name in r.output and " 12 " in r.output
+    r = run("cache", "info", h5)
+    assert r.exit_code == 0 and "[12, 10, 32] float16" in r.output and "6 roadwork, 6 no_roadwork" in r.output
+    info = json.loads(run("cache", "info", h5, "--json").output)
+    assert info["images"] == 12 and len(info["view_table"]) == 10 and info["identity"]["views"]["grid"] == 3
+    r = run("cache", "verify", h5)
+    assert r.exit_code == 0 and r.output.startswith("ok: 12 images")
+
+
+def test_verify_reports_corruption_with_exit_1(setup):
+    import h5py
+
+    data, backbone, cache = setup
+    run("extract", data, "--backbone", backbone, "--cache", cache, "--views", "1")
+    [h5] = cache.glob("*.h5")
+    with h5py.File(h5, "r+") as f:
+        f["features"][0, 0, 0] += 1
+    r = run("cache", "verify", h5)
+    assert r.exit_code == 1 and "checksum" in r.output
+
+
+def test_demo_commands(tmp_path):
+    r = run("demo-data", tmp_path / "d", "--n", "4")
+    assert r.exit_code == 0 and len(list((tmp_path / "d").glob("*.jpg"))) == 4
+    assert "n must be >= 1" in _one_line_error(run("demo-data", tmp_path / "e", "--n", "0"), 1)
+    r = run("demo-backbone", tmp_path / "bb")
+    assert r.exit_code == 0 and (tmp_path / "bb" / "config.json").is_file()
+
+
+def test_config_file_supplies_defaults_and_flags_win(setup, tmp_path):
+    data, backbone, cache = setup
+    cfg = tmp_path / "natix.yaml"
+    cfg.write_text(f"extract:\n  views: 1\n  cache_root: {cache}\n  backbone: {backbone}\n")
+    r = run("--config", cfg, "extract", data, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["n_views"] == 1
+    r = run("--config", cfg, "extract", data, "--views", "10", "--json")
+    assert json.loads(r.output)["n_views"] == 10
+    cfg.write_text("extract:\n  viewz: 1\n")
+    assert "unknown option(s) viewz" in _one_line_error(run("--config", cfg, "extract", data), 2)
+    cfg.write_text("extrakt: {}\n")
+    assert "unknown command 'extrakt'" in _one_line_error(run("--config", cfg, "extract", data), 2)
