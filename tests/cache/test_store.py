@@ -18,7 +18,7 @@ def _ids(n, start=0):
 
 
 def _write(root, n=5, start=0, identity=IDENTITY):
-    with CacheWriter(root, identity, TABLE, source={"backbone": "test"}) as w:
+    with CacheWriter(root, identity, TABLE, dim=3, source={"backbone": "test"}) as w:
         feats = np.arange(n * 2 * 3, dtype=np.float16).reshape(n, 2, 3) + start
         ids = _ids(n, start)
         w.add_part(feats, Rows(ids, [f"/img/{i}.jpg" for i in ids], [1] * n, [""] * n, [(10, 20)] * n),
@@ -56,7 +56,7 @@ def test_verify_detects_corrupted_features_and_pending_parts(tmp_path):
 
 def test_pending_parts_are_reported(tmp_path):
     path = _write(tmp_path)
-    w = CacheWriter(tmp_path, IDENTITY, TABLE)
+    w = CacheWriter(tmp_path, IDENTITY, TABLE, dim=3)
     with w:
         w.add_part(np.zeros((1, 2, 3), np.float16), Rows(_ids(1, 50), ["/x"], [0], [""], [(1, 1)]), [])
     assert any("not merged yet" in p for p in verify_cache(path)["problems"])

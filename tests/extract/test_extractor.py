@@ -303,3 +303,39 @@ def test_timm_and_adapter_extraction(demo_images, tiny_backbone, tmp_path, cache
                       recipe=ViewRecipe(n_views=1), cache_root=cache_root, options=FAST)
     assert adapted.fingerprint != plain.fingerprint and adapted.extracted == 12
     assert not np.allclose(open_cache(adapted.cache_file).features(), open_cache(plain.cache_file).features())
+
+
+def test_unreadable_files_are_failures_and_retried(demo_images, tiny_backbone, tmp_path, cache_root, monkeypatch):
+    import natix.extract.extractor as ex
+
+    real = ex.hash_files
+
+    def flaky(paths, **kw):
+        out = real(paths, **kw)
+        out[0] = PermissionError(13, "Permission denied")
+        return out
+
+    monkeypatch.setattr(ex, "hash_files", flaky)
+    r = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=cache_root, options=FAST)
+    assert (r.extracted, r.failed) == (11, 1)
+    c = open_cache(r.cache_file)
+    assert c.shape == (11, 1, 32) and "Permission denied" in c.failures[0]["reason"] and c.failures[0]["id"] == ""
+    monkeypatch.setattr(ex, "hash_files", real)
+    r = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=cache_root, options=FAST)
+    assert r.extracted == 1
+    c = open_cache(r.cache_file)
+    assert len(c) == 12 and c.failures == []
+
+
+def test_a_cache_of_only_failures_grows_later(tiny_backbone, tmp_path, cache_root):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bad.jpg").write_bytes(b"garbage")
+    r = extract(data, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=cache_root, options=FAST)
+    assert (r.extracted, r.failed) == (0, 1) and open_cache(r.cache_file).shape == (0, 1, 32)
+    from natix.data.demo import make_demo_images
+
+    make_demo_images(data / "more", n=2)
+    (data / "more" / "labels.csv").unlink()
+    r = extract(data, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=cache_root, options=FAST)
+    assert (r.extracted, r.known_failures) == (2, 1) and open_cache(r.cache_file).shape == (2, 1, 32)

@@ -349,13 +349,15 @@ class CacheWriter:
     interrupted run, known failures). `add_part` makes a chunk durable; `commit` merges.
     """
 
-    def __init__(self, root: str | os.PathLike, identity: dict, view_table: list[dict], *,
-                 source: dict | None = None):
+    def __init__(self, root: str | os.PathLike, identity: dict, view_table: list[dict], *, dim: int,
+                 store_dtype: str = "float16", source: dict | None = None):
         self.root = Path(root)
         self.identity = identity
         self.source = source or {}  # where the weights came from: shown, never hashed
         self.fingerprint = fingerprint(identity)
         self.view_table = view_table
+        self.dim = dim  # features per view; fixed by the identity
+        self.store_dtype = np.dtype(store_dtype)
         self.path = cache_path(self.root, self.fingerprint)
         self.parts = _parts_dir(self.path)
         self._lock = CacheLock(self.path)
@@ -436,7 +438,7 @@ class CacheWriter:
         Safe to call from one background thread.
         """
         n = len(rows.ids)
-        assert features.shape[0] == n and features.ndim == 3, (features.shape, n)
+        assert features.shape == (n, len(self.view_table), self.dim), (features.shape, n)
         self.parts.mkdir(parents=True, exist_ok=True)
         seq = self._next_part
         self._next_part += 1
@@ -509,16 +511,15 @@ class CacheWriter:
         for r, i in enumerate(ids):
             if i in self._meta_updates:
                 paths[r], labels[r], groups[r] = self._meta_updates[i]
-        # An id that now has features is no longer a failure.
-        failures = {k: v for k, v in failures.items() if not (k[0] and k[0] in seen)}
-        if old is not None:
-            v, d, dtype = old.shape[1], old.shape[2], old.dtype
-        elif part_data:
-            _, v, d = part_data[0]["features"].shape
-            dtype = part_data[0]["features"].dtype
-        else:
-            v, d = len(self.view_table), 0
-            dtype = np.dtype(self.identity.get("store_dtype", "float16"))
+        # An id that now has features is no longer a failure, nor is an unreadable path that
+        # was read since.
+        have_paths = set(paths)
+        failures = {k: v for k, v in failures.items()
+                    if not (k[0] in seen if k[0] else v[0] in have_paths)}
+        v, d, dtype = len(self.view_table), self.dim, self.store_dtype
+        if old is not None and len(old) and old.shape[1:] != (v, d):
+            raise CacheError(f"cache file '{self.path}' holds [N, {old.shape[1]}, {old.shape[2]}] features, this run "
+                             f"makes [N, {v}, {d}]: move the file away")
         n = len(ids)
 
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")

@@ -258,7 +258,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
     table = [{"name": v.name, "box": list(v.box), "flip": v.flip} for v in view_table(recipe)]
 
     source_info = {"backbone": backbone, "checkpoint": checkpoint, "adapter": adapter}
-    with CacheWriter(root, identity, table, source=source_info) as writer:
+    with CacheWriter(root, identity, table, dim=model.dim, store_dtype=store_dtype, source=source_info) as writer:
         unreadable, todo, seen = [], [], {}
         already, resumed_ids = 0, 0
         known_fail = 0
@@ -284,7 +284,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
                 todo.append((rec, image_id))
         metadata_updates = writer.pending_metadata
         if unreadable:
-            writer.add_part(np.zeros((0, recipe.n_views, 0), dtype=store_dtype),
+            writer.add_part(np.zeros((0, recipe.n_views, model.dim), dtype=store_dtype),
                             Rows([], [], [], [], []), unreadable)
 
         extracted, failed, micro = 0, len(unreadable), options.batch_size * recipe.n_views
