@@ -364,3 +364,31 @@ def test_tiny_images(w: int, h: int, fmt: str) -> None:
         assert np.abs(out[..., 1:].astype(int) - arr[..., 1:]).max() <= 8
         if w * h > 1:
             assert np.corrcoef(out[..., 0].ravel(), arr[..., 0].ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("mode, kwargs", [
+    ("RGB", {"quality": 90}),
+    ("RGB", {"quality": 75, "subsampling": 0}),
+    ("RGB", {"quality": 95, "progressive": True}),
+    ("L", {"quality": 90}),
+    ("CMYK", {"quality": 90}),
+    ("RGB", {"quality": 90, "exif": 6}),
+])
+def test_fast_jpeg_path_is_pixel_identical_to_pil(mode, kwargs):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)).convert(mode)
+    kwargs = dict(kwargs)
+    if "exif" in kwargs:
+        exif = Image.Exif()
+        exif[0x0112] = kwargs.pop("exif")
+        kwargs["exif"] = exif.tobytes()
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kwargs)
+    data = buf.getvalue()
+    fast, slow = decode_image(data), decode_image(data, fast_jpeg=False)
+    assert fast.shape == slow.shape and fast.flags.c_contiguous and fast.flags.writeable
+    np.testing.assert_array_equal(fast, slow)
+    with pytest.raises(DecodeError, match="truncated|corrupt"):
+        decode_image(data[:-2])
