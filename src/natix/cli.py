@@ -291,6 +291,143 @@ def cache_verify(file) -> None:
     raise click.ClickException(f"{file} failed verification ({len(report['problems'])} problem(s))")
 
 
+# --------------------------------------------------------------------------- tier 2: heads
+
+
+def _head_options(fn):
+    """Options shared by fit-head and ablate: the model's hyperparameters and the training."""
+    opts = [
+        click.option("--hidden", default=256, show_default=True, help="MLP width."),
+        click.option("--depth", default=1, show_default=True, help="MLP hidden layers."),
+        click.option("--dropout", default=0.1, show_default=True),
+        click.option("--k", "topk", default=2, show_default=True, help="Views averaged by the topk aggregator."),
+        click.option("--view-embedding/--no-view-embedding", default=False, show_default=True,
+                     help="Learned view-position embedding."),
+        click.option("--view-dropout", default=0.0, show_default=True, help="Training-time view dropout."),
+        click.option("--coverage", default=0.8, show_default=True, help="Gate policy: target coverage."),
+        click.option("--lr", default=1e-3, show_default=True),
+        click.option("--weight-decay", default=1e-4, show_default=True),
+        click.option("--batch-size", default=256, show_default=True, help="0 = full batch."),
+        click.option("--max-epochs", default=100, show_default=True),
+        click.option("--patience", default=8, show_default=True),
+        click.option("--stop-metric", type=click.Choice(["nll", "mcc"]), default="nll", show_default=True,
+                     help="Early stopping on val_select."),
+        click.option("--class-weights", is_flag=True, help="Weight classes to equal total weight."),
+        click.option("--ratios", default="0.6,0.1,0.15,0.15", show_default=True,
+                     help="train,val_select,val_calib,val_test fractions."),
+        click.option("--split-seed", default=0, show_default=True),
+        click.option("--device", default="cpu", show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _configs(head, agg, policy, seed, o):
+    from natix.heads.train import HeadConfig, TrainConfig
+
+    hc = HeadConfig(head=head, agg=agg, policy=policy, hidden=o["hidden"], depth=o["depth"], dropout=o["dropout"],
+                    k=o["topk"], view_embedding=o["view_embedding"], view_dropout=o["view_dropout"],
+                    coverage=o["coverage"])
+    tc = TrainConfig(lr=o["lr"], weight_decay=o["weight_decay"], batch_size=o["batch_size"],
+                     max_epochs=o["max_epochs"], patience=o["patience"], stop_metric=o["stop_metric"],
+                     class_weights=o["class_weights"], seed=seed, device=o["device"])
+    return hc, tc
+
+
+def _ratios(text: str):
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not four comma-separated fractions, e.g. 0.6,0.1,0.15,0.15",
+                                 param_hint="--ratios") from None
+
+
+def _metrics_table(metrics: dict, splits=("train", "val_select", "val_calib", "val_test", "train_oof")) -> str:
+    names = ("n", "accuracy", "mcc", "auroc", "nll", "ece", "augrc", "natix_reward")
+    lines = [f"{'split':<11}" + "".join(f"{n:>13}" for n in names)]
+    for split in splits:
+        if split in metrics:
+            m = metrics[split]
+            lines.append(f"{split:<11}" + "".join(f"{m[n]:>13}" if n == "n" else f"{m[n]:>13.4f}" for n in names))
+    return "\n".join(lines)
+
+
+@cli.command("fit-head")
+@click.argument("features", type=click.Path(dir_okay=False))
+@click.option("--head", default="linear", show_default=True, help="linear or mlp.")
+@click.option("--agg", default="mean", show_default=True,
+              help="global, mean, max, topk, attention, gated-attention.")
+@click.option("--policy", default="softmax", show_default=True, help="softmax or gate.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--splits", "splits_path", type=click.Path(dir_okay=False), help="Reuse a splits.json.")
+@click.option("--oof-folds", default=0, show_default=True, help="Cross-fit K models for out-of-fold train predictions.")
+@click.option("--json", "as_json", is_flag=True)
+@_head_options
+@_library_errors
+def fit_head(features, head, agg, policy, out, seed, splits_path, oof_folds, as_json, **o) -> None:
+    """Train a head on a feature cache and write a run directory."""
+    from natix.heads.runs import fit_run
+
+    hc, tc = _configs(head, agg, policy, seed, o)
+    r = fit_run(features, out, head=hc, train=tc, splits_path=splits_path, ratios=_ratios(o["ratios"]),
+                split_seed=o["split_seed"], oof_folds=oof_folds)
+    if as_json:
+        click.echo(json.dumps({"out": str(r.out), "metrics": r.metrics, "seconds": r.seconds}, indent=2))
+        return
+    click.echo(f"run       {r.out}  ({hc.name}, seed {seed}, {r.history['epochs']} epochs, best "
+               f"{r.history['best_epoch'] + 1}; {r.seconds:.1f} s)")
+    click.echo("metrics are fractions (not x1000); confidence = " +
+               ("gate score g" if policy == "gate" else "max(p, 1-p)"))
+    click.echo(_metrics_table(r.metrics))
+
+
+@cli.command("evaluate")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--split", default="val_test", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_library_errors
+def evaluate(run, split, as_json) -> None:
+    """Recompute a run's metrics from its stored predictions."""
+    from natix.heads.runs import evaluate_run
+
+    res = evaluate_run(run, split)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"{run}  split {split}  (fractions, not x1000; 95% bootstrap CI)")
+    for name, value in res["metrics"].items():
+        ci = res["ci"].get(name)
+        extra = f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+        click.echo(f"  {name:<18} {value:.4f}{extra}" if name != "n" else f"  {name:<18} {value}")
+
+
+@cli.command("ablate")
+@click.argument("features", type=click.Path(dir_okay=False))
+@click.option("--head", "heads", default="linear,mlp", show_default=True)
+@click.option("--agg", "aggs", default="global,mean,max,attention", show_default=True)
+@click.option("--policy", "policies", default="softmax,gate", show_default=True)
+@click.option("--seeds", default=3, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--jobs", default=1, show_default=True, help="Arms trained in parallel processes.")
+@click.option("--metric", default="mcc", show_default=True, help="Sort and compare by this metric.")
+@click.option("--baseline", default=None, help="Arm to compare against, e.g. linear/mean/softmax [default: first].")
+@click.option("-q", "--quiet", is_flag=True)
+@_head_options
+@_library_errors
+def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, quiet, **o) -> None:
+    """Train every head x aggregator x policy x seed arm on one cache; write a leaderboard."""
+    from natix.heads.ablate import ablate as run_ablate
+
+    hc, tc = _configs("linear", "mean", "softmax", 0, o)
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    board = run_ablate(features, out, heads=split(heads), aggs=split(aggs), policies=split(policies), seeds=seeds,
+                       metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
+                       ratios=_ratios(o["ratios"]), split_seed=o["split_seed"], progress=not quiet)
+    click.echo((Path(out) / "leaderboard.md").read_text())
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="natix")

@@ -138,7 +138,7 @@ class FeatureCache:
                 f.close()
             raise CacheError(
                 f"feature file '{self.path}' is unreadable or incomplete ({exc}): "
-                "rerun `natix extract` to rebuild it, or run `natix cache verify`"
+                "move it away and rerun `natix extract` to rebuild it"
             ) from None
         self._file = f
 
@@ -184,11 +184,9 @@ class FeatureCache:
         elif isinstance(rows, slice):
             out = ds[rows]
         else:
-            rows = np.asarray(rows, dtype=np.int64)
-            order = np.argsort(rows, kind="stable")
-            out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
-            if len(rows):
-                out[order] = ds[rows[order]]
+            # h5py wants strictly increasing indices: read each row once, then fan out
+            unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+            out = ds[unique][inverse] if len(unique) else np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
         return out if dtype is None or out.dtype == dtype else out.astype(dtype)
 
     def pixel_boxes(self, row: int) -> np.ndarray:
@@ -313,6 +311,11 @@ class CacheLock:
         os.pwrite(fd, info, 0)
         self._fd = fd
 
+    @property
+    def fd(self) -> int | None:
+        """The locked descriptor; forked children must close it or they keep the lock alive."""
+        return self._fd
+
     def release(self) -> None:
         import fcntl
 
@@ -363,7 +366,9 @@ class CacheWriter:
         self._lock = CacheLock(self.path)
         self.done_ids: set[str] = set()
         self.failed_ids: dict[str, str] = {}
+        self.path_failures: dict[str, str] = {}  # files that could not be read: retried every run
         self.rows_meta: dict[str, tuple[str, int, str]] = {}
+        self.in_file: set[str] = set()  # ids in the cache file (not in parts)
         self.resumed_parts = 0
         self._next_part = 0
         self._meta_updates: dict[str, tuple[str, int, str]] = {}
@@ -384,10 +389,23 @@ class CacheWriter:
     def __exit__(self, *exc):
         self._lock.release()
 
+    @property
+    def lock_fd(self) -> int | None:
+        return self._lock.fd
+
     def _load_state(self) -> None:
-        """Read what the cache file and leftover parts already hold."""
+        """Read what the cache file and leftover parts already hold (metadata only)."""
         if self.path.exists():
-            with FeatureCache(self.path) as cache:
+            try:
+                cache = FeatureCache(self.path)
+            except FingerprintMismatchError:
+                raise
+            except CacheError as exc:
+                raise CacheError(
+                    f"cache file '{self.path}' is unreadable ({str(exc).split(' (', 1)[-1].split('):')[0]}): "
+                    f"move it away (mv {self.path} {self.path}.broken) and rerun; finished chunks are kept"
+                ) from None
+            with cache:
                 self._absorb(cache)
         for stale in self.root.glob(self.path.name + ".tmp-*"):
             stale.unlink()  # a merge that was killed before its rename; the parts still hold its rows
@@ -395,9 +413,12 @@ class CacheWriter:
             for tmp in self.parts.glob("*.tmp"):
                 tmp.unlink()
             for part in sorted(self.parts.glob("part-*.npz")):
-                data = self._read_part(part)
-                self.done_ids.update(data["ids"].tolist())
-                for i, r in zip(data["fail_ids"].tolist(), data["fail_reasons"].tolist()):
+                meta = self._read_part(part, features=False)
+                self.done_ids.update(meta["ids"].tolist())
+                for i, p, lab, g in zip(meta["ids"].tolist(), meta["paths"].tolist(), meta["labels"].tolist(),
+                                        meta["groups"].tolist()):
+                    self.rows_meta.setdefault(i, (p, int(lab), g))
+                for i, r in zip(meta["fail_ids"].tolist(), meta["fail_reasons"].tolist()):
                     if i:
                         self.failed_ids[i] = r
                 self._next_part = max(self._next_part, int(part.stem.split("-")[1]) + 1)
@@ -411,17 +432,21 @@ class CacheWriter:
                 f"{self.fingerprint[:16]}...: it was renamed or copied by hand; move it away or use another --cache"
             )
         self.done_ids.update(cache.ids)
+        self.in_file = set(cache.ids.tolist())
         for i, p, lab, g in zip(cache.ids, cache.paths, cache.labels, cache.groups):
             self.rows_meta[i] = (p, int(lab), g)
         for fail in cache.failures:
             if fail["id"]:
                 self.failed_ids[fail["id"]] = fail["reason"]
+            else:
+                self.path_failures[fail["path"]] = fail["reason"]
 
     @staticmethod
-    def _read_part(part: Path) -> dict:
+    def _read_part(part: Path, *, features: bool = True) -> dict:
+        """A part's arrays; with `features=False` only the small ones (npz members load lazily)."""
         try:
             with np.load(part, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+                return {k: z[k] for k in z.files if features or k != "features"}
         except (OSError, ValueError) as exc:
             raise CacheError(f"part file '{part}' is unreadable ({exc}): delete it and rerun") from None
 
@@ -455,12 +480,16 @@ class CacheWriter:
             "fail_paths": np.array([f[1] for f in failures], dtype=str),
             "fail_reasons": np.array([f[2] for f in failures], dtype=str),
         }
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.parts)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(self.parts)
+        except OSError as exc:
+            raise CacheError(f"cannot write a chunk to '{self.parts}' ({exc.strerror or exc}): free disk space "
+                             "and rerun; finished chunks are kept") from None
         self.done_ids.update(rows.ids)
         self._new_rows += n
         self._new_failures.extend(failures)
@@ -477,36 +506,80 @@ class CacheWriter:
                     or not self.path.exists())
 
     def commit(self, *, block: int = 4096) -> Path:
-        """Merge the cache file and all parts into a new file and swap it in atomically."""
+        """Merge the cache file and all parts into a new file and swap it in atomically.
+
+        Two passes keep memory at one block or one part: metadata first, then features
+        streamed part by part. Old rows are checked against the recorded checksum while they
+        are copied, so a corrupt cache is refused rather than re-checksummed.
+        """
+        try:
+            return self._commit(block)
+        except OSError as exc:
+            for tmp in self.root.glob(self.path.name + ".tmp-*"):
+                tmp.unlink(missing_ok=True)
+            raise CacheError(f"cannot write '{self.path}' ({exc.strerror or exc}): a merge needs free space for "
+                             "the old and the new cache; free some and rerun (finished chunks are kept)") from None
+
+    def _commit(self, block: int) -> Path:
+        old = FeatureCache(self.path) if self.path.exists() else None
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        try:
+            self._merge_into(tmp, old, block)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            if old is not None:
+                old.close()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.root)
+        # The merged file is durable; only now may the parts go.
+        for part in sorted(self.parts.glob("part-*.npz")) if self.parts.is_dir() else []:
+            part.unlink()
+        with contextlib.suppress(OSError):
+            self.parts.rmdir()
+        self._meta_updates.clear()
+        self._new_rows = 0
+        self._new_failures = []
+        self.resumed_parts = 0
+        return self.path
+
+    def _merge_into(self, tmp: Path, old: FeatureCache | None, block: int) -> None:
+        """Write the merged cache to `tmp`."""
         import h5py
 
         parts = sorted(self.parts.glob("part-*.npz")) if self.parts.is_dir() else []
-        old = FeatureCache(self.path) if self.path.exists() else None
-        # Row metadata in final order: old rows, then parts in sequence order, first id wins.
-        ids, paths, labels, groups, sizes, sources = [], [], [], [], [], []
+        ids: list[str] = []
+        paths: list[str] = []
+        labels: list[int] = []
+        groups: list[str] = []
+        sizes: list[tuple[int, int]] = []
         seen: set[str] = set()
-        if old is not None:
-            for r, i in enumerate(old.ids):
-                seen.add(i)
-                ids.append(i); paths.append(old.paths[r]); labels.append(int(old.labels[r]))
-                groups.append(old.groups[r]); sizes.append(tuple(old.sizes[r])); sources.append(("old", r))
-        part_data = []
         failures: dict[tuple[str, str], tuple[str, str]] = {}
+        n_old = 0
         if old is not None:
+            n_old = len(old)
+            ids += old.ids.tolist(); paths += old.paths.tolist(); labels += old.labels.astype(int).tolist()
+            groups += old.groups.tolist(); sizes += [tuple(map(int, sz)) for sz in old.sizes]
+            seen.update(ids)
             for fl in old.failures:
                 failures[(fl["id"], fl["path"] if not fl["id"] else "")] = (fl["path"], fl["reason"])
-        for k, part in enumerate(parts):
-            data = self._read_part(part)
-            part_data.append(data)
-            for r, i in enumerate(data["ids"].tolist()):
+        take: list[list[int]] = []  # per part, the rows it contributes (first id wins)
+        for part in parts:
+            meta = self._read_part(part, features=False)
+            rows = []
+            for r, i in enumerate(meta["ids"].tolist()):
                 if i in seen:
                     continue
                 seen.add(i)
-                ids.append(i); paths.append(str(data["paths"][r])); labels.append(int(data["labels"][r]))
-                groups.append(str(data["groups"][r])); sizes.append(tuple(int(x) for x in data["sizes"][r]))
-                sources.append((k, r))
-            for i, p, reason in zip(data["fail_ids"].tolist(), data["fail_paths"].tolist(),
-                                    data["fail_reasons"].tolist()):
+                rows.append(r)
+                ids.append(i); paths.append(str(meta["paths"][r])); labels.append(int(meta["labels"][r]))
+                groups.append(str(meta["groups"][r])); sizes.append(tuple(int(x) for x in meta["sizes"][r]))
+            take.append(rows)
+            for i, p, reason in zip(meta["fail_ids"].tolist(), meta["fail_paths"].tolist(),
+                                    meta["fail_reasons"].tolist()):
                 failures[(i, p if not i else "")] = (p, reason)
         for r, i in enumerate(ids):
             if i in self._meta_updates:
@@ -517,30 +590,39 @@ class CacheWriter:
         failures = {k: v for k, v in failures.items()
                     if not (k[0] in seen if k[0] else v[0] in have_paths)}
         v, d, dtype = len(self.view_table), self.dim, self.store_dtype
-        if old is not None and len(old) and old.shape[1:] != (v, d):
+        if old is not None and n_old and old.shape[1:] != (v, d):
             raise CacheError(f"cache file '{self.path}' holds [N, {old.shape[1]}, {old.shape[2]}] features, this run "
                              f"makes [N, {v}, {d}]: move the file away")
         n = len(ids)
 
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         str_dt = h5py.string_dtype("utf-8")
         created = old.attrs.get("created") if old is not None else _now()
+        digest = hashlib.sha256()
         with h5py.File(tmp, "w") as f:
             row_bytes = max(1, v * d * dtype.itemsize)
             chunk_rows = max(1, min(n, (1 << 20) // row_bytes)) if n else 1
             ds = f.create_dataset("features", shape=(n, v, d), dtype=dtype,
                                   chunks=(chunk_rows, v, max(d, 1)) if n and d else None)
-            pos = 0
-            if old is not None and len(old):
-                for s in range(0, len(old), block):
-                    blk = old.features(slice(s, s + block), dtype=None)
+            if n_old:
+                check = hashlib.sha256()
+                for s in range(0, n_old, block):
+                    blk = np.ascontiguousarray(old.features(slice(s, s + block), dtype=None))
+                    check.update(blk.tobytes())
+                    digest.update(blk.tobytes())
                     ds[s:s + len(blk)] = blk
-                pos = len(old)
-            for k, data in enumerate(part_data):
-                take = [r for (src_k, r) in sources[pos:] if src_k == k]
-                if take:
-                    ds[pos:pos + len(take)] = data["features"][take].astype(dtype, copy=False)
-                    pos += len(take)
+                if check.hexdigest() != old.attrs.get("features_sha256"):
+                    raise CacheError(
+                        f"cache file '{self.path}' is corrupt (its features no longer match their checksum): "
+                        f"move it away (mv {self.path} {self.path}.broken) and rerun; finished chunks are kept"
+                    )
+            pos = n_old
+            for part, rows in zip(parts, take):
+                if not rows:
+                    continue
+                feats = self._read_part(part)["features"][rows].astype(dtype, copy=False)
+                ds[pos:pos + len(rows)] = feats
+                digest.update(np.ascontiguousarray(feats).tobytes())
+                pos += len(rows)
             assert pos == n, (pos, n)
             f.create_dataset("ids", data=np.array(ids, dtype="S64"))
             f.create_dataset("paths", data=np.array(paths, dtype=object), dtype=str_dt)
@@ -563,21 +645,6 @@ class CacheWriter:
             f.attrs["natix_version"] = __version__
             f.attrs["created"] = created
             f.attrs["updated"] = _now()
-            f.attrs["features_sha256"] = features_digest(ds)
-        if old is not None:
-            old.close()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.root)
-        # The merged file is durable; only now may the parts go.
-        for part in parts:
-            part.unlink()
-        with contextlib.suppress(OSError):
-            self.parts.rmdir()
+            f.attrs["features_sha256"] = digest.hexdigest()
         self.rows_meta = {i: (p, lab, g) for i, p, lab, g in zip(ids, paths, labels, groups)}
-        self._meta_updates.clear()
-        self._new_rows = 0
-        self._new_failures = []
-        self.resumed_parts = 0
-        return self.path
+        self.in_file = set(ids)

@@ -459,7 +459,7 @@ def _add_hard_negatives(
         if kind == 2 and buildings:
             bx0, by0, bx1, by1 = buildings[int(rng.integers(len(buildings)))]
             aw = min(bx1 - bx0, obj_h * rng.uniform(1.5, 3.0))
-            ax = rng.uniform(bx0, bx1 - aw)
+            ax = rng.uniform(bx0, max(bx0, bx1 - aw))  # rounding can make bx1 - aw a hair below bx0
             ay = by1 - (by1 - by0) * rng.uniform(0.15, 0.35)
             # Facades sit behind everything on the ground, so awnings go first.
             striped = bool(rng.random() < 0.5)

@@ -26,7 +26,7 @@ from natix.cache.store import CacheWriter, Rows, ensure_writable, resolve_cache_
 from natix.config import PRECISIONS, STORE_DTYPES, Preprocess, RunOptions, ViewRecipe
 from natix.data.decode import decode_image
 from natix.data.sources import discover, hash_bytes, hash_files
-from natix.errors import ConfigError, DecodeError
+from natix.errors import ConfigError, DecodeError, NatixError
 from natix.extract.views import build_views, normalize, view_table
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ def resolve_device(device: str):
         raise ConfigError(f"unknown device '{device}': pass auto, cpu or cuda[:N]") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible: pass --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) visible: "
+                          f"pass cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return dev
 
 
@@ -98,6 +101,32 @@ def build_identity(backbone_ident: dict, recipe: ViewRecipe, preprocess: Preproc
     }
 
 
+class _Transient(str):
+    """A failure of the file, not of its bytes: recorded by path and retried next run."""
+
+
+def _utf8(path) -> bool:
+    try:
+        str(path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _display(path) -> str:
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _close_fds(fds, _worker_id=None) -> None:
+    """DataLoader workers are forked: drop inherited descriptors (the cache lock) at start."""
+    for fd in fds:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class _ImageSet:
     """DataLoader dataset: (position, record, id) → decoded image or views, or a failure reason."""
 
@@ -115,9 +144,9 @@ class _ImageSet:
         try:
             data = Path(record.path).read_bytes()
         except OSError as exc:
-            return k, f"cannot read file: {exc.strerror or exc}"
+            return k, _Transient(f"cannot read file: {exc.strerror or exc}")
         if hash_bytes(data) != image_id:
-            return k, "file changed while extracting: rerun extract"
+            return k, _Transient("file changed while extracting: rerun extract")
         try:
             arr = decode_image(data)
         except DecodeError as exc:
@@ -213,6 +242,7 @@ class _Forward:
         import torch
 
         while True:
+            oom = False
             try:
                 outs = []
                 for s in range(0, x.shape[0], self.micro):
@@ -223,6 +253,9 @@ class _Forward:
             except torch.cuda.OutOfMemoryError:
                 if self.micro == 1:
                     raise
+                oom = True
+            if oom:  # outside the handler, so the failed forward's activations are already freed
+                outs = None
                 self.micro = max(1, self.micro // 2)
                 log.warning("CUDA out of memory: retrying the same images with %d views per forward", self.micro)
                 if self.device.type == "cuda":
@@ -232,11 +265,13 @@ class _Forward:
 def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preprocess: Preprocess = Preprocess(),
             pool: str = "cls", store_dtype: str = "float16", precision: str = "auto",
             checkpoint: str | None = None, adapter: str | None = None, cache_root=None,
-            options: RunOptions = RunOptions(), compile: bool = False) -> ExtractResult:
+            options: RunOptions = RunOptions(), compile: bool = False,
+            retry_failures: bool = False) -> ExtractResult:
     """Extract per-view features of every image in `source` into the fingerprinted cache.
 
     Only images whose content is not yet in the cache go through the model; an identical
-    rerun does no model work. Returns what was done. Raises `NatixError` subclasses for
+    rerun does no model work. Images that failed to decode are skipped while their bytes are
+    unchanged, unless `retry_failures`. Returns what was done. Raises `NatixError` subclasses for
     bad input, before anything is written.
     """
     import torch
@@ -262,8 +297,11 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
         unreadable, todo, seen = [], [], {}
         already, resumed_ids = 0, 0
         known_fail = 0
-        in_file = set(writer.rows_meta)
+        in_file = writer.in_file
         for rec, image_id in zip(records, ids):
+            if not _utf8(rec.path):
+                unreadable.append(("", _display(rec.path), "file name is not valid UTF-8: rename the file"))
+                continue
             if isinstance(image_id, Exception):
                 unreadable.append(("", str(rec.path), f"cannot read file: {image_id.strerror or image_id}"))
                 continue
@@ -278,25 +316,30 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
                 else:
                     resumed_ids += 1
                 writer.set_metadata(image_id, str(rec.path), label, group)
-            elif image_id in writer.failed_ids:
+            elif image_id in writer.failed_ids and not retry_failures:
                 known_fail += 1
             else:
                 todo.append((rec, image_id))
         metadata_updates = writer.pending_metadata
+        # Unreadable files are retried every run; recording the same reason again would only
+        # rewrite the cache.
+        failed_unreadable = len(unreadable)
+        unreadable = [u for u in unreadable if writer.path_failures.get(u[1]) != u[2]]
         if unreadable:
             writer.add_part(np.zeros((0, recipe.n_views, model.dim), dtype=store_dtype),
                             Rows([], [], [], [], []), unreadable)
 
-        extracted, failed, micro = 0, len(unreadable), options.batch_size * recipe.n_views
+        extracted, failed, step = 0, failed_unreadable, options.batch_size
         dim = model.dim
         if todo:
-            folded = fold_normalization(model, preprocess.mean, preprocess.std)
+            # Folding is exact in real arithmetic; in bf16 the folded bias loses digits, so fold in fp32 only.
+            folded = precision == "fp32" and fold_normalization(model, preprocess.mean, preprocess.std)
             model = model.to(device)
-            forward = _Forward(torch.compile(model) if compile else model, device, precision, micro)
-            extracted, new_failed = _run(todo, forward, writer, recipe, preprocess, device, options,
-                                         store_dtype, dim, folded)
+            forward = _Forward(torch.compile(model) if compile else model, device, precision,
+                               options.batch_size * recipe.n_views)
+            extracted, new_failed, step = _run(todo, forward, writer, recipe, preprocess, device, options,
+                                               store_dtype, dim, folded, lock_fd=writer.lock_fd)
             failed += new_failed
-            micro = forward.micro
         if writer.needs_commit():
             writer.commit()
     return ExtractResult(
@@ -305,19 +348,23 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
         known_failures=known_fail, metadata_updates=metadata_updates, n_views=recipe.n_views,
         dim=dim, seconds=time.perf_counter() - t0,
         device=str(device), precision=precision,
-        batch_size=max(1, micro // recipe.n_views),
+        batch_size=step,
     )
 
 
 def _run(todo, forward, writer: CacheWriter, recipe: ViewRecipe, preprocess: Preprocess, device,
-         options: RunOptions, store_dtype: str, model_dim: int, folded: bool) -> tuple[int, int]:
-    """The model loop over fixed chunks of `todo`; returns (extracted, failed)."""
+         options: RunOptions, store_dtype: str, model_dim: int, folded: bool,
+         lock_fd: int | None = None) -> tuple[int, int, int]:
+    """The model loop over fixed chunks of `todo`; returns (extracted, failed, images per step)."""
+    import functools
+
     import torch
     from torch.utils.data import DataLoader
 
     on_cpu = device.type == "cpu"
     loader = DataLoader(_ImageSet(todo, recipe if on_cpu else None), batch_size=options.batch_size,
                         shuffle=False, num_workers=options.workers, collate_fn=_collate,
+                        worker_init_fn=functools.partial(_close_fds, [lock_fd]) if options.workers else None,
                         pin_memory=not on_cpu, persistent_workers=False,
                         prefetch_factor=4 if options.workers else None)
     table = view_table(recipe)
@@ -330,30 +377,54 @@ def _run(todo, forward, writer: CacheWriter, recipe: ViewRecipe, preprocess: Pre
         torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - options.workers)))
     out_writer = _Writer(writer)
     bufs: dict = {}
+    step = options.batch_size
+
+    def compute(items) -> np.ndarray:
+        """Features ``[n, V, D]`` (float32) of decoded items."""
+        out = np.empty((len(items), recipe.n_views, model_dim), dtype=np.float32)
+        if on_cpu:
+            views = {s: _stack_into(bufs, ("u8", s), [item[0][s] for _, item in items]) for s in sizes}
+        else:
+            views = build_views([item[0].to(device, non_blocking=True) for _, item in items], recipe)
+        for s in sizes:
+            v = views[s].to(device, non_blocking=True)
+            b, nv = v.shape[:2]
+            v = v.reshape(b * nv, 3, s, s)
+            if folded:  # into a reused buffer: fresh 100 MB tensors cost page faults
+                x = _buffer(bufs, ("f32", s), v.shape, torch.float32, device).copy_(v)
+            else:
+                x = normalize(v, preprocess.mean, preprocess.std)
+            out[:, slots[s]] = forward(x).reshape(b, nv, -1).cpu().numpy()
+        return out
+
     extracted = failed = 0
     try:
         with torch.inference_mode():
             for batch in loader:
                 good = [(k, item) for k, item in batch if not isinstance(item, str)]
-                failures = [(todo[k][1], str(todo[k][0].path), item) for k, item in batch if isinstance(item, str)]
+                failures = [("" if isinstance(item, _Transient) else todo[k][1], str(todo[k][0].path), str(item))
+                            for k, item in batch if isinstance(item, str)]
                 feats = np.zeros((len(good), recipe.n_views, model_dim), dtype=store_dtype)
-                if good:
-                    if on_cpu:
-                        views = {s: _stack_into(bufs, ("u8", s), [item[0][s] for _, item in good])
-                                 for s in sizes}
-                    else:
-                        imgs = [item[0].to(device, non_blocking=True) for _, item in good]
-                        views = build_views(imgs, recipe)
-                    for s in sizes:
-                        v = views[s].to(device, non_blocking=True)
-                        b, nv = v.shape[:2]
-                        v = v.reshape(b * nv, 3, s, s)
-                        if folded:  # into a reused buffer: fresh 100 MB tensors cost page faults
-                            x = _buffer(bufs, ("f32", s), v.shape, torch.float32, device).copy_(v)
-                        else:
-                            x = normalize(v, preprocess.mean, preprocess.std)
-                        f = forward(x).reshape(b, nv, -1)
-                        feats[:, slots[s]] = f.cpu().numpy().astype(store_dtype)
+                start = 0
+                while start < len(good):  # sub-steps of `step` images; halved on CUDA OOM
+                    part = good[start:start + step]
+                    oom = False
+                    try:
+                        feats[start:start + len(part)] = compute(part)
+                        start += len(part)
+                    except torch.cuda.OutOfMemoryError:
+                        if step == 1:
+                            raise
+                        oom = True
+                    if oom:  # outside the handler, so the failed step's tensors are already freed
+                        step = max(1, step // 2)
+                        log.warning("CUDA out of memory: retrying the same images %d per step", step)
+                        bufs.clear()
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                if not np.isfinite(feats).all():
+                    raise NatixError(f"features overflow {store_dtype} (inf/NaN) for images such as "
+                                     f"{todo[good[0][0]][0].path}: rerun with --store-dtype float32")
                 rows = Rows(ids=[todo[k][1] for k, _ in good], paths=[str(todo[k][0].path) for k, _ in good],
                             labels=[-1 if todo[k][0].label is None else todo[k][0].label for k, _ in good],
                             groups=[todo[k][0].group or "" for k, _ in good],
@@ -366,7 +437,7 @@ def _run(todo, forward, writer: CacheWriter, recipe: ViewRecipe, preprocess: Pre
         torch.set_num_threads(threads)
         bar.close()
         out_writer.close()
-    return extracted, failed
+    return extracted, failed, max(1, min(step, forward.micro // recipe.n_views))
 
 
 def _buffer(bufs: dict, key, shape, dtype, device):

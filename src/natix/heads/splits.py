@@ -1,0 +1,125 @@
+"""Four disjoint, deterministic splits keyed by image id: train, val_select, val_calib, val_test.
+
+Within each label, units (images, or groups when the data has a group column) are ordered by
+``sha256(seed:unit)`` and cut at the cumulative ratios, so the assignment is stratified,
+reproducible, independent of row order, and mostly stable when the dataset grows: a new image
+does not move the others. A group never straddles two splits. Unlabeled rows are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from natix.errors import ConfigError, DataError
+
+SPLITS = ("train", "val_select", "val_calib", "val_test")
+DEFAULT_RATIOS = (0.6, 0.1, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Image ids per split, with what they were made from."""
+
+    ids: dict[str, list[str]]
+    seed: int
+    ratios: tuple[float, ...]
+    fingerprint: str  # the cache they belong to
+    grouped: bool
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the assignment (split → sorted ids)."""
+        body = json.dumps({k: sorted(v) for k, v in self.ids.items()}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def rows(self, cache_ids) -> dict[str, np.ndarray]:
+        """Row indices into a cache's id array, per split (in split order)."""
+        index = {i: r for r, i in enumerate(cache_ids)}
+        missing = [i for ids in self.ids.values() for i in ids if i not in index]
+        if missing:
+            raise DataError(f"split file names {len(missing)} image(s) that are not in this cache: "
+                            "it belongs to another cache; drop --splits to make new splits")
+        return {k: np.array([index[i] for i in v], dtype=np.int64) for k, v in self.ids.items()}
+
+    def to_json(self) -> dict:
+        return {"seed": self.seed, "ratios": list(self.ratios), "fingerprint": self.fingerprint,
+                "grouped": self.grouped, "digest": self.digest, "ids": self.ids}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_json()))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, fingerprint: str | None = None) -> Splits:
+        """Read a split file; refuse one made for another cache."""
+        try:
+            data = json.loads(Path(path).read_text())
+            s = cls(ids={k: list(data["ids"][k]) for k in SPLITS}, seed=int(data["seed"]),
+                    ratios=tuple(data["ratios"]), fingerprint=data["fingerprint"], grouped=bool(data["grouped"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"split file '{path}' is unreadable ({exc}): pass a splits.json written by natix") from None
+        if fingerprint is not None and s.fingerprint != fingerprint:
+            raise DataError(f"split file '{path}' was made for cache {s.fingerprint[:16]}, not {fingerprint[:16]}: "
+                            "drop --splits to make splits for this cache")
+        if s.digest != data.get("digest", s.digest):
+            raise DataError(f"split file '{path}' was edited (its digest does not match): regenerate it")
+        return s
+
+
+def _key(seed: int, unit: str) -> str:
+    return hashlib.sha256(f"{seed}:{unit}".encode()).hexdigest()
+
+
+def make_splits(ids, labels, groups=None, *, ratios=DEFAULT_RATIOS, seed: int = 0, fingerprint: str = "",
+                min_per_class: int = 1) -> Splits:
+    """Assign labeled images to the four splits.
+
+    Parameters
+    ----------
+    ids : ``[N]`` image ids; labels : ``[N]`` in {-1, 0, 1} (-1 rows are skipped);
+    groups : ``[N]`` group names ("" = none) or None; ratios : four fractions summing to 1.
+    min_per_class : every split must receive at least this many images of each class.
+    """
+    ratios = tuple(float(r) for r in ratios)
+    if len(ratios) != 4 or any(r <= 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        raise ConfigError(f"split ratios must be four positive fractions summing to 1, got {ratios}: "
+                          "pass e.g. --ratios 0.6,0.1,0.15,0.15")
+    ids = np.asarray(ids).astype(str)
+    labels = np.asarray(labels)
+    groups = np.asarray(groups, dtype=object) if groups is not None else np.full(len(ids), "", dtype=object)
+    labeled = labels >= 0
+    grouped = bool(np.any(groups[labeled] != ""))
+    # A unit is a group (when given) or a single image; its stratum is its majority label.
+    units: dict[str, list[int]] = {}
+    for r in np.flatnonzero(labeled):
+        unit = f"g:{groups[r]}" if groups[r] != "" else f"i:{ids[r]}"
+        units.setdefault(unit, []).append(r)
+    out = {k: [] for k in SPLITS}
+    bounds = np.cumsum(ratios)
+    for label in (0, 1):
+        members = [(u, rows) for u, rows in units.items() if round(float(np.mean(labels[rows]))) == label]
+        members.sort(key=lambda ur: _key(seed, ur[0]))
+        total = sum(len(rows) for _, rows in members)
+        done = 0
+        for u, rows in members:
+            # The split whose share of this stratum the unit's midpoint falls into.
+            mid = (done + len(rows) / 2) / max(total, 1)
+            k = int(np.searchsorted(bounds, mid, side="right"))
+            out[SPLITS[min(k, 3)]].extend(ids[rows].tolist())
+            done += len(rows)
+    label_of = dict(zip(ids[labeled].tolist(), labels[labeled].tolist()))
+    for name in SPLITS:
+        counts = [sum(label_of[i] == c for i in out[name]) for c in (0, 1)]
+        if min(counts) < min_per_class:
+            raise DataError(
+                f"split {name} would get {counts[1]} roadwork and {counts[0]} no_roadwork images (need >= "
+                f"{min_per_class} of each): add labeled images or change --ratios"
+            )
+    return Splits(ids={k: sorted(v, key=lambda i: _key(seed, i)) for k, v in out.items()}, seed=seed,
+                  ratios=ratios, fingerprint=fingerprint, grouped=grouped)

@@ -1,0 +1,295 @@
+"""Run directories (fit_run / evaluate_run / load_dataset / compute_metrics) and the ablation."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from natix import metrics as M
+from natix.cache.store import CacheWriter, Rows
+from natix.cache.synthetic import make_synthetic_cache
+from natix.errors import ConfigError, DataError
+from natix.heads.ablate import ablate
+from natix.heads.runs import (METRIC_NAMES, compute_metrics, confidence, evaluate_run, fit_run, load_dataset,
+                              load_predictions, read_config, resolve_splits)
+from natix.heads.splits import SPLITS, Splits
+from natix.heads.train import HeadConfig, TrainConfig, fit, predict
+
+TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=10, patience=5)
+HEAD = HeadConfig(hidden=16, attn_hidden=16)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return make_synthetic_cache(tmp_path_factory.mktemp("cache"), n=300, n_views=3, dim=16, strength=4.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def other_cache(tmp_path_factory):
+    return make_synthetic_cache(tmp_path_factory.mktemp("other"), n=300, n_views=3, dim=16, strength=4.0, seed=1)
+
+
+@pytest.fixture(scope="module")
+def gate_run(cache, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("runs") / "gate"
+    head = dataclasses.replace(HEAD, agg="attention", policy="gate")
+    return fit_run(cache, out, head=head, train=TRAIN, oof_folds=2)
+
+
+@pytest.fixture(scope="module")
+def plain_run(cache, tmp_path_factory):
+    torch.set_num_threads(1)
+    return fit_run(cache, tmp_path_factory.mktemp("runs") / "plain", head=HEAD, train=TRAIN)
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- fit_run
+
+
+def test_fit_run_writes_the_run_directory(gate_run, cache):
+    out = gate_run.out
+    for name in ("config.json", "model.safetensors", "splits.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    stems = sorted(p.stem for p in (out / "predictions").glob("*.npz"))
+    assert stems == sorted([*SPLITS, "train_oof"])
+    config = read_config(out)
+    data = load_dataset(cache)
+    assert config["cache"]["fingerprint"] == data.fingerprint
+    assert (config["cache"]["n_views"], config["cache"]["dim"]) == (3, 16)
+    assert config["head"]["agg"] == "attention" and config["head"]["policy"] == "gate"
+    assert config["oof_folds"] == 2
+    splits = Splits.load(out / "splits.json", fingerprint=data.fingerprint)
+    assert config["splits"]["digest"] == splits.digest
+    assert config["splits"]["sizes"] == {k: len(v) for k, v in splits.ids.items()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {*SPLITS, "train_oof"}
+    assert set(METRIC_NAMES) <= set(metrics["val_test"])
+    assert metrics == json.loads(json.dumps(gate_run.metrics))
+
+
+@pytest.mark.parametrize("split", [*SPLITS, "train_oof"])
+def test_predictions_are_plain_numpy(gate_run, cache, split):
+    path = gate_run.out / "predictions" / f"{split}.npz"
+    with np.load(path, allow_pickle=False) as z:
+        pred = {k: z[k] for k in z.files}
+    assert {"ids", "labels", "logit", "prob", "view_logits", "gate", "aux_logit", "attention"} <= set(pred)
+    n = len(pred["ids"])
+    assert pred["labels"].shape == pred["logit"].shape == pred["prob"].shape == pred["gate"].shape == (n,)
+    assert pred["view_logits"].shape == pred["attention"].shape == (n, 3)
+    np.testing.assert_allclose(pred["prob"], 1 / (1 + np.exp(-pred["logit"].astype(np.float64))), rtol=1e-6)
+    assert ((pred["gate"] > 0) & (pred["gate"] < 1)).all()
+    # ids are this split's ids and labels are the cache's labels for them
+    splits = Splits.load(gate_run.out / "splits.json")
+    want = splits.ids["train" if split == "train_oof" else split]
+    assert pred["ids"].tolist() == want
+    data = load_dataset(cache)
+    label_of = dict(zip(data.ids.tolist(), data.labels.tolist()))
+    assert pred["labels"].tolist() == [label_of[i] for i in want]
+    if split == "train_oof":
+        assert set(pred["fold"].tolist()) == {0, 1}
+    for k, v in load_predictions(gate_run.out, split).items():
+        assert np.array_equal(v, pred[k])
+
+
+def test_softmax_mean_run_has_no_gate_or_attention(plain_run):
+    pred = load_predictions(plain_run.out, "val_test")
+    assert {"ids", "labels", "logit", "prob", "view_logits"} <= set(pred)
+    assert not {"gate", "aux_logit", "attention"} & set(pred)
+    assert not (plain_run.out / "predictions" / "train_oof.npz").exists()
+    assert plain_run.metrics["val_test"]["auroc"] >= 0.9
+
+
+def test_saved_weights_reproduce_the_predictions(gate_run):
+    from safetensors.torch import load_file
+
+    config = read_config(gate_run.out)
+    model = HeadConfig(**config["head"]).build(config["cache"]["dim"], config["cache"]["n_views"])
+    model.load_state_dict(load_file(gate_run.out / "model.safetensors"))
+    data = load_dataset(config["cache"]["path"])
+    rows = Splits.load(gate_run.out / "splits.json").rows(data.ids)
+    pred = predict(model, data.X[rows["val_test"]])
+    stored = load_predictions(gate_run.out, "val_test")
+    for key in ("logit", "gate", "attention"):
+        np.testing.assert_allclose(pred[key], stored[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("run", ["gate_run", "plain_run"])
+def test_evaluate_run_recomputes_the_stored_metrics(request, run):
+    result = request.getfixturevalue(run)
+    stored = json.loads((result.out / "metrics.json").read_text())["val_test"]
+    ev = evaluate_run(result.out, "val_test", n_boot=50)
+    assert ev["split"] == "val_test"
+    for name in METRIC_NAMES:
+        assert _same(ev["metrics"][name], stored[name]), name
+    assert ev["metrics"]["n"] == stored["n"]
+    for name, (lo, hi) in ev["ci"].items():
+        assert lo <= ev["metrics"][name] + 1e-9 and ev["metrics"][name] <= hi + 1e-9, name
+
+
+def test_gate_run_uses_the_gate_as_confidence(gate_run):
+    pred = load_predictions(gate_run.out, "val_test")
+    np.testing.assert_array_equal(confidence(pred), pred["gate"].astype(np.float64))
+    stored = json.loads((gate_run.out / "metrics.json").read_text())["val_test"]
+    errors = (M.predictions(pred["prob"]) != pred["labels"]).astype(int)
+    assert stored["augrc"] == pytest.approx(M.augrc(errors, pred["gate"]))
+
+
+def test_evaluate_run_bad_inputs(gate_run, tmp_path):
+    with pytest.raises(DataError, match="no predictions for split 'nope': pass one of .*val_test"):
+        evaluate_run(gate_run.out, "nope")
+    with pytest.raises(DataError, match="is not a natix run"):
+        evaluate_run(tmp_path, "val_test")
+    with pytest.raises(DataError, match="no config.json"):
+        read_config(tmp_path)
+
+
+def test_reusing_the_split_file_gives_the_same_splits(plain_run, cache, tmp_path):
+    again = fit_run(cache, tmp_path / "again", head=HEAD, train=dataclasses.replace(TRAIN, max_epochs=2),
+                    splits_path=plain_run.out / "splits.json", split_seed=99, ratios=(0.4, 0.2, 0.2, 0.2))
+    assert read_config(again.out)["splits"]["digest"] == read_config(plain_run.out)["splits"]["digest"]
+    assert Splits.load(again.out / "splits.json") == Splits.load(plain_run.out / "splits.json")
+
+
+def test_a_split_file_from_another_cache_is_refused(plain_run, other_cache, tmp_path):
+    with pytest.raises(DataError, match="made for cache"):
+        fit_run(other_cache, tmp_path / "x", head=HEAD, train=TRAIN, splits_path=plain_run.out / "splits.json")
+    assert not (tmp_path / "x").exists()
+
+
+def test_fit_run_refuses_a_foreign_directory(cache, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a natix run"):
+        fit_run(cache, out, head=HEAD, train=TRAIN)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_load_dataset_without_labels(tmp_path):
+    identity = {"extractor_version": 0, "test": "unlabeled"}
+    table = [{"name": "global", "box": [0.0, 0.0, 1.0, 1.0], "flip": False}]
+    with CacheWriter(tmp_path, identity, table, dim=8) as writer:
+        writer.add_part(np.zeros((4, 1, 8), np.float16),
+                        Rows([f"u{i}" for i in range(4)], [f"p{i}.jpg" for i in range(4)], [-1] * 4, [""] * 4,
+                             [(224, 224)] * 4), [])
+        path = writer.commit()
+    with pytest.raises(DataError, match="has no labeled images"):
+        load_dataset(path)
+
+
+def test_load_dataset_keeps_labeled_rows_in_stored_dtype(cache):
+    data = load_dataset(cache)
+    assert data.X.shape == (300, 3, 16) and data.X.dtype == np.float16
+    assert set(np.unique(data.labels)) == {0, 1}
+    assert len(data.ids) == len(set(data.ids)) == 300
+    assert data.view_names[0] == "global"
+
+
+# --------------------------------------------------------------------------- compute_metrics
+
+
+def test_compute_metrics_perfect_and_inverted():
+    y = np.array([0, 1] * 20)
+    good = compute_metrics(y, np.where(y == 1, 0.9, 0.1))
+    assert good["accuracy"] == 1 and good["mcc"] == pytest.approx(1) and good["auroc"] == 1
+    assert good["balanced_accuracy"] == 1
+    assert good["nll"] == pytest.approx(-np.log(0.9))
+    assert good["brier"] == pytest.approx(0.01)
+    assert good["n"] == 40
+    bad = compute_metrics(y, np.where(y == 1, 0.2, 0.8))
+    assert bad["accuracy"] == 0 and bad["mcc"] == pytest.approx(-1) and bad["auroc"] == 0
+    # one class only: AUROC and MCC are undefined (NaN), accuracy is not
+    one = compute_metrics(np.ones(10, dtype=int), np.full(10, 0.9))
+    assert one["accuracy"] == 1 and math.isnan(one["auroc"])
+
+
+# --------------------------------------------------------------------------- ablate
+
+
+@pytest.mark.parametrize("metric,baseline", [("mcc", None), ("nll", "mlp/max/softmax")])
+def test_ablate_leaderboard(cache, tmp_path, metric, baseline):
+    train = dataclasses.replace(TRAIN, max_epochs=6)
+    board = ablate(cache, tmp_path / "ab", heads=("linear", "mlp"), aggs=("mean", "max"), policies=("softmax",),
+                   seeds=2, metric=metric, baseline=baseline, head_cfg=HEAD, train_cfg=train, n_boot=50,
+                   progress=False)
+    arms = {"linear/mean/softmax", "linear/max/softmax", "mlp/mean/softmax", "mlp/max/softmax"}
+    baseline = baseline or "linear/mean/softmax"
+    assert [r["arm"] for r in board] and {r["arm"] for r in board} == arms and len(board) == 4
+    values = [r[metric] for r in board]
+    assert values == sorted(values, reverse=metric == "mcc")
+    base = next(r for r in board if r["arm"] == baseline)
+    assert base["diff"] == 0 and base["diff_ci"] == [0.0, 0.0]
+    assert all(r["seeds"] == 2 for r in board)
+    for r in board:
+        lo, hi = r[f"{metric}_ci"]
+        assert lo <= hi
+
+    with open(tmp_path / "ab" / "leaderboard.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["arm"] for r in rows] == [r["arm"] for r in board]
+    assert float(next(r for r in rows if r["arm"] == baseline)[f"diff_vs_baseline_{metric}"]) == 0
+    md = (tmp_path / "ab" / "leaderboard.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and "/softmax" in line]
+    assert [line.split(" | ")[0][2:] for line in table] == [r["arm"] for r in board]
+    assert f"Sorted by {metric}" in md and f"`{baseline}`" in md
+    js = json.loads((tmp_path / "ab" / "leaderboard.json").read_text())
+    assert [r["arm"] for r in js["rows"]] == [r["arm"] for r in board]
+    assert js["meta"]["seeds"] == 2
+
+    # a row is the mean over its seeds of the per-seed val_test metrics
+    data = load_dataset(cache)
+    r = resolve_splits(data).rows(data.ids)  # ablate uses the default splits
+    assert js["meta"]["split_digest"] == resolve_splits(data).digest
+    head, agg, _ = baseline.split("/")
+    y = data.labels[r["val_test"]]
+    probs = []
+    for seed in (train.seed, train.seed + 1):
+        model, _ = fit(data.X[r["train"]], data.labels[r["train"]], data.X[r["val_select"]],
+                       data.labels[r["val_select"]], dataclasses.replace(HEAD, head=head, agg=agg),
+                       dataclasses.replace(train, seed=seed))
+        probs.append(predict(model, data.X[r["val_test"]])["prob"])
+    assert base[metric] == pytest.approx(np.mean([compute_metrics(y, p)[metric] for p in probs]))
+    # the CI is over the seed-averaged probabilities
+    fn = {"mcc": M.mcc, "nll": M.nll}[metric]
+    _, lo, hi = M.bootstrap_ci(fn, y, np.mean(probs, axis=0), n_boot=50, seed=0)
+    assert base[f"{metric}_ci"] == pytest.approx([lo, hi])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"metric": "f1"}, "unknown metric 'f1': pass one of accuracy"),
+    ({"baseline": "svm/mean/softmax"}, "baseline 'svm/mean/softmax' is not an arm: pass one of linear/mean/softmax"),
+    ({"heads": ("linear", "svm")}, "unknown head 'svm'"),
+    ({"policies": ("softmax", "abstain")}, "unknown policy 'abstain'"),
+    ({"seeds": 0}, "--seeds and --jobs must be >= 1"),
+])
+def test_ablate_bad_options_fail_before_training(tmp_path, kwargs, match):
+    # the cache path does not exist: a ConfigError proves the check ran before loading or training
+    with pytest.raises(ConfigError, match=match):
+        ablate(tmp_path / "missing.h5", tmp_path / "ab", progress=False, **kwargs)
+    assert not (tmp_path / "ab").exists()
+
+
+def test_ablate_parallel_jobs_match_serial(cache, tmp_path):
+    kwargs = dict(heads=("linear", "mlp"), aggs=("mean",), seeds=2, head_cfg=HEAD,
+                  train_cfg=dataclasses.replace(TRAIN, max_epochs=4), n_boot=50, progress=False)
+    serial = ablate(cache, tmp_path / "serial", jobs=1, **kwargs)
+    parallel = ablate(cache, tmp_path / "parallel", jobs=2, **kwargs)
+    assert json.dumps(serial, default=float) == json.dumps(parallel, default=float)

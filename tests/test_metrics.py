@@ -1,0 +1,470 @@
+"""Tests for natix.metrics: scikit-learn agreement, hand examples, closed forms, identities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from natix import metrics as M
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _binary_data(rng, n=300, ties=False):
+    y = rng.integers(0, 2, n)
+    p = np.clip(0.5 * y + 0.5 * rng.random(n) - 0.1 * rng.random(n) + 0.05, 0.0, 1.0)
+    if ties:
+        p = np.round(p, 1)  # many ties, and some exact 0.5 values
+    return y, p
+
+
+def _selective_data(rng, n, ties):
+    errors = (rng.random(n) < rng.uniform(0.1, 0.6)).astype(int)
+    if errors.min() == errors.max():
+        errors[0] = 1 - errors[0]
+    confidence = rng.random(n) - 0.3 * errors * rng.random()
+    if ties:
+        confidence = np.round(confidence, 1)
+    return errors, confidence
+
+
+# --------------------------------------------------------------------------------------------
+# binary classification against scikit-learn
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_threshold_metrics_match_sklearn_with_np_round_decisions(rng, ties):
+    for _ in range(5):
+        y, p = _binary_data(rng, ties=ties)
+        if ties:
+            p[:5] = 0.5  # the validator's np.round sends 0.5 to class 0
+        y_pred = np.round(p)
+        assert M.accuracy(y, p) == pytest.approx(skm.accuracy_score(y, y_pred))
+        assert M.balanced_accuracy(y, p) == pytest.approx(skm.balanced_accuracy_score(y, y_pred))
+        assert M.mcc(y, p) == pytest.approx(skm.matthews_corrcoef(y, y_pred))
+        np.testing.assert_array_equal(M.predictions(p), y_pred)
+
+
+def test_threshold_option_moves_decisions(rng):
+    y, p = _binary_data(rng)
+    for t in (0.2, 0.7):
+        y_pred = (p > t).astype(int)
+        assert M.accuracy(y, p, threshold=t) == pytest.approx(skm.accuracy_score(y, y_pred))
+        assert M.mcc(y, p, threshold=t) == pytest.approx(skm.matthews_corrcoef(y, y_pred))
+    assert M.predictions([0.3], threshold=0.3)[0] == 0  # strictly greater
+
+
+def test_mcc_is_zero_when_undefined():
+    assert M.mcc([0, 1, 1], [0.9, 0.9, 0.9]) == 0.0
+    assert M.mcc([1, 1, 1], [0.9, 0.9, 0.9]) == 0.0
+
+
+def test_balanced_accuracy_single_class_is_that_recall():
+    assert M.balanced_accuracy([1, 1, 1, 1], [0.9, 0.9, 0.9, 0.1]) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_ranking_metrics_match_sklearn(rng, ties):
+    for _ in range(5):
+        y, p = _binary_data(rng, ties=ties)
+        assert M.auroc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+        assert M.auprc(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
+    # any real score, not only probabilities
+    s = rng.normal(size=len(y)) * 10
+    assert M.auroc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+
+
+def test_auroc_tie_gets_half_credit():
+    assert M.auroc([0, 1], [0.3, 0.3]) == 0.5
+    assert M.auroc([0, 0, 1], [0.2, 0.3, 0.3]) == 0.75
+
+
+def test_probabilistic_metrics_match_sklearn(rng):
+    for _ in range(5):
+        y, p = _binary_data(rng)
+        p = np.clip(p, 0.01, 0.99)
+        assert M.nll(y, p) == pytest.approx(skm.log_loss(y, p), rel=1e-12)
+        assert M.brier(y, p) == pytest.approx(skm.brier_score_loss(y, p), rel=1e-12)
+
+
+def test_nll_clips_confident_mistakes():
+    assert M.nll([1, 0], [0.0, 0.0]) == pytest.approx(-np.log(1e-12) / 2)
+    assert M.nll([1], [0.0], eps=1e-3) == pytest.approx(-np.log(1e-3))
+    assert np.isfinite(M.nll([0], [1.0]))
+
+
+# --------------------------------------------------------------------------------------------
+# ECE
+# --------------------------------------------------------------------------------------------
+
+
+def test_ece_uniform_hand_example():
+    y = [0, 1, 1, 1, 0]
+    p = [0.1, 0.3, 0.6, 0.8, 0.9]
+    # bin [0, .5): mean p .2, freq .5 -> .3 * 2/5; bin [.5, 1]: mean p .7667, freq .6667 -> .1 * 3/5
+    assert M.ece(y, p, n_bins=2) == pytest.approx(0.3 * 2 / 5 + 0.1 * 3 / 5)
+
+
+def test_ece_quantile_hand_example():
+    y = [0, 1, 1, 1, 0]
+    p = [0.8, 0.3, 0.6, 0.9, 0.1]  # unsorted on purpose
+    # sorted: (.1,0) (.3,1) (.6,1) | (.8,1) (.9,0)
+    # bin 1: mean p 1/3, freq 2/3 -> 1/3 * 3/5; bin 2: mean p .85, freq .5 -> .35 * 2/5
+    assert M.ece(y, p, n_bins=2, strategy="quantile") == pytest.approx(1 / 3 * 3 / 5 + 0.35 * 2 / 5)
+
+
+def test_ece_uniform_bin_edges():
+    # bins [0,.25) [.25,.5) [.5,.75) [.75,1]: 0.25 opens bin 2, 1.0 falls in the last bin
+    y = [1, 0, 1]
+    p = [0.0, 0.25, 1.0]
+    assert M.ece(y, p, n_bins=4) == pytest.approx((1.0 + 0.25 + 0.0) / 3)
+
+
+def test_ece_perfectly_calibrated_bins_and_more_bins_than_samples():
+    assert M.ece([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5], n_bins=10) == 0.0
+    assert M.ece([0, 1], [0.2, 0.7], n_bins=15, strategy="quantile") == pytest.approx(0.25)
+
+
+# --------------------------------------------------------------------------------------------
+# NATIX reward
+# --------------------------------------------------------------------------------------------
+
+
+def test_natix_reward_all_correct_and_all_wrong():
+    y = np.array([0, 1] * 30)
+    assert M.natix_reward(y, np.where(y == 1, 0.9, 0.1)) == pytest.approx(1.0)
+    assert M.natix_reward(y, np.where(y == 1, 0.1, 0.9)) == 0.0
+
+
+def test_natix_reward_half_is_no_roadwork():
+    y = np.array([0, 1] * 10)
+    assert M.natix_reward(y, np.where(y == 1, 0.9, 0.5)) == pytest.approx(1.0)
+    # everything 0.5 -> all "no roadwork": accuracy .5, MCC undefined -> 0
+    assert M.natix_reward(y, np.full(20, 0.5)) == pytest.approx(0.25**3)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 1.2, np.nan])
+def test_natix_reward_invalid_answers_count_as_wrong(bad):
+    y = np.array([0, 1] * 10)
+    p = np.where(y == 1, 0.9, 0.1)
+    p[18] = -1.0  # label 0
+    p[19] = bad  # label 1; np.round(1.2) would have been right
+    # tp=9 tn=9 fp=1 fn=1 -> MCC = 80/100; last 10: 8 correct
+    assert M.natix_reward(y, p) == pytest.approx((0.5 * 0.8 + 0.5 * 0.8) ** 3)
+
+
+def test_natix_reward_mixed_hand_case():
+    y = np.array([1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0])
+    p = np.where(y == 1, 0.7, 0.3)
+    p[:2] = 0.2  # the two oldest answers are wrong (fn = 2)
+    # last 10 all correct; MCC over all 12: tp=4 tn=6 fp=0 fn=2 -> 24 / sqrt(4*6*6*8)
+    expected_mcc = 24 / np.sqrt(4 * 6 * 6 * 8)
+    assert M.natix_reward(y, p) == pytest.approx((0.5 * expected_mcc + 0.5) ** 3)
+    rewards, mean = M.natix_reward_windows(y, p)
+    assert rewards.shape == (12,)
+    assert rewards[0] == 0.0  # one wrong answer: accuracy 0, MCC 0
+    assert rewards[-1] == pytest.approx(M.natix_reward(y, p))
+    assert mean == pytest.approx(rewards.mean())
+
+
+def test_natix_reward_uses_only_the_last_windows():
+    y = np.array([0, 1] * 75)
+    p = np.where(y == 1, 0.9, 0.1)
+    p[:50] = 1 - p[:50]  # the first 50 answers are wrong, outside the last 100
+    assert M.natix_reward(y, p) == pytest.approx(1.0)
+    rewards, _ = M.natix_reward_windows(y, p)
+    assert rewards[99] < 1.0  # at step 100 the wrong answers are still in the MCC window
+    # a single wrong answer 11 steps back leaves accuracy at 1, 10 steps back does not
+    q = np.where(y == 1, 0.9, 0.1)
+    q[-11] = 1 - q[-11]
+    r = M.natix_reward(y, q)
+    assert r < 1.0 and r > (0.5 * 0.9 + 0.5 * 0.9) ** 3
+    q[-10] = 1 - q[-10]
+    assert M.natix_reward(y, q) < r
+
+
+def test_natix_reward_windows_matches_a_naive_loop(rng):
+    y = rng.integers(0, 2, 130)
+    p = rng.random(130)
+    p[rng.random(130) < 0.05] = -1.0
+    rewards, _ = M.natix_reward_windows(y, p)
+    for t in (1, 7, 10, 11, 99, 100, 101, 130):
+        yy, pp = y[max(0, t - 100) : t], p[max(0, t - 100) : t]
+        dec = np.where((pp >= 0) & (pp <= 1), np.round(pp), 1 - yy)
+        m = skm.matthews_corrcoef(yy, dec) if len(np.unique(yy)) > 1 else 0.0
+        acc = np.mean(dec[-10:] == yy[-10:])
+        assert rewards[t - 1] == pytest.approx((0.5 * max(0.0, m) + 0.5 * acc) ** 3)
+
+
+# --------------------------------------------------------------------------------------------
+# selective classification
+# --------------------------------------------------------------------------------------------
+
+# hand example: groups {.9}, {.8,.8}, {.7}, {.6}, {.5}
+ERR = np.array([0, 1, 0, 0, 1, 1])
+CONF = np.array([0.9, 0.8, 0.8, 0.7, 0.6, 0.5])
+
+
+def test_risk_coverage_curve_hand_example():
+    cov, sr, gr, thr = M.risk_coverage_curve(ERR, CONF)
+    np.testing.assert_allclose(cov, [1 / 6, 3 / 6, 4 / 6, 5 / 6, 1])
+    np.testing.assert_allclose(sr, [0, 1 / 3, 1 / 4, 2 / 5, 1 / 2])
+    np.testing.assert_allclose(gr, [0, 1 / 6, 1 / 6, 2 / 6, 3 / 6])
+    np.testing.assert_allclose(thr, [0.9, 0.8, 0.7, 0.6, 0.5])
+    # order of the input does not matter
+    perm = np.array([3, 5, 0, 2, 4, 1])
+    for a, b in zip(M.risk_coverage_curve(ERR[perm], CONF[perm]), (cov, sr, gr, thr)):
+        np.testing.assert_allclose(a, b)
+
+
+def test_aurc_augrc_hand_example():
+    aurc = (
+        1 / 6 * 0  # [0, 1/6] held at the first point's risk 0
+        + 2 / 6 * (0 + 1 / 3) / 2
+        + 1 / 6 * (1 / 3 + 1 / 4) / 2
+        + 1 / 6 * (1 / 4 + 2 / 5) / 2
+        + 1 / 6 * (2 / 5 + 1 / 2) / 2
+    )
+    augrc = (
+        1 / 6 * 0  # starts at (0, 0)
+        + 2 / 6 * (0 + 1 / 6) / 2
+        + 1 / 6 * (1 / 6 + 1 / 6) / 2
+        + 1 / 6 * (1 / 6 + 2 / 6) / 2
+        + 1 / 6 * (2 / 6 + 3 / 6) / 2
+    )
+    assert M.aurc(ERR, CONF) == pytest.approx(aurc)
+    assert M.augrc(ERR, CONF) == pytest.approx(augrc)
+
+
+def test_aurc_start_point_is_the_first_risk():
+    # all tied: one point (1, err); the risk is held flat down to coverage 0
+    assert M.aurc([0, 1, 1, 0], [0.5] * 4) == pytest.approx(0.5)
+    assert M.augrc([0, 1, 1, 0], [0.5] * 4) == pytest.approx(0.25)  # (0,0) -> (1, .5)
+    assert M.aurc([1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3]) == pytest.approx(
+        0.25 * 1 + 0.25 * (1 + 1 / 2) / 2 + 0.25 * (1 / 2 + 1 / 3) / 2 + 0.25 * (1 / 3 + 1 / 4) / 2
+    )
+
+
+@pytest.mark.parametrize("err_count", [1, 3, 7])
+def test_closed_forms_perfect_and_worst(rng, err_count):
+    n = 10
+    e = np.zeros(n, int)
+    e[:err_count] = 1
+    err = err_count / n
+    # tied oracle (all correct tied above all errors tied) and strict perfect ranking
+    perfect_tied = 1.0 - e
+    perfect_strict = rng.random(n) - 2.0 * e
+    assert M.aurc(e, perfect_tied) == pytest.approx(err**2 / 2)
+    assert M.augrc(e, perfect_tied) == pytest.approx(err**2 / 2)
+    assert M.augrc(e, perfect_strict) == pytest.approx(err**2 / 2)
+    # worst: errors above correct
+    worst_tied = e.astype(float)
+    worst_strict = rng.random(n) + 2.0 * e
+    assert M.aurc(e, worst_tied) == pytest.approx(err * 1 + (1 - err) * (1 + err) / 2)
+    assert M.augrc(e, worst_tied) == pytest.approx(err - err**2 / 2)
+    assert M.augrc(e, worst_strict) == pytest.approx(err - err**2 / 2)
+    # strict worst: SR = 1 up to coverage err, then err_count / k
+    k = np.arange(err_count, n + 1)
+    sr = err_count / k
+    expected = err + np.sum((sr[1:] + sr[:-1]) / 2) / n
+    assert M.aurc(e, worst_strict) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_augrc_auroc_identity(rng, ties):
+    for _ in range(100):
+        n = int(rng.integers(5, 200))
+        e, g = _selective_data(rng, n, ties)
+        acc = 1 - e.mean()
+        auroc_f = skm.roc_auc_score(1 - e, g)  # independent of our auroc
+        expected = (1 - auroc_f) * acc * (1 - acc) + 0.5 * (1 - acc) ** 2
+        assert M.augrc(e, g) == pytest.approx(expected, abs=1e-12)
+        assert M.auroc_failure(e, g) == pytest.approx(auroc_f, abs=1e-12)
+        assert M.e_augrc(e, g) == pytest.approx((1 - auroc_f) * acc * (1 - acc), abs=1e-12)
+
+
+def test_identity_holds_with_a_single_class_of_outcome():
+    e = np.zeros(8, int)
+    assert M.augrc(e, np.arange(8.0)) == 0.0
+    assert M.augrc(1 - e, np.arange(8.0)) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_excess_areas_are_non_negative(rng, ties):
+    for _ in range(100):
+        e, g = _selective_data(rng, int(rng.integers(2, 80)), ties)
+        assert M.e_augrc(e, g) >= -1e-12
+        assert M.e_aurc(e, g) >= -1e-12
+        assert M.e_aurc(e, g) == pytest.approx(M.aurc(e, g) - e.mean() ** 2 / 2, abs=1e-12)
+
+
+def test_excess_areas_of_perfect_rankings(rng):
+    e = np.array([0] * 7 + [1] * 3)
+    strict = rng.random(10) - 2.0 * e
+    assert M.e_augrc(e, 1.0 - e) == pytest.approx(0.0, abs=1e-15)
+    assert M.e_augrc(e, strict) == pytest.approx(0.0, abs=1e-15)
+    assert M.e_aurc(e, 1.0 - e) == pytest.approx(0.0, abs=1e-15)
+    # documented: distinct confidences on a perfect ranking leave a small positive excess
+    assert 0.0 < M.e_aurc(e, strict) < 0.02
+    assert M.e_aurc(e, e.astype(float)) > 0.4  # worst ranking
+
+
+def test_risk_at_coverage_hand_example():
+    assert M.risk_at_coverage(ERR, CONF, 1 / 6) == 0.0
+    assert M.risk_at_coverage(ERR, CONF, 0.1) == 0.0
+    assert M.risk_at_coverage(ERR, CONF, 0.4) == pytest.approx(1 / 3)  # the tie enters whole
+    assert M.risk_at_coverage(ERR, CONF, 0.5) == pytest.approx(1 / 3)
+    assert M.risk_at_coverage(ERR, CONF, 2 / 3) == pytest.approx(1 / 4)
+    assert M.risk_at_coverage(ERR, CONF, 1.0) == pytest.approx(1 / 2)
+
+
+def test_coverage_at_risk_hand_example():
+    assert M.coverage_at_risk(ERR, CONF, 0.0) == pytest.approx(1 / 6)
+    assert M.coverage_at_risk(ERR, CONF, 0.25) == pytest.approx(4 / 6)
+    assert M.coverage_at_risk(ERR, CONF, 0.3) == pytest.approx(4 / 6)
+    assert M.coverage_at_risk(ERR, CONF, 0.4) == pytest.approx(5 / 6)
+    assert M.coverage_at_risk(ERR, CONF, 0.5) == 1.0
+    assert M.coverage_at_risk([1, 0], [0.9, 0.1], 0.4) == 0.0
+
+
+def test_fpr_at_95_tpr_hand_example():
+    correct_conf = np.arange(1.0, 21.0)
+    e = np.r_[np.zeros(20, int), 1, 1]
+    g = np.r_[correct_conf, 1.5, 10.5]
+    # 19 of 20 correct accepted at tau = 2: of the errors only 10.5 is in
+    assert M.fpr_at_95_tpr(e, g) == pytest.approx(0.5)
+    assert M.fpr_at_95_tpr(e, g, tpr=1.0) == 1.0
+    assert M.fpr_at_95_tpr(e, g, tpr=0.5) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_fpr_at_95_tpr_matches_sklearn_roc_curve(rng, ties):
+    for _ in range(20):
+        e, g = _selective_data(rng, 150, ties)
+        fpr, tpr, _ = skm.roc_curve(1 - e, g, drop_intermediate=False)
+        expected = fpr[np.argmax(tpr >= 0.95 - 1e-12)]
+        assert M.fpr_at_95_tpr(e, g) == pytest.approx(expected)
+
+
+def test_failure_metrics_undefined_with_one_outcome():
+    with pytest.raises(M.UndefinedMetricError, match="correct or all wrong"):
+        M.auroc_failure([0, 0, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(M.UndefinedMetricError, match="correct or all wrong"):
+        M.fpr_at_95_tpr([1, 1], [0.1, 0.2])
+
+
+# --------------------------------------------------------------------------------------------
+# bootstrap
+# --------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_contains_estimate_and_shrinks_with_n(rng):
+    widths = []
+    for n in (100, 2000):
+        y, p = _binary_data(rng, n=n)
+        est, low, high = M.bootstrap_ci(M.accuracy, y, p, n_boot=300, seed=1)
+        assert est == M.accuracy(y, p)
+        assert low <= est <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # ~ 1/sqrt(n): about 4.5 times narrower
+
+
+def test_bootstrap_resamples_rows_jointly():
+    a = np.arange(50.0)
+    est, low, high = M.bootstrap_ci(lambda x, z: float(np.mean(x == z)), a, a.copy(), n_boot=200)
+    assert (est, low, high) == (1.0, 1.0, 1.0)
+
+
+def test_bootstrap_is_reproducible(rng):
+    y, p = _binary_data(rng, n=80)
+    r1 = M.bootstrap_ci(M.auroc, y, p, n_boot=200, seed=3)
+    r2 = M.bootstrap_ci(M.auroc, y, p, n_boot=200, seed=3)
+    r3 = M.bootstrap_ci(M.auroc, y, p, n_boot=200, seed=4)
+    assert r1 == r2
+    assert r1[1:] != r3[1:]
+
+
+def test_bootstrap_skips_undefined_resamples():
+    y = np.array([0] * 9 + [1])  # about a third of resamples have no positive
+    s = np.linspace(0, 1, 10)
+    est, low, high = M.bootstrap_ci(M.auroc, y, s, n_boot=300)
+    assert est == 1.0
+    assert np.isfinite(low) and np.isfinite(high) and low <= high <= 1.0
+    with pytest.raises(M.UndefinedMetricError, match="every bootstrap resample"):
+        # defined only on the original row order, which no resample of 30 rows reproduces
+        M.bootstrap_ci(lambda a: 0.0 if np.all(np.diff(a) == 1) else float("nan"), np.arange(30))
+
+
+def test_paired_bootstrap_identical_arms_is_exactly_zero(rng):
+    y, p = _binary_data(rng, n=120)
+    assert M.paired_bootstrap_diff(M.auroc, y, p, p.copy(), n_boot=200) == (0.0, 0.0, 0.0)
+
+
+def test_paired_bootstrap_detects_a_better_arm(rng):
+    y, p = _binary_data(rng, n=400)
+    noisy = np.clip(p + rng.normal(0, 0.4, len(p)), 0, 1)
+    diff, low, high = M.paired_bootstrap_diff(M.auroc, y, p, noisy, n_boot=300, seed=0)
+    assert diff == pytest.approx(M.auroc(y, p) - M.auroc(y, noisy))
+    assert 0.0 < low <= diff <= high
+    # pairing: the paired interval is narrower than the two unpaired ones combined
+    _, la, ha = M.bootstrap_ci(M.auroc, y, p, n_boot=300, seed=0)
+    _, lb, hb = M.bootstrap_ci(M.auroc, y, noisy, n_boot=300, seed=0)
+    assert high - low < (ha - la) + (hb - lb)
+
+
+def test_bootstrap_works_with_selective_metrics(rng):
+    e, g = _selective_data(rng, 200, ties=True)
+    est, low, high = M.bootstrap_ci(M.augrc, e, g, n_boot=200)
+    assert low <= est <= high
+
+
+# --------------------------------------------------------------------------------------------
+# bad inputs
+# --------------------------------------------------------------------------------------------
+
+Y = [0, 1, 1, 0]
+P = [0.1, 0.8, 0.6, 0.4]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: M.accuracy([0, 1, 1], P), "same length"),
+        (lambda: M.accuracy([], []), "empty"),
+        (lambda: M.accuracy([0, 2, 1, 0], P), "only 0 and 1"),
+        (lambda: M.accuracy(Y, [0.1, 1.5, 0.2, 0.3]), r"y_prob must lie in \[0, 1\]"),
+        (lambda: M.brier(Y, [0.1, np.nan, 0.2, 0.3]), r"y_prob must lie in \[0, 1\]"),
+        (lambda: M.mcc(np.array([Y, Y]), np.array([P, P])), "must be 1-D"),
+        (lambda: M.accuracy(Y, ["a", "b", "c", "d"]), "must be numeric"),
+        (lambda: M.accuracy(Y, P, threshold=1.5), "threshold must lie"),
+        (lambda: M.auroc(Y, [0.1, np.inf, 0.2, 0.3]), "y_score must be finite"),
+        (lambda: M.auroc([1, 1, 1, 1], P), "only one class"),
+        (lambda: M.auprc([0, 0, 0, 0], P), "no positives"),
+        (lambda: M.nll(Y, P, eps=0.0), "eps must lie"),
+        (lambda: M.ece(Y, P, n_bins=0), "n_bins must be a positive integer"),
+        (lambda: M.ece(Y, P, n_bins=2.5), "n_bins must be a positive integer"),
+        (lambda: M.ece(Y, P, strategy="equal"), "strategy must be"),
+        (lambda: M.natix_reward([0, 1, 3], [0.1, 0.2, 0.3]), "only 0 and 1"),
+        (lambda: M.natix_reward([0, 1], [0.1, 0.2, 0.3]), "same length"),
+        (lambda: M.natix_reward(Y, P, mcc_window=0), "mcc_window must be"),
+        (lambda: M.risk_coverage_curve([0, 1, 2], [0.1, 0.2, 0.3]), "errors must contain only"),
+        (lambda: M.aurc([0, 1], [0.1, np.nan]), "confidence must be finite"),
+        (lambda: M.augrc([0, 1], [0.1]), "same length"),
+        (lambda: M.risk_at_coverage(Y, P, 0.0), r"coverage must lie in \(0, 1\]"),
+        (lambda: M.risk_at_coverage(Y, P, 1.2), r"coverage must lie in \(0, 1\]"),
+        (lambda: M.coverage_at_risk(Y, P, -0.1), r"risk must lie in \[0, 1\]"),
+        (lambda: M.fpr_at_95_tpr(Y, P, tpr=0.0), "tpr must lie"),
+        (lambda: M.bootstrap_ci(M.accuracy, Y, P, n_boot=0), "n_boot must be"),
+        (lambda: M.bootstrap_ci(M.accuracy, Y, P, alpha=1.0), "alpha must lie"),
+        (lambda: M.bootstrap_ci(M.accuracy, Y, P[:3]), "same length"),
+        (lambda: M.bootstrap_ci(M.accuracy), "at least one array"),
+        (lambda: M.paired_bootstrap_diff(M.auroc, Y, P, P[:3]), "same length"),
+    ],
+)
+def test_bad_inputs_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
