@@ -153,7 +153,7 @@ def test_demo_commands(tmp_path):
 def test_config_file_supplies_defaults_and_flags_win(setup, tmp_path):
     data, backbone, cache = setup
     cfg = tmp_path / "natix.yaml"
-    cfg.write_text(f"extract:\n  views: 1\n  cache_root: {cache}\n  backbone: {backbone}\n")
+    cfg.write_text(f"extract:\n  views: 1\n  cache: {cache}\n  backbone: {backbone}\n  batch-size: 4\n")
     r = run("--config", cfg, "extract", data, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["n_views"] == 1

@@ -51,11 +51,18 @@ def _load_config(ctx: click.Context, _param, value):
                                      f"{', '.join(sorted(group.commands))}")
         if isinstance(cmd, click.Group):
             continue
-        known = {p.name for p in cmd.params}
-        bad = sorted(set(opts or {}) - known)
+        # Keys are the long flag names (`cache`, `batch-size` or `batch_size`), mapped to parameters.
+        names = {}
+        for p in cmd.params:
+            for opt in getattr(p, "opts", []):
+                if opt.startswith("--"):
+                    names[opt[2:]] = p.name
+                    names[opt[2:].replace("-", "_")] = p.name
+        bad = sorted(k for k in (opts or {}) if k not in names)
         if bad:
             raise click.BadParameter(f"unknown option(s) {', '.join(bad)} for '{cmd_name}' in config file: "
-                                     f"use {', '.join(sorted(known))}")
+                                     f"use {', '.join(sorted(k for k in names if '_' not in k))}")
+        data[cmd_name] = {names[k]: v for k, v in (opts or {}).items()}
     ctx.default_map = data
     return value
 
@@ -156,11 +163,12 @@ def _quiet_transformers() -> None:
 @click.option("--workers", type=int, default=2, show_default=True, help="Decoding processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the backbone (CUDA).")
+@click.option("--retry-failures", is_flag=True, help="Decode again images that failed before.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_library_errors
 def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
-            precision, cache_root, batch_size, workers, device, compile_, quiet, as_json) -> None:
+            precision, cache_root, batch_size, workers, device, compile_, retry_failures, quiet, as_json) -> None:
     """Extract per-view features of every image in DATA (folder or CSV/JSONL manifest)."""
     from natix.config import RunOptions, ViewRecipe
     from natix.extract.extractor import extract as run_extract
@@ -171,7 +179,7 @@ def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size
     _quiet_transformers()
     r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
                     checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
-                    compile=compile_)
+                    compile=compile_, retry_failures=retry_failures)
     if as_json:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in r.__dict__.items()}
         out["images_per_s"] = r.images_per_s

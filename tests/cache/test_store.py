@@ -102,3 +102,12 @@ def test_reading_a_cache_does_not_import_torch(tmp_path):
     code = ("import sys; from natix.cache import open_cache; c = open_cache(sys.argv[1]); c.features(); "
             "assert 'torch' not in sys.modules, 'torch imported'; assert 'natix.extract' not in sys.modules")
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+
+
+def test_features_with_repeated_and_unsorted_rows(tmp_path):
+    path = _write(tmp_path)
+    c = open_cache(path)
+    full = c.features()
+    rows = np.array([3, 1, 3, 0, 1])
+    np.testing.assert_array_equal(c.features(rows), full[rows])
+    assert c.features(np.array([], dtype=int)).shape == (0, 2, 3)

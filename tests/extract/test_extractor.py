@@ -14,7 +14,7 @@ import torch
 from natix.cache.store import CacheLock, open_cache, verify_cache
 from natix.config import RunOptions, ViewRecipe
 from natix.data.decode import decode_image
-from natix.errors import CacheError, CacheLockedError, DataError, FingerprintMismatchError
+from natix.errors import CacheError, CacheLockedError, DataError, FingerprintMismatchError, NatixError
 from natix.extract.backbones import load_backbone
 from natix.extract.extractor import extract
 from natix.extract.views import build_views, normalize
@@ -339,3 +339,123 @@ def test_a_cache_of_only_failures_grows_later(tiny_backbone, tmp_path, cache_roo
     (data / "more" / "labels.csv").unlink()
     r = extract(data, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=cache_root, options=FAST)
     assert (r.extracted, r.known_failures) == (2, 1) and open_cache(r.cache_file).shape == (2, 1, 32)
+
+
+def test_lock_is_free_right_after_sigkill_with_workers(tiny_backbone, tmp_path):
+    from natix.data.demo import make_demo_images
+
+    data = tmp_path / "data"
+    make_demo_images(data, n=40, seed=4)
+    cmd = [sys.executable, "-m", "natix.cli", "extract", str(data), "--backbone", str(tiny_backbone),
+           "--batch-size", "1", "--workers", "2", "--quiet", "--cache", str(tmp_path / "c")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "c").glob("*.parts/part-*")):
+        time.sleep(0.005)
+    assert proc.poll() is None, "run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Forked decoding workers may still be alive for a moment; they must not hold the lock.
+    [lock] = list((tmp_path / "c").glob("*.lock"))
+    CacheLock(lock.with_suffix("")).acquire()
+
+
+def test_corrupt_cache_is_refused_at_merge_and_new_work_is_kept(demo_images, tiny_backbone, tmp_path):
+    import h5py
+
+    data = _copy_images(demo_images, tmp_path / "data")
+    (data / "labels.csv").unlink()  # a plain folder: removing a file is allowed
+    keep = data / "img_00011.jpg"
+    moved = tmp_path / "later.jpg"
+    keep.rename(moved)
+    r = extract(data, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    with h5py.File(r.cache_file, "r+") as f:
+        f["features"][0, 0, 0] += 1  # bit rot
+    moved.rename(keep)
+    with pytest.raises(CacheError, match="corrupt.*move it away"):
+        extract(data, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    assert not verify_cache(r.cache_file)["ok"]  # the damage was not re-checksummed
+    assert list((tmp_path / "c").glob("*.parts/part-*.npz"))  # the new image's features are kept
+    r.cache_file.rename(tmp_path / "broken.h5")
+    again = extract(data, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    assert (again.resumed, again.extracted) == (1, 11) and verify_cache(again.cache_file)["ok"]
+
+
+def test_transient_failures_are_retried_and_decode_failures_only_on_request(demo_images, tiny_backbone,
+                                                                           tmp_path, monkeypatch):
+    import natix.extract.extractor as ex
+
+    data = _copy_images(demo_images, tmp_path / "data")
+    (data / "img_00003.jpg").write_bytes(b"garbage")
+    real = ex.hash_bytes
+    monkeypatch.setattr(ex, "hash_bytes", lambda b: "0" * 64 if b[:2] == b"\xff\xd8" and len(b) % 7 == 0 else real(b))
+    kwargs = dict(recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    r = extract(data, str(tiny_backbone), **kwargs)
+    changed = sum(len(p.read_bytes()) % 7 == 0 for p in data.glob("*.jpg") if p.name != "img_00003.jpg")
+    assert changed > 0 and r.failed == changed + 1
+    monkeypatch.setattr(ex, "hash_bytes", real)
+    r = extract(data, str(tiny_backbone), **kwargs)
+    assert (r.extracted, r.known_failures) == (changed, 1)  # the transient ones are retried
+    assert [f["path"] for f in open_cache(r.cache_file).failures] == [str(data / "img_00003.jpg")]
+    r = extract(data, str(tiny_backbone), retry_failures=True, **kwargs)
+    assert (r.extracted, r.failed, r.known_failures) == (0, 1, 0)
+
+
+def test_known_unreadable_files_do_not_rewrite_the_cache(demo_images, tiny_backbone, tmp_path, monkeypatch):
+    import natix.extract.extractor as ex
+
+    real = ex.hash_files
+
+    def flaky(paths, **kw):
+        out = real(paths, **kw)
+        out[0] = PermissionError(13, "Permission denied")
+        return out
+
+    monkeypatch.setattr(ex, "hash_files", flaky)
+    kwargs = dict(recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    r = extract(demo_images, str(tiny_backbone), **kwargs)
+    inode = r.cache_file.stat().st_ino
+    r = extract(demo_images, str(tiny_backbone), **kwargs)
+    assert r.failed == 1 and r.cache_file.stat().st_ino == inode
+
+
+def test_non_utf8_file_names_are_per_image_failures(demo_images, tiny_backbone, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(demo_images / "img_00000.jpg", data / "ok.jpg")
+    shutil.copy(demo_images / "img_00001.jpg", os.fsdecode(bytes(data) + b"/bad\xff.jpg"))
+    r = extract(data, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    assert (r.extracted, r.failed) == (1, 1)
+    [fail] = open_cache(r.cache_file).failures
+    assert "not valid UTF-8" in fail["reason"] and "\\xff" in fail["path"]
+
+
+def test_float16_overflow_is_refused_with_the_fix(demo_images, tiny_backbone, tmp_path, monkeypatch):
+    import natix.extract.extractor as ex
+
+    real = ex._Forward.__call__
+    monkeypatch.setattr(ex._Forward, "__call__", lambda self, x: real(self, x) * 1e6)
+    with pytest.raises(NatixError, match="overflow float16.*--store-dtype float32"):
+        extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c",
+                options=FAST)
+    r = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c",
+                options=FAST, store_dtype="float32")
+    assert r.extracted == 12 and np.isfinite(open_cache(r.cache_file).features()).all()
+
+
+def test_resume_reports_no_spurious_metadata_updates(demo_images, tiny_backbone, tmp_path, monkeypatch):
+    import natix.cache.store as store
+
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith(".h5"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    monkeypatch.setattr(store.os, "replace", real_replace)
+    r = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    assert (r.resumed, r.metadata_updates) == (12, 0)

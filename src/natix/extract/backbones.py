@@ -30,6 +30,9 @@ from natix.errors import BackboneError
 
 log = logging.getLogger(__name__)
 
+_ADAPTER_KEYS = {"peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "target_modules", "rank_pattern",
+                 "alpha_pattern", "fan_in_fan_out", "layers_to_transform", "layers_pattern", "exclude_modules",
+                 "modules_to_save", "bias"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # Config keys that describe where a model came from, not what it computes.
 _CONFIG_NOISE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures",
@@ -128,6 +131,9 @@ def _load_transformers(name: str):
         if path.exists():
             raise BackboneError(f"backbone '{name}' is a file, not a model directory: pass the folder that "
                                 "holds config.json, or timm:<model> with --checkpoint FILE")
+        first = Path(name.split("/", 1)[0]).expanduser()
+        if "/" in name and first.is_dir() and first.name not in ("", "."):
+            raise BackboneError(f"backbone directory '{name}' does not exist (but '{first}' does): check the path")
         if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
             raise BackboneError(
                 f"backbone '{name}' is neither a local directory, a Hub id like "
@@ -246,7 +252,9 @@ def _merge_adapter(model, adapter: str):
 
         tensors = torch.load(weights[0], map_location="cpu", weights_only=True)
     config = json.loads(cfg_file.read_text())
-    config = {k: v for k, v in config.items() if k not in ("base_model_name_or_path", "revision", "inference_mode")}
+    # Only the fields that change the merged weights: bookkeeping (peft_version, dropout,
+    # init scheme, null fields newer PEFT releases add) must not force a re-extraction.
+    config = {k: config[k] for k in sorted(_ADAPTER_KEYS) if config.get(k) not in (None, {}, [])}
     try:
         merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:

@@ -114,7 +114,8 @@ def _utf8(path) -> bool:
 
 
 def _display(path) -> str:
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    """A printable form of a path whose bytes are not UTF-8 (b'\\xff' shown as \\xff)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _close_fds(fds, _worker_id=None) -> None:
