@@ -97,14 +97,17 @@ def make_splits(ids, labels, groups=None, *, ratios=DEFAULT_RATIOS, seed: int = 
     grouped = bool(np.any(groups[labeled] != ""))
     # A unit is a group (when given) or a single image; its stratum is its majority label.
     units: dict[str, list[int]] = {}
-    for r in np.flatnonzero(labeled):
-        unit = f"g:{groups[r]}" if groups[r] != "" else f"i:{ids[r]}"
-        units.setdefault(unit, []).append(r)
+    label_list = labels.tolist()
+    for r, g, i in zip(np.flatnonzero(labeled).tolist(), groups[labeled].tolist(), ids[labeled].tolist()):
+        units.setdefault(f"g:{g}" if g != "" else f"i:{i}", []).append(r)
     out = {k: [] for k in SPLITS}
     bounds = np.cumsum(ratios)
+    keys = {u: _key(seed, u) for u in units}
+    unit_label = {u: (label_list[rows[0]] if len(rows) == 1 else round(sum(label_list[r] for r in rows) / len(rows)))
+                  for u, rows in units.items()}
     for label in (0, 1):
-        members = [(u, rows) for u, rows in units.items() if round(float(np.mean(labels[rows]))) == label]
-        members.sort(key=lambda ur: _key(seed, ur[0]))
+        members = [(u, rows) for u, rows in units.items() if unit_label[u] == label]
+        members.sort(key=lambda ur: keys[ur[0]])
         total = sum(len(rows) for _, rows in members)
         done = 0
         for u, rows in members:
@@ -121,5 +124,6 @@ def make_splits(ids, labels, groups=None, *, ratios=DEFAULT_RATIOS, seed: int = 
                 f"split {name} would get {counts[1]} roadwork and {counts[0]} no_roadwork images (need >= "
                 f"{min_per_class} of each): add labeled images or change --ratios"
             )
-    return Splits(ids={k: sorted(v, key=lambda i: _key(seed, i)) for k, v in out.items()}, seed=seed,
+    order = {i: keys.get(f"i:{i}") or _key(seed, f"i:{i}") for v in out.values() for i in v}
+    return Splits(ids={k: sorted(v, key=order.__getitem__) for k, v in out.items()}, seed=seed,
                   ratios=ratios, fingerprint=fingerprint, grouped=grouped)

@@ -109,9 +109,9 @@ def feature_stats(X: np.ndarray, block: int = 2048) -> tuple[np.ndarray, np.ndar
     ss = np.zeros(d)
     n = 0
     for i in range(0, X.shape[0], block):
-        blk = np.asarray(X[i:i + block], dtype=np.float64).reshape(-1, d)
-        s += blk.sum(0)
-        ss += np.square(blk).sum(0)
+        blk = np.asarray(X[i:i + block], dtype=np.float32).reshape(-1, d)
+        s += blk.sum(0, dtype=np.float64)  # float64 accumulators, float32 blocks
+        ss += np.einsum("ij,ij->j", blk, blk, dtype=np.float64)
         n += blk.shape[0]
     mu = s / max(n, 1)
     var = np.maximum(ss / max(n, 1) - mu**2, 0.0)
@@ -173,7 +173,6 @@ def fit(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.n
     n, v, d = X_train.shape
     model = head.build(d, v).to(train.device)
     mu, sigma = feature_stats(X_train)
-    model.set_standardisation(mu, sigma)
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     y_t = torch.as_tensor(y_train, dtype=torch.float32)
     if train.class_weights:
@@ -186,8 +185,13 @@ def fit(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.n
     # standardisation, so without view embedding or view dropout the model can be trained on
     # the pooled rows [N, 1, D]: the same optimisation, a V-times smaller epoch.
     pooled = head.agg in ("mean", "global") and not head.view_embedding and head.view_dropout == 0
-    X_t = torch.from_numpy(_pool(X_train, head.agg) if pooled else np.asarray(X_train, dtype=np.float32))
-    X_val_fit = _pool(X_val, head.agg) if pooled else X_val
+    # The training copy is standardised once, in place; the model trains with identity
+    # standardisation and gets the real statistics at the end (same function, fewer passes).
+    X_fit = _pool(X_train, head.agg) if pooled else np.array(X_train, dtype=np.float32)
+    _standardise_(X_fit, mu, sigma)
+    X_t = torch.from_numpy(X_fit)
+    X_val_fit = _pool(X_val, head.agg) if pooled else np.array(X_val, dtype=np.float32)
+    _standardise_(X_val_fit, mu, sigma)
     v_fit = X_t.shape[1]
     bs = n if train.batch_size == 0 else min(train.batch_size, n)
     best, best_state, best_epoch, bad = np.inf, None, 0, 0
@@ -222,9 +226,19 @@ def fit(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.n
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
+    model.set_standardisation(mu, sigma)
     model.eval()
     history.update(best_epoch=best_epoch, epochs=len(history["val_score"]), best_val_score=best)
     return model, history
+
+
+def _standardise_(X: np.ndarray, mu: np.ndarray, sigma: np.ndarray, block: int = 4096) -> None:
+    """``X = (X - mu) / sigma`` in place, in blocks, with the model's sigma floor."""
+    inv = 1.0 / np.maximum(sigma, 1e-6)
+    for i in range(0, X.shape[0], block):
+        blk = X[i:i + block]
+        blk -= mu
+        blk *= inv
 
 
 def _pool(X: np.ndarray, agg: str, block: int = 4096) -> np.ndarray:
