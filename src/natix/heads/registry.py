@@ -44,9 +44,28 @@ register_head = HEADS.register
 register_aggregator = AGGREGATORS.register
 
 
+def _builtins() -> None:
+    """Importing the module registers the built-in heads and aggregators."""
+    import natix.heads.modules  # noqa: F401
+
+
+def create_head(name: str, **kwargs):
+    """A head module by name (`in_dim` plus its hyperparameters)."""
+    _builtins()
+    return HEADS.create(name, **kwargs)
+
+
+def create_aggregator(name: str, **kwargs):
+    """A view aggregator module by name (`dim` plus its hyperparameters)."""
+    _builtins()
+    return AGGREGATORS.create(name, **kwargs)
+
+
 def list_heads() -> list[str]:
+    _builtins()
     return HEADS.names()
 
 
 def list_aggregators() -> list[str]:
+    _builtins()
     return AGGREGATORS.names()
