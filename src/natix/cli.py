@@ -430,9 +430,9 @@ def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, 
 
     hc, tc = _configs("linear", "mean", "softmax", 0, o)
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
-    board = run_ablate(features, out, heads=split(heads), aggs=split(aggs), policies=split(policies), seeds=seeds,
-                       metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
-                       ratios=_ratios(o["ratios"]), split_seed=o["split_seed"], progress=not quiet)
+    run_ablate(features, out, heads=split(heads), aggs=split(aggs), policies=split(policies), seeds=seeds,
+               metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
+               ratios=_ratios(o["ratios"]), split_seed=o["split_seed"], progress=not quiet)
     click.echo((Path(out) / "leaderboard.md").read_text())
 
 

@@ -21,12 +21,8 @@ GRID = list(itertools.product(list_heads(), list_aggregators(), POLICIES))
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(old)
 
 
 def _model(head, agg, policy="softmax", *, n_views=4, dropout=0.1, k=2, **kw):

@@ -25,13 +25,6 @@ TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=10, patience=5)
 HEAD = HeadConfig(hidden=16, attn_hidden=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):

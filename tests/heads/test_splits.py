@@ -6,18 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from natix.errors import ConfigError, DataError
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _data(n=2000, pos=0.3, seed=0, prefix="img"):

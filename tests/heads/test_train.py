@@ -18,13 +18,6 @@ from natix.heads.train import HeadConfig, TrainConfig, feature_stats, fit, fold_
 FAST = TrainConfig(lr=1e-2, batch_size=64, max_epochs=30, patience=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def easy(tmp_path_factory):
