@@ -345,10 +345,13 @@ def _configs(head, agg, policy, seed, o):
 
 def _ratios(text: str):
     try:
-        return tuple(float(x) for x in text.split(","))
+        ratios = tuple(float(x) for x in text.split(","))
     except ValueError:
+        ratios = ()
+    if len(ratios) != 4:
         raise click.BadParameter(f"'{text}' is not four comma-separated fractions, e.g. 0.6,0.1,0.15,0.15",
-                                 param_hint="--ratios") from None
+                                 param_hint="--ratios")
+    return ratios
 
 
 def _metrics_table(metrics: dict, splits=("train", "val_select", "val_calib", "val_test", "train_oof")) -> str:

@@ -57,7 +57,7 @@ def _train_arm(job):
     train = dataclasses.replace(train_cfg, seed=seed)
     model, history = fit(data.X[rows["train"]], data.labels[rows["train"]], data.X[rows["val_select"]],
                          data.labels[rows["val_select"]], head, train)
-    pred = predict(model, data.X[rows["val_test"]])
+    pred = predict(model, data.X[rows["val_test"]], device=train.device)
     return arm, seed, {"prob": pred["prob"], "conf": confidence(pred), "epochs": history["epochs"]}
 
 
@@ -87,7 +87,10 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
         raise ConfigError("--seeds and --jobs must be >= 1")
     head_cfg = head_cfg or HeadConfig()
     train_cfg = train_cfg or TrainConfig()
-    arms = [Arm(h, a, p) for h, a, p in itertools.product(heads, aggs, policies)]
+    if not heads or not aggs or not policies:
+        raise ConfigError("ablate needs at least one head, one aggregator and one policy: e.g. --head linear "
+                          "--agg mean --policy softmax")
+    arms = list(dict.fromkeys(Arm(h, a, p) for h, a, p in itertools.product(heads, aggs, policies)))
     for arm in arms:  # validate names before any training
         dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy)
     names = [a.name for a in arms]

@@ -113,6 +113,8 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
 
     head = head or HeadConfig()
     train = train or TrainConfig()
+    if oof_folds and oof_folds < 2:
+        raise ConfigError(f"--oof-folds must be 0 (off) or >= 2, got {oof_folds}")
     t0 = time.perf_counter()
     data = data or load_dataset(features)
     splits = resolve_splits(data, splits_path=splits_path, ratios=ratios, seed=split_seed)

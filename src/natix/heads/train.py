@@ -95,6 +95,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.stop_metric not in STOP_METRICS:
             raise ConfigError(f"unknown stop metric '{self.stop_metric}': pass one of {', '.join(STOP_METRICS)}")
+        if self.device != "cpu":
+            import torch
+
+            try:
+                dev = torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError(f"unknown device '{self.device}': pass cpu or cuda[:N]") from None
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"--device {self.device} was asked for but no CUDA GPU is visible: pass --device cpu")
         if self.batch_size < 0 or self.max_epochs < 1 or self.lr <= 0:
             raise ConfigError("batch size must be >= 0, max epochs >= 1 and lr > 0")
         if self.patience < 1 or self.weight_decay < 0:
