@@ -369,7 +369,11 @@ def _metrics_table(metrics: dict, splits=("train", "val_select", "val_calib", "v
 @click.option("--head", default="linear", show_default=True, help="linear or mlp.")
 @click.option("--agg", default="mean", show_default=True,
               help="global, mean, max, topk, attention, gated-attention.")
-@click.option("--policy", default="softmax", show_default=True, help="softmax or gate.")
+@click.option("--policy", default="softmax", show_default=True,
+              help="softmax, gate, or scrc (softmax head + Platt + SCRC exit).")
+@click.option("--alpha", default=0.1, show_default=True, help="scrc: risk level.")
+@click.option("--delta", default=0.1, show_default=True, help="scrc: failure probability.")
+@click.option("--acceptance", default=0.8, show_default=True, help="scrc: target acceptance rate.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), help="Reuse a splits.json.")
@@ -377,13 +381,20 @@ def _metrics_table(metrics: dict, splits=("train", "val_select", "val_calib", "v
 @click.option("--json", "as_json", is_flag=True)
 @_head_options
 @_library_errors
-def fit_head(features, head, agg, policy, out, seed, splits_path, oof_folds, as_json, **o) -> None:
+def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, splits_path, oof_folds, as_json,
+             **o) -> None:
     """Train a head on a feature cache and write a run directory."""
     from natix.heads.runs import fit_run
 
-    hc, tc = _configs(head, agg, policy, seed, o)
+    scrc = policy == "scrc"  # train a softmax head, then calibrate and certify with SCRC
+    hc, tc = _configs(head, agg, "softmax" if scrc else policy, seed, o)
     r = fit_run(features, out, head=hc, train=tc, splits_path=splits_path, ratios=_ratios(o["ratios"]),
                 split_seed=o["split_seed"], oof_folds=oof_folds)
+    if scrc:
+        from natix.calibrate.apply import calibrate_run
+
+        cal = calibrate_run(out, method="platt", exit="scrc", alpha=alpha, delta=delta,
+                            acceptance=acceptance)
     if as_json:
         click.echo(json.dumps({"out": str(r.out), "metrics": r.metrics, "seconds": r.seconds}, indent=2))
         return
@@ -392,6 +403,9 @@ def fit_head(features, head, agg, policy, out, seed, splits_path, oof_folds, as_
     click.echo("metrics are fractions (not x1000); confidence = " +
                ("gate score g" if policy == "gate" else "max(p, 1-p)"))
     click.echo(_metrics_table(r.metrics))
+    if scrc:
+        click.echo("SCRC: Platt calibration + selective conformal risk control")
+        click.echo(_calibration_summary(cal))
 
 
 @cli.command("evaluate")
@@ -437,6 +451,63 @@ def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, 
                metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
                ratios=_ratios(o["ratios"]), split_seed=o["split_seed"], progress=not quiet)
     click.echo((Path(out) / "leaderboard.md").read_text())
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _calibration_summary(res) -> str:
+    t = res.table
+    b, a = t["before"], t["after"]
+    lines = [f"val_test ({t['n']} images; fractions, not x1000)", f"{'':<14}{'before':>10}{'after':>10}"]
+    for k in ("ece", "nll", "brier", "mcc", "accuracy", "natix_reward"):
+        lines.append(f"{k:<14}{b[k]:>10.4f}{a[k]:>10.4f}")
+    lines.append(f"coverage {t['coverage']:.4f} ({t['accepted']} accepted), selective risk {t['selective_risk']:.4f}")
+    if "bound" in t:
+        bd = t["bound"]
+        lines.append(f"certified bound: {bd['quantity']} <= {bd['level']}; on val_test {bd['observed']:.4f} -> "
+                     + ("held" if bd["held"] else "NOT held (a guarantee holds on average/with probability, "
+                                                 "not on every test set)"))
+    lines.append(f"guarantee: {res.guarantee}")
+    return "\n".join(lines)
+
+
+@cli.command("calibrate")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--method", type=click.Choice(["temperature", "platt", "beta", "isotonic"]), default="platt",
+              show_default=True)
+@click.option("--exit", "exit_rule", type=click.Choice(["ltt", "crc", "scrc"]), default=None,
+              help="Certified exit rule (none: no deferral).")
+@click.option("--alpha", default=0.1, show_default=True, help="Risk level of the guarantee.")
+@click.option("--delta", default=0.1, show_default=True, help="Failure probability (LTT, SCRC).")
+@click.option("--target-fnr", type=float, default=None, help="Pick the decision threshold for this FNR.")
+@click.option("--acceptance", default=0.8, show_default=True, help="SCRC: target acceptance rate.")
+@click.option("--json", "as_json", is_flag=True)
+@_library_errors
+def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, as_json) -> None:
+    """Calibrate a run on val_calib and certify an exit rule; report on val_test."""
+    from natix.calibrate.apply import calibrate_run
+
+    res = calibrate_run(run, method=method, exit=exit_rule, alpha=alpha, delta=delta, target_fnr=target_fnr,
+                        acceptance=acceptance)
+    if as_json:
+        click.echo(json.dumps({"calibration": res.calibration, "thresholds": res.thresholds, "val_test": res.table,
+                               "guarantee": res.guarantee}, indent=2, default=float))
+        return
+    click.echo(f"{run}: {method} calibration, exit {exit_rule or 'none'} -> calibration.json, thresholds.json")
+    click.echo(_calibration_summary(res))
+
+
+@cli.command("report")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder [default: RUN/report].")
+@_library_errors
+def report(run, out) -> None:
+    """Plot reliability, risk-coverage and confidence histograms of a run (PNG + markdown)."""
+    from natix.calibrate.report import write_report
+
+    md = write_report(run, out)
+    click.echo(f"wrote {md} and {len(list(md.parent.glob('*.png')))} plots")
 
 
 def main() -> None:

@@ -1,0 +1,178 @@
+"""Calibrate a run: fit on `val_calib`, certify an exit rule, report on `val_test`.
+
+Reads a run directory's prediction files directly (plain numpy), so this tier never imports
+`natix.heads`. Certified steps must not reuse the data another step was fitted on, so
+`val_calib` is split into two disjoint, hash-ordered folds: fold A fits the calibrator and the
+decision threshold, fold B certifies the exit rule (LTT, CRC or SCRC) on the calibrated scores.
+The output says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from natix import metrics as M
+from natix.errors import ConfigError, DataError
+
+METHODS = ("temperature", "platt", "beta", "isotonic")
+EXITS = ("ltt", "crc", "scrc")
+
+
+def load_split(run: str | Path, split: str) -> dict[str, np.ndarray]:
+    """A run's stored predictions for one split (ids, labels, prob, gate, ...)."""
+    path = Path(run) / "predictions" / f"{split}.npz"
+    if not path.is_file():
+        if not (Path(run) / "config.json").is_file():
+            raise DataError(f"'{run}' is not a natix run (no config.json): pass a directory written by fit-head")
+        raise DataError(f"run '{run}' has no {split} predictions: refit it with natix fit-head (every run "
+                        "stores train, val_select, val_calib and val_test)")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _folds(ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A deterministic half/half fold assignment by hashed id (True = fold B)."""
+    keys = np.array([hashlib.sha256(f"calib{seed}:{i}".encode()).hexdigest() for i in ids.astype(str)])
+    order = np.argsort(keys, kind="stable")
+    fold_b = np.zeros(len(ids), dtype=bool)
+    fold_b[order[len(ids) // 2:]] = True
+    return fold_b
+
+
+def _state(est) -> dict:
+    """The fitted attributes of an estimator as strict JSON (inf → "inf", arrays → lists)."""
+    return {k: _jsonable(v) for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")
+            and not callable(v)}
+
+
+def _jsonable(v):
+    if hasattr(v, "X_thresholds_"):  # sklearn IsotonicRegression
+        return {"x": _jsonable(v.X_thresholds_), "y": _jsonable(v.y_thresholds_)}
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_jsonable(x) for x in np.asarray(v, dtype=object).ravel().tolist()] if np.ndim(v) else _jsonable(
+            np.asarray(v).item())
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+def _confidence(pred: dict, prob: np.ndarray) -> np.ndarray:
+    """The gate score g when the run has one, else max(p, 1 - p) of the calibrated probability."""
+    return pred["gate"].astype(np.float64) if "gate" in pred else np.maximum(prob, 1 - prob)
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    calibration: dict
+    thresholds: dict
+    table: dict  # val_test metrics before/after
+    guarantee: str
+
+
+def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha: float = 0.1,
+                  delta: float = 0.1, target_fnr: float | None = None, acceptance: float = 0.8,
+                  decision: str = "mcc") -> CalibrationResult:
+    """Fit `method` on val_calib, certify `exit`, write calibration.json and thresholds.json."""
+    from natix.calibrate.calibrators import CALIBRATORS, DecisionThreshold
+    from natix.calibrate.conformal import ConformalRiskControl, LearnThenTest
+    from natix.calibrate.scrc import SCRC
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown calibration method '{method}': pass one of {', '.join(METHODS)}")
+    if exit is not None and exit not in EXITS:
+        raise ConfigError(f"unknown exit rule '{exit}': pass one of {', '.join(EXITS)}")
+    run = Path(run)
+    cal, test = load_split(run, "val_calib"), load_split(run, "val_test")
+    fold_b = _folds(cal["ids"])
+    a, b = ~fold_b, fold_b
+    p_cal, y_cal = cal["prob"].astype(np.float64), cal["labels"].astype(np.int64)
+    p_test, y_test = test["prob"].astype(np.float64), test["labels"].astype(np.int64)
+
+    calibrator = CALIBRATORS[method]().fit(p_cal[a], y_cal[a])
+    objective = "fnr" if target_fnr is not None else decision
+    threshold = DecisionThreshold(objective=objective, target_fnr=target_fnr).fit(
+        calibrator.transform(p_cal[a]), y_cal[a])
+    q_cal = threshold.transform(calibrator.transform(p_cal))
+    q_test = threshold.transform(calibrator.transform(p_test))
+    conf_cal, conf_test = _confidence(cal, q_cal), _confidence(test, q_test)
+
+    thresholds: dict = {"decision_threshold": float(threshold.threshold_), "objective": objective,
+                        "exit": exit, "folds": {"fit": int(a.sum()), "certify": int(b.sum())},
+                        "confidence": "gate" if "gate" in cal else "max(p, 1-p)"}
+    accept_test = np.ones(len(q_test), dtype=bool)
+    bound = None
+    guarantee = "no exit rule: every image is answered by this stage"
+    if exit == "ltt":
+        errors_b = (M.predictions(q_cal[b]) != y_cal[b]).astype(np.int64)
+        ltt = LearnThenTest(alpha=alpha, delta=delta).fit(conf_cal[b], errors_b)
+        thresholds.update(ltt=_state(ltt), certified=bool(ltt.certified_))
+        accept_test = ltt.accept(conf_test)
+        bound = ("selective_risk", alpha)
+        guarantee = (f"LTT: P(selective risk <= {alpha}) >= {1 - delta}" if ltt.certified_ else
+                     "LTT certified no threshold: every image defers to the next stage")
+    elif exit == "crc":
+        crc = ConformalRiskControl(loss="fnr", alpha=alpha).fit(q_cal[b], y_cal[b])
+        thresholds.update(crc=_state(crc), certified=True)
+        q_test = _recentre(q_test, float(crc.threshold_))
+        bound = ("fnr", alpha)
+        guarantee = f"CRC: E[false-negative rate] <= {alpha} (decision at p >= {crc.threshold_:.4f})"
+    elif exit == "scrc":
+        scrc = SCRC(alpha=alpha, delta=delta, acceptance=acceptance).fit(q_cal[b], y_cal[b], confidence=conf_cal[b])
+        thresholds.update(scrc=_state(scrc), certified=True)
+        accept_test = scrc.accept(conf_test)
+        bound = ("selective_risk", alpha)
+        guarantee = scrc.guarantee_
+    guarantee += (f"; the calibrator and decision threshold were fitted on fold A of val_calib "
+                  f"({int(a.sum())} images) and the exit rule certified on the disjoint fold B ({int(b.sum())})")
+
+    errors_test = M.predictions(q_test) != y_test
+    coverage = float(accept_test.mean())
+    risk = float(errors_test[accept_test].mean()) if accept_test.any() else float("nan")
+    table = {"before": _summary(y_test, p_test), "after": _summary(y_test, q_test),
+             "coverage": coverage, "selective_risk": risk, "accepted": int(accept_test.sum()),
+             "n": int(len(y_test))}
+    if bound is not None:
+        name, level = bound
+        observed = risk if name == "selective_risk" else _fnr(y_test, q_test)
+        table["bound"] = {"quantity": name, "level": level, "observed": observed,
+                          "held": bool(np.isfinite(observed) and observed <= level) if accept_test.any() else True}
+    calibration = {"method": method, "state": _state(calibrator), "decision_threshold": thresholds["decision_threshold"]}
+    (run / "calibration.json").write_text(json.dumps(calibration, indent=2))
+    (run / "thresholds.json").write_text(json.dumps({**thresholds, "guarantee": guarantee, "alpha": alpha,
+                                                     "delta": delta, "acceptance": acceptance}, indent=2))
+    np.savez(run / "predictions" / "val_test_calibrated.npz", ids=test["ids"], labels=y_test, prob=q_test,
+             confidence=conf_test, accept=accept_test)
+    return CalibrationResult(calibration, thresholds, table, guarantee)
+
+
+def _recentre(p: np.ndarray, t: float) -> np.ndarray:
+    """Monotone map with t → 0.5 (so the validator's rounding decides p > t)."""
+    t = float(np.clip(t, 1e-9, 1 - 1e-9))
+    return np.where(p <= t, 0.5 * p / t, 0.5 + 0.5 * (p - t) / (1 - t))
+
+
+def _fnr(y: np.ndarray, p: np.ndarray) -> float:
+    pos = y == 1
+    return float(np.mean(M.predictions(p[pos]) == 0)) if pos.any() else float("nan")
+
+
+def _summary(y: np.ndarray, p: np.ndarray) -> dict:
+    out = {}
+    for name, fn in (("ece", M.ece), ("nll", M.nll), ("brier", M.brier), ("mcc", M.mcc), ("accuracy", M.accuracy)):
+        try:
+            out[name] = float(fn(y, p))
+        except ValueError:
+            out[name] = float("nan")
+    out["natix_reward"] = float(M.natix_reward_windows(y, p)[1])
+    return out

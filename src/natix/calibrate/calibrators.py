@@ -1,0 +1,452 @@
+"""Binary probability calibrators and the decision-threshold search (DESIGN §6, "Calibration").
+
+Every estimator takes P(class 1) as a 1-D array (or an ``(n, 2)`` probability array, whose second
+column is used) and labels in {0, 1}:
+
+* ``fit(scores, y)`` validates the hyperparameters and the data, learns state ending in ``_``,
+  and returns ``self``;
+* ``transform(scores)`` returns the calibrated P(class 1), shape ``(n,)``;
+* ``predict_proba(scores)`` returns ``(n, 2)`` columns P(0), P(1);
+* ``predict(scores)`` returns ``predict_proba(scores)[:, 1] > 0.5`` as int, the NATIX
+  validator's ``np.round(p)`` (0.5 counts as class 0).
+
+The NATIX validator decides at 0.5, so only calibrators that can move 0.5 can change decisions:
+temperature scaling cannot (it preserves the sign of the logit); Platt, beta and isotonic can;
+:class:`DecisionThreshold` re-centres the probabilities so that a chosen threshold lands on 0.5.
+
+The parametric calibrators are fitted by maximum likelihood (mean binary log loss, L-BFGS-B with
+the analytic gradient), never with a hidden default penalty, so their parameters are unbiased
+estimates of the data-generating ones.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.isotonic import IsotonicRegression
+from sklearn.utils.validation import check_is_fitted
+
+from natix.calibrate._validation import (
+    binary_labels,
+    logit,
+    nonnegative_float,
+    positive_int,
+    positive_proba,
+    sigmoid,
+    two_column,
+)
+from natix.errors import ConfigError, DataError
+from natix.metrics import natix_reward_windows
+
+__all__ = [
+    "CALIBRATORS",
+    "BetaCalibration",
+    "DecisionThreshold",
+    "IsotonicCalibration",
+    "PlattScaling",
+    "TemperatureScaling",
+    "make_calibrator",
+]
+
+_EPS = 1e-12  # probabilities are clipped to [_EPS, 1 - _EPS] before any log
+_ABOVE_HALF = float(np.nextafter(0.5, 1.0))  # the smallest float the validator rounds to 1
+
+
+class _BinaryCalibrator(BaseEstimator):
+    """Shared fit/transform/predict plumbing; subclasses implement ``_fit`` and ``_transform``."""
+
+    def fit(self, scores, y):
+        """Validate hyperparameters and data, then learn the calibration map.
+
+        Parameters
+        ----------
+        scores : array of shape (n,) or (n, 2), probabilities in [0, 1]
+        y : array of shape (n,), labels in {0, 1}; both classes must be present
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        p = positive_proba(scores)
+        labels = binary_labels(y, len(p))
+        self._fit(p, labels)
+        return self
+
+    def transform(self, scores) -> np.ndarray:
+        """Calibrated P(class 1).
+
+        Parameters
+        ----------
+        scores : array of shape (n,) or (n, 2), probabilities in [0, 1]
+
+        Returns
+        -------
+        ndarray of shape (n,), in [0, 1]
+        """
+        check_is_fitted(self)
+        return self._transform(positive_proba(scores))
+
+    def predict_proba(self, scores) -> np.ndarray:
+        """Calibrated probabilities, shape ``(n, 2)``: columns P(class 0), P(class 1)."""
+        return two_column(self.transform(scores))
+
+    def predict(self, scores) -> np.ndarray:
+        """Hard decisions ``P(class 1) > 0.5`` (0.5 is class 0, as the validator's ``np.round``), shape ``(n,)``."""
+        return (self.predict_proba(scores)[:, 1] > 0.5).astype(np.int64)
+
+    def _check_params(self) -> None:
+        """Validate hyperparameters (called first thing in ``fit``)."""
+
+    def _fit(self, p: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} must implement _fit")
+
+    def _transform(self, p: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} must implement _transform")
+
+
+def _fit_logistic(
+    X: np.ndarray,
+    y: np.ndarray,
+    w0: np.ndarray,
+    *,
+    max_iter: int,
+    bounds=None,
+    reg: float = 0.0,
+    reg_center: np.ndarray | None = None,
+    reg_mask: np.ndarray | None = None,
+    name: str,
+) -> np.ndarray:
+    """Minimise mean log loss of ``sigmoid(X @ w)`` (+ ``reg * ||mask * (w - center)||^2``) by L-BFGS-B."""
+    yf = y.astype(np.float64)
+    n = len(yf)
+
+    def objective(w):
+        u = X @ w
+        loss = np.mean(np.logaddexp(0.0, u) - yf * u)
+        grad = X.T @ (expit(u) - yf) / n
+        if reg > 0:
+            d = reg_mask * (w - reg_center)
+            loss += reg * float(d @ d)
+            grad = grad + 2.0 * reg * d
+        return loss, grad
+
+    res = minimize(objective, w0, jac=True, method="L-BFGS-B", bounds=bounds,
+                   options={"maxiter": max_iter, "gtol": 1e-9, "ftol": 1e-13})
+    # status 1 = iteration limit. Other non-zero statuses on these smooth convex problems come
+    # from the line search failing to improve at the numerical optimum, which is not a failure.
+    if res.status == 1:
+        warnings.warn(f"{name} did not converge in max_iter={max_iter} iterations "
+                      f"({res.message}): raise max_iter or check for separable data",
+                      ConvergenceWarning, stacklevel=3)
+    if not np.all(np.isfinite(res.x)):
+        raise DataError(f"{name} fit diverged (non-finite parameters): check the calibration data")
+    return res.x
+
+
+class TemperatureScaling(_BinaryCalibrator):
+    """Temperature scaling: ``sigmoid(logit(p) / T)`` with one parameter T > 0.
+
+    T is the maximum-likelihood temperature on the calibration data (T > 1 softens an
+    over-confident model, T < 1 sharpens). Because ``logit(p) / T`` keeps the sign of
+    ``logit(p)``, temperature scaling can never change a decision at 0.5: ``predict`` equals
+    ``p > 0.5`` exactly (also where float rounding would otherwise land on 0.5). Use Platt, beta,
+    isotonic or :class:`DecisionThreshold` to move decisions.
+
+    Parameters
+    ----------
+    max_iter : int, default=100
+        L-BFGS-B iteration limit.
+
+    Attributes
+    ----------
+    temperature_ : float
+        The fitted T, searched in [1e-4, 1e4].
+    """
+
+    def __init__(self, *, max_iter: int = 100):
+        self.max_iter = max_iter
+
+    def _check_params(self) -> None:
+        positive_int(self.max_iter, "max_iter")
+
+    def _fit(self, p, y):
+        # Fit the inverse temperature s = 1/T: the log loss is convex in s (logistic regression
+        # through the origin); the bounds keep T in [1e-4, 1e4] when the data are separable or
+        # the scores anti-informative.
+        (s,) = _fit_logistic(logit(p, _EPS)[:, None], y, np.array([1.0]), max_iter=self.max_iter,
+                             bounds=[(1e-4, 1e4)], name="TemperatureScaling")
+        self.temperature_ = float(1.0 / s)
+
+    def _transform(self, p):
+        q = sigmoid(logit(p, _EPS) / self.temperature_)
+        return np.where(p > 0.5, np.maximum(q, _ABOVE_HALF), np.minimum(q, 0.5))
+
+
+class PlattScaling(_BinaryCalibrator):
+    """Platt scaling on the logit: ``sigmoid(a * logit(p) + b)``.
+
+    Unpenalised maximum likelihood (no L2 penalty, no label smoothing), so ``a`` and ``b`` are
+    consistent estimates. ``b != 0`` moves the decision boundary away from p = 0.5. ``a`` is not
+    constrained: ``a < 0`` means the scores rank the classes the wrong way round.
+
+    Parameters
+    ----------
+    max_iter : int, default=100
+        L-BFGS-B iteration limit.
+
+    Attributes
+    ----------
+    coef_ : float
+        The slope ``a``.
+    intercept_ : float
+        The offset ``b``.
+    """
+
+    def __init__(self, *, max_iter: int = 100):
+        self.max_iter = max_iter
+
+    def _check_params(self) -> None:
+        positive_int(self.max_iter, "max_iter")
+
+    def _fit(self, p, y):
+        z = logit(p, _EPS)
+        X = np.column_stack([z, np.ones_like(z)])
+        a, b = _fit_logistic(X, y, np.array([1.0, 0.0]), max_iter=self.max_iter, name="PlattScaling")
+        self.coef_, self.intercept_ = float(a), float(b)
+
+    def _transform(self, p):
+        return sigmoid(self.coef_ * logit(p, _EPS) + self.intercept_)
+
+
+class BetaCalibration(_BinaryCalibrator):
+    """Beta calibration (Kull et al., 2017): ``sigmoid(a * ln p - c * ln(1 - p) + d)``.
+
+    For two classes this is Dirichlet calibration. ``a = c = 1, d = 0`` is the identity;
+    ``a = c`` is Platt scaling on the logit. As Kull et al. recommend, ``a, c >= 0``, which
+    keeps the map monotone (it never reverses the ranking, so AUROC cannot drop). p is clipped to
+    [1e-12, 1 - 1e-12] before the logs.
+
+    Parameters
+    ----------
+    reg : float >= 0, default=0.0
+        Strength of the L2 penalty ``reg * ((a - 1)^2 + (c - 1)^2)`` added to the *mean* log loss.
+        It pulls towards the identity map (up to the free offset ``d``), not towards zero as
+        Dirichlet calibration's ODIR penalty does, because the inputs come from a trained head
+        that is usually near-calibrated. 0 gives the unpenalised maximum-likelihood fit; because
+        the loss is a mean, the penalty's pull does not fade with the sample size.
+    max_iter : int, default=100
+        L-BFGS-B iteration limit.
+
+    Attributes
+    ----------
+    a_, c_, d_ : float
+        The fitted parameters.
+    """
+
+    def __init__(self, *, reg: float = 0.0, max_iter: int = 100):
+        self.reg = reg
+        self.max_iter = max_iter
+
+    def _check_params(self) -> None:
+        nonnegative_float(self.reg, "reg")
+        positive_int(self.max_iter, "max_iter")
+
+    @staticmethod
+    def _features(p):
+        p = np.clip(p, _EPS, 1.0 - _EPS)
+        return np.column_stack([np.log(p), -np.log1p(-p), np.ones_like(p)])
+
+    def _fit(self, p, y):
+        a, c, d = _fit_logistic(
+            self._features(p), y, np.array([1.0, 1.0, 0.0]), max_iter=self.max_iter,
+            bounds=[(0.0, None), (0.0, None), (None, None)], reg=float(self.reg),
+            reg_center=np.array([1.0, 1.0, 0.0]), reg_mask=np.array([1.0, 1.0, 0.0]),
+            name="BetaCalibration")
+        self.a_, self.c_, self.d_ = float(a), float(c), float(d)
+
+    def _transform(self, p):
+        return sigmoid(self._features(p) @ np.array([self.a_, self.c_, self.d_]))
+
+
+class IsotonicCalibration(_BinaryCalibrator):
+    """Isotonic regression of the labels on p (scikit-learn's PAV), clipped outside the fitted range.
+
+    Non-parametric and monotone non-decreasing: it can merge neighbouring scores into ties (so
+    AUROC may move through ties only) and can return exactly 0 or 1 on the extremes.
+
+    Parameters
+    ----------
+    eps : float in [0, 0.5), default=0.0
+        The output is clipped to [eps, 1 - eps]; a small eps (e.g. 1e-6) keeps log-loss-based
+        consumers finite. 0 leaves the isotonic fit untouched.
+
+    Attributes
+    ----------
+    isotonic_ : sklearn.isotonic.IsotonicRegression
+        Fitted with ``out_of_bounds="clip", y_min=0, y_max=1``.
+    """
+
+    def __init__(self, *, eps: float = 0.0):
+        self.eps = eps
+
+    def _check_params(self) -> None:
+        if nonnegative_float(self.eps, "eps") >= 0.5:
+            raise ConfigError(f"eps must be in [0, 0.5), got {self.eps!r}: pass e.g. eps=1e-6")
+
+    def _fit(self, p, y):
+        self.isotonic_ = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(p, y)
+
+    def _transform(self, p):
+        eps = float(self.eps)
+        return np.clip(self.isotonic_.predict(p), eps, 1.0 - eps)
+
+
+# --------------------------------------------------------------------------------------------
+# Decision threshold
+# --------------------------------------------------------------------------------------------
+
+_OBJECTIVES = ("mcc", "reward", "fnr")
+
+
+def _recentre(p: np.ndarray, t: float) -> np.ndarray:
+    """Monotone piecewise-linear map [0, t] -> [0, 0.5], (t, 1] -> (0.5, 1]; ``> 0.5`` iff ``p > t``."""
+    lo = 0.5 * np.minimum(p / max(t, np.finfo(np.float64).tiny), 1.0)
+    hi = 0.5 + 0.5 * ((p - t) / (1.0 - t))
+    # Clamp so that p just above t still rounds to 1 after float rounding of 0.5 + tiny.
+    hi = np.clip(hi, _ABOVE_HALF, 1.0)
+    return np.where(p > t, hi, lo)
+
+
+def _mcc_counts(tp, tn, fp, fn) -> np.ndarray:
+    """Matthews correlation from count arrays; 0 where undefined (an empty confusion row/column)."""
+    denom = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+    safe = np.where(denom > 0, denom, 1.0)
+    return np.where(denom > 0, (tp * tn - fp * fn) / np.sqrt(safe), 0.0)
+
+
+def _closest_to_half(candidates: np.ndarray, scores: np.ndarray) -> int:
+    """Index of the best score; ties (within 1e-12) go to the candidate nearest 0.5."""
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return int(best[np.argmin(np.abs(candidates[best] - 0.5))])
+
+
+class DecisionThreshold(_BinaryCalibrator):
+    """The decision threshold t on calibration probabilities, then a re-centring so t lands on 0.5.
+
+    Candidates are the midpoints between consecutive distinct values of ``{0} ∪ p ∪ {1}`` (so
+    "everything positive" and "everything negative" are candidates too); the decision at t is
+    ``p > t``. ``transform`` maps [0, t] linearly onto [0, 0.5] and (t, 1] onto (0.5, 1]: it is
+    monotone, keeps 0 and 1, sends t to 0.5, and the validator's rounding at 0.5 of the output
+    reproduces ``p > t`` exactly.
+
+    Parameters
+    ----------
+    objective : {"mcc", "reward", "fnr"}, default="mcc"
+        ``"mcc"``: maximise the Matthews correlation over all candidates (exact, one sweep).
+        ``"reward"``: maximise the mean NATIX reward ``natix_reward_windows(y, transform(p))[1]``
+        with ``y`` in the order given (pass calibration data in a shuffled, arrival-like order).
+        The reward is a windowed, order-dependent quantity that costs O(n) per candidate, so only
+        ``max_candidates`` candidates evenly spaced in rank are scored, plus the MCC-optimal one
+        and the one equivalent to no re-centring (deciding at 0.5), so the result is never worse
+        than leaving the probabilities alone on the calibration data.
+        ``"fnr"``: the largest candidate whose false-negative rate ``mean(p <= t | y = 1)`` is at
+        most ``target_fnr`` (exact).
+        Ties in MCC or reward go to the candidate nearest 0.5 (the least re-centring).
+    target_fnr : float in [0, 1), optional
+        Required for ``objective="fnr"`` and rejected otherwise.
+    max_candidates : int >= 1, default=32
+        Number of rank-spaced candidates scored by ``objective="reward"``; unused otherwise.
+
+    Attributes
+    ----------
+    threshold_ : float
+        The threshold t in [0, 1).
+    score_ : float
+        The objective at ``threshold_`` on the calibration data (MCC, mean reward, or the FNR).
+    """
+
+    def __init__(self, *, objective: str = "mcc", target_fnr: float | None = None, max_candidates: int = 32):
+        self.objective = objective
+        self.target_fnr = target_fnr
+        self.max_candidates = max_candidates
+
+    def _check_params(self) -> None:
+        if self.objective not in _OBJECTIVES:
+            raise ConfigError(f"unknown objective {self.objective!r}: pass one of {', '.join(_OBJECTIVES)}")
+        if self.objective == "fnr":
+            if self.target_fnr is None:
+                raise ConfigError("objective='fnr' needs target_fnr: pass e.g. target_fnr=0.05")
+            if nonnegative_float(self.target_fnr, "target_fnr") >= 1:
+                raise ConfigError(f"target_fnr must be in [0, 1), got {self.target_fnr!r}")
+        elif self.target_fnr is not None:
+            raise ConfigError(f"target_fnr is only used with objective='fnr', got objective={self.objective!r}: "
+                              "drop target_fnr or pass objective='fnr'")
+        positive_int(self.max_candidates, "max_candidates")
+
+    def _fit(self, p, y):
+        values = np.unique(np.concatenate(([0.0], p, [1.0])))
+        lo, hi = values[:-1], values[1:]
+        mid = lo + 0.5 * (hi - lo)
+        # For adjacent floats the midpoint can round up onto `hi`; `lo` gives the same decisions.
+        candidates = np.where(mid < hi, mid, lo)
+
+        # Candidate k predicts negative for every value <= values[k]: cumulative counts per value.
+        idx = np.searchsorted(values, p)
+        pos = np.bincount(idx, weights=y, minlength=len(values))
+        neg = np.bincount(idx, minlength=len(values)) - pos
+        fn, tn = np.cumsum(pos)[:-1], np.cumsum(neg)[:-1]
+        n_pos, n_neg = pos.sum(), neg.sum()
+        tp, fp = n_pos - fn, n_neg - tn
+
+        if self.objective == "fnr":
+            fnr = fn / n_pos
+            feasible = np.flatnonzero(fnr <= float(self.target_fnr))
+            if feasible.size == 0:
+                raise DataError(f"no threshold reaches FNR <= {self.target_fnr}: "
+                                f"{int(pos[0])} positives have probability 0; raise target_fnr")
+            k = int(feasible[-1])  # fnr is non-decreasing in k
+            score = fnr[k]
+        else:
+            mcc = _mcc_counts(tp, tn, fp, fn)
+            k = _closest_to_half(candidates, mcc)
+            score = mcc[k]
+            if self.objective == "reward":
+                k, score = self._best_reward(p, y, values, candidates, k)
+        self.threshold_ = float(candidates[k])
+        self.score_ = float(score)
+
+    def _best_reward(self, p, y, values, candidates, k_mcc):
+        """Best candidate by mean NATIX reward among rank-spaced ones, the MCC optimum and 'decide at 0.5'."""
+        m = len(candidates)
+        k_half = int(np.searchsorted(values, 0.5, side="right")) - 1  # same decisions as p > 0.5
+        spaced = np.linspace(0, m - 1, min(int(self.max_candidates), m)).round().astype(np.int64)
+        ks = np.unique(np.concatenate([spaced, [k_mcc, min(k_half, m - 1)]]))
+        rewards = np.array([natix_reward_windows(y, _recentre(p, float(candidates[k])))[1] for k in ks])
+        j = _closest_to_half(candidates[ks], rewards)
+        return int(ks[j]), rewards[j]
+
+    def _transform(self, p):
+        return _recentre(p, self.threshold_)
+
+
+CALIBRATORS: Mapping[str, type[_BinaryCalibrator]] = MappingProxyType({
+    "temperature": TemperatureScaling,
+    "platt": PlattScaling,
+    "beta": BetaCalibration,
+    "isotonic": IsotonicCalibration,
+})
+
+
+def make_calibrator(name: str, **params) -> _BinaryCalibrator:
+    """An unfitted calibrator from :data:`CALIBRATORS` by name, with keyword hyperparameters."""
+    if name not in CALIBRATORS:
+        raise ConfigError(f"unknown calibrator {name!r}: pass one of {', '.join(CALIBRATORS)}")
+    return CALIBRATORS[name](**params)

@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from natix.calibrate.apply import calibrate_run
+from natix.calibrate.report import write_report
+from natix.cache.synthetic import make_synthetic_cache
+from natix.cli import cli
+from natix.errors import ConfigError, DataError
+from natix.heads.runs import fit_run
+from natix.heads.train import HeadConfig, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cal")
+    cache = make_synthetic_cache(root / "cache", n=1600, n_views=3, dim=16, strength=2.5, seed=0)
+    fit_run(cache, root / "run", head=HeadConfig(agg="max"), train=TrainConfig(lr=1e-2, batch_size=64, max_epochs=15))
+    # Make the stored probabilities over-confident, so calibration has something to fix.
+    for split in ("val_calib", "val_test"):
+        path = root / "run" / "predictions" / f"{split}.npz"
+        with np.load(path) as z:
+            data = {k: z[k] for k in z.files}
+        data["prob"] = 1 / (1 + np.exp(-3.0 * data["logit"].astype(np.float64)))
+        np.savez(path, **data)
+    return root / "run"
+
+
+@pytest.mark.parametrize("exit_rule", [None, "ltt", "crc", "scrc"])
+@pytest.mark.parametrize("method", ["temperature", "platt", "beta", "isotonic"])
+def test_calibrate_run_writes_files_and_improves_calibration(run_dir, method, exit_rule):
+    res = calibrate_run(run_dir, method=method, exit=exit_rule, alpha=0.15, delta=0.2)
+    cal = json.loads((run_dir / "calibration.json").read_text())
+    thr = json.loads((run_dir / "thresholds.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert cal["method"] == method and thr["exit"] == exit_rule and thr["folds"]["fit"] + thr["folds"]["certify"] > 0
+    assert "fold A" in res.guarantee and "fold B" in res.guarantee
+    t = res.table
+    assert t["after"]["ece"] < t["before"]["ece"]  # the stored probabilities are over-confident
+    if method != "isotonic":  # isotonic may output 0 or 1, which NLL punishes without bound
+        assert t["after"]["nll"] < t["before"]["nll"]
+    assert 0 < t["coverage"] <= 1 and t["n"] == t["accepted"] / t["coverage"]
+    if exit_rule is None:
+        assert t["coverage"] == 1 and "bound" not in t
+    else:
+        assert t["bound"]["level"] == 0.15
+    with np.load(run_dir / "predictions" / "val_test_calibrated.npz") as z:
+        assert z["prob"].shape == z["accept"].shape and z["accept"].mean() == pytest.approx(t["coverage"])
+
+
+def test_ltt_with_an_impossible_alpha_defers_everything_and_says_so(run_dir):
+    res = calibrate_run(run_dir, method="platt", exit="ltt", alpha=0.001, delta=0.05)
+    assert res.thresholds["certified"] is False and res.table["coverage"] == 0
+    assert "every image defers" in res.guarantee
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    ({"method": "sigmoid"}, ConfigError, "unknown calibration method"),
+    ({"exit": "maybe"}, ConfigError, "unknown exit rule"),
+    ({"exit": "ltt", "alpha": 1.5}, ConfigError, "alpha must be in \\(0, 1\\)"),
+    ({"exit": "scrc", "delta": 0.0}, ConfigError, "delta must be in \\(0, 1\\)"),
+    ({"exit": "scrc", "alpha": 0.001}, DataError, "needs at least"),
+])
+def test_bad_calibration_requests(run_dir, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        calibrate_run(run_dir, **kwargs)
+
+
+def test_missing_val_calib_and_not_a_run(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "predictions" / "val_calib.npz").unlink()
+    with pytest.raises(DataError, match="no val_calib predictions"):
+        calibrate_run(copy)
+    with pytest.raises(DataError, match="not a natix run"):
+        calibrate_run(tmp_path / "nothing")
+
+
+def test_report_writes_pngs_and_markdown(run_dir, tmp_path):
+    calibrate_run(run_dir, method="beta", exit="scrc", alpha=0.15)
+    md = write_report(run_dir, tmp_path / "rep")
+    pngs = sorted(p.name for p in md.parent.glob("*.png"))
+    assert pngs == ["confidence_histogram.png", "generalized_risk_coverage.png", "reliability.png",
+                    "risk_coverage.png"]
+    assert all((md.parent / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    text = md.read_text()
+    assert all(f"({p})" in text for p in pngs) and "exit rule: scrc" in text
+
+
+def test_cli_calibrate_report_and_scrc_policy(run_dir, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["calibrate", str(run_dir), "--method", "platt", "--exit", "ltt", "--alpha", "0.2"])
+    assert r.exit_code == 0, r.output
+    assert "before" in r.output and "certified bound: selective_risk <= 0.2" in r.output and "guarantee" in r.output
+    r = runner.invoke(cli, ["calibrate", str(run_dir), "--json"])
+    assert json.loads(r.output)["calibration"]["method"] == "platt"
+    r = runner.invoke(cli, ["calibrate", str(run_dir), "--exit", "ltt", "--alpha", "2"])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "alpha must be in (0, 1)" in r.output
+    r = runner.invoke(cli, ["report", str(run_dir), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0 and "4 plots" in r.output
+    cache = next((run_dir.parent / "cache").glob("*.h5"))
+    r = runner.invoke(cli, ["fit-head", str(cache), "--policy", "scrc", "--alpha", "0.2", "--max-epochs", "5",
+                            "--out", str(tmp_path / "scrc-run")])
+    assert r.exit_code == 0, r.output
+    assert "SCRC" in r.output and "SCRC-I" in r.output
+    assert json.loads((tmp_path / "scrc-run" / "thresholds.json").read_text())["exit"] == "scrc"
