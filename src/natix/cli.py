@@ -463,7 +463,10 @@ def _calibration_summary(res) -> str:
     for k in ("ece", "nll", "brier", "mcc", "accuracy", "natix_reward"):
         lines.append(f"{k:<14}{b[k]:>10.4f}{a[k]:>10.4f}")
     lines.append(f"coverage {t['coverage']:.4f} ({t['accepted']} accepted), selective risk {t['selective_risk']:.4f}")
-    if "bound" in t:
+    if "bound" in t and t["accepted"] == 0:
+        lines.append(f"certified bound: {t['bound']['quantity']} <= {t['bound']['level']}; nothing accepted on "
+                     "val_test, so it holds vacuously")
+    elif "bound" in t:
         bd = t["bound"]
         lines.append(f"certified bound: {bd['quantity']} <= {bd['level']}; on val_test {bd['observed']:.4f} -> "
                      + ("held" if bd["held"] else "NOT held (a guarantee holds on average/with probability, "
