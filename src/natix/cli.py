@@ -387,6 +387,11 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
     from natix.heads.runs import fit_run
 
     scrc = policy == "scrc"  # train a softmax head, then calibrate and certify with SCRC
+    if scrc:
+        from natix.calibrate._validation import unit_open
+
+        for value, name in ((alpha, "alpha"), (delta, "delta"), (acceptance, "acceptance")):
+            unit_open(value, name)
     hc, tc = _configs(head, agg, "softmax" if scrc else policy, seed, o)
     r = fit_run(features, out, head=hc, train=tc, splits_path=splits_path, ratios=_ratios(o["ratios"]),
                 split_seed=o["split_seed"], oof_folds=oof_folds)
@@ -396,7 +401,12 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
         cal = calibrate_run(out, method="platt", exit="scrc", alpha=alpha, delta=delta,
                             acceptance=acceptance)
     if as_json:
-        click.echo(json.dumps({"out": str(r.out), "metrics": r.metrics, "seconds": r.seconds}, indent=2))
+        from natix.calibrate.apply import jsonable
+
+        payload = {"out": str(r.out), "metrics": r.metrics, "seconds": r.seconds}
+        if scrc:
+            payload["scrc"] = {"val_test": cal.table, "thresholds": cal.thresholds, "guarantee": cal.guarantee}
+        click.echo(json.dumps(jsonable(payload), indent=2, allow_nan=False))
         return
     click.echo(f"run       {r.out}  ({hc.name}, seed {seed}, {r.history['epochs']} epochs, best "
                f"{r.history['best_epoch'] + 1}; {r.seconds:.1f} s)")
@@ -468,9 +478,10 @@ def _calibration_summary(res) -> str:
                      "val_test, so it holds vacuously")
     elif "bound" in t:
         bd = t["bound"]
+        verdict = ("undefined on val_test (no images it applies to)" if bd["held"] is None else "held" if bd["held"]
+                   else "NOT held (a guarantee holds on average/with probability, not on every test set)")
         lines.append(f"certified bound: {bd['quantity']} <= {bd['level']}; on val_test {bd['observed']:.4f} -> "
-                     + ("held" if bd["held"] else "NOT held (a guarantee holds on average/with probability, "
-                                                 "not on every test set)"))
+                     + verdict)
     lines.append(f"guarantee: {res.guarantee}")
     return "\n".join(lines)
 
@@ -494,8 +505,10 @@ def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, as_j
     res = calibrate_run(run, method=method, exit=exit_rule, alpha=alpha, delta=delta, target_fnr=target_fnr,
                         acceptance=acceptance)
     if as_json:
-        click.echo(json.dumps({"calibration": res.calibration, "thresholds": res.thresholds, "val_test": res.table,
-                               "guarantee": res.guarantee}, indent=2, default=float))
+        from natix.calibrate.apply import jsonable
+
+        click.echo(json.dumps(jsonable({"calibration": res.calibration, "thresholds": res.thresholds,
+                                        "val_test": res.table, "guarantee": res.guarantee}), indent=2, allow_nan=False))
         return
     click.echo(f"{run}: {method} calibration, exit {exit_rule or 'none'} -> calibration.json, thresholds.json")
     click.echo(_calibration_summary(res))

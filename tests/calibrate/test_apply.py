@@ -37,7 +37,10 @@ def test_calibrate_run_writes_files_and_improves_calibration(run_dir, method, ex
     cal = json.loads((run_dir / "calibration.json").read_text())
     thr = json.loads((run_dir / "thresholds.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert cal["method"] == method and thr["exit"] == exit_rule and thr["folds"]["fit"] + thr["folds"]["certify"] > 0
-    assert "fold A" in res.guarantee and "fold B" in res.guarantee
+    if exit_rule is None:  # nothing to certify: the calibrator uses all of val_calib
+        assert thr["folds"]["certify"] == 0 and "fold" not in res.guarantee
+    else:
+        assert "fold A" in res.guarantee and "fold B" in res.guarantee and thr["folds"]["certify"] > 0
     t = res.table
     assert t["after"]["ece"] < t["before"]["ece"]  # the stored probabilities are over-confident
     if method != "isotonic":  # isotonic may output 0 or 1, which NLL punishes without bound
@@ -109,3 +112,91 @@ def test_cli_calibrate_report_and_scrc_policy(run_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert "SCRC" in r.output and "SCRC-I" in r.output
     assert json.loads((tmp_path / "scrc-run" / "thresholds.json").read_text())["exit"] == "scrc"
+
+
+def test_crc_served_decisions_match_the_crc_rule_at_ties(run_dir, tmp_path):
+    import shutil
+
+    from natix import metrics as M
+    from natix.calibrate.calibrators import CALIBRATORS, DecisionThreshold
+    from natix.calibrate.conformal import ConformalRiskControl
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for split in ("val_calib", "val_test"):  # coarse probabilities: many exact ties
+        path = copy / "predictions" / f"{split}.npz"
+        with np.load(path) as z:
+            data = {k: z[k] for k in z.files}
+        data["prob"] = np.round(data["prob"], 1)
+        np.savez(path, **data)
+    res = calibrate_run(copy, method="isotonic", exit="crc", alpha=0.1)
+    with np.load(copy / "predictions" / "val_test_calibrated.npz") as z:
+        served = z["prob"]
+    # Recompute the pre-CRC scores and apply CRC's own rule: served decisions must agree.
+    cal = np.load(copy / "predictions" / "val_calib.npz")
+    test = np.load(copy / "predictions" / "val_test.npz")
+    from natix.calibrate.apply import _folds
+
+    b = _folds(cal["ids"])
+    c = CALIBRATORS["isotonic"]().fit(cal["prob"][~b], cal["labels"][~b])
+    d = DecisionThreshold(objective="mcc").fit(c.transform(cal["prob"][~b]), cal["labels"][~b])
+    q_cal, q_test = d.transform(c.transform(cal["prob"])), d.transform(c.transform(test["prob"]))
+    crc = ConformalRiskControl(loss="fnr", alpha=0.1).fit(q_cal[b], cal["labels"][b])
+    np.testing.assert_array_equal(M.predictions(served), crc.predict(q_test))
+    assert res.thresholds["certified"] is True
+
+
+def test_json_outputs_are_strict_and_levels_are_checked(run_dir):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["calibrate", str(run_dir), "--exit", "ltt", "--alpha", "0.001", "--json"])
+    assert r.exit_code == 0 and "NaN" not in r.output and "Infinity" not in r.output
+    json.loads(r.output)
+    json.loads((run_dir / "thresholds.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    for flag, value in (("--alpha", "nan"), ("--delta", "inf"), ("--acceptance", "-3")):
+        r = runner.invoke(cli, ["calibrate", str(run_dir), flag, value])
+        assert r.exit_code == 1 and r.output.count("\n") == 1 and "must be in (0, 1)" in r.output
+
+
+def test_scrc_bound_is_reported_on_the_quantity_it_certifies(run_dir):
+    res = calibrate_run(run_dir, method="platt", exit="scrc", alpha=0.2)
+    assert res.table["bound"]["quantity"] == "error_among_selected"
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: d.pop("prob"), "lack prob"),
+    (lambda d: d.update(labels=d["labels"][:-1]), "expected"),
+    (lambda d: d.update(labels=d["labels"] * 2), "labels other than 0/1"),
+    (lambda d: d.update(prob=np.stack([1 - d["prob"], d["prob"]], 1)), "expected"),
+])
+def test_damaged_prediction_files_are_one_line_errors(run_dir, tmp_path, damage, match):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = copy / "predictions" / "val_test.npz"
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    damage(data)
+    np.savez(path, **data)
+    with pytest.raises(DataError, match=match):
+        calibrate_run(copy)
+
+
+def test_report_refuses_a_stale_calibration_and_survives_undefined_metrics(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    calibrate_run(copy, method="platt")
+    path = copy / "predictions" / "val_test.npz"
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    data["ids"] = data["ids"][::-1].copy()
+    np.savez(path, **data)
+    with pytest.raises(DataError, match="earlier fit"):
+        write_report(copy)
+    (copy / "predictions" / "val_test_calibrated.npz").unlink()
+    data["prob"] = data["labels"].astype(float) * 0.8 + 0.1  # every answer right: AUROC_f undefined
+    np.savez(path, **data)
+    md = write_report(copy)  # AUROC_f is undefined here: the plot says nan instead of failing
+    assert "accuracy 1.0000" in md.read_text() and (md.parent / "confidence_histogram.png").is_file()

@@ -31,8 +31,21 @@ def load_split(run: str | Path, split: str) -> dict[str, np.ndarray]:
             raise DataError(f"'{run}' is not a natix run (no config.json): pass a directory written by fit-head")
         raise DataError(f"run '{run}' has no {split} predictions: refit it with natix fit-head (every run "
                         "stores train, val_select, val_calib and val_test)")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            pred = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"predictions '{path}' are unreadable ({exc}): refit the run with natix fit-head") from None
+    missing = [k for k in ("ids", "labels", "prob") if k not in pred]
+    if missing:
+        raise DataError(f"predictions '{path}' lack {', '.join(missing)}: refit the run with natix fit-head")
+    n = len(pred["ids"])
+    for k in ("labels", "prob", "gate"):
+        if k in pred and (pred[k].ndim != 1 or len(pred[k]) != n):
+            raise DataError(f"predictions '{path}': '{k}' has shape {pred[k].shape}, expected ({n},): refit the run")
+    if not np.isin(pred["labels"], (0, 1)).all():
+        raise DataError(f"predictions '{path}' hold labels other than 0/1: calibration needs labeled images")
+    return pred
 
 
 def _folds(ids: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -46,17 +59,17 @@ def _folds(ids: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def _state(est) -> dict:
     """The fitted attributes of an estimator as strict JSON (inf → "inf", arrays → lists)."""
-    return {k: _jsonable(v) for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")
+    return {k: jsonable(v) for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")
             and not callable(v)}
 
 
-def _jsonable(v):
+def jsonable(v):
     if hasattr(v, "X_thresholds_"):  # sklearn IsotonicRegression
-        return {"x": _jsonable(v.X_thresholds_), "y": _jsonable(v.y_thresholds_)}
+        return {"x": jsonable(v.X_thresholds_), "y": jsonable(v.y_thresholds_)}
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple, np.ndarray)):
-        return [_jsonable(x) for x in np.asarray(v, dtype=object).ravel().tolist()] if np.ndim(v) else _jsonable(
+        return [jsonable(x) for x in np.asarray(v, dtype=object).ravel().tolist()] if np.ndim(v) else jsonable(
             np.asarray(v).item())
     if isinstance(v, np.generic):
         v = v.item()
@@ -85,6 +98,7 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
                   decision: str = "mcc") -> CalibrationResult:
     """Fit `method` on val_calib, certify `exit`, write calibration.json and thresholds.json."""
     from natix.calibrate.calibrators import CALIBRATORS, DecisionThreshold
+    from natix.calibrate.calibrators import _recentre as recentre
     from natix.calibrate.conformal import ConformalRiskControl, LearnThenTest
     from natix.calibrate.scrc import SCRC
 
@@ -92,10 +106,17 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
         raise ConfigError(f"unknown calibration method '{method}': pass one of {', '.join(METHODS)}")
     if exit is not None and exit not in EXITS:
         raise ConfigError(f"unknown exit rule '{exit}': pass one of {', '.join(EXITS)}")
+    from natix.calibrate._validation import unit_open
+
+    alpha, delta, acceptance = unit_open(alpha, "alpha"), unit_open(delta, "delta"), unit_open(acceptance, "acceptance")
     run = Path(run)
     cal, test = load_split(run, "val_calib"), load_split(run, "val_test")
-    fold_b = _folds(cal["ids"])
-    a, b = ~fold_b, fold_b
+    if exit is None:  # nothing to certify: the calibrator may use all of val_calib
+        a = np.ones(len(cal["ids"]), dtype=bool)
+        b = ~a
+    else:
+        b = _folds(cal["ids"])
+        a = ~b
     p_cal, y_cal = cal["prob"].astype(np.float64), cal["labels"].astype(np.int64)
     p_test, y_test = test["prob"].astype(np.float64), test["labels"].astype(np.int64)
 
@@ -124,17 +145,23 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
     elif exit == "crc":
         crc = ConformalRiskControl(loss="fnr", alpha=alpha).fit(q_cal[b], y_cal[b])
         thresholds.update(crc=_state(crc), certified=True)
-        q_test = _recentre(q_test, float(crc.threshold_))
+        # CRC decides positive at p >= t; the served map sends exactly those above 0.5.
+        t_below = float(np.nextafter(crc.threshold_, -np.inf))
+        q_test = recentre(q_test, t_below) if crc.threshold_ > 0 else np.maximum(q_test, np.nextafter(0.5, 1))
+        conf_test = _confidence(test, q_test)
+        thresholds["crc_recentre_below"] = t_below
         bound = ("fnr", alpha)
         guarantee = f"CRC: E[false-negative rate] <= {alpha} (decision at p >= {crc.threshold_:.4f})"
     elif exit == "scrc":
         scrc = SCRC(alpha=alpha, delta=delta, acceptance=acceptance).fit(q_cal[b], y_cal[b], confidence=conf_cal[b])
         thresholds.update(scrc=_state(scrc), certified=True)
-        accept_test = scrc.accept(conf_test)
-        bound = ("selective_risk", alpha)
+        accept_test = np.asarray(scrc.accept(conf_test), dtype=bool)
+        selected_test = conf_test >= scrc.selection_threshold_
+        bound = ("error_among_selected", alpha)
         guarantee = scrc.guarantee_
-    guarantee += (f"; the calibrator and decision threshold were fitted on fold A of val_calib "
-                  f"({int(a.sum())} images) and the exit rule certified on the disjoint fold B ({int(b.sum())})")
+    if exit is not None:
+        guarantee += (f"; the calibrator and decision threshold were fitted on fold A of val_calib "
+                      f"({int(a.sum())} images) and the exit rule certified on the disjoint fold B ({int(b.sum())})")
 
     errors_test = M.predictions(q_test) != y_test
     coverage = float(accept_test.mean())
@@ -144,22 +171,23 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
              "n": int(len(y_test))}
     if bound is not None:
         name, level = bound
-        observed = risk if name == "selective_risk" else _fnr(y_test, q_test)
+        if name == "selective_risk":
+            observed = risk
+        elif name == "fnr":
+            observed = _fnr(y_test, q_test)
+        else:  # SCRC: P(decided here and wrong | selected)
+            observed = float((errors_test & accept_test)[selected_test].mean()) if selected_test.any() else float("nan")
         table["bound"] = {"quantity": name, "level": level, "observed": observed,
-                          "held": bool(np.isfinite(observed) and observed <= level) if accept_test.any() else True}
-    calibration = {"method": method, "state": _state(calibrator), "decision_threshold": thresholds["decision_threshold"]}
-    (run / "calibration.json").write_text(json.dumps(calibration, indent=2))
-    (run / "thresholds.json").write_text(json.dumps({**thresholds, "guarantee": guarantee, "alpha": alpha,
-                                                     "delta": delta, "acceptance": acceptance}, indent=2))
+                          "held": bool(observed <= level) if np.isfinite(observed) else None}
+    calibration = {"method": method, "state": _state(calibrator), "decision_threshold": thresholds["decision_threshold"],
+                   "order": ["calibrator", "decision_threshold"] + (["crc_recentre_below"] if exit == "crc" else [])}
+    (run / "calibration.json").write_text(json.dumps(jsonable(calibration), indent=2, allow_nan=False))
+    (run / "thresholds.json").write_text(json.dumps(jsonable({**thresholds, "guarantee": guarantee, "alpha": alpha,
+                                                               "delta": delta, "acceptance": acceptance}),
+                                                    indent=2, allow_nan=False))
     np.savez(run / "predictions" / "val_test_calibrated.npz", ids=test["ids"], labels=y_test, prob=q_test,
              confidence=conf_test, accept=accept_test)
     return CalibrationResult(calibration, thresholds, table, guarantee)
-
-
-def _recentre(p: np.ndarray, t: float) -> np.ndarray:
-    """Monotone map with t → 0.5 (so the validator's rounding decides p > t)."""
-    t = float(np.clip(t, 1e-9, 1 - 1e-9))
-    return np.where(p <= t, 0.5 * p / t, 0.5 + 0.5 * (p - t) / (1 - t))
 
 
 def _fnr(y: np.ndarray, p: np.ndarray) -> float:
@@ -174,5 +202,8 @@ def _summary(y: np.ndarray, p: np.ndarray) -> dict:
             out[name] = float(fn(y, p))
         except ValueError:
             out[name] = float("nan")
-    out["natix_reward"] = float(M.natix_reward_windows(y, p)[1])
+    try:
+        out["natix_reward"] = float(M.natix_reward_windows(y, p)[1])
+    except ValueError:
+        out["natix_reward"] = float("nan")
     return out

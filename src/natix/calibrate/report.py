@@ -14,6 +14,7 @@ import numpy as np
 
 from natix import metrics as M
 from natix.calibrate.apply import load_split
+from natix.errors import DataError
 
 
 def _series(run: Path) -> dict:
@@ -25,10 +26,20 @@ def _series(run: Path) -> dict:
     cal_path = run / "predictions" / "val_test_calibrated.npz"
     if cal_path.is_file():
         with np.load(cal_path, allow_pickle=False) as z:
+            if "ids" not in z.files or not np.array_equal(z["ids"], raw["ids"]):
+                raise DataError(f"'{cal_path}' belongs to an earlier fit of this run: rerun natix calibrate")
             out.update(p=z["prob"].astype(np.float64), conf=z["confidence"].astype(np.float64), calibrated=True)
     else:
         out["p"] = p_raw
     return out
+
+
+def _safe(fn, *args) -> float:
+    """A metric, or NaN where it is undefined (e.g. AUROC_f with no errors)."""
+    try:
+        return float(fn(*args))
+    except ValueError:
+        return float("nan")
 
 
 def _reliability(ax, y, p, label, n_bins=10):
@@ -57,7 +68,12 @@ def write_report(run: str | Path, out: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     s = _series(run)
     y, p, conf = s["y"], s["p"], s["conf"]
-    thresholds = json.loads((run / "thresholds.json").read_text()) if (run / "thresholds.json").is_file() else {}
+    thresholds = {}
+    if (run / "thresholds.json").is_file():
+        try:
+            thresholds = json.loads((run / "thresholds.json").read_text())
+        except ValueError:
+            raise DataError(f"'{run / 'thresholds.json'}' is not valid JSON: rerun natix calibrate") from None
     errors = (M.predictions(p) != y).astype(np.int64)
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
@@ -80,9 +96,9 @@ def write_report(run: str | Path, out: str | Path | None = None) -> Path:
     cov, sr, gr, th = M.risk_coverage_curve(errors, conf)
     tau = _exit_threshold(thresholds)
     for name, risk, ylabel, area in (("risk_coverage.png", sr, "selective risk (error rate of accepted)",
-                                      f"AURC {M.aurc(errors, conf):.4f}"),
+                                      f"AURC {_safe(M.aurc, errors, conf):.4f}"),
                                      ("generalized_risk_coverage.png", gr, "generalized risk (errors / all images)",
-                                      f"AUGRC {M.augrc(errors, conf):.4f}")):
+                                      f"AUGRC {_safe(M.augrc, errors, conf):.4f}")):
         fig, ax = plt.subplots(figsize=(5.5, 4.2))
         ax.plot(cov, risk, lw=1.5, label=area)
         if tau is not None and np.isfinite(tau):
@@ -106,7 +122,7 @@ def write_report(run: str | Path, out: str | Path | None = None) -> Path:
     ax.hist(conf[errors == 1], bins=bins, alpha=0.6, label=f"wrong ({int(errors.sum())})")
     ax.set_xlabel("confidence (" + thresholds.get("confidence", "max(p, 1-p)") + ")")
     ax.set_ylabel("images")
-    ax.set_title(f"Confidence of correct vs wrong (AUROC_f {M.auroc_failure(errors, conf):.3f})")
+    ax.set_title(f"Confidence of correct vs wrong (AUROC_f {_safe(M.auroc_failure, errors, conf):.3f})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "confidence_histogram.png", dpi=110)
@@ -115,8 +131,9 @@ def write_report(run: str | Path, out: str | Path | None = None) -> Path:
     lines = [f"# Report: {run.name}", "",
              f"val_test, {len(y)} images; probabilities {'after calibration' if s['calibrated'] else 'of the model'}."
              " Metrics are fractions (not x1000).", "",
-             f"- accuracy {M.accuracy(y, p):.4f}, MCC {M.mcc(y, p):.4f}, ECE {M.ece(y, p):.4f}, "
-             f"NLL {M.nll(y, p):.4f}, AURC {M.aurc(errors, conf):.4f}, AUGRC {M.augrc(errors, conf):.4f}"]
+             f"- accuracy {_safe(M.accuracy, y, p):.4f}, MCC {_safe(M.mcc, y, p):.4f}, "
+             f"ECE {_safe(M.ece, y, p):.4f}, NLL {_safe(M.nll, y, p):.4f}, AURC {_safe(M.aurc, errors, conf):.4f}, "
+             f"AUGRC {_safe(M.augrc, errors, conf):.4f}"]
     if thresholds:
         lines.append(f"- exit rule: {thresholds.get('exit') or 'none'}; {thresholds.get('guarantee', '')}")
     lines += ["", "![reliability](reliability.png)", "![risk-coverage](risk_coverage.png)",
