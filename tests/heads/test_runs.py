@@ -286,3 +286,14 @@ def test_ablate_parallel_jobs_match_serial(cache, tmp_path):
     serial = ablate(cache, tmp_path / "serial", jobs=1, **kwargs)
     parallel = ablate(cache, tmp_path / "parallel", jobs=2, **kwargs)
     assert json.dumps(serial, default=float) == json.dumps(parallel, default=float)
+
+
+def test_refitting_a_run_removes_what_the_old_model_derived(cache, tmp_path):
+    out = tmp_path / "run"
+    fit_run(cache, out, head=HEAD, train=TRAIN, oof_folds=2)
+    (out / "calibration.json").write_text("{}")
+    (out / "report").mkdir()
+    (out / "report" / "x.png").write_bytes(b"")
+    fit_run(cache, out, head=HEAD, train=TRAIN)
+    assert not (out / "calibration.json").exists() and not (out / "report").exists()
+    assert not (out / "predictions" / "train_oof.npz").exists() and (out / "predictions" / "val_test.npz").exists()

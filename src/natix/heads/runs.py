@@ -122,6 +122,7 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise ConfigError(f"run directory '{out}' exists and is not a natix run: pass a new --out")
+    stale = [out / "calibration.json", out / "thresholds.json", *sorted((out / "predictions").glob("*.npz"))]
     Xtr, ytr = data.X[rows["train"]], data.labels[rows["train"]]
     Xva, yva = data.X[rows["val_select"]], data.labels[rows["val_select"]]
     model, history = fit(Xtr, ytr, Xva, yva, head, train)
@@ -129,6 +130,13 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     if oof_folds:
         preds["train_oof"] = out_of_fold(Xtr, ytr, data.ids[rows["train"]], Xva, yva, head, train, oof_folds)
     metrics = {}
+    # Refitting into an existing run: everything derived from the old model goes first.
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if (out / "report").is_dir():
+        import shutil
+
+        shutil.rmtree(out / "report")
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     for name, pred in preds.items():
         r = rows["train"] if name == "train_oof" else rows[name]
