@@ -22,10 +22,11 @@ demo: $(VENV)/.installed
 	$(BIN)/natix cache info $(DEMO)/cache/*.h5
 	$(BIN)/natix cache verify $(DEMO)/cache/*.h5
 	@echo "--- tier 2: a head trained from the cache (no backbone involved)"
-	$(BIN)/natix fit-head $(DEMO)/cache/*.h5 --head mlp --agg attention --policy gate --out $(DEMO)/runs/mlp-attention-gate
+	$(BIN)/natix fit-head $(DEMO)/cache/*.h5 --head mlp --agg attention --policy gate --oof-folds 3 --out $(DEMO)/runs/mlp-attention-gate
 	$(BIN)/natix evaluate $(DEMO)/runs/mlp-attention-gate --split val_test
 	$(BIN)/natix calibrate $(DEMO)/runs/mlp-attention-gate --method platt --exit ltt --alpha 0.3 --delta 0.2
 	$(BIN)/natix report $(DEMO)/runs/mlp-attention-gate
+	$(BIN)/natix fit-failure $(DEMO)/runs/mlp-attention-gate --model xgboost
 	$(BIN)/natix ablate $(DEMO)/cache/*.h5 --head linear --agg global,mean,max,attention --policy softmax --seeds 2 --out $(DEMO)/ablate -q
 
 test: $(VENV)/.installed

@@ -526,6 +526,62 @@ def report(run, out) -> None:
     click.echo(f"wrote {md} and {len(list(md.parent.glob('*.png')))} plots")
 
 
+# --------------------------------------------------------------------------- cascade
+
+
+@cli.command("fit-failure")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--model", type=click.Choice(["xgboost", "mlp"]), default="xgboost", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_library_errors
+def fit_failure(run, model, seed, as_json) -> None:
+    """Train a failure predictor on a run's out-of-fold predictions; compare it on val_test."""
+    from natix.cascade.failure import fit_failure_run
+
+    res = fit_failure_run(run, model=model, seed=seed)
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    click.echo(f"{run}: failure predictor ({model}) -> failure.json, failure.safetensors; val_test, "
+               f"{res['n']} images, error rate {res['error_rate']:.4f} (95% bootstrap CIs, fractions)")
+    click.echo(f"{'confidence':<28}{'AUROC_f':>26}{'FPR@95%TPR':>26}{'AUGRC':>26}")
+    for name, m in res["confidences"].items():
+        cells = "".join(f"{m[k]['estimate']:>9.4f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]"
+                        for k in ("auroc_f", "fpr_at_95_tpr", "augrc"))
+        click.echo(f"{name:<28}{cells}")
+
+
+@cli.command("tune-gatekeeper")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--alpha", "alphas", default="0.1,0.3,0.5,0.7,0.9", show_default=True,
+              help="Comma-separated Gatekeeper alphas (weight of CE on correct answers).")
+@click.option("--stage2", type=click.Path(file_okay=False), default=None, help="A stronger run, for s_d.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the tuned runs "
+              "[default: RUN-gatekeeper].")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_library_errors
+def tune_gatekeeper(run, alphas, stage2, out, epochs, as_json) -> None:
+    """Fine-tune a run's head with the Gatekeeper loss for each alpha; save each as a new run."""
+    from natix.cascade.gatekeeper import tune_gatekeeper_grid
+
+    try:
+        values = [float(a) for a in alphas.split(",") if a.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{alphas}' is not a comma-separated list of numbers", param_hint="--alpha") from None
+    out = out or f"{str(run).rstrip('/')}-gatekeeper"
+    rows = tune_gatekeeper_grid(run, out, values, stage2=stage2, epochs=epochs)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    click.echo(f"Gatekeeper on {run} (val_test; recalibrated with Platt on val_calib; fractions)")
+    click.echo(f"{'alpha':>6}{'accuracy':>10}{'AUROC_f':>9}{'overlap':>9}{'s_d':>8}  run")
+    for r in rows:
+        sd = "-" if r["s_d"] is None else f"{r['s_d']:.4f}"
+        click.echo(f"{r['alpha']:>6.2f}{r['accuracy']:>10.4f}{r['auroc_f']:>9.4f}{r['overlap']:>9.4f}{sd:>8}  {r['out']}")
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="natix")

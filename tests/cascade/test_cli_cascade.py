@@ -1,0 +1,53 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from natix.cache.synthetic import make_synthetic_cache
+from natix.cli import cli
+from natix.heads.runs import fit_run
+from natix.heads.train import HeadConfig, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cli-cascade")
+    cache = make_synthetic_cache(root / "cache", n=900, n_views=3, dim=16, strength=2.0, seed=1)
+    train = TrainConfig(lr=1e-2, batch_size=64, max_epochs=8)
+    fit_run(cache, root / "stage1", head=HeadConfig(agg="mean"), train=train, oof_folds=2)
+    fit_run(cache, root / "stage2", head=HeadConfig(agg="max"), train=train)
+    yield root
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("model", ["xgboost", "mlp"])
+def test_fit_failure_prints_the_comparison_and_stores_the_predictor(runs, model):
+    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--model", model])
+    assert r.exit_code == 0, r.output
+    assert "max probability" in r.output and f"failure predictor ({model})" in r.output and "AUROC_f" in r.output
+    meta = json.loads((runs / "stage1" / "failure.json").read_text())
+    assert meta["trained_on"] == "train_oof" and (runs / "stage1" / "failure.safetensors").is_file()
+    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--model", model, "--json"])
+    res = json.loads(r.output)
+    assert set(res["confidences"]) == {"max probability", f"failure predictor ({model})"}
+
+
+def test_fit_failure_without_oof_predictions_is_a_one_line_error(runs):
+    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage2")])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "--oof-folds" in r.output
+
+
+def test_tune_gatekeeper_writes_one_run_per_alpha(runs, tmp_path):
+    r = CliRunner().invoke(cli, ["tune-gatekeeper", str(runs / "stage1"), "--alpha", "0.3,0.9", "--epochs", "3",
+                                 "--stage2", str(runs / "stage2"), "--out", str(tmp_path / "gk")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "gk" / "alpha-0.3" / "model.safetensors").is_file()
+    assert (tmp_path / "gk" / "alpha-0.9" / "predictions" / "val_test.npz").is_file()
+    lines = [line for line in r.output.splitlines() if line.strip().startswith(("0.30", "0.90"))]
+    assert len(lines) == 2 and all(-1.0 <= float(line.split()[4]) <= 1.0 for line in lines)  # s_d
+    for bad in (["--alpha", "x"], ["--alpha", "1.5"]):
+        r = CliRunner().invoke(cli, ["tune-gatekeeper", str(runs / "stage1"), *bad, "--out", str(tmp_path / "b")])
+        assert r.exit_code in (1, 2) and r.output.count("\n") == 1
