@@ -582,6 +582,83 @@ def tune_gatekeeper(run, alphas, stage2, out, epochs, as_json) -> None:
         click.echo(f"{r['alpha']:>6.2f}{r['accuracy']:>10.4f}{r['auroc_f']:>9.4f}{r['overlap']:>9.4f}{sd:>8}  {r['out']}")
 
 
+@cli.command("cascade")
+@click.option("--stage1", required=True, type=click.Path(file_okay=False), help="Cheap run (always runs).")
+@click.option("--stage2", required=True, type=click.Path(file_okay=False), help="Stronger run.")
+@click.option("--stage3", default=None, help="External model as module:function (images -> probabilities).")
+@click.option("--target-risk", type=float, default=None, help="Certified selective risk per stage (LTT).")
+@click.option("--delta", default=0.1, show_default=True, help="LTT failure probability.")
+@click.option("--budget", type=float, default=None, help="Max fraction deferred past each stage (best reward).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="[default: STAGE1/cascade]")
+@click.option("--json", "as_json", is_flag=True)
+@_library_errors
+def cascade(stage1, stage2, stage3, target_risk, delta, budget, out, as_json) -> None:
+    """Choose exit thresholds for a 2-3 stage cascade on val_calib; report it on val_test."""
+    from natix.cascade.router import cascade_run
+
+    res = cascade_run(stage1, stage2, stage3=stage3, target_risk=target_risk, delta=delta, budget=budget, out=out)
+    doc = json.loads((Path(res["out"]) / "cascade.json").read_text())
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    m, comp = doc["metrics"], doc["compute"]
+    click.echo(f"cascade ({doc['mode']}) -> {res['out']}/cascade.json, cascade_curve.csv, cascade_curve.png")
+    click.echo(f"thresholds per stage: {doc['router']['thresholds']}")
+    click.echo(f"val_test ({m['n']} images; fractions): accuracy {m['accuracy']:.4f}, MCC {m['mcc']:.4f}, "
+               f"NATIX reward {m['natix_reward']:.4f}")
+    click.echo("reaching stage 2, 3, ...: " + ", ".join(f"{d:.4f}" for d in m["deferral"]))
+    gf = comp.get("expected_gflops")
+    click.echo("compute per image: " + (f"{gf:.3f} GFLOPs (expected over the routing)" if isinstance(gf, (int, float))
+                                        else "unknown (synthetic or unrecognised backbone)"))
+    click.echo(f"guarantee: {doc['calibration']['guarantee']}")
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@_library_errors
+def export(run, out) -> None:
+    """Export a run (head, calibration, thresholds, failure predictor) as a servable bundle."""
+    from natix.serve.bundle import export_bundle
+
+    path = export_bundle(run, out)
+    click.echo(f"bundle written to {path}")
+
+
+@cli.command("predict")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--backbone", default=None, help="Where the bundle's backbone weights are now (same hash).")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_library_errors
+def predict(bundle, paths, backbone, batch_size, as_json) -> None:
+    """Probability of roadwork for each image (files or folders), through the bundle."""
+    from natix.data.sources import IMAGE_SUFFIXES
+    from natix.serve.bundle import load_bundle
+
+    _quiet_transformers()
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise click.BadParameter(f"'{p}' does not exist: pass image files or folders", param_hint="PATHS")
+    if not files:
+        raise click.BadParameter("no images found in the given paths", param_hint="PATHS")
+    model = load_bundle(bundle, backbone=backbone)
+    probs = []
+    for i in range(0, len(files), batch_size):
+        probs.extend(float(x) for x in model.predict_proba(files[i:i + batch_size]))
+    if as_json:
+        click.echo(json.dumps([{"path": str(f), "probability": p} for f, p in zip(files, probs)], indent=2))
+        return
+    for f, p in zip(files, probs):
+        click.echo(f"{p:.6f}  {f}")
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="natix")

@@ -207,3 +207,84 @@ def _summary(y: np.ndarray, p: np.ndarray) -> dict:
     except ValueError:
         out["natix_reward"] = float("nan")
     return out
+
+
+_STATE_ATTRS = {"temperature": ("temperature_",), "platt": ("coef_", "intercept_"), "beta": ("a_", "c_", "d_"),
+                "isotonic": ("isotonic_",)}
+
+
+class _Interpolant:
+    """A fitted isotonic step map read back from JSON: linear between thresholds, clipped outside."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x, self.y = x, y
+
+    def predict(self, p: np.ndarray) -> np.ndarray:
+        # sklearn's IsotonicRegression(out_of_bounds="clip") clips to the fitted range, then
+        # interpolates linearly between its thresholds: np.interp does both.
+        return np.interp(p, self.x, self.y)
+
+
+def calibration_from_json(cal: dict, *, thresholds: dict | None = None):
+    """The calibrated-probability map that `calibrate_run` applied to val_test, rebuilt from JSON.
+
+    `cal` is the content of a run's calibration.json; its ``order`` lists the steps: the fitted
+    calibrator, then the re-centring at the decision threshold, then (CRC exit rules only) the
+    re-centring just below CRC's threshold, whose value lives in thresholds.json (`thresholds`).
+    Returns a function ``p (n,) → q (n,)``, float64 in [0, 1]. Raises `DataError` for a damaged
+    or unknown calibration.
+    """
+    from natix.calibrate.calibrators import _ABOVE_HALF, CALIBRATORS, DecisionThreshold
+    from natix.calibrate.calibrators import _recentre as recentre
+
+    if not isinstance(cal, dict) or cal.get("method") not in METHODS:
+        method = cal.get("method") if isinstance(cal, dict) else None
+        raise DataError(f"calibration method {method!r} is unknown: recalibrate with natix calibrate "
+                        f"(methods: {', '.join(METHODS)})")
+    method, state = cal["method"], cal.get("state")
+    calibrator = CALIBRATORS[method]()
+    try:
+        missing = [k for k in _STATE_ATTRS[method] if k not in state]
+        if missing:
+            raise KeyError(missing[0])
+        if method == "isotonic":
+            x = np.array([float(v) for v in state["isotonic_"]["x"]])
+            y = np.array([float(v) for v in state["isotonic_"]["y"]])
+            if x.ndim != 1 or x.shape != y.shape or not len(x) or np.any(np.diff(x) < 0):
+                raise ValueError("isotonic thresholds are not an increasing (x, y) table")
+            calibrator.isotonic_ = _Interpolant(x, y)
+        else:
+            for k in _STATE_ATTRS[method]:
+                setattr(calibrator, k, float(state[k]))
+        decision = DecisionThreshold()
+        decision.threshold_ = float(cal["decision_threshold"])
+        order = list(cal["order"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"calibration.json is incomplete or damaged ({exc!r}): recalibrate with natix calibrate") from None
+
+    steps = []
+    for step in order:
+        if step == "calibrator":
+            steps.append(calibrator.transform)
+        elif step == "decision_threshold":
+            steps.append(decision.transform)
+        elif step == "crc_recentre_below":
+            if not isinstance(thresholds, dict) or "crc_recentre_below" not in thresholds:
+                raise DataError("calibration ends with CRC's re-centring but thresholds.json (crc_recentre_below) "
+                                "was not given: pass thresholds= the run's thresholds.json")
+            t_below = float(thresholds["crc_recentre_below"])
+            # calibrate_run: a CRC threshold of 0 (t_below < 0) decides everything positive.
+            steps.append((lambda q, t=t_below: recentre(q, t)) if t_below >= 0 else
+                         (lambda q: np.maximum(q, _ABOVE_HALF)))
+        else:
+            raise DataError(f"calibration step '{step}' is unknown to this natix: upgrade natix or recalibrate")
+
+    def calibrate(p) -> np.ndarray:
+        q = np.asarray(p, dtype=np.float64)
+        if q.size == 0:
+            return q.reshape(0)
+        for fn in steps:
+            q = fn(q)
+        return q
+
+    return calibrate

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from natix.cli import cli
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, demo_images, tiny_backbone):
+    """extract (10 views and global-only) → fit-head on both → a runnable pair of stages."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("chain")
+    r = CliRunner()
+    ratios = ["--ratios", "0.25,0.25,0.25,0.25", "--max-epochs", "5"]
+    for views, name in (("10", "c10"), ("1", "c1")):
+        res = r.invoke(cli, ["extract", str(demo_images), "--backbone", str(tiny_backbone), "--views", views,
+                             "--cache", str(root / name), "--workers", "0", "-q"])
+        assert res.exit_code == 0, res.output
+    for cache, agg, run in (("c10", "attention", "s2"), ("c1", "global", "s1")):
+        [h5] = (root / cache).glob("*.h5")
+        res = r.invoke(cli, ["fit-head", str(h5), "--agg", agg, "--out", str(root / run), *ratios])
+        assert res.exit_code == 0, res.output
+    yield root
+    torch.set_num_threads(old)
+
+
+def test_cascade_cli_budget_and_bad_budget(chain):
+    r = CliRunner().invoke(cli, ["cascade", "--stage1", str(chain / "s1"), "--stage2", str(chain / "s2"),
+                                 "--budget", "0.5", "--out", str(chain / "casc")])
+    assert r.exit_code == 0, r.output
+    assert "NATIX reward" in r.output and "GFLOPs" in r.output
+    doc = json.loads((chain / "casc" / "cascade.json").read_text())
+    assert doc["mode"] == "budget" and (chain / "casc" / "cascade_curve.png").is_file()
+    r = CliRunner().invoke(cli, ["cascade", "--stage1", str(chain / "s1"), "--stage2", str(chain / "s2"),
+                                 "--budget", "1.5"])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "budget" in r.output
+
+
+def test_export_then_predict_reproduces_the_run(chain, tmp_path):
+    import numpy as np
+
+    from natix.cache.store import open_cache
+
+    r = CliRunner().invoke(cli, ["export", str(chain / "s2"), "--out", str(tmp_path / "bundle")])
+    assert r.exit_code == 0, r.output
+    with np.load(chain / "s2" / "predictions" / "val_test.npz") as z:
+        ids, stored = z["ids"], z["prob"]
+    [h5] = (chain / "c10").glob("*.h5")
+    with open_cache(h5) as c:
+        path_of = dict(zip(c.ids.tolist(), c.paths.tolist()))
+    paths = [path_of[i] for i in ids.tolist()]
+    r = CliRunner().invoke(cli, ["predict", str(tmp_path / "bundle"), *paths, "--json"])
+    assert r.exit_code == 0, r.output
+    got = np.array([row["probability"] for row in json.loads(r.output)])
+    np.testing.assert_allclose(got, stored, atol=1e-5)
+    r = CliRunner().invoke(cli, ["predict", str(tmp_path / "bundle"), str(tmp_path / "missing.jpg")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    (tmp_path / "bundle" / "stage0_head.safetensors").write_bytes(b"tampered")
+    r = CliRunner().invoke(cli, ["predict", str(tmp_path / "bundle"), paths[0]])
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and "stage0_head.safetensors" in r.output
