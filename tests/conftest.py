@@ -42,3 +42,17 @@ def demo_images(tmp_path_factory):
 @pytest.fixture
 def cache_root(tmp_path):
     return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tier-2 and serving tests train or run tiny models: one torch thread avoids oversubscription."""
+    if request.node.path.parent.name not in {"heads", "cascade", "serve", "calibrate"}:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

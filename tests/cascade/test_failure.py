@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from sklearn.base import clone
@@ -22,14 +21,6 @@ from natix.errors import ConfigError, DataError
 
 MODELS = ("mlp", "xgboost")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread avoids oversubscribing a small CI machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _sig(z: float) -> float:
@@ -377,7 +368,7 @@ def test_end_to_end_on_a_fitted_run(tmp_path):
         res = compare_confidences(ete, {"max_prob": max_prob, model: 1 - score}, n_boot=100)
         assert 0.0 <= res["confidences"][model]["auroc_f"]["estimate"] <= 1.0
 
-    with pytest.raises(DataError, match="no predictions for split 'nope'"):
+    with pytest.raises(DataError, match="has no nope predictions"):
         load_run_split(run, "nope")
     with pytest.raises(DataError, match="not a natix run"):
         load_run_split(tmp_path, "val_test")

@@ -23,13 +23,6 @@ TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=20, patience=5)
 TUNE = {"lr": 1e-2, "batch_size": 64, "epochs": 10}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _entropy(p: np.ndarray) -> np.ndarray:
     """Binary entropy in nats, straight from the definition (float64)."""

@@ -36,13 +36,6 @@ from natix.heads.train import HeadConfig, TrainConfig
 TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=10)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

@@ -18,13 +18,6 @@ from natix.serve import export_bundle, load_bundle
 SPLITS = ("train", "val_select", "val_calib", "val_test")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def served(demo_images, tiny_backbone, tmp_path_factory):

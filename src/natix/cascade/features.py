@@ -54,22 +54,16 @@ def load_run_split(run: str | Path, split: str) -> dict[str, np.ndarray]:
     dict of arrays: ``ids [n]``, ``labels [n]``, ``logit [n]``, ``prob [n]``, ``view_logits [n, V]``
     and, when the model has them, ``attention [n, V]``, ``gate [n]``, ``aux_logit [n]``, ``fold [n]``.
     """
+    from natix.calibrate.apply import load_split
+
     run = Path(run)
-    path = run / "predictions" / f"{split}.npz"
-    if not path.is_file():
-        have = sorted(p.stem for p in (run / "predictions").glob("*.npz"))
-        if not have:
-            raise DataError(f"'{run}' is not a natix run (no predictions/): pass a directory written by fit-head")
-        hint = " (refit with --oof-folds 5 to get train_oof)" if split == "train_oof" else ""
-        raise DataError(f"run '{run}' has no predictions for split '{split}': pass one of {', '.join(have)}{hint}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            pred = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"predictions '{path}' are unreadable ({exc}): refit the run with natix fit-head") from None
-    missing = [k for k in ("labels", "prob", "view_logits") if k not in pred]
-    if missing:
-        raise DataError(f"predictions '{path}' lack {', '.join(missing)}: refit the run with natix fit-head")
+    if split == "train_oof" and (run / "config.json").is_file() and \
+            not (run / "predictions" / "train_oof.npz").is_file():
+        raise DataError(f"run '{run}' has no predictions for split 'train_oof': refit with natix fit-head "
+                        "--oof-folds 5 to get out-of-fold train predictions")
+    pred = load_split(run, split)
+    if "view_logits" not in pred:
+        raise DataError(f"predictions of split '{split}' in '{run}' lack view_logits: refit the run with natix fit-head")
     return pred
 
 
