@@ -30,9 +30,9 @@ demo: $(VENV)/.installed
 	@echo "--- a cascade: a global-view-only stage 1, the 10-view head as stage 2"
 	$(BIN)/natix extract $(DEMO)/images --backbone $(DEMO)/backbone --views 1 --cache $(DEMO)/cache-global -q
 	$(BIN)/natix fit-head $(DEMO)/cache-global/*.h5 --head linear --agg global --out $(DEMO)/runs/global > /dev/null
-	$(BIN)/natix cascade --stage1 $(DEMO)/runs/global --stage2 $(DEMO)/runs/mlp-attention-gate --budget 0.5
-	@echo "--- export the 10-view run as a bundle and serve it on raw images"
-	$(BIN)/natix export $(DEMO)/runs/mlp-attention-gate --out $(DEMO)/bundle
+	$(BIN)/natix cascade --stage1 $(DEMO)/runs/global --stage2 $(DEMO)/runs/mlp-attention-gate --budget 0.5 --out $(DEMO)/cascade
+	@echo "--- export the cascade as one bundle and serve it on raw images"
+	$(BIN)/natix export $(DEMO)/cascade --out $(DEMO)/bundle
 	$(BIN)/natix predict $(DEMO)/bundle $(DEMO)/images/img_00000.jpg $(DEMO)/images/img_00001.jpg $(DEMO)/images/img_00002.jpg
 	$(BIN)/natix ablate $(DEMO)/cache/*.h5 --head linear --agg global,mean,max,attention --policy softmax --seeds 2 --out $(DEMO)/ablate -q
 

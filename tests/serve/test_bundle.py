@@ -313,3 +313,88 @@ def test_calibration_from_json_refuses_damaged_input(synthetic_run):
         calibration_from_json({**cal, "method": "sigmoid"})
     with pytest.raises(DataError, match="step 'shift' is unknown"):
         calibration_from_json({**cal, "order": ["calibrator", "shift"]})
+
+
+# --------------------------------------------------------------------------- cascades
+
+
+@pytest.fixture(scope="module")
+def cascade_dir(tmp_path_factory, demo_images, tiny_backbone):
+    """extract --views 10 and --views 1 → attention (stage 2) and global (stage 1) runs → cascade_run."""
+    from click.testing import CliRunner
+
+    from natix.cascade.router import cascade_run
+    from natix.cli import cli
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cascade")
+    r = CliRunner()
+    ratios = ["--ratios", "0.25,0.25,0.25,0.25", "--max-epochs", "5"]
+    for views, name in (("10", "c10"), ("1", "c1")):
+        res = r.invoke(cli, ["extract", str(demo_images), "--backbone", str(tiny_backbone), "--views", views,
+                             "--cache", str(root / name), "--workers", "0", "-q"])
+        assert res.exit_code == 0, res.output
+    for cache, agg, run in (("c10", "attention", "s2"), ("c1", "global", "s1")):
+        [h5] = (root / cache).glob("*.h5")
+        res = r.invoke(cli, ["fit-head", str(h5), "--agg", agg, "--out", str(root / run), *ratios])
+        assert res.exit_code == 0, res.output
+    cascade_run(stage1=root / "s1", stage2=root / "s2", budget=0.5, out=root / "casc")
+    torch.set_num_threads(old)
+    return root
+
+
+def test_cascade_bundle_reproduces_the_cascade_and_refuses_a_tampered_stage(cascade_dir, tmp_path):
+    from natix.cache.store import open_cache
+
+    root = cascade_dir
+    out = export_bundle(root / "casc", tmp_path / "bundle")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["stages"]) == 2 and manifest["router"]["mode"] == "budget"
+    assert len(manifest["router"]["thresholds"]) == 1 and manifest["router"]["confidence"] == ["max_prob"] * 2
+    assert {"stage0_head.safetensors", "stage1_head.safetensors"} <= set(manifest["files"])
+    assert manifest["stages"][0]["recipe"]["n_views"] == 1 and manifest["stages"][1]["recipe"]["n_views"] == 10
+
+    with np.load(root / "casc" / "cascade_predictions.npz") as z:
+        ids, want_prob, want_stage = z["ids"], z["prob"], z["stage"]
+    [h5] = (root / "c1").glob("*.h5")
+    with open_cache(h5) as c:
+        path_of = dict(zip(c.ids.tolist(), c.paths.tolist()))
+    paths = [path_of[i] for i in ids.tolist()]
+
+    bundle = load_bundle(out)
+    assert bundle.is_cascade and "cascade of 2 stages" in repr(bundle)
+    prob, stage = bundle.predict_proba(paths, batch_size=3, return_stage=True)
+    assert prob.dtype == np.float64 and ((prob >= 0) & (prob <= 1)).all()
+    assert set(want_stage.tolist()) == {0, 1}  # both stages answer some images
+    np.testing.assert_array_equal(stage, want_stage)
+    np.testing.assert_allclose(prob, want_prob, rtol=0, atol=1e-5)
+    bad = bundle.predict_proba([str(tmp_path / "missing.jpg"), paths[0]])
+    assert bad[0] == bundle.prior and abs(bad[1] - want_prob[0]) < 1e-5
+
+    tampered = tampered_copy(out, tmp_path / "tampered")
+    (tampered / "stage1_head.safetensors").write_bytes(b"tampered")
+    with pytest.raises(DataError, match="stage1_head.safetensors"):
+        load_bundle(tampered)
+
+
+def test_cascade_bundle_with_an_external_third_stage(cascade_dir, tmp_path, monkeypatch):
+    from natix.cascade.router import cascade_run
+    from natix.cache.store import open_cache
+
+    (tmp_path / "oracle_mod.py").write_text(
+        "def classify(images):\n    return [0.75 for _ in images]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "casc3"
+    cascade_run(stage1=cascade_dir / "s1", stage2=cascade_dir / "s2", stage3="oracle_mod:classify", budget=0.5,
+                out=out)
+    bundle = load_bundle(export_bundle(out, tmp_path / "b3"))
+    with np.load(out / "cascade_predictions.npz") as z:
+        ids, prob, stage = z["ids"], z["prob"], z["stage"]
+    [h5] = (cascade_dir / "c1").glob("*.h5")
+    with open_cache(h5) as c:
+        path_of = dict(zip(c.ids.tolist(), c.paths.tolist()))
+    got, got_stage = bundle.predict_proba([path_of[i] for i in ids.tolist()], return_stage=True)
+    np.testing.assert_array_equal(got_stage, stage)
+    np.testing.assert_allclose(got, prob, atol=1e-5)
+    assert (got_stage == 2).any() and (got[got_stage == 2] == 0.75).all() and ((got >= 0) & (got <= 1)).all()

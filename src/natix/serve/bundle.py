@@ -15,6 +15,15 @@ exactly as the run did on its cache or refuses to load with a one-line error.
 
 The backbone weights are not copied: they are large, often gated, and identified by hash. A
 bundle whose weights moved loads with ``load_bundle(path, backbone=NEW_PATH)``.
+
+A cascade directory (written by :func:`natix.cascade.router.cascade_run`, it holds
+``cascade.json``) exports to a cascade bundle: one stage entry per run stage (files
+``stage{k}_head.safetensors``, ``stage{k}_failure.safetensors``, k = 0, 1, ...), an optional last
+entry ``{"external": "module:function"}`` for an external stage, and a ``router`` entry
+``{"mode", "thresholds", "confidence"}``. Serving routes as the router was fitted: on each run
+stage's RAW probability and confidence (the gate score when the head has a gate, else
+``max(p, 1 - p)``); the stages' calibration maps are kept in the manifest but not applied, since
+the thresholds were chosen on uncalibrated probabilities.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -62,24 +72,57 @@ def _digest(manifest: dict) -> str:
 # --------------------------------------------------------------------------- export
 
 
-def export_bundle(run, out) -> Path:
-    """Freeze the run directory `run` into the bundle directory `out`; returns `out`.
+def export_bundle(path, out) -> Path:
+    """Freeze a run directory, or a cascade directory (one holding ``cascade.json``), into the
+    bundle directory `out`; returns `out`.
 
-    The run's cache must still exist (its identity says how images become features). `out` is
+    The runs' caches must still exist (their identities say how images become features). `out` is
     written next to itself and swapped in whole, so an existing bundle there is replaced only
     once the new one is complete; any other non-empty directory is refused.
     """
+    path, out = Path(path), Path(out)
+    if (path / "cascade.json").is_file():
+        return _export_cascade(path, out)
+    stage, files = _stage_entry(path, 0, out=out)
+    manifest = {
+        "format": FORMAT,
+        "natix_version": __version__,
+        "created": _now(),
+        "source_run": str(path.resolve()),
+        "stages": [stage],
+        "prior": _prior(path),
+        "files": {name: _sha256(data) for name, data in sorted(files.items())},
+    }
+    return _write_bundle(out, manifest, files)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")  # noqa: UP017 - Python 3.10
+
+
+def _write_bundle(out: Path, manifest: dict, files: dict[str, bytes]) -> Path:
+    manifest[_DIGEST_KEY] = _digest(manifest)
+    _write_dir(out, {**files, MANIFEST: json.dumps(manifest, indent=2, allow_nan=False).encode() + b"\n"})
+    return out
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not _replaceable(out):
+        raise ConfigError(f"'{out}' exists and is not a natix bundle: pass a new --out")
+
+
+def _stage_entry(run: Path, k: int, *, out: Path) -> tuple[dict, dict[str, bytes]]:
+    """The manifest entry of run `run` as stage `k` (0-based) and the files it needs; `out` is
+    checked once the run's cache is known to be readable (the order single-run export always had)."""
     from natix.calibrate.apply import calibration_from_json
     from natix.heads.runs import read_config
 
-    run, out = Path(run), Path(out)
     cfg = read_config(run)
     head_file = run / "model.safetensors"
     if not head_file.is_file():
         raise DataError(f"run '{run}' has no model.safetensors: refit it with natix fit-head")
     identity, source = _cache_identity(run, cfg)
-    if out.exists() and not _replaceable(out):
-        raise ConfigError(f"'{out}' exists and is not a natix bundle: pass a new --out")
+    _check_out(out)
 
     head_bytes = head_file.read_bytes()
     head = {"config": cfg["head"], "dim": int(cfg["cache"]["dim"]), "n_views": int(cfg["cache"]["n_views"]),
@@ -89,12 +132,13 @@ def export_bundle(run, out) -> Path:
     if calibration is not None:
         calibration_from_json(calibration, thresholds=thresholds)
     failure = _read_json(run / "failure.json")
-    files = {"stage0_head.safetensors": head_bytes}
+    head_name, failure_name = f"stage{k}_head.safetensors", f"stage{k}_failure.safetensors"
+    files = {head_name: head_bytes}
     if failure is not None:
         weights = run / "failure.safetensors"
         if not weights.is_file():
             raise DataError(f"run '{run}' has failure.json but no failure.safetensors: rerun natix fit-failure")
-        files["stage0_failure.safetensors"] = weights.read_bytes()
+        files[failure_name] = weights.read_bytes()
 
     bb = identity["backbone"]
     stage = {
@@ -109,24 +153,76 @@ def export_bundle(run, out) -> Path:
         "store_dtype": identity["store_dtype"],
         "cache_fingerprint": cfg["cache"]["fingerprint"],
         "head": head,
-        "head_file": "stage0_head.safetensors",
+        "head_file": head_name,
         "calibration": calibration,
         "thresholds": thresholds,
         "failure": failure,
-        "failure_file": "stage0_failure.safetensors" if failure is not None else None,
+        "failure_file": failure_name if failure is not None else None,
     }
+    return stage, files
+
+
+def _json_threshold(t) -> float | str:
+    """A router threshold as strict JSON: finite float, or "inf" / "-inf"."""
+    try:
+        v = float(t)
+    except (TypeError, ValueError):
+        raise DataError(f"cascade threshold {t!r} is not a number: rerun natix cascade") from None
+    if math.isnan(v):
+        raise DataError("a cascade threshold is NaN: rerun natix cascade")
+    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+
+
+def _export_cascade(cascade: Path, out: Path) -> Path:
+    """A cascade directory → a cascade bundle (see the module docstring)."""
+    from natix.cascade.router import load_callable
+
+    _check_out(out)
+    doc = _read_json(cascade / "cascade.json")
+    try:
+        mode, sources, confidence = doc["mode"], list(doc["stages"]), list(doc["confidence"])
+        thresholds = [_json_threshold(t) for t in doc["router"]["thresholds"]]
+    except (KeyError, TypeError):
+        raise DataError(f"'{cascade / 'cascade.json'}' lacks mode, router thresholds, stages or confidence: "
+                        "rerun natix cascade") from None
+    if len(sources) < 2 or len(thresholds) != len(sources) - 1 or len(confidence) != len(sources):
+        raise DataError(f"'{cascade / 'cascade.json'}' has {len(sources)} stages, {len(thresholds)} thresholds and "
+                        f"{len(confidence)} confidences: rerun natix cascade")
+    runs, external = [], None
+    for i, src in enumerate(sources):
+        run = Path(src)
+        if (run / "config.json").is_file() and external is None:
+            runs.append(run)
+        elif i == len(sources) - 1 and i > 0 and isinstance(src, str) and src.count(":") == 1:
+            load_callable(src)  # refuse now what could not load later
+            external = src
+        else:
+            raise DataError(f"cascade stage {i + 1} '{src}' is neither a run directory nor a last external "
+                            "'module:function' stage: rerun natix cascade from where its runs are")
+    stages, files = [], {}
+    for k, run in enumerate(runs):
+        stage, stage_files = _stage_entry(run, k, out=out)
+        gated = stage["head"]["config"].get("policy") == "gate"
+        if (confidence[k] == "gate") != gated:
+            raise DataError(f"cascade stage {k + 1} routes on '{confidence[k]}' but the head of run '{run}' "
+                            f"{'has' if gated else 'has no'} gate: rerun natix cascade on the current runs")
+        stages.append(stage)
+        files.update(stage_files)
+    if external is not None:
+        stages.append({"external": external})
     manifest = {
         "format": FORMAT,
         "natix_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - Python 3.10
-        "source_run": str(run.resolve()),
-        "stages": [stage],
-        "prior": _prior(run),
+        "created": _now(),
+        "source_cascade": str(cascade.resolve()),
+        "source_runs": [str(r.resolve()) for r in runs],
+        "stages": stages,
+        "router": {"mode": str(mode), "thresholds": thresholds,
+                   "confidence": [str(c) for c in confidence[:len(runs)]]},
+        "prior": _prior(runs[0]),
         "files": {name: _sha256(data) for name, data in sorted(files.items())},
     }
-    manifest[_DIGEST_KEY] = _digest(manifest)
-    _write_dir(out, {**files, MANIFEST: json.dumps(manifest, indent=2, allow_nan=False).encode() + b"\n"})
-    return out
+    return _write_bundle(out, manifest, files)
 
 
 def _cache_identity(run: Path, cfg: dict) -> tuple[dict, dict]:
@@ -269,6 +365,7 @@ _FIELDS = {"prior": (int, float), "stages": list, "files": dict}
 _STAGE_FIELDS = {"backbone": dict, "extractor_version": int, "recipe": dict, "preprocess": dict, "pool": str,
                  "precision": str, "store_dtype": str, "head": dict, "head_file": str,
                  "calibration": (dict, type(None)), "thresholds": (dict, type(None))}
+_ROUTER_FIELDS = {"mode": str, "thresholds": list, "confidence": list}
 _BACKBONE_FIELDS = {"spec": str, "checkpoint": (str, type(None)), "adapter": (str, type(None)),
                     "weights_sha256": str, "adapter_sha256": (str, type(None)), "identity": dict}
 
@@ -281,13 +378,26 @@ def _check_fields(manifest: dict) -> None:
                 raise DataError(f"bundle file {MANIFEST} has no valid {where}{key}: re-export the bundle with this natix")
 
     check(manifest, _FIELDS, "")
-    for i, stage in enumerate(manifest["stages"]):
+    stages = manifest["stages"]
+    for i, stage in enumerate(stages):
         if not isinstance(stage, dict):
             raise DataError(f"bundle file {MANIFEST} has no valid stages[{i}]: re-export the bundle with this natix")
+        if "external" in stage:
+            if i == 0 or i != len(stages) - 1 or not isinstance(stage["external"], str):
+                raise DataError(f"bundle file {MANIFEST} has an invalid external stages[{i}] (only the last stage "
+                                "may be external, as 'module:function'): re-export the bundle")
+            continue
         check(stage, _STAGE_FIELDS, f"stages[{i}].")
         check(stage["backbone"], _BACKBONE_FIELDS, f"stages[{i}].backbone.")
         if stage["head_file"] not in manifest["files"]:
             raise DataError(f"bundle file {MANIFEST} does not list the head file {stage['head_file']}: re-export the bundle")
+    if len(stages) > 1 or "router" in manifest:
+        router = manifest.get("router")
+        check(router if isinstance(router, dict) else {}, _ROUTER_FIELDS, "router.")
+        n_runs = sum("external" not in st for st in stages)
+        if len(router["thresholds"]) != len(stages) - 1 or len(router["confidence"]) != n_runs:
+            raise DataError(f"bundle file {MANIFEST} has {len(router['thresholds'])} router thresholds and "
+                            f"{len(router['confidence'])} confidences for {len(stages)} stages: re-export the bundle")
 
 
 def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = None,
@@ -300,12 +410,15 @@ def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = N
     backbone, checkpoint, adapter : where the backbone's weights (timm checkpoint, PEFT adapter)
         are now, when they moved since export; default: the paths recorded in the bundle. Their
         weight hashes must equal the bundle's.
+        For a cascade bundle, each may also be a list with one entry per run stage (None: the
+        recorded path); a single value applies to every run stage.
     device : "cpu", "cuda[:N]" or "auto".
     precision : "fp32" or "bf16"; default: the precision the cache was extracted in, which
         reproduces its features.
 
     Raises `DataError` for a missing or altered file and `BackboneError` for weights that are not
-    the bundle's.
+    the bundle's (checked per stage). A cascade bundle's external stage is imported here
+    (`ConfigError` when it cannot be).
     """
     from natix.extract.extractor import resolve_device
 
@@ -313,15 +426,31 @@ def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = N
     manifest, blobs = _read_manifest(path)
     if not manifest["stages"]:
         raise DataError(f"bundle '{path}' has no stages: re-export it with natix export")
-    if len(manifest["stages"]) != 1:
-        raise DataError(f"bundle '{path}' has {len(manifest['stages'])} stages: this natix serves single-stage "
-                        "bundles; upgrade natix")
     if precision is not None and precision not in ("fp32", "bf16"):
         raise ConfigError(f"unknown precision '{precision}': pass fp32 or bf16 (or nothing for the bundle's own)")
+    run_stages = [st for st in manifest["stages"] if "external" not in st]
+    n = len(run_stages)
+
+    def per_stage(value, name):
+        if isinstance(value, (list, tuple)):
+            if len(value) != n:
+                raise ConfigError(f"{name} has {len(value)} entries for the bundle's {n} run stages: pass one "
+                                  "per stage (None for the recorded path) or a single path")
+            return list(value)
+        return [value] * n
+
+    backbones, checkpoints, adapters = (per_stage(backbone, "backbone"), per_stage(checkpoint, "checkpoint"),
+                                        per_stage(adapter, "adapter"))
     dev = resolve_device(device)
-    stage = _Stage.load(manifest["stages"][0], blobs, dev, backbone=backbone, checkpoint=checkpoint,
-                        adapter=adapter, precision=precision)
-    return Bundle(path, manifest, stage)
+    stages = [_Stage.load(st, blobs, dev, backbone=backbones[k], checkpoint=checkpoints[k], adapter=adapters[k],
+                          precision=precision) for k, st in enumerate(run_stages)]
+    external = None
+    if len(run_stages) < len(manifest["stages"]):
+        from natix.cascade.router import ExternalStage, load_callable
+
+        spec = manifest["stages"][-1]["external"]
+        external = ExternalStage(load_callable(spec), name=spec)
+    return Bundle(path, manifest, stages[0], stages=stages, external=external)
 
 
 @dataclass
@@ -404,6 +533,16 @@ class _Stage:
                 out[:, slots] = f.reshape(b, nv, -1).cpu().numpy()
         with np.errstate(over="ignore"):  # an overflowing image is answered with the prior by the caller
             return out.astype(self.store_dtype)  # the cache's rounding, so the head sees cached values
+
+    def raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Uncalibrated P(roadwork) ``(n,)`` of features ``[n, V, D]`` and the cascade confidence: the
+        head's gate score when it has a gate, else ``max(p, 1 - p)`` (as the router was fitted)."""
+        from natix.heads.train import predict
+
+        out = predict(self.head, X, device=str(self.device))
+        prob = out["prob"]
+        conf = out["gate"].astype(np.float64) if "gate" in out else np.maximum(prob, 1.0 - prob)
+        return prob, conf
 
     def proba(self, X: np.ndarray) -> np.ndarray:
         """Calibrated P(roadwork) ``(n,)`` of features ``[n, V, D]``."""
@@ -547,17 +686,31 @@ class Bundle:
 
     Use `load_bundle` to create one. Attributes: ``path``, ``manifest`` (the parsed
     manifest.json), ``prior`` (the answer for an image that cannot be decoded: the fraction of
-    positives in the run's training labels) and ``device``.
+    positives in the (first) run's training labels), ``device`` and ``thresholds`` (a cascade's
+    router thresholds, one per stage but the last; None for a single-stage bundle).
     """
 
-    def __init__(self, path: Path, manifest: dict, stage: _Stage):
+    def __init__(self, path: Path, manifest: dict, stage: _Stage, *, stages: list[_Stage] | None = None,
+                 external=None):
         self.path = path
         self.manifest = manifest
         self.prior = float(manifest["prior"])
         self.device = stage.device
         self._stage = stage
+        self._stages = stages if stages is not None else [stage]
+        self._external = external
+        router = manifest.get("router")
+        self.thresholds = None if router is None else [float(t) for t in router["thresholds"]]
+
+    @property
+    def is_cascade(self) -> bool:
+        return self.thresholds is not None
 
     def __repr__(self) -> str:
+        if self.is_cascade:
+            ext = f", external='{self._external.name}'" if self._external is not None else ""
+            return (f"Bundle('{self.path}', cascade of {len(self.manifest['stages'])} stages "
+                    f"({self.manifest['router']['mode']}), thresholds={self.thresholds}{ext}, device={self.device})")
         s = self.manifest["stages"][0]
         cal = (s["calibration"] or {}).get("method", "none")
         return (f"Bundle('{self.path}', backbone='{s['backbone']['spec']}', views={s['recipe']['n_views']}, "
@@ -566,11 +719,12 @@ class Bundle:
 
     def features(self, images, *, batch_size: int = 32) -> np.ndarray:
         """Per-view features ``[n, V, D]`` in the cache's store dtype, equal to what `natix extract`
-        stores for the same images; rows of images that cannot be decoded are NaN."""
+        stores for the same images; rows of images that cannot be decoded are NaN. For a cascade:
+        the features of stage 1."""
         X, _ = self._features(_as_list(images), batch_size)
         return X
 
-    def predict_proba(self, images, *, batch_size: int = 32) -> np.ndarray:
+    def predict_proba(self, images, *, batch_size: int = 32, return_stage: bool = False):
         """P(roadwork) per image, shape ``(n,)``, float64 in [0, 1].
 
         `images` is a list of paths (str or Path), encoded bytes, PIL images or ``[H, W, 3]``
@@ -578,25 +732,65 @@ class Bundle:
         the bundle's cache (decode, views, backbone, store-dtype rounding), then the head and
         the run's calibration. An image that cannot be read or decoded gets `prior` and a
         logged warning; the others are answered as usual.
+
+        A cascade bundle routes as its router: stage 1 answers (with its RAW probability: the
+        thresholds were fitted on uncalibrated probabilities, so no calibration is applied) the
+        images whose confidence (gate score, else ``max(p, 1 - p)``) is ``>= thresholds[0]``; only
+        the others go through stage 2's backbone and head, and so on; the last stage answers what
+        reaches it. An external last stage gets the deferred images as paths (or, when any of
+        them is not a path, the inputs as given) and must answer each with a probability.
+
+        With ``return_stage=True`` returns ``(prob, stage)``, ``stage`` the 0-based index of the
+        answering stage per image (int64; -1 where the prior answered).
         """
         items = _as_list(images)
-        X, ok = self._features(items, batch_size)
         prob = np.full(len(items), self.prior, dtype=np.float64)
-        if ok.any():
-            prob[ok] = self._stage.proba(X[ok])
-        return prob
+        stage = np.full(len(items), -1, dtype=np.int64)
+        if not self.is_cascade:
+            X, ok = self._features(items, batch_size)
+            if ok.any():
+                prob[ok] = self._stage.proba(X[ok])
+                stage[ok] = 0
+            return (prob, stage) if return_stage else prob
+        rows = np.arange(len(items))  # the images that reach the current stage
+        K = len(self.thresholds) + 1
+        for k, st in enumerate(self._stages):
+            if len(rows) == 0:
+                break
+            X, ok = self._features([items[i] for i in rows], batch_size, stage=st)
+            rows = rows[ok]
+            if len(rows) == 0:
+                break
+            p, g = st.raw(X[ok])
+            answer = g >= self.thresholds[k] if k < K - 1 else np.ones(len(rows), dtype=bool)
+            prob[rows[answer]], stage[rows[answer]] = p[answer], k
+            rows = rows[~answer]
+        if self._external is not None and len(rows):
+            prob[rows], stage[rows] = self._call_external([items[i] for i in rows]), K - 1
+        return (prob, stage) if return_stage else prob
+
+    def _call_external(self, inputs: list) -> np.ndarray:
+        """The external stage's checked probabilities of `inputs` (paths as strings, else as given)."""
+        from natix.cascade.router import ExternalStage
+
+        ext = self._external
+        if all(isinstance(x, (str, os.PathLike)) for x in inputs):
+            return ext(inputs)
+        # The same checks (shape, finiteness, range) on an answer to the inputs as given.
+        return ExternalStage(lambda _: ext.fn(inputs), name=ext.name)([""] * len(inputs))
 
     def predict(self, images, *, batch_size: int = 32) -> np.ndarray:
         """Decisions ``predict_proba(images) > 0.5`` as int64 (0.5 is "no roadwork", as NATIX rounds)."""
         return (self.predict_proba(images, batch_size=batch_size) > 0.5).astype(np.int64)
 
-    def _features(self, items: list, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Features ``[n, V, D]`` (NaN rows for failures) and the mask of decoded images."""
+    def _features(self, items: list, batch_size: int, stage: _Stage | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``[n, V, D]`` of `stage` (default: the first; NaN rows for failures) and the mask
+        of decoded images."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         for i, item in enumerate(items):
             _check_input(i, item)
-        stage = self._stage
+        stage = stage or self._stage
         X = np.full((len(items), stage.recipe.n_views, stage.backbone.dim), np.nan, dtype=stage.store_dtype)
         ok = np.zeros(len(items), dtype=bool)
         for start in range(0, len(items), batch_size):
