@@ -319,43 +319,26 @@ def test_calibration_from_json_refuses_damaged_input(synthetic_run):
 
 
 @pytest.fixture(scope="module")
-def cascade_dir(tmp_path_factory, demo_images, tiny_backbone):
-    """extract --views 10 and --views 1 → attention (stage 2) and global (stage 1) runs → cascade_run."""
-    from click.testing import CliRunner
-
+def cascade_dir(chain):
+    """The shared two-stage runs (global view → 10-view attention) with a budgeted cascade."""
     from natix.cascade.router import cascade_run
-    from natix.cli import cli
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("cascade")
-    r = CliRunner()
-    ratios = ["--ratios", "0.25,0.25,0.25,0.25", "--max-epochs", "5"]
-    for views, name in (("10", "c10"), ("1", "c1")):
-        res = r.invoke(cli, ["extract", str(demo_images), "--backbone", str(tiny_backbone), "--views", views,
-                             "--cache", str(root / name), "--workers", "0", "-q"])
-        assert res.exit_code == 0, res.output
-    for cache, agg, run in (("c10", "attention", "s2"), ("c1", "global", "s1")):
-        [h5] = (root / cache).glob("*.h5")
-        res = r.invoke(cli, ["fit-head", str(h5), "--agg", agg, "--out", str(root / run), *ratios])
-        assert res.exit_code == 0, res.output
-    cascade_run(stage1=root / "s1", stage2=root / "s2", budget=0.5, out=root / "casc")
-    torch.set_num_threads(old)
-    return root
+    cascade_run(stage1=chain / "s1", stage2=chain / "s2", budget=0.5, out=chain / "casc-bundle")
+    return chain
 
 
 def test_cascade_bundle_reproduces_the_cascade_and_refuses_a_tampered_stage(cascade_dir, tmp_path):
     from natix.cache.store import open_cache
 
     root = cascade_dir
-    out = export_bundle(root / "casc", tmp_path / "bundle")
+    out = export_bundle(root / "casc-bundle", tmp_path / "bundle")
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["stages"]) == 2 and manifest["router"]["mode"] == "budget"
     assert len(manifest["router"]["thresholds"]) == 1 and manifest["router"]["confidence"] == ["max_prob"] * 2
     assert {"stage0_head.safetensors", "stage1_head.safetensors"} <= set(manifest["files"])
     assert manifest["stages"][0]["recipe"]["n_views"] == 1 and manifest["stages"][1]["recipe"]["n_views"] == 10
 
-    with np.load(root / "casc" / "cascade_predictions.npz") as z:
+    with np.load(root / "casc-bundle" / "cascade_predictions.npz") as z:
         ids, want_prob, want_stage = z["ids"], z["prob"], z["stage"]
     [h5] = (root / "c1").glob("*.h5")
     with open_cache(h5) as c:
