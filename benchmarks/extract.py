@@ -88,10 +88,27 @@ def matmul_peak_tflops(device) -> float:
     return best
 
 
+def pil_views(path, table, mean, std):
+    """The naive way to build views: PIL crop + resize per view, then to a float tensor ``[V, 3, S, S]``."""
+    import torch
+    from PIL import Image
+
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    views = []
+    for v in table:
+        box = (v.box[0] * w, v.box[1] * h, v.box[2] * w, v.box[3] * h)
+        crop = im.resize((v.size, v.size), Image.BILINEAR, box=box)
+        if v.flip:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        x = torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1).float() / 255
+        views.append((x - mean) / std)
+    return torch.stack(views)
+
+
 def naive_loop(paths: list[Path], backbone_dir: Path, recipe, device) -> tuple[float, np.ndarray]:
     """One image per forward, PIL crops and resizes, fp32. Returns (seconds, features)."""
     import torch
-    from PIL import Image
     from transformers import DINOv3ViTModel
 
     from natix.extract.views import view_table
@@ -104,17 +121,7 @@ def naive_loop(paths: list[Path], backbone_dir: Path, recipe, device) -> tuple[f
     t = time.perf_counter()
     with torch.inference_mode():
         for p in paths:
-            im = Image.open(p).convert("RGB")
-            w, h = im.size
-            views = []
-            for v in table:
-                box = (v.box[0] * w, v.box[1] * h, v.box[2] * w, v.box[3] * h)
-                crop = im.resize((v.size, v.size), Image.BILINEAR, box=box)
-                if v.flip:
-                    crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-                x = torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1).float() / 255
-                views.append((x - mean) / std)
-            out = model(pixel_values=torch.stack(views).to(device)).pooler_output
+            out = model(pixel_values=pil_views(p, table, mean, std).to(device)).pooler_output
             feats.append(out.float().cpu().numpy())
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -42,9 +42,9 @@ ARCHS, make_backbone = _EXTRACT.ARCHS, _EXTRACT.make_backbone
 def naive_predictor(bundle, backbone_dir: Path):
     """One image per forward with PIL views in fp32, then the bundle's own head and calibration."""
     import torch
-    from PIL import Image
     from transformers import DINOv3ViTModel
 
+    from extract import pil_views  # benchmarks/extract.py: the same naive view building
     from natix.extract.views import view_table
 
     stage = bundle._stage
@@ -56,17 +56,7 @@ def naive_predictor(bundle, backbone_dir: Path):
 
     @torch.inference_mode()
     def predict(path) -> float:
-        im = Image.open(path).convert("RGB")
-        w, h = im.size
-        views = []
-        for v in table:
-            box = (v.box[0] * w, v.box[1] * h, v.box[2] * w, v.box[3] * h)
-            crop = im.resize((v.size, v.size), Image.BILINEAR, box=box)
-            if v.flip:
-                crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-            x = torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1).float() / 255
-            views.append((x - mean) / std)
-        feats = model(pixel_values=torch.stack(views).to(device)).pooler_output
+        feats = model(pixel_values=pil_views(path, table, mean, std).to(device)).pooler_output
         logit = stage.head(feats.unsqueeze(0))["logit"]
         p = torch.sigmoid(logit.double()).cpu().numpy()
         return float(stage.calibrate(p)[0]) if stage.calibrate is not None else float(p[0])

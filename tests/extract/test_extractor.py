@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import natix.extract.extractor
 from natix.cache.store import CacheLock, open_cache, verify_cache
 from natix.config import RunOptions, ViewRecipe
 from natix.data.decode import decode_image
@@ -25,6 +26,21 @@ FAST = RunOptions(batch_size=4, workers=0, progress=False)
 def _copy_images(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def _first_file_unreadable(monkeypatch):
+    """Make the first source file unreadable (as root, permissions cannot); returns the real hasher."""
+    import natix.extract.extractor as ex
+
+    real = ex.hash_files
+
+    def flaky(paths, **kw):
+        out = real(paths, **kw)
+        out[0] = PermissionError(13, "Permission denied")
+        return out
+
+    monkeypatch.setattr(ex, "hash_files", flaky)
+    return real
 
 
 def _same_cache(a: Path, b: Path) -> None:
@@ -306,21 +322,12 @@ def test_timm_and_adapter_extraction(demo_images, tiny_backbone, tmp_path, cache
 
 
 def test_unreadable_files_are_failures_and_retried(demo_images, tiny_backbone, tmp_path, cache_root, monkeypatch):
-    import natix.extract.extractor as ex
-
-    real = ex.hash_files
-
-    def flaky(paths, **kw):
-        out = real(paths, **kw)
-        out[0] = PermissionError(13, "Permission denied")
-        return out
-
-    monkeypatch.setattr(ex, "hash_files", flaky)
+    real = _first_file_unreadable(monkeypatch)
     r = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=cache_root, options=FAST)
     assert (r.extracted, r.failed) == (11, 1)
     c = open_cache(r.cache_file)
     assert c.shape == (11, 1, 32) and "Permission denied" in c.failures[0]["reason"] and c.failures[0]["id"] == ""
-    monkeypatch.setattr(ex, "hash_files", real)
+    monkeypatch.setattr(natix.extract.extractor, "hash_files", real)
     r = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=cache_root, options=FAST)
     assert r.extracted == 1
     c = open_cache(r.cache_file)
@@ -402,16 +409,7 @@ def test_transient_failures_are_retried_and_decode_failures_only_on_request(demo
 
 
 def test_known_unreadable_files_do_not_rewrite_the_cache(demo_images, tiny_backbone, tmp_path, monkeypatch):
-    import natix.extract.extractor as ex
-
-    real = ex.hash_files
-
-    def flaky(paths, **kw):
-        out = real(paths, **kw)
-        out[0] = PermissionError(13, "Permission denied")
-        return out
-
-    monkeypatch.setattr(ex, "hash_files", flaky)
+    _first_file_unreadable(monkeypatch)
     kwargs = dict(recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
     r = extract(demo_images, str(tiny_backbone), **kwargs)
     inode = r.cache_file.stat().st_ino
