@@ -22,7 +22,7 @@ from sklearn.exceptions import NotFittedError
 from natix.calibrate._validation import sigmoid, two_column
 from natix.calibrate.conformal import (APS, LAC, ConformalRiskControl, LearnThenTest, SplitConformal,
                                        binomial_p_value, calibration_folds, confidence_and_errors,
-                                       conformal_quantile, conformal_rank, hoeffding_bentkus_p_value)
+                                       conformal_quantile, conformal_rank, hoeffding_bentkus_p_value, ltt_start)
 from natix.errors import ConfigError, DataError
 
 FULL = os.environ.get("NATIX_FULL_VALIDITY", "") == "1"
@@ -195,8 +195,13 @@ def test_aps_scores_by_hand():
     # top label scores its own mass, the runner-up scores 1; a tie ranks both labels "at least as high"
     np.testing.assert_allclose(aps.class_scores(p2), [[1.0, 0.8], [0.7, 1.0], [1.0, 1.0]])
     np.testing.assert_allclose(aps.score(p2, np.array([1, 1, 0])), [0.8, 1.0, 1.0])
-    np.testing.assert_array_equal(aps.set_from_threshold(p2, 0.75), [[False, False], [True, False], [False, False]])
-    np.testing.assert_array_equal(aps.set_from_threshold(p2, 1.0), np.ones((3, 2), dtype=bool))
+    # {k : s <= 0.75} is empty for the first and the tied last row; the default adds the top label(s)
+    empty_ok = APS(allow_empty=True)
+    np.testing.assert_array_equal(empty_ok.set_from_threshold(p2, 0.75),
+                                  [[False, False], [True, False], [False, False]])
+    np.testing.assert_array_equal(aps.set_from_threshold(p2, 0.75), [[False, True], [True, False], [True, True]])
+    for est in (aps, empty_ok):
+        np.testing.assert_array_equal(est.set_from_threshold(p2, 1.0), np.ones((3, 2), dtype=bool))
     r = APS(randomized=True, random_state=0).class_scores(p2)
     # randomized: U p_top for the top label, p_top + U p_second for the other (same U per row)
     u = r[0, 1] / 0.8
@@ -217,6 +222,49 @@ def test_aps_matches_mapie_scores(rng):
     padded = np.c_[two_column(p), np.zeros(len(p))]
     theirs, _ = APSConformityScore().get_true_label_cumsum_proba(y, padded, np.array([0, 1, 2]))
     np.testing.assert_allclose(ours, np.ravel(theirs), atol=1e-12)
+
+
+def test_deterministic_aps_sets_are_never_empty(rng):
+    """A confident classifier: qhat < 1, so old deterministic APS leaves every row above qhat with no label."""
+    n, alpha, m = 500, 0.1, 2000
+    p, y = draw(rng, n, mu=2.5)
+    pt, _ = draw(rng, m, mu=2.5)
+    old = SplitConformal(score=APS(allow_empty=True), alpha=alpha).fit(p, y)
+    new = SplitConformal(score="aps", alpha=alpha).fit(p, y)
+    assert old.quantile_ == new.quantile_ < 1  # same scores, same qhat: only the sets differ
+    old_sets, new_sets = old.predict_set(pt), new.predict_set(pt)
+    top = np.c_[pt <= 0.5, pt >= 0.5]
+    empty = ~old_sets.any(axis=1)
+    np.testing.assert_array_equal(empty, np.maximum(pt, 1 - pt) > old.quantile_)
+    assert empty.mean() > 0.05  # 13% of these rows
+    assert new_sets.any(axis=1).all()
+    np.testing.assert_array_equal(new_sets, old_sets | top)  # the top label is added, nothing else changes
+    # randomized APS keeps its empty sets by default (its upper coverage bound needs them)
+    rand = SplitConformal(score=APS(randomized=True, random_state=0), alpha=alpha).fit(p, y)
+    assert not rand.predict_set(pt).any(axis=1).all()
+    forced = SplitConformal(score=APS(randomized=True, allow_empty=False, random_state=0), alpha=alpha).fit(p, y)
+    assert forced.predict_set(pt).any(axis=1).all()
+
+
+@pytest.mark.parametrize("n, alpha, mu", [(25, 0.1, 2.5), (200, 0.05, 2.0), (100, 0.2, 1.0)])
+def test_non_empty_aps_coverage(n, alpha, mu):
+    """Adding the top label keeps coverage >= 1 - alpha (the old sets' coverage is the lower reference)."""
+    rng = np.random.default_rng(n)
+    R, m = reps(400), 300
+    cal_p, cal_y = draw(rng, (R, n), mu=mu)
+    te_p, te_y = draw(rng, (R, m), mu=mu)
+    cov = {True: np.empty(R), False: np.empty(R)}
+    for r in range(R):
+        for allow in cov:
+            sc = SplitConformal(score=APS(allow_empty=allow), alpha=alpha).fit(cal_p[r], cal_y[r])
+            sets = sc.predict_set(te_p[r])
+            cov[allow][r] = sets[np.arange(m), te_y[r]].mean()
+            if not allow:
+                assert sets.any(axis=1).all()
+    assert np.all(cov[False] >= cov[True])
+    for allow in cov:
+        mean, tol = mc_mean(cov[allow])
+        assert mean >= 1 - alpha - tol, (allow, mean, tol)
 
 
 # --------------------------------------------------------------------------- validity: split conformal
@@ -406,9 +454,11 @@ def test_ltt_p_values_and_fixed_sequence_by_hand():
 def test_ltt_hb_is_more_conservative(rng):
     p, y = draw(rng, 3000)
     g, e = confidence_and_errors(p, y)
-    b = LearnThenTest(alpha=0.08, delta=0.1).fit(g, e)
-    h = LearnThenTest(alpha=0.08, delta=0.1, p_value="hb").fit(g, e)
+    # one start for both (the automatic one is later for HB), so the sequences differ only in p-values
+    b = LearnThenTest(alpha=0.08, delta=0.1, min_accepted=200).fit(g, e)
+    h = LearnThenTest(alpha=0.08, delta=0.1, p_value="hb", min_accepted=200).fit(g, e)
     tested = ~np.isnan(b.p_values_)
+    np.testing.assert_array_equal(tested, ~np.isnan(h.p_values_))
     assert np.all(h.p_values_[tested] >= b.p_values_[tested])
     assert b.certified_ and h.threshold_ >= b.threshold_
 
@@ -448,6 +498,87 @@ def test_ltt_tiny_n_certifies_nothing(n, min_accepted, rng):
     assert not ltt.certified_
     assert ltt.threshold_ == np.inf and ltt.coverage_ == 0.0
     assert not ltt.accept(rng.random(100) * 10).any()
+
+
+@pytest.mark.parametrize("alpha, delta", [(0.1, 0.1), (0.05, 0.1), (0.15, 0.2), (0.01, 0.05), (0.3, 0.3)])
+@pytest.mark.parametrize("p_value, pfun", [("binomial", lambda k, n, a: binom.cdf(k, n, a)),
+                                           ("hb", hoeffding_bentkus_p_value)])
+def test_ltt_start_rule(alpha, delta, p_value, pfun):
+    """From n0 on, floor(n alpha / 2) errors in n accepted points always pass at delta; at n0 - 1 they do not."""
+    n0 = ltt_start(alpha, delta, p_value=p_value)
+    n = np.arange(1, 40_000)
+    passes = pfun(np.floor(n * alpha / 2 + 1e-9), n, alpha) <= delta
+    assert passes[n0 - 1:].all()
+    assert n0 == 1 or not passes[n0 - 2]
+    assert (1 - alpha) ** n0 <= delta  # zero errors pass too: the start is never below the zero-error minimum
+
+
+def test_ltt_auto_start_is_used(rng, caplog):
+    g, e = confidence_and_errors(*draw(rng, 1500))
+    auto = LearnThenTest(alpha=0.1, delta=0.1).fit(g, e)
+    assert auto.min_accepted_ == ltt_start(0.1, 0.1) > 25
+    np.testing.assert_array_equal(~np.isnan(auto.p_values_), auto.n_accepted_ >= auto.min_accepted_)
+    hb = LearnThenTest(alpha=0.1, delta=0.1, p_value="hb").fit(g, e)
+    assert hb.min_accepted_ == ltt_start(0.1, 0.1, p_value="hb")
+    assert LearnThenTest(min_accepted=40).fit(g, e).min_accepted_ == 40
+    # generalized risk: every p-value uses all n points and grows along the sequence, so it starts at the top
+    gen = LearnThenTest(risk="generalized").fit(g, e)
+    assert gen.min_accepted_ == 1
+    assert np.all(np.diff(gen.p_values_[~np.isnan(gen.p_values_)]) >= 0)
+    # fewer calibration points than the start: nothing is tested, and the log says why
+    with caplog.at_level(logging.WARNING, logger="natix.calibrate.conformal"):
+        small = LearnThenTest(alpha=0.1, delta=0.1).fit(g[:60], e[:60])
+    assert not small.certified_ and np.isnan(small.p_values_).all()
+    assert f"the sequence starts at {ltt_start(0.1, 0.1)}" in caplog.text
+
+
+def _ltt_draw(rng, n, floor, slope):
+    """``g ~ U(0, 1)``, ``P(error | g) = floor + slope (1 - g)``: ``R(tau) = floor + slope (1 - tau) / 2``."""
+    g = rng.random(n)
+    return g, (rng.random(n) < floor + slope * (1 - g)).astype(np.int64)
+
+
+@pytest.mark.parametrize("floor, slope", [(0.0, 0.36), (0.005, 0.35)])
+def test_ltt_power_and_validity_with_a_known_risk_curve(floor, slope):
+    """n = 2000, alpha = delta = 0.1, a closed-form selective risk: the automatic start is valid and powerful.
+
+    ``R(tau) = floor + slope (1 - tau) / 2`` at coverage ``1 - tau``, so the oracle (the largest
+    coverage whose true risk is <= alpha) is ``2 (alpha - floor) / slope``: 0.556 and 0.543. Measured
+    over 5000 draws (floor 0 / 0.005): the automatic start (n0 = 65) certifies nothing in 0.2% / 1.0%
+    of draws, violates alpha in 7.6% / 7.5%, and keeps 86% / 84% of the oracle coverage; the old
+    start at 25 accepted points certifies nothing in 8.3% / 22% and keeps 78% / 65%.
+    """
+    alpha = delta = 0.1
+    n, R = 2000, reps(400)
+    rng = np.random.default_rng(int(1000 * floor) + 5)
+    oracle = 2 * (alpha - floor) / slope
+
+    def true_risk(tau):
+        return floor + slope * (1 - np.clip(tau, 0.0, 1.0)) / 2
+
+    res = {"auto": [], "old": [], "naive": []}
+    for _ in range(R):
+        g, e = _ltt_draw(rng, n, floor, slope)
+        for name, start in (("auto", "auto"), ("old", 25)):
+            ltt = LearnThenTest(alpha=alpha, delta=delta, min_accepted=start).fit(g, e)
+            cov = 1 - max(ltt.threshold_, 0.0) if ltt.certified_ else 0.0
+            res[name].append((ltt.certified_, cov, ltt.certified_ and true_risk(ltt.threshold_) > alpha))
+        # uncorrected plug-in: the lowest tested candidate whose empirical risk is <= alpha
+        ok = np.flatnonzero(~np.isnan(ltt.p_values_) & (ltt.risks_ <= alpha))
+        res["naive"].append(len(ok) > 0 and true_risk(ltt.thresholds_[ok[-1]]) > alpha)
+    auto, old = np.array(res["auto"], float), np.array(res["old"], float)
+    tol = 3 * np.sqrt(delta * (1 - delta) / R)
+    # (a) validity, for both starts; the same check catches the plug-in rule
+    assert auto[:, 2].mean() <= delta + tol, auto[:, 2].mean()
+    assert old[:, 2].mean() <= delta + tol, old[:, 2].mean()
+    assert np.mean(res["naive"]) > delta + tol, np.mean(res["naive"])
+    # (b) power: something is certified in >= 98% of draws; mean coverage >= 80% of the oracle's
+    fail_bound = 0.02 + 3 * np.sqrt(0.02 * 0.98 / R)
+    assert 1 - auto[:, 0].mean() <= fail_bound, 1 - auto[:, 0].mean()
+    assert auto[:, 1].mean() >= 0.8 * oracle, (auto[:, 1].mean(), oracle)
+    # (c) the old start at 25 accepted points misses the power claim and covers less
+    assert 1 - old[:, 0].mean() > fail_bound, 1 - old[:, 0].mean()
+    assert auto[:, 1].mean() > old[:, 1].mean() + 0.02, (auto[:, 1].mean(), old[:, 1].mean())
 
 
 @pytest.mark.slow
@@ -672,6 +803,10 @@ def test_bad_inputs_at_predict_time():
     (LearnThenTest(p_value="wsr"), "binomial, hb"),
     (LearnThenTest(risk="fnr"), "selective"),
     (LearnThenTest(min_accepted=0), "min_accepted"),
+    (LearnThenTest(min_accepted="all"), "'auto' or an integer"),
+    (LearnThenTest(min_accepted=2.5), "min_accepted"),
+    (LearnThenTest(min_accepted=True), "min_accepted"),
+    (SplitConformal(score=APS(allow_empty="no")), "allow_empty"),
     (LearnThenTest(n_thresholds=1), "n_thresholds"),
     (LearnThenTest(n_thresholds=2.5), "n_thresholds"),
 ])

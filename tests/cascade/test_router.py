@@ -16,6 +16,7 @@ from sklearn.exceptions import NotFittedError
 from natix import metrics as M
 from natix.cache.store import CacheWriter, Rows, open_cache
 from natix.cache.synthetic import make_synthetic_cache
+from natix.calibrate.conformal import LearnThenTest, ltt_start
 from natix.cascade.router import (
     ExternalStage,
     Router,
@@ -185,6 +186,20 @@ def test_certified_stage2_risk_holds_on_the_samples_that_reach_it():
             violations += 1
     assert violations / reps <= delta + 3 * np.sqrt(delta * (1 - delta) / reps)
     assert np.mean(answered2) > 0.05
+
+
+def test_certified_start_follows_learn_then_test():
+    rng = np.random.default_rng(2)
+    p, y = _calibrated_pool(rng, 1000)
+    stages = [{"prob": p, "labels": y}, {"prob": np.where(y == 1, 0.9, 0.1), "labels": y}]
+    for kw, start in (({}, ltt_start(0.1, 0.1)), ({"p_value": "hb"}, ltt_start(0.1, 0.1, p_value="hb")),
+                      ({"min_accepted": 40}, 40)):
+        router = Router(target_risk=0.1, **kw).fit(stages)
+        assert router.ltt_[0].min_accepted_ == start
+        ltt = LearnThenTest(alpha=0.1, **kw).fit(np.maximum(p, 1 - p), ((p > 0.5) != y).astype(int))
+        assert router.thresholds_[0] == ltt.threshold_
+    with pytest.raises(ConfigError, match="min_accepted"):
+        Router(target_risk=0.1, min_accepted="all").fit(stages)
 
 
 def test_uncertifiable_stage_defers_everything():

@@ -53,6 +53,7 @@ __all__ = [
     "conformal_quantile",
     "conformal_rank",
     "hoeffding_bentkus_p_value",
+    "ltt_start",
 ]
 
 # Relative slack for turning a float level such as (n + 1)(1 - alpha) into an integer rank: a
@@ -192,13 +193,22 @@ class APS(LAC):
         ``sum_k p_k 1[p_k > p_y] + U p_y`` with ``U ~ Uniform(0, 1)`` drawn once per row: scores
         are continuous, so coverage is also at most ``1 - alpha + 1/(n + 1)``, at the price of
         random sets.
+    allow_empty : bool or None, default=None
+        Whether a set may be empty. The deterministic score gives an empty set whenever the top
+        label's own mass exceeds ``qhat`` (in the binary case: every row more confident than
+        ``qhat``, once ``qhat < 1``), which says nothing useful. ``False`` always adds the
+        top-ranked label (every label tied for the top), the usual non-empty variant of APS: sets
+        only grow, so coverage stays at least ``1 - alpha``. ``True`` keeps the empty sets; the
+        randomized score needs them for its upper bound ``1 - alpha + 1/(n + 1)``. ``None`` means
+        ``False`` for the deterministic score and ``True`` for the randomized one.
     random_state : int, numpy Generator or None, default=None
         Seed of the uniform draws when ``randomized``; the generator advances with every call,
         so calibration and test rows get independent draws.
     """
 
-    def __init__(self, *, randomized: bool = False, random_state=None):
+    def __init__(self, *, randomized: bool = False, allow_empty: bool | None = None, random_state=None):
         self.randomized = randomized
+        self.allow_empty = allow_empty
         self.random_state = random_state
 
     def _uniform(self, n: int) -> np.ndarray:
@@ -206,8 +216,16 @@ class APS(LAC):
             self._rng = np.random.default_rng(self.random_state)
         return self._rng.uniform(size=n)
 
+    def _empty_allowed(self) -> bool:
+        if self.allow_empty is None:
+            return bool(self.randomized)
+        if not isinstance(self.allow_empty, (bool, np.bool_)):
+            raise ConfigError(f"allow_empty must be True, False or None, got {self.allow_empty!r}")
+        return bool(self.allow_empty)
+
     def class_scores(self, proba2: np.ndarray) -> np.ndarray:
         """The score of every candidate label, ``(n, 2)`` for ``proba2`` ``(n, 2)``."""
+        self._empty_allowed()  # reject a bad option in fit, not first at prediction time
         p = np.asarray(proba2, dtype=np.float64)
         # above[i, k, j] = label j is ranked strictly above label k in row i
         above = p[:, None, :] > p[:, :, None]
@@ -216,6 +234,14 @@ class APS(LAC):
             return mass_above + self._uniform(len(p))[:, None] * p
         ties = p[:, None, :] == p[:, :, None]  # includes k itself
         return mass_above + np.einsum("ikj,ij->ik", ties, p)
+
+    def set_from_threshold(self, proba2: np.ndarray, qhat) -> np.ndarray:
+        """Sets ``{k : s(x, k) <= qhat}`` as a boolean ``(n, 2)``, plus the top label unless empty sets are allowed."""
+        sets = super().set_from_threshold(proba2, qhat)
+        if self._empty_allowed():
+            return sets
+        p = np.asarray(proba2, dtype=np.float64)
+        return sets | (p == p.max(axis=1, keepdims=True))
 
 
 _SCORES = {"lac": LAC, "aps": APS}
@@ -238,13 +264,15 @@ class SplitConformal(BaseEstimator):
 
     Fits ``qhat`` = the ``ceil((n + 1)(1 - alpha))``-th smallest calibration score (``+inf`` when
     that rank exceeds ``n``: every set is then ``{0, 1}``), and predicts
-    ``C(x) = {k : s(x, k) <= qhat}``.
+    ``C(x) = {k : s(x, k) <= qhat}`` (by default the deterministic APS also adds the top label, so
+    its sets are never empty: :class:`APS`).
 
     Guarantee: for a test point exchangeable with the calibration points,
     ``1 - alpha <= P(y in C(x)) <= 1 - alpha + 1/(n + 1)``; the upper bound needs scores without
-    ties (LAC on continuous probabilities, APS with ``randomized=True``). With ``mondrian=True``
-    the same holds *conditionally on each class* with ``n`` = that class's calibration count; with
-    ``groups`` it holds within each group (and within each group and class when both are used).
+    ties and no label added to the sets (LAC on continuous probabilities, APS with
+    ``randomized=True``). With ``mondrian=True`` the same holds *conditionally on each class* with
+    ``n`` = that class's calibration count; with ``groups`` it holds within each group (and within
+    each group and class when both are used).
 
     Parameters
     ----------
@@ -516,6 +544,41 @@ _P_VALUES = {"binomial": binomial_p_value, "hb": hoeffding_bentkus_p_value}
 _RISKS = ("selective", "generalized")
 
 
+def _fixed_sequence(p_values: np.ndarray, tested: np.ndarray, delta: float) -> np.ndarray:
+    """Rejections ``(m,)`` of fixed-sequence testing in array order: tested entries up to the first ``p > delta``."""
+    certified = np.zeros(len(p_values), dtype=bool)
+    idx = np.flatnonzero(tested)
+    fails = np.flatnonzero(p_values[idx] > delta)
+    certified[idx[:fails[0] if len(fails) else len(idx)]] = True
+    return certified
+
+
+# LearnThenTest's automatic start: the fraction of alpha that must pass from the first test on.
+_START_RISK = 0.5
+
+
+def ltt_start(alpha: float, delta: float, *, p_value: str = "binomial") -> int:
+    """Learn-then-Test's automatic start ``n0``: from ``n0`` accepted points on, risk ``<= alpha / 2`` always passes.
+
+    The smallest ``n0`` such that, for every ``n >= n0``, ``floor(n alpha / 2)`` errors among ``n``
+    give ``p <= delta`` (p-values are non-decreasing in the errors, so fewer errors pass too).
+    A function of ``alpha``, ``delta`` and the p-value only; :class:`LearnThenTest` starts its
+    selective-risk sequence there with ``min_accepted="auto"``.
+    """
+    alpha, delta = unit_open(alpha, "alpha"), unit_open(delta, "delta")
+    if p_value not in _P_VALUES:
+        raise ConfigError(f"unknown p_value {p_value!r}: pass one of {', '.join(_P_VALUES)}")
+    r = _START_RISK * alpha
+    # Both p-values are at most the Chernoff bound exp(-n KL(k/n || alpha)) <= exp(-n KL(r || alpha))
+    # for k/n <= r < alpha, which is <= delta from n_max on: only counts below n_max can fail.
+    n_max = math.ceil(math.log(1.0 / delta) / float(_kl_bernoulli(r, alpha))) + 1
+    n = np.arange(1, n_max + 1)
+    x = r * n
+    k = np.floor(x + _RANK_SLACK * np.maximum(1.0, x))
+    fails = np.flatnonzero(_P_VALUES[p_value](k, n, alpha) > delta)
+    return int(n[fails[-1]]) + 1 if len(fails) else 1
+
+
 class LearnThenTest(BaseEstimator):
     """A certified exit threshold ``tau`` on a confidence ``g``: answer when ``g >= tau``, defer otherwise.
 
@@ -533,13 +596,24 @@ class LearnThenTest(BaseEstimator):
 
         ``P(R(threshold_) <= alpha) >= 1 - delta``   (over the calibration draw).
 
-    A candidate is not tested (its p-value is NaN) when fewer than ``min_accepted`` points are
-    accepted, or when ``n(tau)`` is so small that even zero errors could not give ``p <= delta``
-    (``(1 - alpha)^n > delta``, i.e. ``n < log(delta) / log(1 - alpha)``: 22 points at
-    ``alpha = delta = 0.1``, 45 at ``alpha = 0.05``). Testing those would only stop the sequence
-    at its first step. Both rules look at ``n(tau)`` alone, never at the errors, so skipping keeps
-    the guarantee; and since ``n(tau)`` is non-increasing in ``tau``, the skipped candidates are
-    exactly the highest ones: the sequence starts below them and skipping never interrupts it.
+    Where the sequence starts decides its power. It stops at its first failure, and the highest
+    candidates accept so few points that a good threshold fails there by chance: 25 accepted
+    points pass at ``alpha = delta = 0.1`` only without a single error. Candidates accepting
+    fewer than ``min_accepted`` points are therefore not tested (p-value NaN). With
+    ``min_accepted="auto"`` that count is ``n0``, the smallest count from which on *every*
+    candidate whose empirical risk is at most ``alpha / 2`` is rejected by the chosen p-value at
+    level ``delta``: 65 for ``"binomial"`` at ``alpha = delta = 0.1`` (121 for ``"hb"``, 132 at
+    ``alpha = 0.05``). A threshold whose empirical risk stays below ``alpha / 2`` then passes from
+    the first test on; the price is that no threshold accepting fewer than ``n0`` points can be
+    certified. ``n0`` is a function of ``alpha``, ``delta`` and the p-value, and which candidates
+    reach it depends on the confidences alone, never on the errors, so the start keeps the
+    guarantee. Candidates so small that even zero errors could not give ``p <= delta``
+    (``(1 - alpha)^n > delta``: 22 points at ``alpha = delta = 0.1``) are not tested either; with
+    ``"auto"`` they already lie above the start. As ``n(tau)`` is non-increasing in ``tau``, the
+    untested candidates are exactly the highest ones, so skipping them never interrupts the
+    sequence. With ``risk="generalized"`` every p-value uses all ``n`` points and can only grow
+    along the sequence, so the start does not matter and ``"auto"`` tests every candidate
+    (``n0 = 1``).
 
     ``g`` can be any score that is larger when the answer is more likely right: the softmax
     confidence ``max(p, 1 - p)`` (:func:`confidence_and_errors`), a gate score, ``1 - P(fail)``
@@ -558,7 +632,8 @@ class LearnThenTest(BaseEstimator):
         ``"binomial"``: exact ``P(Bin(n, alpha) <= k)`` (0/1 losses). ``"hb"``: Hoeffding–Bentkus
         ``min(exp(-n h(r_hat, alpha)), e P(Bin(n, alpha) <= ceil(n r_hat)))``, ``h`` the Bernoulli
         KL divergence (valid for bounded losses, more conservative).
-    min_accepted : int >= 1, default=25
+    min_accepted : "auto" or int >= 1, default="auto"
+        Accepted points a candidate needs to be tested: where the sequence starts (see above).
     n_thresholds : int >= 2, default=200
 
     Attributes
@@ -578,11 +653,13 @@ class LearnThenTest(BaseEstimator):
     certified_ : bool
     coverage_ : float
         Fraction of calibration points accepted at ``threshold_``.
+    min_accepted_ : int
+        The start count used (``n0`` under ``"auto"``).
     n_calibration_ : int
     """
 
     def __init__(self, *, risk: str = "selective", alpha: float = 0.1, delta: float = 0.1,
-                 p_value: str = "binomial", min_accepted: int = 25, n_thresholds: int = 200):
+                 p_value: str = "binomial", min_accepted: int | str = "auto", n_thresholds: int = 200):
         self.risk = risk
         self.alpha = alpha
         self.delta = delta
@@ -598,7 +675,7 @@ class LearnThenTest(BaseEstimator):
             raise ConfigError(f"unknown risk {self.risk!r}: pass one of {', '.join(_RISKS)}")
         if self.p_value not in _P_VALUES:
             raise ConfigError(f"unknown p_value {self.p_value!r}: pass one of {', '.join(_P_VALUES)}")
-        min_accepted = _check_int(self.min_accepted, "min_accepted", low=1)
+        min_accepted = self._min_accepted(alpha, delta)
         n_thresholds = _check_int(self.n_thresholds, "n_thresholds", low=2)
         g = self._confidence(confidence)
         e = binary_labels(errors, len(g), both_classes=False, name="errors")
@@ -615,18 +692,18 @@ class LearnThenTest(BaseEstimator):
             risks = np.where(n_test > 0, k / np.maximum(n_test, 1), np.nan)
 
         pfun = _P_VALUES[self.p_value]
-        # Untested: too few accepted points, or so few that even zero errors could not reject H0.
+        # Untested: above the start, or so few points that even zero errors could not reject H0.
         # Both depend on the confidences only (never on the errors), so skipping keeps validity.
         tested = (n_acc >= min_accepted) & (pfun(np.zeros_like(n_test), n_test, alpha) <= delta)
         pv = np.full(len(cand), np.nan)
         if tested.any():
             pv[tested] = pfun(k[tested], n_test[tested], alpha)
-        # fixed sequence from the highest tested tau down: reject while p <= delta
-        certified = np.zeros(len(cand), dtype=bool)
-        idx = np.flatnonzero(tested)
-        fails = np.flatnonzero(pv[idx] > delta)
-        stop = fails[0] if len(fails) else len(idx)
-        certified[idx[:stop]] = True
+        else:
+            need = max(min_accepted, math.ceil(math.log(delta) / math.log1p(-alpha) - _RANK_SLACK))
+            logger.warning("learn then test: no threshold can be tested on %d calibration points at alpha=%g, "
+                           "delta=%g (the sequence starts at %d), so nothing is certified: add calibration data",
+                           len(g), alpha, delta, need)
+        certified = _fixed_sequence(pv, tested, delta)
 
         self.thresholds_ = cand
         self.n_accepted_ = n_acc
@@ -641,8 +718,17 @@ class LearnThenTest(BaseEstimator):
         else:
             self.threshold_ = float("inf")
             self.coverage_ = 0.0
+        self.min_accepted_ = min_accepted
         self.n_calibration_ = len(g)
         return self
+
+    def _min_accepted(self, alpha: float, delta: float) -> int:
+        """The start count: ``min_accepted`` itself, or ``n0`` for ``"auto"`` (1 for the generalized risk)."""
+        if isinstance(self.min_accepted, str) and self.min_accepted == "auto":
+            return 1 if self.risk == "generalized" else ltt_start(alpha, delta, p_value=self.p_value)
+        if isinstance(self.min_accepted, bool) or not isinstance(self.min_accepted, Integral) or self.min_accepted < 1:
+            raise ConfigError(f"min_accepted must be 'auto' or an integer >= 1, got {self.min_accepted!r}")
+        return int(self.min_accepted)
 
     @staticmethod
     def _confidence(confidence, name: str = "confidence") -> np.ndarray:

@@ -381,8 +381,10 @@ class Router(BaseEstimator):
         Budget mode: the largest fraction of a stage's arrivals it may defer (calibration data).
     p_value : {"binomial", "hb"}, default="binomial"
         LTT p-value (certified mode).
-    min_accepted : int >= 1, default=25
-        LTT: candidates accepting fewer calibration samples are not tested.
+    min_accepted : "auto" or int >= 1, default="auto"
+        LTT: candidates accepting fewer calibration samples are not tested, i.e. where the fixed
+        sequence starts; ``"auto"`` is LearnThenTest's rule (the count from which an empirical
+        risk <= ``target_risk / 2`` always passes), recorded per stage in ``ltt_[k].min_accepted_``.
     n_grid : int >= 1, default=100
         Budget mode: quantile thresholds per stage, between 0 and the budget.
     random_state : int or None, default=0
@@ -409,7 +411,7 @@ class Router(BaseEstimator):
     """
 
     def __init__(self, *, target_risk: float | None = None, delta: float = 0.1, budget: float | None = None,
-                 p_value: str = "binomial", min_accepted: int = 25, n_grid: int = 100, random_state=0):
+                 p_value: str = "binomial", min_accepted: int | str = "auto", n_grid: int = 100, random_state=0):
         self.target_risk = target_risk
         self.delta = delta
         self.budget = budget
