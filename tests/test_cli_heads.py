@@ -94,8 +94,8 @@ def ablations(cache, tmp_path_factory):
     """Three ablations of the same 4 arms: default baseline, another baseline, two jobs."""
     root = tmp_path_factory.mktemp("ablate")
     return {name: (run("ablate", cache, *ABLATE, *extra, "--out", root / name), root / name)
-            for name, extra in [("jobs1", []), ("baseline", ["--baseline", "linear/max/softmax"]),
-                                ("jobs2", ["--jobs", "2"])]}
+            for name, extra in [("jobs1", ["--threads", "1"]), ("baseline", ["--baseline", "linear/max/softmax"]),
+                                ("jobs2", ["--jobs", "2", "--threads", "1"])]}
 
 
 # --------------------------------------------------------------------------- help

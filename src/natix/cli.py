@@ -313,11 +313,18 @@ def _head_options(fn):
                      help="Learned view-position embedding."),
         click.option("--view-dropout", default=0.0, show_default=True, help="Training-time view dropout."),
         click.option("--coverage", default=0.8, show_default=True, help="Gate policy: target coverage."),
-        click.option("--lr", default=1e-3, show_default=True),
-        click.option("--weight-decay", default=1e-4, show_default=True),
-        click.option("--batch-size", default=256, show_default=True, help="0 = full batch."),
-        click.option("--max-epochs", default=100, show_default=True),
-        click.option("--patience", default=8, show_default=True),
+        click.option("--optimizer", type=click.Choice(["auto", "lbfgs", "adamw"]), default="auto", show_default=True,
+                     help="auto: full-batch L-BFGS (numpy) for linear heads on global/mean/max/topk, AdamW otherwise."),
+        click.option("--l2", default="1e-4,1e-3,1e-2,1e-1,1", show_default=True,
+                     help="L-BFGS: L2 penalties tried together; the best on val_select is kept."),
+        click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate."),
+        click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay."),
+        click.option("--batch-size", default=256, show_default=True, help="AdamW batch; 0 = full batch."),
+        click.option("--max-epochs", default=100, show_default=True, help="AdamW epochs."),
+        click.option("--patience", default=8, show_default=True,
+                     help="Epochs (AdamW) or iterations (L-BFGS) without improvement on val_select."),
+        click.option("--threads", default=0, show_default=True,
+                     help="CPU threads (torch and BLAS); 0 = every available core, divided by --jobs."),
         click.option("--stop-metric", type=click.Choice(["nll", "mcc"]), default="nll", show_default=True,
                      help="Early stopping on val_select."),
         click.option("--class-weights", is_flag=True, help="Weight classes to equal total weight."),
@@ -332,15 +339,27 @@ def _head_options(fn):
 
 
 def _configs(head, agg, policy, seed, o):
-    from natix.heads.train import HeadConfig, TrainConfig
+    from natix.heads.config import HeadConfig, TrainConfig
 
     hc = HeadConfig(head=head, agg=agg, policy=policy, hidden=o["hidden"], depth=o["depth"], dropout=o["dropout"],
                     k=o["topk"], view_embedding=o["view_embedding"], view_dropout=o["view_dropout"],
                     coverage=o["coverage"])
-    tc = TrainConfig(lr=o["lr"], weight_decay=o["weight_decay"], batch_size=o["batch_size"],
-                     max_epochs=o["max_epochs"], patience=o["patience"], stop_metric=o["stop_metric"],
-                     class_weights=o["class_weights"], seed=seed, device=o["device"])
+    tc = TrainConfig(optimizer=o["optimizer"], l2=_floats(o["l2"], "--l2"), lr=o["lr"],
+                     weight_decay=o["weight_decay"], batch_size=o["batch_size"], max_epochs=o["max_epochs"],
+                     patience=o["patience"], stop_metric=o["stop_metric"], class_weights=o["class_weights"], seed=seed,
+                     device=o["device"], threads=o["threads"])
+    tc.engine(hc)  # an optimizer that cannot fit this head fails before any data is read
     return hc, tc
+
+
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise click.BadParameter(f"'{text}' is not comma-separated numbers, e.g. 1e-3,1e-2", param_hint=option)
+    return values
 
 
 def _ratios(text: str):
@@ -408,8 +427,13 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
             payload["scrc"] = {"val_test": cal.table, "thresholds": cal.thresholds, "guarantee": cal.guarantee}
         click.echo(json.dumps(jsonable(payload), indent=2, allow_nan=False))
         return
-    click.echo(f"run       {r.out}  ({hc.name}, seed {seed}, {r.history['epochs']} epochs, best "
-               f"{r.history['best_epoch'] + 1}; {r.seconds:.1f} s)")
+    h = r.history
+    if h.get("engine") == "lbfgs":
+        fit_info = (f"L-BFGS {h['iterations']} iterations, {h['members']} members in {h['passes']} passes, "
+                    f"l2 {h['l2']:g} chosen on val_select")
+    else:
+        fit_info = f"AdamW {h['epochs']} epochs, best {h['best_epoch'] + 1}"
+    click.echo(f"run       {r.out}  ({hc.name}, seed {seed}, {fit_info}; {r.seconds:.1f} s)")
     click.echo("metrics are fractions (not x1000); confidence = " +
                ("gate score g" if policy == "gate" else "max(p, 1-p)"))
     click.echo(_metrics_table(r.metrics))

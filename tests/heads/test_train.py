@@ -43,10 +43,15 @@ def test_learns_easy_data(easy, head, agg):
     assert not model.training
 
 
-def test_standardisation_comes_from_train(easy):
-    model, _ = _fit(easy, train=dataclasses.replace(FAST, max_epochs=1))
-    mu, sigma = feature_stats(easy["train"][0])
-    X = easy["train"][0].astype(np.float64).reshape(-1, 16)
+@pytest.mark.parametrize("head", [HeadConfig(agg="max"), HeadConfig(head="mlp", agg="attention", hidden=8),
+                                  HeadConfig(agg="mean"), HeadConfig(head="mlp", agg="mean", hidden=8)],
+                         ids=["lbfgs-views", "adamw-views", "lbfgs-pooled", "adamw-pooled"])
+def test_standardisation_comes_from_train(easy, head):
+    # statistics of the training rows the head sees: every view, or the pooled rows of global/mean heads
+    model, _ = _fit(easy, head, train=dataclasses.replace(FAST, max_epochs=1, max_iter=1))
+    Xtr = easy["train"][0].astype(np.float64)
+    X = (Xtr.mean(axis=1) if head.agg == "mean" else Xtr.reshape(-1, 16))
+    mu, sigma = feature_stats(X[:, None, :])
     np.testing.assert_allclose(mu, X.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(sigma, X.std(0), rtol=1e-4)
     np.testing.assert_allclose(model.mu.numpy(), mu)
@@ -94,7 +99,7 @@ def test_class_weights_change_the_fit(easy):
     Xi, yi = X[keep], y[keep]
     Xva, yva, _ = easy["val_select"]
     head = HeadConfig(head="linear", agg="max")
-    train = dataclasses.replace(FAST, lr=5e-2, max_epochs=15, patience=15)
+    train = dataclasses.replace(FAST, lr=5e-2, max_epochs=15, patience=15, l2=(1e-3,))  # one L2 for both fits
     plain, _ = fit(Xi, yi, Xva, yva, head, train)
     weighted, _ = fit(Xi, yi, Xva, yva, head, dataclasses.replace(train, class_weights=True))
     p_plain, p_weighted = predict(plain, Xi)["prob"], predict(weighted, Xi)["prob"]

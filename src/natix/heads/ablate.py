@@ -1,10 +1,11 @@
 """Ablation: every arm of heads × aggregators × policies × seeds on one cache, one leaderboard.
 
 Features are loaded once. Each arm is trained per seed on `train` (early stopping on
-`val_select`) and scored on `val_test`. An arm's row reports the mean over seeds of each
-metric, a percentile bootstrap CI over `val_test` rows of the metric of the seed-averaged
-probabilities, and the paired bootstrap difference of the chosen metric against the baseline
-arm (same resampled rows for both arms).
+`val_select`) and scored on `val_test`. Every column of an arm's row is one estimand: the mean
+over seeds of the per-seed metric on `val_test`. For the chosen metric the row adds a bootstrap
+CI of that same mean (resampling `val_test` rows and, with >= 2 seeds, seeds; BCa below 500 rows)
+and Δ = row value − baseline row value, whose CI applies the same row and seed resamples to both
+arms, seed i paired with seed i (`natix.metrics.seed_bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import csv
 import dataclasses
 import itertools
 import json
+import logging
 import multiprocessing as mp
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +26,18 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import ConfigError
-from natix.heads.runs import LOWER_IS_BETTER, METRIC_NAMES, Dataset, compute_metrics, confidence, load_dataset, \
-    resolve_splits
+from natix.heads.runs import (
+    LOWER_IS_BETTER,
+    METRIC_NAMES,
+    Dataset,
+    compute_metrics,
+    confidence,
+    load_dataset,
+    resolve_splits,
+)
 from natix.heads.splits import DEFAULT_RATIOS
+
+log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("auroc", "mcc", "accuracy", "nll", "ece", "augrc", "natix_reward")
 _BOOT = {"auroc": M.auroc, "mcc": M.mcc, "accuracy": M.accuracy, "nll": M.nll, "brier": M.brier,
@@ -44,34 +55,62 @@ class Arm:
         return f"{self.head}/{self.agg}/{self.policy}"
 
 
-def _train_arm(job):
-    """One (arm, seed): returns the val_test prediction dict."""
-    import torch
+def _train_arm(arm: Arm, seeds: tuple[int, ...], head_cfg, train_cfg, data: Dataset, rows: dict) -> list[dict]:
+    """Every seed of one arm, trained together; the val_test predictions of each seed."""
+    from natix.heads.fitting import RowView, fit_heads
 
-    from natix.heads.train import fit, predict
-
-    arm, seed, head_cfg, train_cfg, data, rows, threads = job
-    if threads:
-        torch.set_num_threads(threads)
     head = dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy)
-    train = dataclasses.replace(train_cfg, seed=seed)
-    model, history = fit(data.X[rows["train"]], data.labels[rows["train"]], data.X[rows["val_select"]],
-                         data.labels[rows["val_select"]], head, train)
-    pred = predict(model, data.X[rows["val_test"]], device=train.device)
-    return arm, seed, {"prob": pred["prob"], "conf": confidence(pred), "epochs": history["epochs"]}
+    fitted = fit_heads(RowView(data.X, rows["train"]), data.labels[rows["train"]],
+                       RowView(data.X, rows["val_select"]), data.labels[rows["val_select"]], head, train_cfg,
+                       seeds=seeds)
+    out = []
+    for f in fitted:
+        pred = f.predict(RowView(data.X, rows["val_test"]))
+        out.append({"prob": pred["prob"], "conf": confidence(pred), "epochs": f.history["epochs"]})
+    return out
+
+
+def _cost(arm: Arm) -> int:
+    """Rough cost rank for scheduling the expensive arms first: per-view hidden layers > per-view logits > pooled."""
+    if arm.agg in ("global", "mean"):
+        return 0
+    return 1 if arm.head == "linear" and arm.agg in ("max", "topk") and arm.policy == "softmax" else 2
 
 
 _SHARED: dict = {}
 
 
-def _init_worker(data, rows):
-    """Forked workers inherit the features without copying them."""
+def _init_worker(data, rows, threads: int):
+    """Forked workers inherit the features without copying them, and cap their own threads."""
     _SHARED["data"], _SHARED["rows"] = data, rows
+    from natix.heads.config import limit_threads
+
+    _SHARED["limit"] = limit_threads(threads)
+    _SHARED["limit"].__enter__()
 
 
 def _train_arm_shared(job):
-    arm, seed, head_cfg, train_cfg = job
-    return _train_arm((arm, seed, head_cfg, train_cfg, _SHARED["data"], _SHARED["rows"], 1))
+    arm, seeds, head_cfg, train_cfg = job
+    return arm, _train_arm(arm, seeds, head_cfg, train_cfg, _SHARED["data"], _SHARED["rows"])
+
+
+def _job_threads(jobs: int, threads: int) -> int:
+    """Threads per job such that threads × jobs <= cores; an explicit product above that is refused."""
+    from natix.heads.config import available_cores
+
+    cores = available_cores()
+    if jobs > cores:
+        raise ConfigError(f"--jobs {jobs} exceeds the {cores} core(s) this process may use: pass --jobs {cores} "
+                          "or fewer")
+    if threads and threads * jobs > cores:
+        raise ConfigError(f"--threads {threads} x --jobs {jobs} = {threads * jobs} exceeds the {cores} core(s) "
+                          f"this process may use: pass --threads {max(cores // jobs, 1)} or fewer jobs")
+    per_job = threads or max(cores // jobs, 1)
+    if jobs > 1 and per_job > 1 and "torch" in sys.modules:
+        # GNU OpenMP cannot start a thread team in a child forked after the parent used one.
+        log.info("torch is already loaded in this process: forked ablation workers use 1 thread each")
+        per_job = 1
+    return per_job
 
 
 def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softmax",), seeds: int = 1,
@@ -79,7 +118,7 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
            ratios=DEFAULT_RATIOS, split_seed: int = 0, n_boot: int = 1000, progress: bool = True,
            data: Dataset | None = None) -> list[dict]:
     """Train every arm and write ``leaderboard.csv`` and ``leaderboard.md`` into `out`."""
-    from natix.heads.train import HeadConfig, TrainConfig
+    from natix.heads.config import HeadConfig, TrainConfig
 
     if metric not in METRIC_NAMES:
         raise ConfigError(f"unknown metric '{metric}': pass one of {', '.join(METRIC_NAMES)}")
@@ -97,26 +136,34 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     baseline = baseline or names[0]
     if baseline not in names:
         raise ConfigError(f"baseline '{baseline}' is not an arm: pass one of {', '.join(names)}")
+    threads = _job_threads(jobs, train_cfg.threads)
+    train_cfg = dataclasses.replace(train_cfg, threads=threads)  # every fit inside a job keeps to its share
+    for arm in arms:  # an optimizer that does not fit an arm fails here, before any training
+        train_cfg.engine(dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy))
     data = data or load_dataset(features)
     splits = resolve_splits(data, ratios=ratios, seed=split_seed)
     rows = splits.rows(data.ids)
     y = data.labels[rows["val_test"]]
-    jobs_list = [(arm, train_cfg.seed + s) for arm in arms for s in range(seeds)]
-    results: dict[str, list] = {a.name: [] for a in arms}
+    seed_list = tuple(train_cfg.seed + s for s in range(seeds))
+    schedule = sorted(arms, key=_cost, reverse=True)  # expensive arms first: jobs finish together
+    results: dict[str, list] = {}
     t0 = time.perf_counter()
-    bar = _bar(len(jobs_list), progress)
+    bar = _bar(len(arms), progress)
     if jobs == 1:
-        for arm, seed in jobs_list:
-            arm, seed, pred = _train_arm((arm, seed, head_cfg, train_cfg, data, rows, 0))
-            results[arm.name].append(pred)
-            bar.update(1)
+        from natix.heads.config import limit_threads
+
+        with limit_threads(threads):
+            for arm in schedule:
+                results[arm.name] = _train_arm(arm, seed_list, head_cfg, train_cfg, data, rows)
+                bar.update(1)
     else:
         ctx = mp.get_context("fork")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(data, rows)) as pool:
-            for arm, seed, pred in pool.map(_train_arm_shared,
-                                            [(a, s, head_cfg, train_cfg) for a, s in jobs_list]):
-                results[arm.name].append(pred)
+                                 initargs=(data, rows, threads)) as pool:
+            futures = [pool.submit(_train_arm_shared, (a, seed_list, head_cfg, train_cfg)) for a in schedule]
+            for fut in as_completed(futures):
+                arm, preds = fut.result()
+                results[arm.name] = preds
                 bar.update(1)
     bar.close()
     board = _leaderboard(arms, results, y, metric, baseline, n_boot, seed=split_seed)
@@ -130,10 +177,8 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
 
 
 def _leaderboard(arms, results, y, metric, baseline, n_boot, seed):
-    """One row per arm: seed-mean metrics, bootstrap CI of the chosen metric, paired diff."""
-    avg = {a.name: np.mean([r["prob"] for r in results[a.name]], axis=0) for a in arms}
-    base_prob = avg[baseline]
-    fn = _BOOT.get(metric)
+    """One row per arm: each metric's mean over seeds on val_test and, for `metric`, a bootstrap CI
+    of that same mean and the difference to the baseline row (`natix.metrics.seed_bootstrap_ci`)."""
     board = []
     for a in arms:
         per_seed = [compute_metrics(y, r["prob"], r["conf"]) for r in results[a.name]]
@@ -142,15 +187,22 @@ def _leaderboard(arms, results, y, metric, baseline, n_boot, seed):
         for m in METRIC_NAMES:
             vals = np.array([s[m] for s in per_seed])
             row[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-        if fn is not None:
-            _, lo, hi = M.bootstrap_ci(fn, y, avg[a.name], n_boot=n_boot, seed=seed)
-            row[f"{metric}_ci"] = [lo, hi]
-            if a.name == baseline:
-                row["diff"], row["diff_ci"] = 0.0, [0.0, 0.0]
-            else:
-                d, lo, hi = M.paired_bootstrap_diff(fn, y, avg[a.name], base_prob, n_boot=n_boot, seed=seed)
-                row["diff"], row["diff_ci"] = d, [lo, hi]
         board.append(row)
+    fn = _BOOT.get(metric)
+    if fn is not None:
+        base = next(r for r in board if r["arm"] == baseline)
+        reference = np.stack([r["prob"] for r in results[baseline]])
+        for a, row in zip(arms, board):
+            # exactly the difference of the two row values, so it has that difference's sign
+            row["diff"] = row[metric] - base[metric]
+            row[f"{metric}_ci"], row["diff_ci"], row["ci_method"] = [float("nan")] * 2, [float("nan")] * 2, None
+            try:
+                res = M.seed_bootstrap_ci(fn, y, np.stack([r["prob"] for r in results[a.name]]),
+                                          reference=reference, n_boot=n_boot, seed=seed)
+            except M.UndefinedMetricError:  # e.g. AUROC when val_test holds one class: NaN CIs
+                continue
+            row[f"{metric}_ci"], row["diff_ci"] = [res.low, res.high], [res.diff_low, res.diff_high]
+            row["ci_method"] = res.method
     sign = 1 if metric in LOWER_IS_BETTER else -1
     board.sort(key=lambda r: sign * (r[metric] if np.isfinite(r[metric]) else np.inf * sign))
     return board
@@ -166,10 +218,22 @@ def _write(board, out: Path, metric: str, baseline: str, meta: dict) -> None:
             ci = r.get(f"{metric}_ci", [float("nan")] * 2)
             dci = r.get("diff_ci", [float("nan")] * 2)
             w.writerow([r[c] for c in cols] + [ci[0], ci[1], r.get("diff", float("nan")), dci[0], dci[1]])
+    methods = sorted({r["ci_method"] for r in board if r.get("ci_method")})
+    many = meta["seeds"] > 1
+    delta = f"Δ: the row's {metric} minus that of `{baseline}`"
+    if methods:
+        kind = " / ".join({"bca": "BCa", "percentile": "percentile"}[m] for m in methods)
+        drawn = "val_test rows and seeds, both" if many else "val_test rows"
+        paired = "rows shared, seed i paired with the baseline's seed i" if many else "rows shared"
+        note = (f"{metric} 95% CI: {kind} bootstrap of that same seed mean: each resample draws {drawn} with "
+                f"replacement, recomputes each drawn seed's {metric} on the drawn rows and averages over the drawn "
+                f"seeds. {delta}; its CI applies the same resamples to both arms ({paired}); * marks a Δ CI that "
+                "excludes 0.")
+    else:
+        note = f"No bootstrap CI for {metric}. {delta}."
     lines = [f"# Ablation leaderboard ({meta['seeds']} seed(s), {meta['n_val_test']} val_test images)", "",
-             f"Sorted by {metric}. Metrics are fractions (not x1000), mean over seeds. CI: 95% percentile "
-             f"bootstrap over val_test rows of the seed-averaged probabilities. Δ: paired bootstrap difference "
-             f"in {metric} against `{baseline}` (same resampled rows); * marks a CI that excludes 0.", "",
+             f"Sorted by {metric}. Metrics are fractions (not x1000); each cell is the mean over seeds of the "
+             f"metric of one seed's val_test predictions. {note}", "",
              "| arm | " + " | ".join(TABLE_METRICS) + f" | {metric} 95% CI | Δ{metric} vs baseline |",
              "|" + "---|" * (len(TABLE_METRICS) + 3)]
     for r in board:

@@ -13,10 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from natix.heads.config import POLICIES
 from natix.heads.registry import AGGREGATORS, HEADS, register_aggregator, register_head
-
-POLICIES = ("softmax", "gate")
-
 
 # --------------------------------------------------------------------------- heads
 
@@ -208,8 +206,10 @@ class ViewModel(nn.Module):
         self.mu.copy_(torch.as_tensor(mu, dtype=self.mu.dtype))
         self.sigma.copy_(torch.as_tensor(sigma, dtype=self.sigma.dtype).clamp_min(1e-6))
 
-    def forward(self, x, mask=None):
-        x = (x - self.mu) / self.sigma
+    def forward(self, x, mask=None, *, standardised: bool = False):
+        """`standardised`: `x` was already standardised with ``mu``/``sigma`` (training copies)."""
+        if not standardised:
+            x = (x - self.mu) / self.sigma
         if self.view_embed is not None:
             x = x + self.view_embed[: x.shape[1]]
         # Per-view logits are an output for inspection; pooling aggregators skip them in training.

@@ -39,33 +39,36 @@ class Registry:
 
 
 HEADS = Registry("head")
+# The names `natix.heads.modules` registers, known without importing torch (a test keeps them in step).
+BUILTIN_HEADS = ("linear", "mlp")
+BUILTIN_AGGREGATORS = ("global", "mean", "max", "topk", "attention", "gated-attention")
 AGGREGATORS = Registry("aggregator")
 register_head = HEADS.register
 register_aggregator = AGGREGATORS.register
 
 
-def _builtins() -> None:
-    """Importing the module registers the built-in heads and aggregators."""
+def ensure_builtins() -> None:
+    """Importing the module registers the built-in heads and aggregators (imports torch)."""
     import natix.heads.modules  # noqa: F401
 
 
 def create_head(name: str, **kwargs):
     """A head module by name (`in_dim` plus its hyperparameters)."""
-    _builtins()
+    ensure_builtins()
     return HEADS.create(name, **kwargs)
 
 
 def create_aggregator(name: str, **kwargs):
     """A view aggregator module by name (`dim` plus its hyperparameters)."""
-    _builtins()
+    ensure_builtins()
     return AGGREGATORS.create(name, **kwargs)
 
 
 def list_heads() -> list[str]:
-    _builtins()
+    ensure_builtins()
     return HEADS.names()
 
 
 def list_aggregators() -> list[str]:
-    _builtins()
+    ensure_builtins()
     return AGGREGATORS.names()

@@ -105,31 +105,50 @@ class RunResult:
 
 def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DEFAULT_RATIOS,
             split_seed: int = 0, oof_folds: int = 0, data: Dataset | None = None) -> RunResult:
-    """Fit a head on a cache and write the run directory `out`. Returns its metrics."""
-    import torch
-    from safetensors.torch import save_file
+    """Fit a head on a cache and write the run directory `out`. Returns its metrics.
 
-    from natix.heads.train import HeadConfig, TrainConfig, fit, out_of_fold, predict
+    View-linear heads (see `natix.heads.config`) never import torch on this path.
+    """
+    from natix.heads.config import HeadConfig, TrainConfig, limit_threads
 
     head = head or HeadConfig()
     train = train or TrainConfig()
     if oof_folds and oof_folds < 2:
         raise ConfigError(f"--oof-folds must be 0 (off) or >= 2, got {oof_folds}")
     t0 = time.perf_counter()
-    data = data or load_dataset(features)
-    splits = resolve_splits(data, splits_path=splits_path, ratios=ratios, seed=split_seed)
-    rows = splits.rows(data.ids)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         raise ConfigError(f"run directory '{out}' exists and is not a natix run: pass a new --out")
-    stale = [out / "calibration.json", out / "thresholds.json", *sorted((out / "predictions").glob("*.npz"))]
-    Xtr, ytr = data.X[rows["train"]], data.labels[rows["train"]]
-    Xva, yva = data.X[rows["val_select"]], data.labels[rows["val_select"]]
-    model, history = fit(Xtr, ytr, Xva, yva, head, train)
-    preds = {name: predict(model, data.X[r], device=train.device) for name, r in rows.items()}
+    data = data or load_dataset(features)
+    splits = resolve_splits(data, splits_path=splits_path, ratios=ratios, seed=split_seed)
+    rows = splits.rows(data.ids)
+    with limit_threads(train.threads):
+        fitted, preds = _fit_and_predict(data, rows, head, train, oof_folds)
+    _write_run(out, features, data, splits, rows, fitted, preds, oof_folds)
+    return RunResult(out, json.loads((out / "metrics.json").read_text()), fitted.history, time.perf_counter() - t0)
+
+
+def _fit_and_predict(data: Dataset, rows: dict, head, train, oof_folds: int):
+    """The fitted head and its predictions per split (one pass over the features for all splits)."""
+    from natix.heads.fitting import RowView, fit_heads, out_of_fold
+
+    Xtr, ytr = RowView(data.X, rows["train"]), data.labels[rows["train"]]
+    Xva, yva = RowView(data.X, rows["val_select"]), data.labels[rows["val_select"]]
+    fitted = fit_heads(Xtr, ytr, Xva, yva, head, train)[0]
+    every = fitted.predict(data.X)
+    preds = {name: {k: v[r] for k, v in every.items()} for name, r in rows.items()}
     if oof_folds:
         preds["train_oof"] = out_of_fold(Xtr, ytr, data.ids[rows["train"]], Xva, yva, head, train, oof_folds)
-    metrics = {}
+    return fitted, preds
+
+
+def _write_run(out: Path, features, data: Dataset, splits, rows: dict, fitted, preds: dict, oof_folds: int) -> None:
+    """Replace the run directory's model, splits, predictions, metrics and config."""
+    import sys
+
+    from safetensors.numpy import save_file
+
+    stale = [out / "calibration.json", out / "thresholds.json", *sorted((out / "predictions").glob("*.npz"))]
     # Refitting into an existing run: everything derived from the old model goes first.
     for path in stale:
         path.unlink(missing_ok=True)
@@ -138,24 +157,25 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
 
         shutil.rmtree(out / "report")
     (out / "predictions").mkdir(parents=True, exist_ok=True)
+    metrics = {}
     for name, pred in preds.items():
         r = rows["train"] if name == "train_oof" else rows[name]
         metrics[name] = compute_metrics(data.labels[r], pred["prob"], confidence(pred))
         np.savez(out / "predictions" / f"{name}.npz", ids=data.ids[r].astype("U64"), labels=data.labels[r],
                  **{k: v for k, v in pred.items()})
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, out / "model.safetensors")
+    save_file({k: np.ascontiguousarray(v) for k, v in fitted.state.items()}, str(out / "model.safetensors"))
     splits.save(out / "splits.json")
-    config = {"head": dataclasses.asdict(head), "train": dataclasses.asdict(train),
+    torch = sys.modules.get("torch")
+    config = {"head": dataclasses.asdict(fitted.head), "train": dataclasses.asdict(fitted.train),
               "cache": {"path": str(Path(features).resolve()) if features else str(data.path),
                         "fingerprint": data.fingerprint, "n_views": int(data.X.shape[1]),
                         "dim": int(data.X.shape[2]), "view_names": data.view_names},
               "splits": {"digest": splits.digest, "seed": splits.seed, "ratios": list(splits.ratios),
                          "grouped": splits.grouped, "sizes": {k: len(v) for k, v in splits.ids.items()}},
-              "oof_folds": oof_folds, "history": history, "torch": torch.__version__}
+              "oof_folds": oof_folds, "history": fitted.history, "numpy": np.__version__,
+              "torch": torch.__version__ if torch is not None else None}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=float))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return RunResult(out, metrics, history, time.perf_counter() - t0)
 
 
 def load_predictions(run: str | Path, split: str) -> dict[str, np.ndarray]:
