@@ -317,12 +317,16 @@ def _head_options(fn):
                      help="auto: full-batch L-BFGS (numpy) for linear heads on global/mean/max/topk, AdamW otherwise."),
         click.option("--l2", default="1e-4,1e-3,1e-2,1e-1,1", show_default=True,
                      help="L-BFGS: L2 penalties tried together; the best on val_select is kept."),
-        click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate."),
+        click.option("--lr", type=float, default=None, help="AdamW learning rate [default: 1e-2 for linear heads, "
+                     "1e-3 for mlp]."),
         click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay."),
         click.option("--batch-size", default=256, show_default=True, help="AdamW batch; 0 = full batch."),
         click.option("--max-epochs", default=100, show_default=True, help="AdamW epochs."),
-        click.option("--patience", default=8, show_default=True,
-                     help="Epochs (AdamW) or iterations (L-BFGS) without improvement on val_select."),
+        click.option("--patience", type=int, default=None,
+                     help="Epochs (AdamW) or iterations (L-BFGS) without improvement on val_select "
+                          "[default: 3 epochs, 8 iterations]."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                     help="AdamW training forward; auto = bf16 autocast where the CPU/GPU multiplies bf16 natively."),
         click.option("--threads", default=0, show_default=True,
                      help="CPU threads (torch and BLAS); 0 = every available core, divided by --jobs."),
         click.option("--stop-metric", type=click.Choice(["nll", "mcc"]), default="nll", show_default=True,
@@ -347,7 +351,7 @@ def _configs(head, agg, policy, seed, o):
     tc = TrainConfig(optimizer=o["optimizer"], l2=_floats(o["l2"], "--l2"), lr=o["lr"],
                      weight_decay=o["weight_decay"], batch_size=o["batch_size"], max_epochs=o["max_epochs"],
                      patience=o["patience"], stop_metric=o["stop_metric"], class_weights=o["class_weights"], seed=seed,
-                     device=o["device"], threads=o["threads"])
+                     device=o["device"], threads=o["threads"], precision=o["precision"])
     tc.engine(hc)  # an optimizer that cannot fit this head fails before any data is read
     return hc, tc
 

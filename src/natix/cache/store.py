@@ -178,21 +178,47 @@ class FeatureCache:
             raise CacheError(f"feature cache '{self.path}' is closed: open it again with open_cache()")
         ds = self._file["features"]
         if rows is None:
-            out = np.empty(ds.shape, dtype=ds.dtype)
+            rows = slice(None)
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(ds.shape[0])
+            if step != 1:
+                rows = np.arange(start, stop, step)
+        if isinstance(rows, slice):
+            out = np.empty((max(stop - start, 0),) + ds.shape[1:], dtype=ds.dtype)
             if out.size:
-                ds.read_direct(out)
-        elif isinstance(rows, slice):
-            out = ds[rows]
+                ds.read_direct(out, source_sel=np.s_[start:stop])
         else:
-            # h5py wants strictly increasing indices: read each row once, then fan out
-            unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-            out = ds[unique][inverse] if len(unique) else np.empty((0,) + ds.shape[1:], dtype=ds.dtype)
+            out = _read_rows(ds, np.asarray(rows, dtype=np.int64))
         return out if dtype is None or out.dtype == dtype else out.astype(dtype)
 
     def pixel_boxes(self, row: int) -> np.ndarray:
         """Integer-free boxes ``[V, 4]`` of image `row` in its source pixels."""
         h, w = self.sizes[row]
         return np.array([v.box for v in self.views]) * np.array([w, h, w, h], dtype=np.float64)
+
+
+def _read_rows(ds, rows: np.ndarray, block: int = 4096) -> np.ndarray:
+    """``ds[rows]`` for any row order and repeats, reading each touched block of rows once.
+
+    Straight into the result: no fancy-indexed HDF5 selection (slow) and no second full copy.
+    """
+    out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
+    if not len(rows):
+        return out
+    if rows.min() < 0 or rows.max() >= ds.shape[0]:
+        raise IndexError(f"row index out of range for {ds.shape[0]} rows")
+    if np.all(np.diff(rows) == 1):  # one contiguous run: read it directly
+        ds.read_direct(out, source_sel=np.s_[rows[0]:rows[-1] + 1])
+        return out
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    bounds = np.searchsorted(sorted_rows, np.arange(0, ds.shape[0] + block, block))
+    for b in np.flatnonzero(np.diff(bounds)):
+        lo, hi = bounds[b], bounds[b + 1]
+        first, last = sorted_rows[lo], sorted_rows[hi - 1]
+        chunk = ds[first:last + 1]
+        out[order[lo:hi]] = chunk[sorted_rows[lo:hi] - first]
+    return out
 
 
 def _strings(values) -> np.ndarray:

@@ -31,6 +31,7 @@ STOP_METRICS = ("nll", "mcc")
 OPTIMIZERS = ("auto", "lbfgs", "adamw")
 VIEW_LINEAR_AGGS = ("global", "mean", "max", "topk")
 DEFAULT_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _known(name: str, builtin: tuple[str, ...], registry) -> bool:
@@ -127,17 +128,18 @@ class TrainConfig:
     optimizer: str = "auto"  # auto: lbfgs for view-linear heads, adamw otherwise
     l2: tuple[float, ...] = DEFAULT_L2  # lbfgs: L2 penalties tried, the best on val_select kept
     max_iter: int = 300  # lbfgs iterations
-    lr: float = 1e-3  # adamw
+    lr: float | None = None  # adamw; None: 1e-2 for linear heads, 1e-3 for the others
     weight_decay: float = 1e-4  # adamw
     batch_size: int = 256  # adamw; 0 = full batch
     max_epochs: int = 100  # adamw
-    patience: int = 8  # epochs (adamw) or iterations (lbfgs) without improvement on val_select
+    patience: int | None = None  # without improvement on val_select; None: 3 epochs (adamw), 8 iterations (lbfgs)
     eval_every: int = 2  # lbfgs: iterations between checks on val_select
     stop_metric: str = "nll"
     class_weights: bool = False  # weight the classes to equal total weight
     seed: int = 0  # initialisation (and, for adamw, batch order)
     device: str = "cpu"
     threads: int = 0  # torch/BLAS threads; 0 = every core this process may use
+    precision: str = "auto"  # adamw training forward: bf16 autocast where matmuls are native bf16, else fp32
 
     def __post_init__(self):
         if self.stop_metric not in STOP_METRICS:
@@ -153,15 +155,19 @@ class TrainConfig:
                 raise ConfigError(f"unknown device '{self.device}': pass cpu or cuda[:N]") from None
             if dev.type == "cuda" and not torch.cuda.is_available():
                 raise ConfigError(f"--device {self.device} was asked for but no CUDA GPU is visible: pass --device cpu")
-        if self.batch_size < 0 or self.max_epochs < 1 or self.lr <= 0 or self.max_iter < 1 or self.eval_every < 1:
-            raise ConfigError("batch size must be >= 0, max epochs, max iter and eval every >= 1, and lr > 0")
-        if self.patience < 1 or self.weight_decay < 0:
+        if self.batch_size < 0 or self.max_epochs < 1 or self.max_iter < 1 or self.eval_every < 1:
+            raise ConfigError("batch size must be >= 0, and max epochs, max iter and eval every >= 1")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if (self.patience is not None and self.patience < 1) or self.weight_decay < 0:
             raise ConfigError(f"patience must be >= 1 and weight decay >= 0, got patience={self.patience}, "
                               f"weight_decay={self.weight_decay}")
         l2 = tuple(float(v) for v in self.l2)
         if not l2 or any(not np.isfinite(v) or v < 0 for v in l2):
             raise ConfigError(f"l2 must be one or more finite values >= 0, got {self.l2}")
         object.__setattr__(self, "l2", l2)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision '{self.precision}': pass one of {', '.join(PRECISIONS)}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0 = all cores), got {self.threads}")
 
@@ -174,6 +180,47 @@ class TrainConfig:
         if self.optimizer == "auto":
             return "lbfgs" if head.view_linear else "adamw"
         return self.optimizer
+
+
+    def adamw_lr(self, head: HeadConfig) -> float:
+        """The AdamW learning rate: `lr`, or by head (a linear head needs larger steps to move in few epochs)."""
+        if self.lr is not None:
+            return self.lr
+        return 1e-2 if head.head == "linear" else 1e-3
+
+    def patience_for(self, engine: str) -> int:
+        """Epochs (adamw) or iterations (lbfgs) without improvement before a member stops."""
+        if self.patience is not None:
+            return self.patience
+        return 8 if engine == "lbfgs" else 3
+
+    def autocast_dtype(self):
+        """The torch dtype the AdamW engine trains under (None: fp32). Predictions are always fp32."""
+        import torch
+
+        if self.precision == "fp32":
+            return None
+        if self.precision == "bf16":
+            return torch.bfloat16
+        if torch.device(self.device).type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX), per /proc/cpuinfo.
+
+    Elsewhere bf16 matmuls are emulated and slower than fp32, so "auto" stays at fp32.
+    """
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def available_cores() -> int:

@@ -63,7 +63,7 @@ def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
     for i, m in enumerate(members):
         if not convex:  # break the symmetry between views; the seed decides where
             x0[i, :d] = np.random.default_rng(m.seed).normal(0.0, 0.01, d)
-    stopper = _EarlyStopping(val, x0, train.patience)
+    stopper = _EarlyStopping(val, x0, train.patience_for("lbfgs"))
     res = minimize_lbfgs(objective, x0, max_iter=train.max_iter, callback=stopper, callback_every=train.eval_every)
     stopper.final(res.x)
     out = []

@@ -206,14 +206,18 @@ class ViewModel(nn.Module):
         self.mu.copy_(torch.as_tensor(mu, dtype=self.mu.dtype))
         self.sigma.copy_(torch.as_tensor(sigma, dtype=self.sigma.dtype).clamp_min(1e-6))
 
-    def forward(self, x, mask=None, *, standardised: bool = False):
-        """`standardised`: `x` was already standardised with ``mu``/``sigma`` (training copies)."""
+    def forward(self, x, mask=None, *, standardised: bool = False, view_logits: bool | None = None):
+        """`standardised`: `x` was already standardised with ``mu``/``sigma`` (training copies).
+
+        `view_logits`: compute per-view logits (an output for inspection; default: when not
+        training). Pooling aggregators skip the per-view head without them.
+        """
         if not standardised:
             x = (x - self.mu) / self.sigma
         if self.view_embed is not None:
             x = x + self.view_embed[: x.shape[1]]
-        # Per-view logits are an output for inspection; pooling aggregators skip them in training.
-        logit, view_logits, pooled, attention = self.agg(x, self.head, mask, view_logits=not self.training)
+        want = not self.training if view_logits is None else view_logits
+        logit, view_logits, pooled, attention = self.agg(x, self.head, mask, view_logits=want)
         out = {"logit": logit, "view_logits": view_logits, "attention": attention}
         if self.policy == "gate":
             out["gate"] = torch.sigmoid(self.selector(pooled).squeeze(-1))

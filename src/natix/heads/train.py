@@ -53,16 +53,17 @@ def _stop_score(prob: np.ndarray, y: np.ndarray, metric: str) -> float:
 
 @torch.inference_mode()
 def predict(model: ViewModel, X: np.ndarray, *, batch: int = 2048, device: str = "cpu",
-            standardised: bool = False) -> dict[str, np.ndarray]:
+            standardised: bool = False, view_logits: bool = True) -> dict[str, np.ndarray]:
     """Run `model` over ``X [N, V, D]``; returns numpy arrays (logit, prob, view_logits, ...).
 
     `standardised`: ``X`` is already standardised with the model's statistics (training copies).
+    `view_logits=False` skips the per-view head where the aggregator does not need it (scoring).
     """
     model.eval()
     parts: dict[str, list] = {}
     for i in range(0, X.shape[0], batch):
         xb = torch.from_numpy(np.ascontiguousarray(X[i:i + batch])).to(device=device, dtype=torch.float32)
-        out = model(xb, standardised=standardised)
+        out = model(xb, standardised=standardised, view_logits=view_logits)
         for k, v in out.items():
             if v is not None:
                 parts.setdefault(k, []).append(v.float().cpu().numpy())
@@ -88,7 +89,7 @@ class _Member:
         torch.manual_seed(seed)
         self.seed = seed
         self.model = head.build(d, v).to(train.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=train.adamw_lr(head), weight_decay=train.weight_decay)
         self.rng = torch.get_rng_state()
         self.best, self.best_state, self.best_epoch, self.bad = np.inf, None, 0, 0
         self.active = True
@@ -122,6 +123,7 @@ def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
     v_fit = X_t.shape[1]
     members = [_Member(head, train, s, d, v) for s in seeds]
     order_gen = torch.Generator().manual_seed(train.seed)
+    amp = train.autocast_dtype()
     bs = n if train.batch_size == 0 else min(train.batch_size, n)
     for epoch in range(train.max_epochs):
         live = [m for m in members if m.active]
@@ -142,15 +144,18 @@ def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
                     mask = torch.rand(len(idx), v_fit) >= head.view_dropout
                     mask[:, 0] = True
                     mask = mask.to(train.device)
-                loss = _loss(m.model(xb, mask, standardised=True), yb, wb, head)
+                with torch.autocast(device_type=torch.device(train.device).type, dtype=amp or torch.float32,
+                                    enabled=amp is not None):
+                    out = m.model(xb, mask, standardised=True)
+                loss = _loss({k: (t.float() if t is not None else None) for k, t in out.items()}, yb, wb, head)
                 m.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 m.opt.step()
                 m.rng = torch.get_rng_state()
                 m.total += loss.item() * len(idx)
         for m in live:
-            prob = predict(m.model, X_val_fit, device=train.device, standardised=True)["prob"]
-            _record(m, epoch, _stop_score(prob, y_val, train.stop_metric), m.total / n, train.patience)
+            prob = predict(m.model, X_val_fit, device=train.device, standardised=True, view_logits=False)["prob"]
+            _record(m, epoch, _stop_score(prob, y_val, train.stop_metric), m.total / n, train.patience_for("adamw"))
     out = []
     for m in members:
         if m.best_state is not None:
@@ -158,6 +163,7 @@ def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
         m.model.set_standardisation(mu, sigma)
         state = {k: t.detach().cpu().numpy().copy() for k, t in m.model.state_dict().items()}
         history = dict(m.history, engine="adamw", seed=m.seed, best_epoch=m.best_epoch,
+                       precision="bf16" if amp is not None else "fp32",
                        epochs=len(m.history["val_score"]), best_val_score=m.best, members=len(members))
         out.append(FittedHead(head, train, state, history))
     return out
