@@ -324,7 +324,7 @@ def _head_options(fn):
         click.option("--max-epochs", default=100, show_default=True, help="AdamW epochs."),
         click.option("--patience", type=int, default=None,
                      help="Epochs (AdamW) or iterations (L-BFGS) without improvement on val_select "
-                          "[default: 3 epochs, 8 iterations]."),
+                          "[default: 2 epochs, 8 iterations]."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
                      help="AdamW training forward; auto = bf16 autocast where the CPU/GPU multiplies bf16 natively."),
         click.option("--threads", default=0, show_default=True,

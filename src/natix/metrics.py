@@ -892,8 +892,11 @@ def _auroc_w(y, s, w):
     order = np.argsort(s, kind="mergesort")
     ss, ys, ws = s[order], y[order], w[:, order]
     starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
-    pos = np.add.reduceat(ws * ys, starts, axis=1)  # [k, tie groups]
-    neg = np.add.reduceat(ws * (1.0 - ys), starts, axis=1)
+    pos = ws * ys
+    neg = ws - pos
+    if len(starts) < len(ss):  # merge tied scores into groups [k, tie groups]
+        pos = np.add.reduceat(pos, starts, axis=1)
+        neg = np.add.reduceat(neg, starts, axis=1)
     u = np.sum(pos * (np.cumsum(neg, axis=1) - 0.5 * neg), axis=1)  # ties count 1/2
     n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
     defined = (n_pos > 0) & (n_neg > 0)

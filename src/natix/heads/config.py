@@ -132,7 +132,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # adamw
     batch_size: int = 256  # adamw; 0 = full batch
     max_epochs: int = 100  # adamw
-    patience: int | None = None  # without improvement on val_select; None: 3 epochs (adamw), 8 iterations (lbfgs)
+    patience: int | None = None  # without improvement on val_select; None: 2 epochs (adamw), 8 iterations (lbfgs)
     eval_every: int = 2  # lbfgs: iterations between checks on val_select
     stop_metric: str = "nll"
     class_weights: bool = False  # weight the classes to equal total weight
@@ -192,7 +192,7 @@ class TrainConfig:
         """Epochs (adamw) or iterations (lbfgs) without improvement before a member stops."""
         if self.patience is not None:
             return self.patience
-        return 8 if engine == "lbfgs" else 3
+        return 8 if engine == "lbfgs" else 2
 
     def autocast_dtype(self):
         """The torch dtype the AdamW engine trains under (None: fp32). Predictions are always fp32."""

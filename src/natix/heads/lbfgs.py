@@ -30,7 +30,7 @@ class LBFGSResult:
 
 
 def minimize_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], x0: np.ndarray, *,
-                   max_iter: int = 200, memory: int = 10, gtol: float = 1e-5, ftol: float = 1e-9,
+                   max_iter: int = 200, memory: int = 10, gtol: float = 1e-5, ftol: float = 1e-12,
                    max_backtracks: int = 20,
                    callback: Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None = None,
                    callback_every: int = 1) -> LBFGSResult:

@@ -57,12 +57,18 @@ def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
     fit_seeds = seeds[:1] if convex else seeds
     members = [_Member(g, s, lam) for g in range(groups.shape[1]) for s in fit_seeds for lam in train.l2]
     weights = _weights(y_train, groups, train.class_weights, members)
-    objective = _Objective(Z, y_train, weights, np.array([m.l2 for m in members]), agg, head.k)
+    # Each row group is standardised with its own rows' statistics, as if fitted alone. All
+    # members still share one standardised copy: with z = (x - mu) / sigma, the group's model
+    # w_g . (x - mu_g) / sigma_g + b_g is v . z + c with v = w_g sigma / sigma_g, and its penalty
+    # |w_g|^2 becomes sum_d (sigma_g / sigma)_d^2 v_d^2.
+    g_mu, g_sigma = _group_stats(Z, groups, mu, sigma)
+    scale = np.stack([g_sigma[m.group] / np.maximum(sigma, 1e-6) for m in members])  # [M, D]
+    objective = _Objective(Z, y_train, weights, np.array([m.l2 for m in members]), agg, head.k, scale**2)
     val = _ValScore(Zv, y_val, agg, head.k, train.stop_metric)
     x0 = np.zeros((len(members), d + 1))
     for i, m in enumerate(members):
         if not convex:  # break the symmetry between views; the seed decides where
-            x0[i, :d] = np.random.default_rng(m.seed).normal(0.0, 0.01, d)
+            x0[i, :d] = np.random.default_rng(m.seed).normal(0.0, 0.01, d) / scale[i]
     stopper = _EarlyStopping(val, x0, train.patience_for("lbfgs"))
     res = minimize_lbfgs(objective, x0, max_iter=train.max_iter, callback=stopper, callback_every=train.eval_every)
     stopper.final(res.x)
@@ -72,8 +78,10 @@ def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
             seed_fit = s if not convex else fit_seeds[0]
             idx = [i for i, m in enumerate(members) if m.group == g and m.seed == seed_fit]
             best = min(idx, key=lambda i: stopper.best_score[i])
-            w, b = stopper.best_x[best, :d], stopper.best_x[best, d]
-            state = {"mu": mu, "sigma": np.maximum(sigma, 1e-6),
+            # back to the group's own standardisation (see above)
+            w = stopper.best_x[best, :d] * scale[best]
+            b = stopper.best_x[best, d] - w @ ((mu - g_mu[g]) / g_sigma[g])
+            state = {"mu": g_mu[g], "sigma": g_sigma[g],
                      "head.fc.weight": w.astype(np.float32)[None, :], "head.fc.bias": np.array([b], np.float32)}
             history = {"engine": "lbfgs", "seed": int(s), "l2": members[best].l2,
                        "train_loss": [float(f[best]) for _, f, _ in stopper.trace],
@@ -130,6 +138,25 @@ def standardise_(X: np.ndarray, mu: np.ndarray, sigma: np.ndarray, block: int = 
         blk *= inv
 
 
+def _group_stats(Z: np.ndarray, groups: np.ndarray, mu: np.ndarray, sigma: np.ndarray, block: int = 4096):
+    """Per-group mean and std ``[G, D]`` (floored like the model's) of standardised ``Z``, in raw units."""
+    if groups.all():
+        return np.repeat(mu[None], groups.shape[1], 0), np.repeat(np.maximum(sigma, 1e-6)[None], groups.shape[1], 0)
+    n, v, d = Z.shape
+    g = groups.astype(np.float64)
+    s = np.zeros((g.shape[1], d))
+    ss = np.zeros((g.shape[1], d))
+    for i in range(0, n, block):
+        blk = Z[i:i + block].astype(np.float64)
+        s += g[i:i + block].T @ blk.sum(axis=1)
+        ss += g[i:i + block].T @ np.einsum("nvd,nvd->nd", blk, blk)
+    count = (g.sum(0) * v)[:, None]
+    m_z = s / count
+    sd_z = np.sqrt(np.maximum(ss / count - m_z**2, 0.0))
+    sig = np.maximum(sigma, 1e-6).astype(np.float64)
+    return (mu + m_z * sig).astype(np.float32), np.maximum(sd_z * sig, 1e-6).astype(np.float32)
+
+
 def _weights(y, groups, class_weights: bool, members) -> np.ndarray:
     """Row weights ``[N, M]`` of each member, each column summing to one."""
     base = np.ones(len(y))
@@ -168,11 +195,12 @@ def _spread(r: np.ndarray, shape, agg: str, idx) -> np.ndarray:
 class _Objective:
     """``f [M]``, ``g [M, D + 1]`` of every member in one pass over the features."""
 
-    def __init__(self, Z, y, weights, l2, agg, k):
+    def __init__(self, Z, y, weights, l2, agg, k, penalty_scale):
         self.n, self.v, self.d = Z.shape
         self.X = Z.reshape(-1, self.d)
         self.y = y.astype(np.float32)[:, None]
-        self.w, self.l2, self.agg, self.k = weights, l2, agg, k
+        self.w, self.agg, self.k = weights, agg, k
+        self.l2 = l2[:, None] * penalty_scale  # [M, D]: per-member, per-dimension L2
 
     def __call__(self, x: np.ndarray):
         d, m = self.d, x.shape[0]
@@ -182,12 +210,12 @@ class _Objective:
         logit = logit + x[:, d].astype(np.float32)
         terms = np.logaddexp(0.0, logit) - self.y * logit
         f = (np.einsum("nm,nm->m", self.w, terms, dtype=np.float64)
-             + 0.5 * self.l2 * np.einsum("md,md->m", x[:, :d], x[:, :d]))
+             + 0.5 * np.einsum("md,md,md->m", self.l2, x[:, :d], x[:, :d]))
         r = self.w * (_sigmoid(logit) - self.y)
         dZ = _spread(r, Zr.shape, self.agg, idx).reshape(-1, m) if self.v > 1 else r
         gW = self.X.T @ dZ
         g = np.empty_like(x)
-        g[:, :d] = gW.T + self.l2[:, None] * x[:, :d]
+        g[:, :d] = gW.T + self.l2 * x[:, :d]
         g[:, d] = r.sum(0, dtype=np.float64)
         return f, g
 
