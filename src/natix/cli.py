@@ -561,13 +561,15 @@ def report(run, out) -> None:
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--model", type=click.Choice(["xgboost", "mlp"]), default="xgboost", show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True,
+              help="CPU threads (torch, BLAS and XGBoost); 0 = every available core.")
 @click.option("--json", "as_json", is_flag=True)
 @_library_errors
-def fit_failure(run, model, seed, as_json) -> None:
+def fit_failure(run, model, seed, threads, as_json) -> None:
     """Train a failure predictor on a run's out-of-fold predictions; compare it on val_test."""
     from natix.cascade.failure import fit_failure_run
 
-    res = fit_failure_run(run, model=model, seed=seed)
+    res = fit_failure_run(run, model=model, seed=seed, threads=threads)
     if as_json:
         click.echo(json.dumps(res, indent=2))
         return
@@ -588,9 +590,11 @@ def fit_failure(run, model, seed, as_json) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the tuned runs "
               "[default: RUN-gatekeeper].")
 @click.option("--epochs", default=30, show_default=True)
+@click.option("--threads", default=0, show_default=True,
+              help="CPU threads (torch and BLAS); 0 = every available core.")
 @click.option("--json", "as_json", is_flag=True)
 @_library_errors
-def tune_gatekeeper(run, alphas, stage2, out, epochs, as_json) -> None:
+def tune_gatekeeper(run, alphas, stage2, out, epochs, threads, as_json) -> None:
     """Fine-tune a run's head with the Gatekeeper loss for each alpha; save each as a new run."""
     from natix.cascade.gatekeeper import tune_gatekeeper_grid
 
@@ -599,7 +603,7 @@ def tune_gatekeeper(run, alphas, stage2, out, epochs, as_json) -> None:
     except ValueError:
         raise click.BadParameter(f"'{alphas}' is not a comma-separated list of numbers", param_hint="--alpha") from None
     out = out or f"{str(run).rstrip('/')}-gatekeeper"
-    rows = tune_gatekeeper_grid(run, out, values, stage2=stage2, epochs=epochs)
+    rows = tune_gatekeeper_grid(run, out, values, stage2=stage2, epochs=epochs, threads=threads)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return

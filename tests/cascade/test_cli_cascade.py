@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+import xgboost
 from click.testing import CliRunner
 
 from natix.cache.synthetic import make_synthetic_cache
@@ -16,7 +17,7 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cli-cascade")
     cache = make_synthetic_cache(root / "cache", n=900, n_views=3, dim=16, strength=2.0, seed=1)
-    train = TrainConfig(lr=1e-2, batch_size=64, max_epochs=8)
+    train = TrainConfig(lr=1e-2, batch_size=64, max_epochs=8, threads=1)
     fit_run(cache, root / "stage1", head=HeadConfig(agg="mean"), train=train, oof_folds=2)
     fit_run(cache, root / "stage2", head=HeadConfig(agg="max"), train=train)
     yield root
@@ -25,12 +26,12 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("model", ["xgboost", "mlp"])
 def test_fit_failure_prints_the_comparison_and_stores_the_predictor(runs, model):
-    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--model", model])
+    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--model", model, "--threads", "1"])
     assert r.exit_code == 0, r.output
     assert "max probability" in r.output and f"failure predictor ({model})" in r.output and "AUROC_f" in r.output
     meta = json.loads((runs / "stage1" / "failure.json").read_text())
     assert meta["trained_on"] == "train_oof" and (runs / "stage1" / "failure.safetensors").is_file()
-    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--model", model, "--json"])
+    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--model", model, "--threads", "1", "--json"])
     res = json.loads(r.output)
     assert set(res["confidences"]) == {"max probability", f"failure predictor ({model})"}
 
@@ -42,6 +43,7 @@ def test_fit_failure_without_oof_predictions_is_a_one_line_error(runs):
 
 def test_tune_gatekeeper_writes_one_run_per_alpha(runs, tmp_path):
     r = CliRunner().invoke(cli, ["tune-gatekeeper", str(runs / "stage1"), "--alpha", "0.3,0.9", "--epochs", "3",
+                                 "--threads", "1",
                                  "--stage2", str(runs / "stage2"), "--out", str(tmp_path / "gk")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "gk" / "alpha-0.3" / "model.safetensors").is_file()
@@ -51,3 +53,44 @@ def test_tune_gatekeeper_writes_one_run_per_alpha(runs, tmp_path):
     for bad in (["--alpha", "x"], ["--alpha", "1.5"]):
         r = CliRunner().invoke(cli, ["tune-gatekeeper", str(runs / "stage1"), *bad, "--out", str(tmp_path / "b")])
         assert r.exit_code in (1, 2) and r.output.count("\n") == 1
+
+
+def test_fit_failure_threads_reach_xgboost(runs, monkeypatch):
+    # The default (every core) gives the same numbers: tests/cascade/test_failure.py compares them on
+    # smaller fits, since 200 trees on every core of a busy machine take seconds.
+    n_jobs, fit = [], xgboost.XGBClassifier.fit
+
+    def spy(self, *args, **kwargs):
+        n_jobs.append(self.get_params()["n_jobs"])
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(xgboost.XGBClassifier, "fit", spy)
+    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    assert n_jobs == [1]
+    assert json.loads((runs / "stage1" / "failure.json").read_text())["params"]["threads"] == 1
+    assert {p.name: p.default for p in cli.commands["fit-failure"].params}["threads"] == 0  # every core
+
+
+def test_tune_gatekeeper_threads_reach_torch_and_change_no_result(runs, tmp_path, threads_in_steps):
+    from natix.heads.config import available_cores
+
+    rows, seen = {}, {}
+    for name, extra in (("one", ["--threads", "1"]), ("default", [])):
+        threads_in_steps.clear()
+        r = CliRunner().invoke(cli, ["tune-gatekeeper", str(runs / "stage1"), "--alpha", "0.5", "--epochs", "2",
+                                     "--json", "--out", str(tmp_path / name), *extra])
+        assert r.exit_code == 0, r.output
+        rows[name], seen[name] = json.loads(r.output)[0], {torch_threads for torch_threads, _ in threads_in_steps}
+    assert seen == {"one": {1}, "default": {available_cores()}}
+    for key in ("accuracy", "auroc_f", "overlap"):
+        assert rows["one"][key] == pytest.approx(rows["default"][key], rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("command", ["fit-failure", "tune-gatekeeper"])
+def test_negative_threads_is_a_one_line_error(runs, tmp_path, command):
+    out = ["--out", str(tmp_path / "out")] if command == "tune-gatekeeper" else []
+    r = CliRunner().invoke(cli, [command, str(runs / "stage1"), "--threads", "-1", *out])
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert "threads must be an integer >= 0, got -1: pass 0 (every available core)" in r.output
+    assert not (tmp_path / "out").exists()  # refused before any work

@@ -17,6 +17,7 @@ from sklearn.exceptions import NotFittedError
 from natix import metrics as M
 from natix.cascade import (BASE_FEATURES, FailurePredictor, compare_confidences, failure_labels, load_run_split,
                            uncertainty_features, vilu_failure_weight)
+from natix.cascade.failure import fit_failure_run
 from natix.errors import ConfigError, DataError
 
 MODELS = ("mlp", "xgboost")
@@ -158,7 +159,7 @@ def task():
 @pytest.mark.parametrize("model", MODELS)
 def test_failure_predictor_beats_max_probability_where_views_disagree(task, model):
     (Xtr, etr, names), (Xca, eca, _), (Xte, ete, _) = task["train"], task["calib"], task["test"]
-    est = FailurePredictor(model=model).fit(Xtr, etr, X_calib=Xca, is_error_calib=eca)
+    est = FailurePredictor(model=model, threads=1).fit(Xtr, etr, X_calib=Xca, is_error_calib=eca)
     max_prob = Xte[:, names.index("max_prob")]
     res = compare_confidences(ete, {"max_prob": max_prob, "failure": 1 - est.failure_score(Xte)},
                               n_boot=200, reference="max_prob")
@@ -173,7 +174,7 @@ def test_failure_predictor_beats_max_probability_where_views_disagree(task, mode
 @pytest.mark.parametrize("model", MODELS)
 def test_estimator_contract(task, model):
     Xtr, etr, _ = task["train"]
-    est = FailurePredictor(model=model, hidden=16, epochs=30, n_estimators=20)
+    est = FailurePredictor(model=model, hidden=16, epochs=30, n_estimators=20, threads=1)
     assert est.fit(Xtr, etr) is est
     proba = est.predict_proba(Xtr[:50])
     assert proba.shape == (50, 2)
@@ -187,7 +188,7 @@ def test_estimator_contract(task, model):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_unfitted_raises_and_clone_gives_an_unfitted_copy(task, model):
-    est = FailurePredictor(model=model, hidden=8, epochs=5, n_estimators=5, seed=3)
+    est = FailurePredictor(model=model, hidden=8, epochs=5, n_estimators=5, seed=3, threads=1)
     with pytest.raises(NotFittedError):
         est.predict_proba(task["test"][0])
     with pytest.raises(NotFittedError):
@@ -208,7 +209,7 @@ def test_vilu_weight_value_and_its_effect():
     X = np.ones((len(e), 3))
     w = -math.log(0.2)
     for model in MODELS:
-        est = FailurePredictor(model=model).fit(X, e)
+        est = FailurePredictor(model=model, threads=1).fit(X, e)
         assert est.train_accuracy_ == pytest.approx(0.8)
         assert est.failure_weight_ == pytest.approx(w)
         np.testing.assert_allclose(est.failure_score(X[:3]), w * 0.2 / (w * 0.2 + 0.8), atol=2e-3)
@@ -216,8 +217,8 @@ def test_vilu_weight_value_and_its_effect():
 
 def test_platt_calibration_lowers_xgboost_nll_and_ece_on_held_out_rows(task):
     (Xtr, etr, _), (Xca, eca, _), (Xte, ete, _) = task["train"], task["calib"], task["test"]
-    raw = FailurePredictor(model="xgboost", max_depth=5, n_estimators=300).fit(Xtr, etr)
-    cal = FailurePredictor(model="xgboost", max_depth=5, n_estimators=300).fit(Xtr, etr, X_calib=Xca,
+    raw = FailurePredictor(model="xgboost", max_depth=5, n_estimators=300, threads=1).fit(Xtr, etr)
+    cal = FailurePredictor(model="xgboost", max_depth=5, n_estimators=300, threads=1).fit(Xtr, etr, X_calib=Xca,
                                                                               is_error_calib=eca)
     assert raw.calibrator_ is None and cal.calibrator_ is not None
     p_raw, p_cal = raw.failure_score(Xte), cal.failure_score(Xte)
@@ -236,7 +237,7 @@ def test_platt_calibration_lowers_xgboost_nll_and_ece_on_held_out_rows(task):
 def test_state_round_trip_is_exact_and_pickle_free(task, model, calibrated):
     (Xtr, etr, _), (Xca, eca, _), (Xte, _, _) = task["train"], task["calib"], task["test"]
     kwargs = {"X_calib": Xca, "is_error_calib": eca} if calibrated else {}
-    est = FailurePredictor(model=model, hidden=16, epochs=50, n_estimators=50).fit(Xtr, etr, **kwargs)
+    est = FailurePredictor(model=model, hidden=16, epochs=50, n_estimators=50, threads=1).fit(Xtr, etr, **kwargs)
     meta, tensors = est.to_state()
     assert all(isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for v in tensors.values())
     text = json.dumps(meta, allow_nan=False)  # strict JSON, no opaque objects
@@ -250,7 +251,7 @@ def test_state_round_trip_is_exact_and_pickle_free(task, model, calibrated):
 
 
 def test_damaged_state_is_refused(task):
-    est = FailurePredictor(model="mlp", hidden=8, epochs=5).fit(*task["train"][:2])
+    est = FailurePredictor(model="mlp", hidden=8, epochs=5, threads=1).fit(*task["train"][:2])
     meta, tensors = est.to_state()
     with pytest.raises(DataError, match="not a failure predictor state"):
         FailurePredictor.from_state({"format": "other"}, tensors)
@@ -268,6 +269,8 @@ GOOD_E = np.array([0, 1] * 10)
     ({"epochs": 2.5}, GOOD_X, GOOD_E, {}, ConfigError, "epochs must be a positive integer"),
     ({"lr": 0.0}, GOOD_X, GOOD_E, {}, ConfigError, "lr must be a finite number > 0"),
     ({"weight_decay": -1.0}, GOOD_X, GOOD_E, {}, ConfigError, "weight_decay must be"),
+    ({"threads": -1}, GOOD_X, GOOD_E, {}, ConfigError, r"threads must be an integer >= 0, got -1: pass 0 \(every"),
+    ({"threads": 1.5}, GOOD_X, GOOD_E, {}, ConfigError, "threads must be an integer >= 0, got 1.5"),
     ({}, GOOD_X[:, 0], GOOD_E, {}, DataError, r"X must have shape \(n, k\)"),
     ({}, np.where(np.eye(20, 3) > 0, np.nan, GOOD_X), GOOD_E, {}, DataError, "X contains NaN"),
     ({}, GOOD_X, GOOD_E[:-1], {}, DataError, r"is_error must have shape \(20,\)"),
@@ -286,9 +289,45 @@ def test_bad_fit_inputs_raise_one_line(params, X, e, kwargs, error, match):
 
 
 def test_predicting_with_other_features_raises():
-    est = FailurePredictor(model="xgboost", n_estimators=5).fit(GOOD_X, GOOD_E)
+    est = FailurePredictor(model="xgboost", n_estimators=5, threads=1).fit(GOOD_X, GOOD_E)
     with pytest.raises(DataError, match="X has 2 features but the predictor uses 3"):
         est.predict_proba(GOOD_X[:, :2])
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def _xgboost_threads(est: FailurePredictor) -> int:
+    """The thread count the fitted booster was configured with."""
+    return int(json.loads(est.booster_.save_config())["learner"]["generic_param"]["nthread"])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_threads_are_applied_during_the_fit_and_change_no_result(task, model, threads_in_steps):
+    import torch
+
+    from natix.heads.config import available_cores
+
+    (Xtr, etr, _), (Xca, eca, _), (Xte, _, _) = task["train"], task["calib"], task["test"]
+    before = torch.get_num_threads()
+    proba = {}
+    for threads in (1, 0):
+        threads_in_steps.clear()
+        est = FailurePredictor(model=model, hidden=16, epochs=10, n_estimators=5, threads=threads)
+        est.fit(Xtr[:400], etr[:400], X_calib=Xca[:200], is_error_calib=eca[:200])
+        want = threads or available_cores()
+        if model == "mlp":
+            assert threads_in_steps == [(want, want)] * 10
+        else:
+            assert _xgboost_threads(est) == want and threads_in_steps == []
+        proba[threads] = est.predict_proba(Xte)
+    assert torch.get_num_threads() == before  # the caller's setting is restored
+    np.testing.assert_allclose(proba[1], proba[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_threads_are_refused_before_the_run_is_read(tmp_path):
+    with pytest.raises(ConfigError, match="threads must be an integer >= 0, got -2"):
+        fit_failure_run(tmp_path / "no-such-run", threads=-2)
 
 
 # --------------------------------------------------------------------------- compare_confidences
@@ -337,7 +376,7 @@ def test_end_to_end_on_a_fitted_run(tmp_path):
     cache = make_synthetic_cache(tmp_path / "cache", n=600, n_views=3, dim=16)
     run = tmp_path / "run"
     fit_run(cache, run, head=HeadConfig(agg="attention"),
-            train=TrainConfig(lr=1e-2, batch_size=64, max_epochs=10), oof_folds=2)
+            train=TrainConfig(lr=1e-2, batch_size=64, max_epochs=10, threads=1), oof_folds=2)
     data = load_dataset(cache)
     row_of = {i: r for r, i in enumerate(data.ids.astype(str))}
 
@@ -361,7 +400,7 @@ def test_end_to_end_on_a_fitted_run(tmp_path):
     assert M.auroc_failure(ete, max_prob) == pytest.approx(stored, abs=1e-12)
 
     for model in MODELS:
-        est = FailurePredictor(model=model, epochs=100, n_estimators=50).fit(Xtr, etr, X_calib=Xca,
+        est = FailurePredictor(model=model, epochs=100, n_estimators=50, threads=1).fit(Xtr, etr, X_calib=Xca,
                                                                              is_error_calib=eca)
         score = est.failure_score(Xte)
         assert score.shape == (len(test["prob"]),) and np.isfinite(score).all()

@@ -19,8 +19,8 @@ from natix.heads.runs import confidence, evaluate_run, fit_run, load_predictions
 from natix.heads.splits import Splits
 from natix.heads.train import HeadConfig, TrainConfig, predict
 
-TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=20, patience=5)
-TUNE = {"lr": 1e-2, "batch_size": 64, "epochs": 10}
+TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=20, patience=5, threads=1)
+TUNE = {"lr": 1e-2, "batch_size": 64, "epochs": 10, "threads": 1}
 
 
 
@@ -299,7 +299,7 @@ def test_stage2_with_missing_ids_is_refused(runs, tmp_path):
 
 def test_grid_returns_one_row_per_alpha(runs):
     rows = tune_gatekeeper_grid(runs["base"], runs["root"] / "grid", [0.5, 1.0], stage2=runs["stage2"],
-                                epochs=2, lr=1e-2, batch_size=64)
+                                epochs=2, lr=1e-2, batch_size=64, threads=1)
     assert [r["alpha"] for r in rows] == [0.5, 1.0]
     for r in rows:
         assert set(r) == {"alpha", "accuracy", "auroc_f", "overlap", "s_d", "out"}
@@ -316,7 +316,7 @@ def test_moved_cache_is_named_and_can_be_overridden(runs, tmp_path):
     (moved / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataError, match="gone.h5.*features="):
         tune_gatekeeper(moved, tmp_path / "out", alpha=0.5, **TUNE)
-    res = tune_gatekeeper(moved, tmp_path / "out", alpha=0.5, features=runs["cache"], epochs=1)
+    res = tune_gatekeeper(moved, tmp_path / "out", alpha=0.5, features=runs["cache"], epochs=1, threads=1)
     assert read_config(res.out)["cache"]["path"] == str(runs["cache"].resolve())
 
 
@@ -331,10 +331,35 @@ def test_alpha_outside_the_unit_interval_is_refused(runs, tmp_path, alpha):
     ({"recalibrate": "beta"}, "unknown recalibration"),
     ({"epochs": 0}, "epochs and patience"),
     ({"device": "tpu:x"}, "unknown device"),
+    ({"threads": -1}, r"threads must be an integer >= 0, got -1: pass 0 \(every available core\)"),
+    ({"threads": 2.0}, "threads must be an integer >= 0, got 2.0"),
 ])
 def test_bad_options_are_refused(option, match):
     with pytest.raises(ConfigError, match=match):
         GatekeeperConfig(alpha=0.5, **option)
+
+
+def test_threads_are_applied_during_tuning_and_change_no_result(runs, tmp_path, threads_in_steps):
+    from natix.heads.config import available_cores
+
+    before = torch.get_num_threads()
+    pred = {}
+    for threads in (1, 0):
+        threads_in_steps.clear()
+        res = tune_gatekeeper(runs["base"], tmp_path / f"threads-{threads}", alpha=0.5, lr=1e-2, batch_size=128,
+                              epochs=2, threads=threads)
+        want = threads or available_cores()
+        assert threads_in_steps and set(threads_in_steps) == {(want, want)}
+        assert read_config(res.out)["gatekeeper"]["threads"] == threads
+        pred[threads] = load_predictions(res.out, "val_test")
+    assert torch.get_num_threads() == before  # the caller's setting is restored
+    np.testing.assert_allclose(pred[1]["raw_prob"], pred[0]["raw_prob"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred[1]["prob"], pred[0]["prob"], rtol=1e-5, atol=1e-6)
+
+
+def test_grid_refuses_bad_threads_before_reading_the_run(tmp_path):
+    with pytest.raises(ConfigError, match="threads must be an integer >= 0, got -1"):
+        tune_gatekeeper_grid(tmp_path / "no-such-run", tmp_path / "out", [0.5], threads=-1)
 
 
 def test_missing_run_and_bad_targets_are_refused(runs, tmp_path):

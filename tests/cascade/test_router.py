@@ -34,7 +34,7 @@ from natix.errors import ConfigError, DataError
 from natix.heads.runs import fit_run
 from natix.heads.train import HeadConfig, TrainConfig
 
-TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=10)
+TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=10, threads=1)
 
 
 

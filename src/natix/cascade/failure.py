@@ -80,6 +80,9 @@ class FailurePredictor(BaseEstimator):
         XGBoost shrinkage.
     seed : int, default=0
         Seeds the MLP's initialisation and XGBoost's ``random_state``.
+    threads : int, default=0
+        CPU threads of the fit (torch and BLAS for the MLP, ``n_jobs`` for XGBoost); 0 = every
+        core this process may use. Changes speed only.
 
     Attributes
     ----------
@@ -99,7 +102,7 @@ class FailurePredictor(BaseEstimator):
 
     def __init__(self, *, model: str = "mlp", hidden: int = 64, epochs: int = 200, lr: float = 1e-2,
                  weight_decay: float = 1e-4, n_estimators: int = 200, max_depth: int = 3,
-                 learning_rate: float = 0.1, seed: int = 0):
+                 learning_rate: float = 0.1, seed: int = 0, threads: int = 0):
         self.model = model
         self.hidden = hidden
         self.epochs = epochs
@@ -109,6 +112,7 @@ class FailurePredictor(BaseEstimator):
         self.max_depth = max_depth
         self.learning_rate = learning_rate
         self.seed = seed
+        self.threads = threads
 
     # ---------------------------------------------------------------------------------------
     # fit / predict
@@ -133,6 +137,8 @@ class FailurePredictor(BaseEstimator):
         -------
         self
         """
+        from natix.heads.config import limit_threads
+
         self._check_params()
         X = _features(X, "X")
         e = _errors(is_error, len(X), "is_error")
@@ -149,12 +155,15 @@ class FailurePredictor(BaseEstimator):
         weights = np.where(e == 1, self.failure_weight_, 1.0)
         self.mean_ = self.scale_ = self.mlp_ = self.booster_ = None
         if self.model == "mlp":
-            self._fit_mlp(X, e, weights)
-        else:
-            self._fit_xgboost(X, e, weights)
-        self.calibrator_ = None
-        if X_calib is not None:
-            self.calibrator_ = PlattScaling().fit(self._raw_score(Xc), ec)
+            import torch  # noqa: F401 -- limit_threads caps torch only once it is loaded
+        with limit_threads(int(self.threads)) as n_threads:
+            if self.model == "mlp":
+                self._fit_mlp(X, e, weights)
+            else:
+                self._fit_xgboost(X, e, weights, n_threads)
+            self.calibrator_ = None
+            if X_calib is not None:
+                self.calibrator_ = PlattScaling().fit(self._raw_score(Xc), ec)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -275,6 +284,9 @@ class FailurePredictor(BaseEstimator):
                 raise ConfigError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, (int, np.integer)) or self.threads < 0:
+            raise ConfigError(f"threads must be an integer >= 0, got {self.threads!r}: pass 0 (every available "
+                              "core) or a thread count")
 
     def _fit_mlp(self, X: np.ndarray, e: np.ndarray, weights: np.ndarray) -> None:
         """Full-batch AdamW on the weighted BCE, standardised inputs, CPU."""
@@ -304,13 +316,15 @@ class FailurePredictor(BaseEstimator):
         mlp.eval()
         self.mlp_ = mlp
 
-    def _fit_xgboost(self, X: np.ndarray, e: np.ndarray, weights: np.ndarray) -> None:
+    def _fit_xgboost(self, X: np.ndarray, e: np.ndarray, weights: np.ndarray, n_threads: int) -> None:
         """XGBoost with the ViLU weights as sample weights; only the booster is kept."""
         import xgboost
 
+        # n_jobs explicitly: XGBoost's own default takes every core regardless of the machine's load.
         clf = xgboost.XGBClassifier(n_estimators=int(self.n_estimators), max_depth=int(self.max_depth),
                                     learning_rate=float(self.learning_rate), random_state=int(self.seed),
-                                    objective="binary:logistic", tree_method="hist", eval_metric="logloss")
+                                    objective="binary:logistic", tree_method="hist", eval_metric="logloss",
+                                    n_jobs=int(n_threads))
         clf.fit(X, e, sample_weight=weights)
         self.booster_ = clf.get_booster()
 
@@ -431,27 +445,38 @@ def compare_confidences(y_err, scores: Mapping[str, np.ndarray], *, n_boot: int 
     return out
 
 
-def fit_failure_run(run, *, model: str = "xgboost", n_boot: int = 1000, seed: int = 0, **params) -> dict:
+def fit_failure_run(run, *, model: str = "xgboost", n_boot: int = 1000, seed: int = 0, threads: int = 0,
+                    **params) -> dict:
     """Train a failure predictor for a run and store it there (failure.json + failure.safetensors).
 
     Training rows are the run's out-of-fold train predictions (never a head's predictions on its
     own training rows); `val_calib` calibrates P(error); `val_test` scores max-probability, the
-    gate (if any) and the predictor side by side. Returns the comparison dict.
+    gate (if any) and the predictor side by side. `threads` caps the torch, BLAS and XGBoost
+    threads of the whole call (0 = every available core). Returns the comparison dict.
     """
-    import json
     from pathlib import Path
+
+    from natix.heads.config import limit_threads
+
+    predictor = FailurePredictor(model=model, seed=seed, threads=threads, **params)
+    predictor._check_params()  # bad options fail before the run is read
+    with limit_threads(int(threads)):
+        return _fit_and_compare(Path(run), predictor, n_boot)
+
+
+def _fit_and_compare(run, predictor: FailurePredictor, n_boot: int) -> dict:
+    """The steps of :func:`fit_failure_run`."""
+    import json
 
     from safetensors.numpy import save_file
 
     from natix.cascade.features import failure_labels, load_run_split, uncertainty_features
 
-    run = Path(run)
     oof, cal, test = (load_run_split(run, s) for s in ("train_oof", "val_calib", "val_test"))
     X_tr, names = uncertainty_features(oof)
     X_cal, _ = uncertainty_features(cal)
     X_te, _ = uncertainty_features(test)
-    predictor = FailurePredictor(model=model, seed=seed, **params).fit(
-        X_tr, failure_labels(oof), X_calib=X_cal, is_error_calib=failure_labels(cal))
+    predictor.fit(X_tr, failure_labels(oof), X_calib=X_cal, is_error_calib=failure_labels(cal))
     meta, tensors = predictor.to_state()
     meta = {**meta, "features": names, "trained_on": "train_oof", "calibrated_on": "val_calib"}
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(run / "failure.safetensors"))
@@ -460,5 +485,6 @@ def fit_failure_run(run, *, model: str = "xgboost", n_boot: int = 1000, seed: in
     scores = {"max probability": np.maximum(p, 1 - p)}
     if "gate" in test:
         scores["gate score"] = test["gate"].astype(np.float64)
-    scores[f"failure predictor ({model})"] = 1.0 - predictor.failure_score(X_te)
-    return compare_confidences(failure_labels(test), scores, n_boot=n_boot, seed=seed, reference="max probability")
+    scores[f"failure predictor ({predictor.model})"] = 1.0 - predictor.failure_score(X_te)
+    return compare_confidences(failure_labels(test), scores, n_boot=n_boot, seed=int(predictor.seed),
+                               reference="max probability")

@@ -221,6 +221,7 @@ class GatekeeperConfig:
     recalibrate: str = "platt"  # on val_calib; "temperature" cannot undo a moved decision boundary
     seed: int = 0
     device: str = "cpu"
+    threads: int = 0  # torch/BLAS threads (speed only); 0 = every core this process may use
 
     def __post_init__(self):
         object.__setattr__(self, "alpha", _check_alpha(self.alpha))
@@ -241,6 +242,9 @@ class GatekeeperConfig:
         if not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"lr must be > 0 and weight decay >= 0, got lr={self.lr}, "
                               f"weight_decay={self.weight_decay}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, (int, np.integer)) or self.threads < 0:
+            raise ConfigError(f"threads must be an integer >= 0, got {self.threads!r}: pass 0 (every available "
+                              "core) or a thread count")
 
 
 @dataclass(frozen=True)
@@ -256,7 +260,8 @@ class GatekeeperResult:
 
 def tune_gatekeeper(run, out, *, alpha: float, epochs: int = 30, lr: float = 1e-3, batch_size: int = 256,
                     patience: int = 5, stop_metric: str = "augrc", recalibrate: str = "platt", seed: int = 0,
-                    device: str = "cpu", features=None, stage2=None, data=None) -> GatekeeperResult:
+                    device: str = "cpu", threads: int = 0, features=None, stage2=None,
+                    data=None) -> GatekeeperResult:
     """Fine-tune a run with the Gatekeeper loss and write the tuned run to `out`.
 
     The run's model (head, aggregator, view embedding; the standardisation stays fixed) is tuned
@@ -268,21 +273,27 @@ def tune_gatekeeper(run, out, *, alpha: float, epochs: int = 30, lr: float = 1e-
     recalibrated on ``val_calib`` (see the module docstring), every split is predicted and the run
     directory is written. `features` overrides the cache path stored in the run (a moved cache);
     `stage2` is a run directory whose ``val_test`` predictions give stage-2 correctness for s_d;
-    `data` is a preloaded :class:`natix.heads.runs.Dataset` of the same cache.
+    `data` is a preloaded :class:`natix.heads.runs.Dataset` of the same cache. `threads` caps the
+    torch and BLAS threads of the tuning and the predictions (0 = every available core); callers
+    running J tunings at once pass ``cores // J``.
     """
+    from natix.heads.config import limit_threads
+
     cfg = GatekeeperConfig(alpha=alpha, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
-                           stop_metric=stop_metric, recalibrate=recalibrate, seed=seed, device=device)
+                           stop_metric=stop_metric, recalibrate=recalibrate, seed=seed, device=device,
+                           threads=threads)
     base = _read_run(run)
     data = data if data is not None else _load_data(run, base, features)
-    return _tune(Path(run), Path(out), cfg, base, data, stage2)
+    with limit_threads(cfg.threads):
+        return _tune(Path(run), Path(out), cfg, base, data, stage2)
 
 
 def tune_gatekeeper_grid(run, out_root, alphas, stage2=None, **options) -> list[dict]:
     """Tune one run per α into ``out_root/alpha-<α>``; a row per α for a table.
 
     Rows: ``alpha, accuracy, auroc_f, overlap, s_d`` (val_test, recalibrated; s_d None without
-    `stage2`) and ``out``. `options` go to :func:`tune_gatekeeper` (epochs, lr, features, ...).
-    The cache is read once.
+    `stage2`) and ``out``. `options` go to :func:`tune_gatekeeper` (epochs, lr, threads, features,
+    ...). The cache is read once, after the options are checked.
     """
     alphas = [_check_alpha(a) for a in alphas]
     if not alphas:
@@ -290,6 +301,7 @@ def tune_gatekeeper_grid(run, out_root, alphas, stage2=None, **options) -> list[
     if len(set(alphas)) != len(alphas):
         raise ConfigError(f"alphas repeat: {alphas}: pass each alpha once")
     features = options.pop("features", None)
+    GatekeeperConfig(alpha=alphas[0], **options)  # a bad option fails before the cache is read
     base = _read_run(run)
     data = _load_data(run, base, features)
     rows = []
