@@ -271,7 +271,8 @@ class FittedHead:
         if self.head.view_linear:
             from natix.heads.linear import predict_view_linear
 
-            return predict_view_linear(self.state, X, agg=self.head.agg, k=self.head.k)
+            return predict_view_linear(self.state, X, agg=self.head.agg, k=self.head.k,
+                                       threads=self.train.threads or available_cores())
         from natix.heads.train import predict
 
         return predict(self.module(X.shape[1]), X, device=self.train.device)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from natix.heads.config import FittedHead, HeadConfig, TrainConfig, limit_threads
+from natix.heads.config import FittedHead, HeadConfig, TrainConfig, available_cores, limit_threads
 from natix.heads.lbfgs import minimize_lbfgs
 
 
@@ -47,10 +47,11 @@ def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
     groups = np.ones((n, 1), dtype=bool) if row_groups is None else np.asarray(row_groups, dtype=bool)
     # Inputs: pooled rows for global / mean (standardised with their own statistics: the same
     # model, since (mean_v x_v - mu) / sigma = mean_v (x_v - mu) / sigma), every view otherwise.
-    Z = pool_views(X_train, head.agg) if head.pooled else to_float32(X_train)
+    threads = train.threads or available_cores()
+    Z = pool_views(X_train, head.agg, threads) if head.pooled else to_float32(X_train, threads)
     mu, sigma = feature_stats(Z)
     standardise_(Z, mu, sigma)
-    Zv = pool_views(X_val, head.agg) if head.pooled else to_float32(X_val)
+    Zv = pool_views(X_val, head.agg, threads) if head.pooled else to_float32(X_val, threads)
     standardise_(Zv, mu, sigma)
     agg = "pooled" if head.pooled else head.agg
     convex = head.pooled  # one optimum: the seeds share one fit
@@ -95,21 +96,51 @@ def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
     return out
 
 
-def pool_views(X: np.ndarray, agg: str, block: int = 4096) -> np.ndarray:
+def for_blocks(n: int, block: int, fn, threads: int = 1) -> None:
+    """``fn(start, stop)`` over row blocks of ``range(n)``, on `threads` threads (BLAS single-threaded meanwhile).
+
+    numpy's float16 → float32 conversion runs on one core and releases the GIL, so converting
+    blocks side by side is how a pass over a float16 cache uses the machine.
+    """
+    starts = range(0, n, max(block, 1))
+    if threads <= 1 or len(starts) < 2:
+        for i in starts:
+            fn(i, min(i + block, n))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1), ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: fn(i, min(i + block, n)), starts))
+
+
+def _rows_per_block(X, nbytes: int = 16 << 20) -> int:
+    return max(1, nbytes // max(int(np.prod(X.shape[1:])) * 4, 1))
+
+
+def pool_views(X: np.ndarray, agg: str, threads: int = 1) -> np.ndarray:
     """``[N, V, D]`` → float32 ``[N, 1, D]``: the global view, or the mean over views."""
-    if agg == "global":
-        return np.array(X[:, :1], dtype=np.float32)
     out = np.empty((X.shape[0], 1, X.shape[2]), dtype=np.float32)
-    for i in range(0, X.shape[0], block):
-        out[i:i + block, 0] = X[i:i + block].mean(axis=1, dtype=np.float32)
+
+    def fill(i, j):
+        if agg == "global":
+            out[i:j, 0] = X[i:j, 0]
+        else:
+            out[i:j, 0] = X[i:j].mean(axis=1, dtype=np.float32)
+
+    for_blocks(X.shape[0], _rows_per_block(X), fill, threads)
     return out
 
 
-def to_float32(X, block: int = 4096) -> np.ndarray:
-    """A new float32 copy of ``X [N, ...]``, converted block by block (no full-size temporary)."""
+def to_float32(X, threads: int = 1) -> np.ndarray:
+    """A new float32 copy of ``X [N, ...]``, converted in cache-sized blocks (no full-size temporary)."""
     out = np.empty(X.shape, dtype=np.float32)
-    for i in range(0, X.shape[0], block):
-        out[i:i + block] = X[i:i + block]
+
+    def fill(i, j):
+        out[i:j] = X[i:j]
+
+    for_blocks(X.shape[0], _rows_per_block(X), fill, threads)
     return out
 
 
@@ -193,30 +224,41 @@ def _spread(r: np.ndarray, shape, agg: str, idx) -> np.ndarray:
 
 
 class _Objective:
-    """``f [M]``, ``g [M, D + 1]`` of every member in one pass over the features."""
+    """``f [M]``, ``g [M, D + 1]`` of every member in one pass over the features.
 
-    def __init__(self, Z, y, weights, l2, agg, k, penalty_scale):
+    The pass runs over blocks of images small enough to stay in cache, so the forward product,
+    the loss and the gradient product read each block from memory once.
+    """
+
+    def __init__(self, Z, y, weights, l2, agg, k, penalty_scale, block_bytes: int = 8 << 20):
         self.n, self.v, self.d = Z.shape
-        self.X = Z.reshape(-1, self.d)
+        self.Z = Z
         self.y = y.astype(np.float32)[:, None]
         self.w, self.agg, self.k = weights, agg, k
         self.l2 = l2[:, None] * penalty_scale  # [M, D]: per-member, per-dimension L2
+        self.block = max(1, block_bytes // (self.v * self.d * 4))
 
     def __call__(self, x: np.ndarray):
         d, m = self.d, x.shape[0]
         W = np.ascontiguousarray(x[:, :d].T, dtype=np.float32)
-        Zr = (self.X @ W).reshape(self.n, self.v, m)
-        logit, idx = _pool(Zr, self.agg, self.k)
-        logit = logit + x[:, d].astype(np.float32)
-        terms = np.logaddexp(0.0, logit) - self.y * logit
-        f = (np.einsum("nm,nm->m", self.w, terms, dtype=np.float64)
-             + 0.5 * np.einsum("md,md,md->m", self.l2, x[:, :d], x[:, :d]))
-        r = self.w * (_sigmoid(logit) - self.y)
-        dZ = _spread(r, Zr.shape, self.agg, idx).reshape(-1, m) if self.v > 1 else r
-        gW = self.X.T @ dZ
+        b = x[:, d].astype(np.float32)
+        f = 0.5 * np.einsum("md,md,md->m", self.l2, x[:, :d], x[:, :d])
+        gW = np.zeros((d, m), dtype=np.float64)
+        gb = np.zeros(m)
+        for i in range(0, self.n, self.block):
+            X = self.Z[i:i + self.block].reshape(-1, d)
+            Zr = (X @ W).reshape(-1, self.v, m)
+            logit, idx = _pool(Zr, self.agg, self.k)
+            logit += b
+            y, w = self.y[i:i + self.block], self.w[i:i + self.block]
+            f += np.einsum("nm,nm->m", w, np.logaddexp(0.0, logit) - y * logit, dtype=np.float64)
+            r = w * (_sigmoid(logit) - y)
+            dZ = _spread(r, Zr.shape, self.agg, idx).reshape(-1, m) if self.v > 1 else r
+            gW += X.T @ dZ
+            gb += r.sum(0, dtype=np.float64)
         g = np.empty_like(x)
         g[:, :d] = gW.T + self.l2 * x[:, :d]
-        g[:, d] = r.sum(0, dtype=np.float64)
+        g[:, d] = gb
         return f, g
 
 
@@ -273,7 +315,7 @@ def _sigmoid(z):
 
 
 def predict_view_linear(state: dict[str, np.ndarray], X: np.ndarray, *, agg: str, k: int = 2,
-                        block: int = 4096) -> dict[str, np.ndarray]:
+                        threads: int = 1) -> dict[str, np.ndarray]:
     """Outputs of a view-linear head on ``X [N, V, D]`` (any float dtype), read in blocks.
 
     Returns ``logit [N]`` and ``view_logits [N, V]`` (float32) and ``prob [N]`` (float64), as
@@ -284,8 +326,12 @@ def predict_view_linear(state: dict[str, np.ndarray], X: np.ndarray, *, agg: str
     b = np.float32(state["head.fc.bias"].reshape(-1)[0]) - np.float32(state["mu"].astype(np.float32) @ w)
     n, v = X.shape[0], X.shape[1]
     view_logits = np.empty((n, v), dtype=np.float32)
-    for i in range(0, n, block):
-        view_logits[i:i + block] = np.asarray(X[i:i + block], dtype=np.float32) @ w + b
+    block = _rows_per_block(X)
+
+    def fill(i, j):
+        view_logits[i:j] = np.asarray(X[i:j], dtype=np.float32) @ w + b
+
+    for_blocks(n, block, fill, threads)
     if agg == "global":
         logit = view_logits[:, 0].copy()
     elif agg == "mean":
