@@ -73,27 +73,30 @@ def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
     stopper = _EarlyStopping(val, x0, train.patience_for("lbfgs"))
     res = minimize_lbfgs(objective, x0, max_iter=train.max_iter, callback=stopper, callback_every=train.eval_every)
     stopper.final(res.x)
-    out = []
-    for g in range(groups.shape[1]):
-        for s in seeds:
-            seed_fit = s if not convex else fit_seeds[0]
-            idx = [i for i, m in enumerate(members) if m.group == g and m.seed == seed_fit]
-            best = min(idx, key=lambda i: stopper.best_score[i])
-            # back to the group's own standardisation (see above)
-            w = stopper.best_x[best, :d] * scale[best]
-            b = stopper.best_x[best, d] - w @ ((mu - g_mu[g]) / g_sigma[g])
-            state = {"mu": g_mu[g], "sigma": g_sigma[g],
-                     "head.fc.weight": w.astype(np.float32)[None, :], "head.fc.bias": np.array([b], np.float32)}
-            history = {"engine": "lbfgs", "seed": int(s), "l2": members[best].l2,
-                       "train_loss": [float(f[best]) for _, f, _ in stopper.trace],
-                       "val_score": [float(v[best]) for _, _, v in stopper.trace],
-                       "l2_scores": {str(members[i].l2): float(stopper.best_score[i]) for i in idx},
-                       "iterations": int(res.n_iter[best]), "best_iteration": int(stopper.best_iter[best]),
-                       "passes": int(res.n_calls), "epochs": int(res.n_calls),
-                       "best_epoch": int(stopper.best_iter[best]), "best_val_score": float(stopper.best_score[best]),
-                       "converged": bool(res.converged[best]), "members": len(members)}
-            out.append(FittedHead(head, train, state, history))
-    return out
+    stats = (mu, sigma, g_mu, g_sigma, scale)
+    return [_result(head, train, members, stopper, res, stats, g, s, s if not convex else fit_seeds[0])
+            for g in range(groups.shape[1]) for s in seeds]
+
+
+def _result(head, train, members, stopper, res, stats, group: int, seed: int, fit_seed: int) -> FittedHead:
+    """The fitted head of (group, seed): its best L2 member, mapped back to the group's standardisation."""
+    mu, sigma, g_mu, g_sigma, scale = stats
+    d = len(mu)
+    idx = [i for i, m in enumerate(members) if m.group == group and m.seed == fit_seed]
+    best = min(idx, key=lambda i: stopper.best_score[i])
+    w = stopper.best_x[best, :d] * scale[best]
+    b = stopper.best_x[best, d] - w @ ((mu - g_mu[group]) / g_sigma[group])
+    state = {"mu": g_mu[group], "sigma": g_sigma[group],
+             "head.fc.weight": w.astype(np.float32)[None, :], "head.fc.bias": np.array([b], np.float32)}
+    history = {"engine": "lbfgs", "seed": int(seed), "l2": members[best].l2,
+               "train_loss": [float(f[best]) for _, f, _ in stopper.trace],  # objective at each check
+               "val_score": [float(v[best]) for _, _, v in stopper.trace],
+               "l2_scores": {str(members[i].l2): float(stopper.best_score[i]) for i in idx},
+               "iterations": int(res.n_iter[best]), "best_iteration": int(stopper.best_iter[best]),
+               "passes": int(res.n_calls), "epochs": int(res.n_calls),  # passes over the rows, all members
+               "best_epoch": int(stopper.best_iter[best]), "best_val_score": float(stopper.best_score[best]),
+               "converged": bool(res.converged[best]), "members": len(members)}
+    return FittedHead(head, train, state, history)
 
 
 def for_blocks(n: int, block: int, fn, threads: int = 1) -> None:
