@@ -219,3 +219,27 @@ def test_lbfgs_refuses_heads_it_cannot_fit():
     assert TrainConfig().engine(HeadConfig(agg="topk")) == "lbfgs"
     assert TrainConfig().engine(HeadConfig(agg="attention")) == "adamw"
     assert TrainConfig(optimizer="adamw").engine(HeadConfig(agg="max")) == "adamw"
+
+
+@pytest.mark.parametrize("jobs,threads,match", [
+    (3, 0, "--jobs 3 exceeds the 2 core"),
+    (2, 2, r"--threads 2 x --jobs 2 = 4 exceeds the 2 core\(s\) this process may use: pass --threads 1"),
+])
+def test_ablate_never_oversubscribes(monkeypatch, tmp_path, jobs, threads, match):
+    from natix.heads import config
+    from natix.heads.ablate import ablate
+
+    monkeypatch.setattr(config, "available_cores", lambda: 2)
+    with pytest.raises(ConfigError, match=match):  # refused before the (missing) cache is read
+        ablate(tmp_path / "missing.h5", tmp_path / "ab", jobs=jobs, train_cfg=TrainConfig(threads=threads),
+               progress=False)
+
+
+def test_ablate_gives_each_job_its_share(monkeypatch):
+    from natix.heads import config
+    from natix.heads.ablate import _job_threads
+
+    monkeypatch.setattr(config, "available_cores", lambda: 8)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # a parent that has not started torch
+    assert _job_threads(1, 0) == 8 and _job_threads(2, 0) == 4 and _job_threads(3, 0) == 2
+    assert _job_threads(2, 3) == 3
