@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -86,17 +85,24 @@ class PeakRSS:
         return self.peak - self.base
 
 
-def run_process(args: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes) and stdout of a fresh Python process."""
+# The child reports its own peak (VmHWM) at exit: a forked child's ru_maxrss starts at the
+# parent's RSS, which would charge both sides this benchmark's memory.
+PEAK_HOOK = ("import atexit, sys\n"
+             "def _peak():\n"
+             "    for line in open('/proc/self/status'):\n"
+             "        if line.startswith('VmHWM:'): sys.stderr.write('VMHWM ' + line.split()[1] + '\\n')\n"
+             "atexit.register(_peak)\n")
+
+
+def run_process(code: str, argv: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (bytes) and stdout of a fresh Python process running `code` with `argv`."""
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", PEAK_HOOK + code, *argv], capture_output=True, text=True)
     secs = time.perf_counter() - t
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
-        raise RuntimeError(f"{args[:2]} failed: {err.strip().splitlines()[-1:]}")
-    return secs, usage.ru_maxrss * 1024, out
+        raise RuntimeError(f"{argv[:1]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    peak = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("VMHWM ")]
+    return secs, peak[-1] * 1024, proc.stdout
 
 
 def load(path):
@@ -164,6 +170,25 @@ def adamw_reference(path, head: str = "linear", agg: str = "attention", epochs: 
     return p, data.labels[rows["val_test"]]
 
 
+def timed(fn):
+    """``fn()``'s result, its seconds and the peak RSS it added."""
+    with PeakRSS() as rss:
+        t = time.perf_counter()
+        out = fn()
+        secs = time.perf_counter() - t
+    return out, secs, rss.used
+
+
+def sklearn_in_process(path):
+    """The obvious scikit-learn script, in this process: load, mean-pool, LogisticRegression."""
+    from sklearn.linear_model import LogisticRegression
+
+    data, rows = load(path)
+    pooled = data.X.mean(axis=1, dtype=np.float32)
+    lr = LogisticRegression(max_iter=1000).fit(pooled[rows["train"]], data.labels[rows["train"]])
+    return lr.predict_proba(pooled[rows["val_test"]])[:, 1], data.labels[rows["val_test"]]
+
+
 def natix_row(path, out, head: str, agg: str):
     from natix.heads.config import HeadConfig
     from natix.heads.runs import fit_run
@@ -188,60 +213,35 @@ def bench_size(n: int, args, work: Path, table: list) -> Path:
         print(f"[{n}] {label}: {secs:.2f} s, {peak / 2**30:.2f} GiB, AUROC {auc:.4f} {note}", flush=True)
 
     for rep in range(args.repeats):
-        secs, peak, _ = run_process(["-c", "from natix.cli import main; main()", "fit-head", str(path),
-                                     "--out", str(work / f"run-proc-{n}")])
+        secs, peak, _ = run_process("from natix.cli import main; main()",
+                                    ["fit-head", str(path), "--out", str(work / f"run-proc-{n}")])
         auc = json.loads((work / f"run-proc-{n}" / "metrics.json").read_text())["val_test"]["auroc"]
         row("natix fit-head process (linear, mean)", secs, peak, auc, ref="sk-proc")
-        secs, peak, outp = run_process(["-c", SKLEARN_SCRIPT, str(path)])
+        secs, peak, outp = run_process(SKLEARN_SCRIPT, [str(path)])
         row("scikit-learn script process (load, mean, LogisticRegression)", secs, peak, float(outp), ref=None,
             note="(sk-proc)")
         table[-1]["key"] = "sk-proc"
 
-    with PeakRSS() as rss:
-        t = time.perf_counter()
-        auc, hist = natix_row(path, work / f"run-mean-{n}", "linear", "mean")
-        secs = time.perf_counter() - t
-    row("natix fit_run in-process (linear, mean)", secs, rss.used, auc, ref="sk-in",
+    (auc, hist), secs, used = timed(lambda: natix_row(path, work / f"run-mean-{n}", "linear", "mean"))
+    row("natix fit_run in-process (linear, mean)", secs, used, auc, ref="sk-in",
         note=f"L-BFGS {hist['iterations']} it, l2 {hist['l2']:g}")
-    with PeakRSS() as rss:
-        from sklearn.linear_model import LogisticRegression
-
-        t = time.perf_counter()
-        data, rows = load(path)
-        pooled = data.X.mean(axis=1, dtype=np.float32)
-        lr = LogisticRegression(max_iter=1000).fit(pooled[rows["train"]], data.labels[rows["train"]])
-        p = lr.predict_proba(pooled[rows["val_test"]])[:, 1]
-        secs = time.perf_counter() - t
-        y = data.labels[rows["val_test"]]
-        del data, pooled
-    row("scikit-learn in-process (load, mean, LogisticRegression)", secs, rss.used, M.auroc(y, p), note="(sk-in)")
+    (p, y), secs, used = timed(lambda: sklearn_in_process(path))
+    row("scikit-learn in-process (load, mean, LogisticRegression)", secs, used, M.auroc(y, p), note="(sk-in)")
     table[-1]["key"] = "sk-in"
 
-    with PeakRSS() as rss:
-        t = time.perf_counter()
-        auc, hist = natix_row(path, work / f"run-max-{n}", "linear", "max")
-        secs = time.perf_counter() - t
-    row("natix fit_run (linear, max)", secs, rss.used, auc, ref="lbfgs-max",
+    (auc, hist), secs, used = timed(lambda: natix_row(path, work / f"run-max-{n}", "linear", "max"))
+    row("natix fit_run (linear, max)", secs, used, auc, ref="lbfgs-max",
         note=f"L-BFGS {hist['iterations']} it x {hist['members']} members, {hist['passes']} passes")
-    with PeakRSS() as rss:
-        t = time.perf_counter()
-        p, y = lbfgs_reference(path, "max")
-        secs = time.perf_counter() - t
-    row("minimal torch L-BFGS (linear, max; l2 1e-4, 100 it)", secs, rss.used, M.auroc(y, p), note="(lbfgs-max)")
+    (p, y), secs, used = timed(lambda: lbfgs_reference(path, "max"))
+    row("minimal torch L-BFGS (linear, max; l2 1e-4, 100 it)", secs, used, M.auroc(y, p), note="(lbfgs-max)")
     table[-1]["key"] = "lbfgs-max"
 
     if args.attention:
-        with PeakRSS() as rss:
-            t = time.perf_counter()
-            auc, hist = natix_row(path, work / f"run-att-{n}", "linear", "attention")
-            secs = time.perf_counter() - t
-        row("natix fit_run (linear, attention)", secs, rss.used, auc, ref="adamw-att",
+        (auc, hist), secs, used = timed(lambda: natix_row(path, work / f"run-att-{n}", "linear", "attention"))
+        row("natix fit_run (linear, attention)", secs, used, auc, ref="adamw-att",
             note=f"AdamW {hist['epochs']} epochs, {hist.get('precision')}")
-        with PeakRSS() as rss:
-            t = time.perf_counter()
-            p, y = adamw_reference(path, "linear", "attention", epochs=args.ref_epochs)
-            secs = time.perf_counter() - t
-        row(f"minimal torch AdamW (linear, attention; {args.ref_epochs} epochs, fp32)", secs, rss.used,
+        (p, y), secs, used = timed(lambda: adamw_reference(path, "linear", "attention", epochs=args.ref_epochs))
+        row(f"minimal torch AdamW (linear, attention; {args.ref_epochs} epochs, fp32)", secs, used,
             M.auroc(y, p), note="(adamw-att)")
         table[-1]["key"] = "adamw-att"
     return path

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from natix import metrics as M
 from natix.errors import ConfigError, DataError
+from natix.heads.config import check_device
 
 log = logging.getLogger(__name__)
 
@@ -232,13 +233,7 @@ class GatekeeperConfig:
         if self.epochs < 1 or self.patience < 1 or self.batch_size < 0:
             raise ConfigError(f"epochs and patience must be >= 1 and batch size >= 0, got epochs={self.epochs}, "
                               f"patience={self.patience}, batch_size={self.batch_size}")
-        if self.device != "cpu":
-            try:
-                dev = torch.device(self.device)
-            except RuntimeError:
-                raise ConfigError(f"unknown device '{self.device}': pass cpu or cuda[:N]") from None
-            if dev.type == "cuda" and not torch.cuda.is_available():
-                raise ConfigError(f"device {self.device} was asked for but no CUDA GPU is visible: pass cpu")
+        check_device(self.device)
         if not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"lr must be > 0 and weight decay >= 0, got lr={self.lr}, "
                               f"weight_decay={self.weight_decay}")

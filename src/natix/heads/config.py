@@ -146,15 +146,7 @@ class TrainConfig:
             raise ConfigError(f"unknown stop metric '{self.stop_metric}': pass one of {', '.join(STOP_METRICS)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer '{self.optimizer}': pass one of {', '.join(OPTIMIZERS)}")
-        if self.device != "cpu":
-            import torch
-
-            try:
-                dev = torch.device(self.device)
-            except RuntimeError:
-                raise ConfigError(f"unknown device '{self.device}': pass cpu or cuda[:N]") from None
-            if dev.type == "cuda" and not torch.cuda.is_available():
-                raise ConfigError(f"--device {self.device} was asked for but no CUDA GPU is visible: pass --device cpu")
+        check_device(self.device)
         if self.batch_size < 0 or self.max_epochs < 1 or self.max_iter < 1 or self.eval_every < 1:
             raise ConfigError("batch size must be >= 0, and max epochs, max iter and eval every >= 1")
         if self.lr is not None and not self.lr > 0:
@@ -221,6 +213,20 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+def check_device(device: str) -> None:
+    """A one-line ConfigError unless `device` is cpu or a visible CUDA device (torch only for non-cpu)."""
+    if device == "cpu":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}': pass cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was asked for but no CUDA GPU is visible: pass --device cpu")
 
 
 def available_cores() -> int:

@@ -45,14 +45,7 @@ def fit_view_linear(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
 def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
     n, v, d = X_train.shape
     groups = np.ones((n, 1), dtype=bool) if row_groups is None else np.asarray(row_groups, dtype=bool)
-    # Inputs: pooled rows for global / mean (standardised with their own statistics: the same
-    # model, since (mean_v x_v - mu) / sigma = mean_v (x_v - mu) / sigma), every view otherwise.
-    threads = train.threads or available_cores()
-    Z = pool_views(X_train, head.agg, threads) if head.pooled else to_float32(X_train, threads)
-    mu, sigma = feature_stats(Z)
-    standardise_(Z, mu, sigma)
-    Zv = pool_views(X_val, head.agg, threads) if head.pooled else to_float32(X_val, threads)
-    standardise_(Zv, mu, sigma)
+    Z, Zv, mu, sigma = standardised_inputs(X_train, X_val, head, train.threads or available_cores())
     agg = "pooled" if head.pooled else head.agg
     convex = head.pooled  # one optimum: the seeds share one fit
     fit_seeds = seeds[:1] if convex else seeds
@@ -97,6 +90,24 @@ def _result(head, train, members, stopper, res, stats, group: int, seed: int, fi
                "best_epoch": int(stopper.best_iter[best]), "best_val_score": float(stopper.best_score[best]),
                "converged": bool(res.converged[best]), "members": len(members)}
     return FittedHead(head, train, state, history)
+
+
+def standardised_inputs(X_train, X_val, head: HeadConfig, threads: int):
+    """New float32 training and validation inputs, standardised with the training statistics.
+
+    Pooled heads (global / mean) get pooled rows ``[N, 1, D]`` and their statistics (the same
+    model: ``(mean_v x_v - mu) / sigma = mean_v (x_v - mu) / sigma``, a V-times smaller pass);
+    the others every view. Returns ``(Z_train, Z_val, mu, sigma)``.
+    """
+    def inputs(X):
+        return pool_views(X, head.agg, threads) if head.pooled else to_float32(X, threads)
+
+    Z = inputs(X_train)
+    mu, sigma = feature_stats(Z)
+    standardise_(Z, mu, sigma)
+    Zv = inputs(X_val)
+    standardise_(Zv, mu, sigma)
+    return Z, Zv, mu, sigma
 
 
 def for_blocks(n: int, block: int, fn, threads: int = 1) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from natix.heads.config import FittedHead, HeadConfig, TrainConfig, available_cores, limit_threads
 from natix.heads.fitting import fit_heads, fold_ids, out_of_fold
-from natix.heads.linear import feature_stats, pool_views, standardise_, to_float32
+from natix.heads.linear import feature_stats, standardised_inputs
 from natix.heads.modules import ViewModel
 
 log = logging.getLogger(__name__)
@@ -105,14 +105,7 @@ def fit_adamw(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val
 
 def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
     n, v, d = X_train.shape
-    # Pooled heads train on [N, 1, D]: the same optimisation, a V-times smaller epoch. The
-    # statistics are those of the rows the head sees (pooled rows for global / mean).
-    threads = train.threads or available_cores()
-    X_fit = pool_views(X_train, head.agg, threads) if head.pooled else to_float32(X_train, threads)
-    mu, sigma = feature_stats(X_fit)
-    standardise_(X_fit, mu, sigma)
-    X_val_fit = pool_views(X_val, head.agg, threads) if head.pooled else to_float32(X_val, threads)
-    standardise_(X_val_fit, mu, sigma)
+    X_fit, X_val_fit, mu, sigma = standardised_inputs(X_train, X_val, head, train.threads or available_cores())
     X_t = torch.from_numpy(X_fit)
     y_t = torch.as_tensor(y_train, dtype=torch.float32)
     if train.class_weights:
