@@ -68,17 +68,18 @@ def _train_arm(arm: Arm, seeds: tuple[int, ...], head_cfg, train_cfg, data: Data
                        seeds=seeds)
     out = []
     for f in fitted:
-        pred = f.predict(RowView(data.X, rows["val_test"]))
+        pred = f.predict(RowView(data.X, rows["val_test"]), view_logits=False)  # scores only
         out.append({"prob": pred["prob"], "conf": confidence(pred), "epochs": f.history["epochs"],
                     "seconds": time.perf_counter() - t0})  # the whole arm's time, all seeds together
     return out
 
 
-def _cost(arm: Arm) -> int:
-    """Rough cost rank for scheduling the expensive arms first: per-view hidden layers > per-view logits > pooled."""
-    if arm.agg in ("global", "mean"):
+def _cost(arm: Arm, head_cfg) -> int:
+    """Rough cost rank for scheduling the expensive arms first: torch over every view > numpy > pooled rows."""
+    head = dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy)
+    if head.pooled:
         return 0
-    return 1 if arm.head == "linear" and arm.agg in ("max", "topk") and arm.policy == "softmax" else 2
+    return 1 if head.view_linear else 2
 
 
 _SHARED: dict = {}
@@ -149,7 +150,7 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     rows = splits.rows(data.ids)
     y = data.labels[rows["val_test"]]
     seed_list = tuple(train_cfg.seed + s for s in range(seeds))
-    schedule = sorted(arms, key=_cost, reverse=True)  # expensive arms first: jobs finish together
+    schedule = sorted(arms, key=lambda a: _cost(a, head_cfg), reverse=True)  # expensive first: jobs end together
     results: dict[str, list] = {}
     t0 = time.perf_counter()
     bar = _bar(len(arms), progress)
@@ -198,7 +199,8 @@ def _leaderboard(arms, results, y, metric, baseline, n_boot, seed):
     if fn is not None:
         base = next(r for r in board if r["arm"] == baseline)
         reference = np.stack([r["prob"] for r in results[baseline]])
-        for a, row in zip(arms, board):
+
+        def add_ci(a, row):
             # exactly the difference of the two row values, so it has that difference's sign
             row["diff"] = row[metric] - base[metric]
             row[f"{metric}_ci"], row["diff_ci"], row["ci_method"] = [float("nan")] * 2, [float("nan")] * 2, None
@@ -206,9 +208,17 @@ def _leaderboard(arms, results, y, metric, baseline, n_boot, seed):
                 res = M.seed_bootstrap_ci(fn, y, np.stack([r["prob"] for r in results[a.name]]),
                                           reference=reference, n_boot=n_boot, seed=seed)
             except M.UndefinedMetricError:  # e.g. AUROC when val_test holds one class: NaN CIs
-                continue
+                return
             row[f"{metric}_ci"], row["diff_ci"] = [res.low, res.high], [res.diff_low, res.diff_high]
             row["ci_method"] = res.method
+
+        # numpy releases the GIL in the batched resamples: arms side by side on every core
+        from concurrent.futures import ThreadPoolExecutor
+
+        from natix.heads.config import available_cores, limit_threads
+
+        with limit_threads(1), ThreadPoolExecutor(available_cores()) as pool:
+            list(pool.map(add_ci, arms, board))
     sign = 1 if metric in LOWER_IS_BETTER else -1
     board.sort(key=lambda r: sign * (r[metric] if np.isfinite(r[metric]) else np.inf * sign))
     return board

@@ -272,8 +272,12 @@ class FittedHead:
     def dim(self) -> int:
         return int(self.state["mu"].shape[0])
 
-    def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs for ``X [N, V, D]`` (any float dtype): logit, prob, view_logits (+ attention, gate, aux_logit)."""
+    def predict(self, X: np.ndarray, *, view_logits: bool = True) -> dict[str, np.ndarray]:
+        """Outputs for ``X [N, V, D]`` (any float dtype): logit, prob, view_logits (+ attention, gate, aux_logit).
+
+        `view_logits=False` lets torch heads whose aggregator does not need per-view logits skip
+        them (scoring only); view-linear heads compute them anyway.
+        """
         if self.head.view_linear:
             from natix.heads.linear import predict_view_linear
 
@@ -281,7 +285,7 @@ class FittedHead:
                                        threads=self.train.threads or available_cores())
         from natix.heads.train import predict
 
-        return predict(self.module(X.shape[1]), X, device=self.train.device)
+        return predict(self.module(X.shape[1]), X, device=self.train.device, view_logits=view_logits)
 
     def module(self, n_views: int):
         """The torch `ViewModel` with this state (imports torch)."""
