@@ -261,6 +261,8 @@ def main() -> None:
 
     import torch
 
+    import natix.heads.linear  # noqa: F401  (in-process rows: both sides' imports are warm)
+    import sklearn.linear_model  # noqa: F401
     from natix.heads.config import available_cores
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="natix-fit-bench-"))
