@@ -6,7 +6,7 @@ of one call are members that share every mini-batch (one gather, one float32 blo
 batch order (``TrainConfig.seed``); each member has its own initialisation, its own random
 stream (dropout, view dropout) and its own AdamW, and stops early on ``val_select`` on its own,
 after which it costs nothing. Member ``s`` is therefore the same model a call with ``seeds=(s,)``
-trains.
+trains (on CPU: on a GPU, dropout draws from the device's single generator).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class _Member:
         self.rng = torch.get_rng_state()
         self.best, self.best_state, self.best_epoch, self.bad = np.inf, None, 0, 0
         self.active = True
+        self.total = 0.0  # this epoch's summed training loss
         self.history = {"train_loss": [], "val_score": []}
 
 
@@ -114,7 +115,6 @@ def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
         w_all = torch.where(y_t == 1, n / (2 * pos), n / (2 * neg))
     else:
         w_all = torch.ones(n)
-    v_fit = X_t.shape[1]
     members = [_Member(head, train, s, d, v) for s in seeds]
     order_gen = torch.Generator().manual_seed(train.seed)
     amp = train.autocast_dtype()
@@ -123,30 +123,12 @@ def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
         live = [m for m in members if m.active]
         if not live:
             break
-        for m in live:
-            m.model.train()
-            m.total = 0.0
         order = torch.randperm(n, generator=order_gen)
         for i in range(0, n, bs):
             idx = order[i:i + bs]
-            xb = X_t[idx].to(device=train.device)
-            yb, wb = y_t[idx].to(train.device), w_all[idx].to(train.device)
+            batch = (X_t[idx].to(device=train.device), y_t[idx].to(train.device), w_all[idx].to(train.device))
             for m in live:
-                torch.set_rng_state(m.rng)
-                mask = None
-                if head.view_dropout > 0 and v_fit > 1:
-                    mask = torch.rand(len(idx), v_fit) >= head.view_dropout
-                    mask[:, 0] = True
-                    mask = mask.to(train.device)
-                with torch.autocast(device_type=torch.device(train.device).type, dtype=amp or torch.float32,
-                                    enabled=amp is not None):
-                    out = m.model(xb, mask, standardised=True)
-                loss = _loss({k: (t.float() if t is not None else None) for k, t in out.items()}, yb, wb, head)
-                m.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                m.opt.step()
-                m.rng = torch.get_rng_state()
-                m.total += loss.item() * len(idx)
+                _step(m, batch, head, train, amp)
         for m in live:
             prob = predict(m.model, X_val_fit, device=train.device, standardised=True, view_logits=False)["prob"]
             _record(m, epoch, _stop_score(prob, y_val, train.stop_metric), m.total / n, train.patience_for("adamw"))
@@ -163,7 +145,30 @@ def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
     return out
 
 
+def _step(m: _Member, batch, head: HeadConfig, train: TrainConfig, amp) -> None:
+    """One AdamW step of member `m` on a shared batch, drawing randomness from its own stream."""
+    xb, yb, wb = batch
+    torch.set_rng_state(m.rng)
+    m.model.train()
+    mask = None
+    if head.view_dropout > 0 and xb.shape[1] > 1:
+        mask = torch.rand(len(xb), xb.shape[1]) >= head.view_dropout
+        mask[:, 0] = True
+        mask = mask.to(train.device)
+    with torch.autocast(device_type=torch.device(train.device).type, dtype=amp or torch.float32,
+                        enabled=amp is not None):
+        out = m.model(xb, mask, standardised=True)
+    loss = _loss({k: (t.float() if t is not None else None) for k, t in out.items()}, yb, wb, head)
+    m.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    m.opt.step()
+    m.rng = torch.get_rng_state()
+    m.total += loss.item() * len(xb)
+
+
 def _record(m: _Member, epoch: int, score: float, train_loss: float, patience: int) -> None:
+    """Log an epoch; keep the best state; stop the member after `patience` epochs without gain."""
+    m.total = 0.0
     m.history["train_loss"].append(train_loss)
     m.history["val_score"].append(score)
     if score < m.best - 1e-6:
