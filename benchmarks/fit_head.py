@@ -259,10 +259,10 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="keep caches here between runs (default: a temp dir)")
     args = ap.parse_args()
 
+    import sklearn.linear_model  # noqa: F401
     import torch
 
     import natix.heads.linear  # noqa: F401  (in-process rows: both sides' imports are warm)
-    import sklearn.linear_model  # noqa: F401
     from natix.heads.config import available_cores
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="natix-fit-bench-"))
@@ -301,7 +301,8 @@ def main() -> None:
 def print_table(table, abl, sizes, torch, cores) -> None:
     print(f"\ntier-2 fit benchmark: synthetic caches ({', '.join(f'{n:,}' for n in sizes)}) x 10 views x 1024 dims "
           f"float16; {cores} cores, torch {torch.__version__}")
-    head = f"| {'N':>7} | {'load + fit':<64} | {'s':>6} | {'vs alt':>7} | {'peak RSS':>8} | {'xF32':>5} | {'AUROC':>6} |"
+    head = (f"| {'N':>7} | {'load + fit':<64} | {'s':>6} | {'vs alt':>7} | {'peak RSS':>8} | {'xF32':>5} "
+            f"| {'AUROC':>6} |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for r in table:

@@ -257,7 +257,8 @@ def _write(board, out: Path, metric: str, baseline: str, meta: dict) -> None:
         d, dci = r.get("diff", float("nan")), r.get("diff_ci", [float("nan")] * 2)
         star = "*" if np.isfinite(dci[0]) and (dci[0] > 0 or dci[1] < 0) else ""
         cells = " | ".join(f"{r[m]:.4f}" for m in TABLE_METRICS)
-        lines.append(f"| {r['arm']} | {cells} | [{ci[0]:.4f}, {ci[1]:.4f}] | {d:+.4f} [{dci[0]:+.4f}, {dci[1]:+.4f}]{star} |")
+        lines.append(f"| {r['arm']} | {cells} | [{ci[0]:.4f}, {ci[1]:.4f}] | "
+                     f"{d:+.4f} [{dci[0]:+.4f}, {dci[1]:+.4f}]{star} |")
     lines += ["", f"cache `{meta['cache']}` ({meta['fingerprint'][:16]}), splits {meta['split_digest'][:12]}, "
                   f"{meta['seconds']:.1f} s"]
     (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
