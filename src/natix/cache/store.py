@@ -180,15 +180,8 @@ class FeatureCache:
         if rows is None:
             rows = slice(None)
         if isinstance(rows, slice):
-            start, stop, step = rows.indices(ds.shape[0])
-            if step != 1:
-                rows = np.arange(start, stop, step)
-        if isinstance(rows, slice):
-            out = np.empty((max(stop - start, 0),) + ds.shape[1:], dtype=ds.dtype)
-            if out.size:
-                ds.read_direct(out, source_sel=np.s_[start:stop])
-        else:
-            out = _read_rows(ds, np.asarray(rows, dtype=np.int64))
+            rows = np.arange(*rows.indices(ds.shape[0]))
+        out = _read_rows(ds, np.asarray(rows, dtype=np.int64))
         return out if dtype is None or out.dtype == dtype else out.astype(dtype)
 
     def pixel_boxes(self, row: int) -> np.ndarray:

@@ -173,6 +173,10 @@ class TrainConfig:
             return "lbfgs" if head.view_linear else "adamw"
         return self.optimizer
 
+    @property
+    def n_threads(self) -> int:
+        """The thread count a fit uses: `threads`, or every core this process may use."""
+        return self.threads or available_cores()
 
     def adamw_lr(self, head: HeadConfig) -> float:
         """The AdamW learning rate: `lr`, or by head (a linear head needs larger steps to move in few epochs)."""
@@ -282,7 +286,7 @@ class FittedHead:
             from natix.heads.linear import predict_view_linear
 
             return predict_view_linear(self.state, X, agg=self.head.agg, k=self.head.k,
-                                       threads=self.train.threads or available_cores())
+                                       threads=self.train.n_threads)
         from natix.heads.train import predict
 
         return predict(self.module(X.shape[1]), X, device=self.train.device, view_logits=view_logits)

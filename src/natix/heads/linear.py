@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from natix.heads.config import FittedHead, HeadConfig, TrainConfig, available_cores, limit_threads
+from natix.heads.config import FittedHead, HeadConfig, TrainConfig, limit_threads
 from natix.heads.lbfgs import minimize_lbfgs
 
 
@@ -43,9 +43,9 @@ def fit_view_linear(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
 
 
 def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
-    n, v, d = X_train.shape
+    n, _, d = X_train.shape
     groups = np.ones((n, 1), dtype=bool) if row_groups is None else np.asarray(row_groups, dtype=bool)
-    Z, Zv, mu, sigma = standardised_inputs(X_train, X_val, head, train.threads or available_cores())
+    Z, Zv, mu, sigma = standardised_inputs(X_train, X_val, head, train.n_threads)
     agg = "pooled" if head.pooled else head.agg
     convex = head.pooled  # one optimum: the seeds share one fit
     fit_seeds = seeds[:1] if convex else seeds

@@ -124,8 +124,8 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     rows = splits.rows(data.ids)
     with limit_threads(train.threads):
         fitted, preds = _fit_and_predict(data, rows, head, train, oof_folds)
-    _write_run(out, features, data, splits, rows, fitted, preds, oof_folds)
-    return RunResult(out, json.loads((out / "metrics.json").read_text()), fitted.history, time.perf_counter() - t0)
+    metrics = _write_run(out, features, data, splits, rows, fitted, preds, oof_folds)
+    return RunResult(out, metrics, fitted.history, time.perf_counter() - t0)
 
 
 def _fit_and_predict(data: Dataset, rows: dict, head, train, oof_folds: int):
@@ -142,8 +142,8 @@ def _fit_and_predict(data: Dataset, rows: dict, head, train, oof_folds: int):
     return fitted, preds
 
 
-def _write_run(out: Path, features, data: Dataset, splits, rows: dict, fitted, preds: dict, oof_folds: int) -> None:
-    """Replace the run directory's model, splits, predictions, metrics and config."""
+def _write_run(out: Path, features, data: Dataset, splits, rows: dict, fitted, preds: dict, oof_folds: int) -> dict:
+    """Replace the run directory's model, splits, predictions, metrics and config; return the metrics."""
     import sys
 
     from safetensors.numpy import save_file
@@ -176,6 +176,7 @@ def _write_run(out: Path, features, data: Dataset, splits, rows: dict, fitted, p
               "torch": torch.__version__ if torch is not None else None}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=float))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
 
 
 def load_predictions(run: str | Path, split: str) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from natix.heads.config import FittedHead, HeadConfig, TrainConfig, available_cores, limit_threads
+from natix.heads.config import FittedHead, HeadConfig, TrainConfig, limit_threads
 from natix.heads.fitting import fit_heads, fold_ids, out_of_fold
 from natix.heads.linear import feature_stats, standardised_inputs
 from natix.heads.modules import ViewModel
@@ -106,7 +106,7 @@ def fit_adamw(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val
 
 def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
     n, v, d = X_train.shape
-    X_fit, X_val_fit, mu, sigma = standardised_inputs(X_train, X_val, head, train.threads or available_cores())
+    X_fit, X_val_fit, mu, sigma = standardised_inputs(X_train, X_val, head, train.n_threads)
     X_t = torch.from_numpy(X_fit)
     y_t = torch.as_tensor(y_train, dtype=torch.float32)
     if train.class_weights:
