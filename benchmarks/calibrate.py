@@ -27,8 +27,13 @@ def main() -> None:
     from sklearn.isotonic import IsotonicRegression
 
     from natix import metrics as M
-    from natix.calibrate.calibrators import (BetaCalibration, DecisionThreshold, IsotonicCalibration, PlattScaling,
-                                             TemperatureScaling)
+    from natix.calibrate.calibrators import (
+        BetaCalibration,
+        DecisionThreshold,
+        IsotonicCalibration,
+        PlattScaling,
+        TemperatureScaling,
+    )
     from natix.calibrate.conformal import ConformalRiskControl, LearnThenTest, SplitConformal
     from natix.calibrate.scrc import SCRC
 

@@ -42,9 +42,9 @@ ARCHS, make_backbone = _EXTRACT.ARCHS, _EXTRACT.make_backbone
 def naive_predictor(bundle, backbone_dir: Path):
     """One image per forward with PIL views in fp32, then the bundle's own head and calibration."""
     import torch
+    from extract import pil_views  # benchmarks/extract.py: the same naive view building
     from transformers import DINOv3ViTModel
 
-    from extract import pil_views  # benchmarks/extract.py: the same naive view building
     from natix.extract.views import view_table
 
     stage = bundle._stage

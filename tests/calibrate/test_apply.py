@@ -5,9 +5,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from natix.cache.synthetic import make_synthetic_cache
 from natix.calibrate.apply import calibrate_run
 from natix.calibrate.report import write_report
-from natix.cache.synthetic import make_synthetic_cache
 from natix.cli import cli
 from natix.errors import ConfigError, DataError
 from natix.heads.runs import fit_run

@@ -20,9 +20,20 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
 
 from natix.calibrate._validation import sigmoid, two_column
-from natix.calibrate.conformal import (APS, LAC, ConformalRiskControl, LearnThenTest, SplitConformal,
-                                       binomial_p_value, calibration_folds, confidence_and_errors,
-                                       conformal_quantile, conformal_rank, hoeffding_bentkus_p_value, ltt_start)
+from natix.calibrate.conformal import (
+    APS,
+    LAC,
+    ConformalRiskControl,
+    LearnThenTest,
+    SplitConformal,
+    binomial_p_value,
+    calibration_folds,
+    confidence_and_errors,
+    conformal_quantile,
+    conformal_rank,
+    hoeffding_bentkus_p_value,
+    ltt_start,
+)
 from natix.errors import ConfigError, DataError
 
 FULL = os.environ.get("NATIX_FULL_VALIDITY", "") == "1"

@@ -15,8 +15,15 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from natix import metrics as M
-from natix.cascade import (BASE_FEATURES, FailurePredictor, compare_confidences, failure_labels, load_run_split,
-                           uncertainty_features, vilu_failure_weight)
+from natix.cascade import (
+    BASE_FEATURES,
+    FailurePredictor,
+    compare_confidences,
+    failure_labels,
+    load_run_split,
+    uncertainty_features,
+    vilu_failure_weight,
+)
 from natix.cascade.failure import fit_failure_run
 from natix.errors import ConfigError, DataError
 

@@ -12,8 +12,13 @@ import torch
 
 from natix import metrics as M
 from natix.cache.synthetic import make_synthetic_cache
-from natix.cascade.gatekeeper import (GatekeeperConfig, deferral_metrics, gatekeeper_loss, tune_gatekeeper,
-                                      tune_gatekeeper_grid)
+from natix.cascade.gatekeeper import (
+    GatekeeperConfig,
+    deferral_metrics,
+    gatekeeper_loss,
+    tune_gatekeeper,
+    tune_gatekeeper_grid,
+)
 from natix.errors import ConfigError, DataError
 from natix.heads.runs import confidence, evaluate_run, fit_run, load_predictions, read_config
 from natix.heads.splits import Splits

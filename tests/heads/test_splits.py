@@ -11,7 +11,6 @@ from natix.errors import ConfigError, DataError
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
 
 
-
 def _data(n=2000, pos=0.3, seed=0, prefix="img"):
     rng = np.random.default_rng(seed)
     ids = np.array([f"{prefix}{seed}-{i:05d}" for i in range(n)])

@@ -362,8 +362,8 @@ def test_cascade_bundle_reproduces_the_cascade_and_refuses_a_tampered_stage(casc
 
 
 def test_cascade_bundle_with_an_external_third_stage(cascade_dir, tmp_path, monkeypatch):
-    from natix.cascade.router import cascade_run
     from natix.cache.store import open_cache
+    from natix.cascade.router import cascade_run
 
     (tmp_path / "oracle_mod.py").write_text(
         "def classify(images):\n    return [0.75 for _ in images]\n")
