@@ -411,7 +411,7 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
 
     scrc = policy == "scrc"  # train a softmax head, then calibrate and certify with SCRC
     if scrc:
-        from natix.calibrate._validation import unit_open
+        from natix.calibrate.checks import unit_open
 
         for value, name in ((alpha, "alpha"), (delta, "delta"), (acceptance, "acceptance")):
             unit_open(value, name)

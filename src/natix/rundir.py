@@ -122,6 +122,22 @@ class Run:
             raise DataError(f"run '{self.path}' has no model.safetensors: {_REFIT}")
         return self.model_file.read_bytes()
 
+    # -- files later steps add
+    def write_json(self, name: str, content) -> Path:
+        """Write (atomically) the strict-JSON file `name` of the run, e.g. calibration.json."""
+        return write_json(self.path / name, content)
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """Write (atomically) the binary file `name` of the run, e.g. failure.safetensors."""
+        path = self.path / name
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
     # -- predictions
     def splits_with_predictions(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "predictions").glob("*.npz"))

@@ -19,7 +19,7 @@ from scipy.stats import binom, kstest
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import NotFittedError
 
-from natix.calibrate._validation import sigmoid, two_column
+from natix.calibrate.checks import sigmoid, two_column
 from natix.calibrate.conformal import (
     APS,
     LAC,

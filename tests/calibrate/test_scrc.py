@@ -14,7 +14,7 @@ from scipy.stats import norm
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from natix.calibrate._validation import sigmoid
+from natix.calibrate.checks import sigmoid
 from natix.calibrate.scrc import SCRC, max_probability
 from natix.errors import ConfigError, DataError
 

@@ -106,7 +106,7 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
         raise ConfigError(f"unknown calibration method '{method}': pass one of {', '.join(METHODS)}")
     if exit is not None and exit not in EXITS:
         raise ConfigError(f"unknown exit rule '{exit}': pass one of {', '.join(EXITS)}")
-    from natix.calibrate._validation import unit_open
+    from natix.calibrate.checks import unit_open
 
     alpha, delta, acceptance = unit_open(alpha, "alpha"), unit_open(delta, "delta"), unit_open(acceptance, "acceptance")
     run = Path(run)

@@ -33,7 +33,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.isotonic import IsotonicRegression
 from sklearn.utils.validation import check_is_fitted
 
-from natix.calibrate._validation import (
+from natix.calibrate.checks import (
     binary_labels,
     logit,
     nonnegative_float,

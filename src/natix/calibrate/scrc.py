@@ -25,7 +25,7 @@ from scipy.stats import binom
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from natix.calibrate._validation import binary_labels, positive_proba, two_column, unit_open
+from natix.calibrate.checks import binary_labels, positive_proba, two_column, unit_open
 from natix.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
