@@ -18,7 +18,7 @@ import numpy as np
 
 from natix.errors import DataError
 
-__all__ = ["canonical", "dumps", "jsonable", "number", "read_json", "write_json"]
+__all__ = ["canonical", "dumps", "jsonable", "number", "read_json", "write_atomic", "write_json"]
 
 
 def jsonable(value):
@@ -52,12 +52,17 @@ def canonical(value) -> bytes:
 
 
 def write_json(path, value) -> Path:
-    """Write `value` as strict JSON to `path` atomically (a temporary file renamed over it)."""
+    """Write `value` as strict JSON to `path` atomically (see :func:`write_atomic`)."""
+    return write_atomic(path, (dumps(value) + "\n").encode())
+
+
+def write_atomic(path, data: bytes) -> Path:
+    """Write `data` to a temporary file next to `path`, then rename it over `path`: a reader sees
+    the old file or the new one, never half of one."""
     path = Path(path)
-    text = dumps(value) + "\n"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import ConfigError, DataError
-from natix.jsonio import read_json, write_json
+from natix.jsonio import read_json, write_atomic, write_json
 
 __all__ = ["DERIVED", "PREDICTION_SPLITS", "Run", "check_out", "confidence", "write_predictions", "write_run"]
 
@@ -129,14 +129,7 @@ class Run:
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write (atomically) the binary file `name` of the run, e.g. failure.safetensors."""
-        path = self.path / name
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_atomic(self.path / name, data)
 
     # -- predictions
     def splits_with_predictions(self) -> list[str]:

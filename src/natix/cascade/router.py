@@ -67,8 +67,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from natix import metrics as M
-from natix.calibrate.checks import binary_labels, positive_int, unit_open
 from natix.calibrate.apply import load_split
+from natix.calibrate.checks import binary_labels, positive_int, unit_open
 from natix.calibrate.conformal import LearnThenTest
 from natix.errors import CacheError, ConfigError, DataError
 
