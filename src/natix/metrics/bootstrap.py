@@ -8,17 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from natix.metrics.classification import (
-    accuracy,
-    auprc,
-    auroc,
-    balanced_accuracy,
-    brier,
-    ece,
-    mcc,
-    nll,
-    predictions,
-)
+from natix.metrics import classification as C
+from natix.metrics import selective as S
 from natix.metrics.inputs import (
     ECE_BINS,
     NLL_EPS,
@@ -28,7 +19,6 @@ from natix.metrics.inputs import (
     mcc_from_counts,
     uniform_bins,
 )
-from natix.metrics.selective import augrc, auroc_failure, e_augrc
 
 # Bootstrap
 # --------------------------------------------------------------------------------------------
@@ -112,7 +102,7 @@ def _defined(value: float) -> float:
 
 def _confusion_w(y, p, w):
     """Weighted confusion counts (tp, tn, fp, fn), each [k], of the decisions p > 0.5."""
-    yhat = predictions(p).astype(bool)
+    yhat = C.predictions(p).astype(bool)
     pos = y == 1
     return tuple(w @ m.astype(float) for m in (pos & yhat, ~pos & ~yhat, ~pos & yhat, pos & ~yhat))
 
@@ -514,15 +504,15 @@ def seed_bootstrap_ci(
 
 
 _WEIGHTED = (
-    (accuracy, _accuracy_w),
-    (balanced_accuracy, _balanced_accuracy_w),
-    (mcc, _mcc_w),
-    (auroc, _auroc_w),
-    (auprc, _auprc_w),
-    (nll, _nll_w),
-    (brier, _brier_w),
-    (ece, _ece_w),
-    (augrc, _augrc_w),
-    (e_augrc, _e_augrc_w),
-    (auroc_failure, _auroc_failure_w),
+    (C.accuracy, _accuracy_w),
+    (C.balanced_accuracy, _balanced_accuracy_w),
+    (C.mcc, _mcc_w),
+    (C.auroc, _auroc_w),
+    (C.auprc, _auprc_w),
+    (C.nll, _nll_w),
+    (C.brier, _brier_w),
+    (C.ece, _ece_w),
+    (S.augrc, _augrc_w),
+    (S.e_augrc, _e_augrc_w),
+    (S.auroc_failure, _auroc_failure_w),
 )

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from natix.metrics.classification import (
-    accuracy,
-    auprc,
-    auroc,
-    balanced_accuracy,
-    brier,
-    ece,
-    mcc,
-    natix_reward_windows,
-    nll,
-)
+from natix.metrics import classification as C
+from natix.metrics import selective as S
 from natix.metrics.deferral import confidence as stage_confidence
 from natix.metrics.deferral import decision_errors
-from natix.metrics.selective import augrc, aurc, auroc_failure, e_augrc
 
 __all__ = ["LOWER_IS_BETTER", "METRIC_NAMES", "split_metrics"]
 
@@ -26,11 +16,12 @@ METRIC_NAMES = ("accuracy", "balanced_accuracy", "mcc", "auroc", "auprc", "nll",
 LOWER_IS_BETTER = frozenset({"nll", "brier", "ece", "ece_mass", "aurc", "augrc", "e_augrc"})
 
 _BY_PROBABILITY = {
-    "accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "mcc": mcc, "auroc": auroc, "auprc": auprc,
-    "nll": nll, "brier": brier, "ece": ece, "ece_mass": lambda y, p: ece(y, p, strategy="quantile"),
-    "natix_reward": lambda y, p: natix_reward_windows(y, p)[1],
+    "accuracy": C.accuracy, "balanced_accuracy": C.balanced_accuracy, "mcc": C.mcc, "auroc": C.auroc,
+    "auprc": C.auprc, "nll": C.nll, "brier": C.brier, "ece": C.ece,
+    "ece_mass": lambda y, p: C.ece(y, p, strategy="quantile"),
+    "natix_reward": lambda y, p: C.natix_reward_windows(y, p)[1],
 }
-_BY_CONFIDENCE = {"aurc": aurc, "augrc": augrc, "e_augrc": e_augrc, "auroc_f": auroc_failure}
+_BY_CONFIDENCE = {"aurc": S.aurc, "augrc": S.augrc, "e_augrc": S.e_augrc, "auroc_f": S.auroc_failure}
 
 
 def split_metrics(y_true, y_prob, confidence=None, *, names=METRIC_NAMES) -> dict:
