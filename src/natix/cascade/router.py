@@ -54,12 +54,11 @@ Numpy only: nothing here imports torch or ``natix.extract``.
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +66,9 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from natix import metrics as M
-from natix.calibrate.apply import load_split
 from natix.calibrate.checks import binary_labels, positive_int, unit_open
 from natix.calibrate.conformal import LearnThenTest
+from natix.cascade.stages import SPLITS, ExternalStage, as_external, as_stage, join_stages, load_callable, load_stage
 from natix.errors import CacheError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -78,98 +77,9 @@ __all__ = ["SPLITS", "ExternalStage", "Router", "cascade_run", "deferral_curve",
            "expected_gflops", "gflops_from_identity", "gflops_per_image", "join_stages", "load_callable",
            "load_stage", "save_curve", "vit_gflops"]
 
-SPLITS = ("val_calib", "val_test")  # thresholds are fitted on the first, reported on the second
 CURVE_POINTS = 101  # stage-1 confidence quantiles on the deferral curve
 _DEFAULT_PATCH = 16
 _DEFAULT_PREFIX = 5  # DINOv3: 1 CLS + 4 registers
-
-
-# --------------------------------------------------------------------------- loading runs
-
-
-def load_stage(run: str | Path) -> dict:
-    """A run's predictions for ``val_calib`` and ``val_test``, as a cascade stage.
-
-    Parameters
-    ----------
-    run : a run directory written by ``natix fit-head`` (or ``natix tune-gatekeeper``)
-
-    Returns
-    -------
-    dict with ``run`` (Path), ``cache`` (the run's ``config.json`` cache entry: path,
-    fingerprint, n_views, dim, view_names), ``confidence`` (``"gate"`` when the run has a learned
-    gate score, else ``"max_prob"``) and, per split in :data:`SPLITS`, a dict of arrays
-    ``ids (n,) str``, ``labels (n,) int64``, ``prob (n,) float64`` (P(roadwork)) and
-    ``confidence (n,) float64`` (the gate score g, else ``max(p, 1 - p)``).
-    """
-    from natix.heads.runs import read_config
-
-    run = Path(run)
-    config = read_config(run)
-    cache = dict(config.get("cache") or {})
-    if "path" not in cache:
-        raise DataError(f"run '{run}' has no cache path in config.json: refit it with natix fit-head")
-    out = {"run": run, "cache": cache, "confidence": "max_prob"}
-    for split in SPLITS:
-        pred = load_split(run, split)
-        prob = np.asarray(pred["prob"], dtype=np.float64)
-        if not ((prob >= 0.0) & (prob <= 1.0)).all():  # also NaN
-            raise DataError(f"run '{run}' {split} prob holds NaN or values outside [0, 1]: refit the run")
-        if "gate" in pred:
-            conf = np.asarray(pred["gate"], dtype=np.float64)
-            if not np.isfinite(conf).all():
-                raise DataError(f"run '{run}' {split} gate scores hold NaN or inf: refit the run")
-            out["confidence"] = "gate"
-        else:
-            conf = np.maximum(prob, 1.0 - prob)
-        out[split] = {"ids": pred["ids"].astype(str), "labels": pred["labels"].astype(np.int64), "prob": prob,
-                      "confidence": conf}
-    return out
-
-
-def join_stages(stages: Sequence[dict]) -> list[dict]:
-    """Align every stage's rows to stage 1's image ids, per split.
-
-    Parameters
-    ----------
-    stages : list of :func:`load_stage` dicts, stage 1 first
-
-    Returns
-    -------
-    list of stage dicts like the input; every split's arrays of stage k >= 2 are reordered (and
-    cut) to stage 1's ids of that split. Raises :class:`DataError` when a later stage lacks ids of
-    stage 1 or its labels disagree.
-    """
-    if len(stages) < 1:
-        raise ConfigError("a cascade needs at least one run")
-    first = stages[0]
-    for split in SPLITS:
-        ids = first[split]["ids"]
-        if len(np.unique(ids)) != len(ids):
-            raise DataError(f"stage 1 has duplicate {split} image ids: refit the run from a valid cache")
-    out = [first]
-    for k, stage in enumerate(stages[1:], start=2):
-        aligned = dict(stage)
-        for split in SPLITS:
-            ids, labels = first[split]["ids"], first[split]["labels"]
-            part = stage[split]
-            index = {i: r for r, i in enumerate(part["ids"].tolist())}
-            if len(index) != len(part["ids"]):
-                raise DataError(f"stage {k} has duplicate {split} image ids: refit the run from a valid cache")
-            rows = np.array([index.get(i, -1) for i in ids.tolist()], dtype=np.int64)
-            missing = int((rows < 0).sum())
-            if missing:
-                raise DataError(f"stage {k} lacks {missing} of {len(ids)} {split} image ids: runs must come from "
-                                "caches of the same images (and the same splits)")
-            bad = int((part["labels"][rows] != labels).sum())
-            if bad:
-                raise DataError(f"stage {k} disagrees with stage 1 on the labels of {bad} of {len(ids)} {split} "
-                                "images: the runs come from differently labeled caches")
-            n = len(part["ids"])
-            aligned[split] = {key: (v[rows] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v)
-                              for key, v in part.items()}
-        out.append(aligned)
-    return out
 
 
 # --------------------------------------------------------------------------- compute
@@ -278,78 +188,6 @@ def expected_gflops(reach: Sequence[float], gflops: Sequence[float | None]) -> t
     parts = [None if g is None else float(r) * float(g) for r, g in zip(reach, gflops)]
     unknown = any(p is None and r > 0 for p, r in zip(parts, reach))
     return (None if unknown else float(sum(p for p in parts if p is not None))), parts
-
-
-# --------------------------------------------------------------------------- stage 3
-
-
-def load_callable(spec: str) -> Callable:
-    """Import ``"package.module:function"`` (the function may be dotted, ``module:Class.method``)."""
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ConfigError(f"stage 3 must be given as 'module:function', got {spec!r}")
-    module_name, attr = spec.split(":")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import module '{module_name}' for stage 3 ({exc}): put it on PYTHONPATH "
-                          "or pass another module:function") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"module '{module_name}' has no attribute '{attr}': pass module:function")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"'{spec}' is not callable: pass a function images -> probabilities")
-    return obj
-
-
-class ExternalStage:
-    """A stage behind the protocol ``fn(images: list[str]) -> probabilities``, validated.
-
-    ``images`` are the image paths (strings) of the samples that reach the stage; the answer must
-    hold one P(roadwork) in [0, 1] per image (a sequence, numpy array or CPU tensor of shape
-    ``(n,)``). Anything else (-1, NaN, the wrong length, another shape) raises :class:`DataError`:
-    the router must produce a valid probability for every input.
-    """
-
-    def __init__(self, fn: Callable, *, name: str | None = None):
-        if not callable(fn):
-            raise ConfigError(f"stage 3 must be callable (images -> probabilities), got {type(fn).__name__}")
-        self.fn = fn
-        self.name = name or f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
-
-    def __repr__(self) -> str:
-        return f"ExternalStage({self.name})"
-
-    def __call__(self, images: Sequence[str]) -> np.ndarray:
-        images = [str(i) for i in images]
-        if not images:
-            return np.empty(0, dtype=np.float64)
-        raw = self.fn(images)
-        try:
-            p = np.asarray(raw, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise DataError(f"stage 3 ({self.name}) returned {type(raw).__name__}, not numbers: return one "
-                            "probability per image") from None
-        if p.shape != (len(images),):
-            raise DataError(f"stage 3 ({self.name}) returned shape {p.shape} for {len(images)} images: return "
-                            "one probability per image, shape (n,)")
-        bad = ~np.isfinite(p)
-        if bad.any():
-            raise DataError(f"stage 3 ({self.name}) returned NaN or inf for {int(bad.sum())} of {len(p)} images: "
-                            "return a probability in [0, 1] for every image")
-        out = (p < 0.0) | (p > 1.0)
-        if out.any():
-            raise DataError(f"stage 3 ({self.name}) returned {int(out.sum())} values outside [0, 1] (e.g. "
-                            f"{p[out][0]:g}): return P(roadwork), never -1")
-        return p
-
-
-def _as_external(stage3) -> ExternalStage:
-    if isinstance(stage3, ExternalStage):
-        return stage3
-    if isinstance(stage3, str):
-        return ExternalStage(load_callable(stage3), name=stage3)
-    return ExternalStage(stage3)
 
 
 # --------------------------------------------------------------------------- the router
@@ -757,10 +595,6 @@ def _stage_compute(stages: list[dict]) -> tuple[list, list, list]:
     return gflops, marginal, notes
 
 
-def _load(stage) -> dict:
-    return stage if isinstance(stage, dict) else load_stage(stage)
-
-
 def evaluate_cascade(stage_runs: Sequence, router: Router, *, stage3=None) -> dict:
     """Run a fitted router on ``val_test`` and measure the cascade.
 
@@ -782,10 +616,10 @@ def evaluate_cascade(stage_runs: Sequence, router: Router, *, stage3=None) -> di
     ``predictions`` (numpy ``ids``, ``labels``, ``prob``, ``stage``; not JSON).
     """
     check_is_fitted(router, "thresholds_")
-    stages = join_stages([_load(s) for s in stage_runs])
+    stages = join_stages([as_stage(s) for s in stage_runs])
     if len(stages) < 2 and stage3 is None:
         raise ConfigError("a cascade needs at least two stages: pass two runs, or one run and stage3")
-    external = None if stage3 is None else _as_external(stage3)
+    external = None if stage3 is None else as_external(stage3)
     K = len(stages) + (external is not None)
     if router.n_stages_ != K:
         raise ConfigError(f"the router was fitted for {router.n_stages_} stages, but {K} were given")
@@ -911,7 +745,7 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
     """
     router = Router(target_risk=target_risk, delta=delta, budget=budget)
     router._mode()  # option errors before any file is read
-    external = None if stage3 is None else _as_external(stage3)
+    external = None if stage3 is None else as_external(stage3)
     stages = join_stages([load_stage(stage1), load_stage(stage2)])
     calib = [s["val_calib"] for s in stages] + ([None] if external is not None else [])
     router.fit(calib)
