@@ -12,8 +12,16 @@ from torch import nn
 import natix.heads.modules  # noqa: F401  (fills the registries)
 from natix.errors import ConfigError
 from natix.heads.modules import POLICIES, ViewModel
-from natix.heads.registry import AGGREGATORS, HEADS, Registry, list_aggregators, list_heads
-from natix.heads.train import HeadConfig, _loss
+from natix.heads.registry import (
+    AGGREGATORS,
+    HEADS,
+    Registry,
+    create_aggregator,
+    create_head,
+    list_aggregators,
+    list_heads,
+)
+from natix.heads.train import HeadConfig, training_loss
 
 DIM = 16
 ATTENTION = {"attention", "gated-attention"}
@@ -26,8 +34,8 @@ def _seeded():
 
 
 def _model(head, agg, policy="softmax", *, n_views=4, dropout=0.1, k=2, **kw):
-    return ViewModel(dim=DIM, n_views=n_views, head=head, agg=agg, policy=policy,
-                     head_kwargs={"hidden": 8, "dropout": dropout}, agg_kwargs={"k": k, "attn_hidden": 8}, **kw)
+    cfg = HeadConfig(head=head, agg=agg, policy=policy, hidden=8, dropout=dropout, k=k, attn_hidden=8, **kw)
+    return cfg.build(DIM, n_views)
 
 
 def _x(b=5, v=4, seed=0):
@@ -71,7 +79,7 @@ def test_gradients_reach_every_parameter(head, agg, policy):
     model = _model(head, agg, policy).train()
     x = _x(b=8, v=4)
     y = torch.tensor([0, 1] * 4, dtype=torch.float32)
-    loss = _loss(model(x), y, torch.ones(8), HeadConfig(head=head, agg=agg, policy=policy))
+    loss = training_loss(model(x), y, torch.ones(8), HeadConfig(head=head, agg=agg, policy=policy))
     loss.backward()
     params = dict(model.named_parameters())
     assert params
@@ -243,9 +251,9 @@ def test_registry_create_unknown(registry, names):
 
 def test_duplicate_registration_raises():
     reg = Registry("widget")
-    reg.register("a")(lambda **kw: kw)
+    reg.register("a")(lambda *, x: x)
     with pytest.raises(ConfigError, match="widget 'a' is already registered"):
-        reg.register("a")(lambda **kw: None)
+        reg.register("a")(lambda *, x: None)
     assert reg.names() == ["a"]
     n_heads = list_heads()
     with pytest.raises(ConfigError, match="already registered"):
@@ -256,8 +264,9 @@ def test_duplicate_registration_raises():
 
 def test_registry_create_passes_kwargs():
     reg = Registry("widget")
-    reg.register("b")(lambda **kw: kw)
+    reg.register("b")(lambda *, x, y="y": {"x": x, "y": y})
     assert reg.create("b", x=1, y="z") == {"x": 1, "y": "z"}
+    assert reg.arguments("b") == ("x", "y") and reg.supported("b", {"x": 2, "q": 3}) == {"x": 2}
     assert "b" in reg and "c" not in reg
     mlp = HEADS.create("mlp", in_dim=DIM, hidden=7, depth=2, norm="none", dropout=0.0)
     linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
@@ -267,3 +276,55 @@ def test_registry_create_passes_kwargs():
     attn = AGGREGATORS.create("gated-attention", dim=DIM, attn_hidden=11)
     assert attn.V.out_features == 11 and attn.U is not None
     assert AGGREGATORS.create("attention", dim=DIM).U is None
+
+
+# --------------------------------------------------------------------------- strict constructor arguments
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_a_misspelt_head_argument_is_an_error(name):
+    with pytest.raises(ConfigError, match=rf"^head '{name}' has no argument 'hiden': pass only in_dim"):
+        create_head(name, in_dim=DIM, hiden=8)
+
+
+@pytest.mark.parametrize("name", list_aggregators())
+def test_a_misspelt_aggregator_argument_is_an_error(name):
+    with pytest.raises(ConfigError, match=rf"^aggregator '{name}' has no argument 'kk': pass only dim"):
+        create_aggregator(name, dim=DIM, kk=5)
+
+
+def test_the_error_lists_the_valid_arguments():
+    with pytest.raises(ConfigError, match="^aggregator 'topk' has no argument 'kk': pass only dim, k$"):
+        create_aggregator("topk", dim=8, kk=5)
+    with pytest.raises(ConfigError, match="pass only in_dim, hidden, depth, dropout, norm$"):
+        create_head("mlp", in_dim=8, k=2)  # an aggregator's argument is not a head's
+    # the shared width is accepted by every constructor, used by those that need it
+    assert create_aggregator("global", dim=8) is not None and create_aggregator("topk", dim=8, k=5).k == 5
+
+
+@pytest.mark.parametrize("registry", [HEADS, AGGREGATORS])
+def test_a_constructor_taking_any_keyword_cannot_be_registered(registry):
+    names = registry.names()
+    with pytest.raises(ConfigError, match="takes \\*\\*kwargs: name the arguments"):
+        registry.register("catch-all")(lambda **kwargs: None)
+    assert registry.names() == names
+
+
+@pytest.mark.parametrize("head,agg,policy", GRID)
+@pytest.mark.parametrize("view_embedding", [False, True])
+def test_every_head_config_builds(head, agg, policy, view_embedding):
+    """Every config option reaches the constructors that take it and no other."""
+    cfg = HeadConfig(head=head, agg=agg, policy=policy, view_embedding=view_embedding, hidden=6, depth=2,
+                     dropout=0.0, norm="none", k=3, attn_hidden=5)
+    model = cfg.build(DIM, 4)
+    assert set(cfg.head_kwargs()) == ({"hidden", "depth", "dropout", "norm"} if head == "mlp" else set())
+    assert cfg.agg_kwargs() == {"topk": {"k": 3}, "attention": {"attn_hidden": 5},
+                                "gated-attention": {"attn_hidden": 5}}.get(agg, {})
+    if head == "mlp":
+        assert [m.out_features for m in model.head.modules() if isinstance(m, nn.Linear)] == [6, 6, 1]
+    if agg == "topk":
+        assert model.agg.k == 3
+    if agg in ATTENTION:
+        assert model.agg.V.out_features == 5
+    with torch.no_grad():
+        assert model.eval()(_x())["logit"].shape == (5,)

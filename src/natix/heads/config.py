@@ -32,6 +32,9 @@ OPTIMIZERS = ("auto", "lbfgs", "adamw")
 VIEW_LINEAR_AGGS = ("global", "mean", "max", "topk")
 DEFAULT_L2 = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 PRECISIONS = ("auto", "fp32", "bf16")
+# HeadConfig fields that are constructor arguments: each head or aggregator gets those it names.
+HEAD_OPTIONS = ("hidden", "depth", "dropout", "norm")
+AGG_OPTIONS = ("k", "attn_hidden")
 
 
 def _known(name: str, builtin: tuple[str, ...], registry) -> bool:
@@ -92,18 +95,14 @@ class HeadConfig:
                          head_kwargs=self.head_kwargs(), agg_kwargs=self.agg_kwargs())
 
     def head_kwargs(self) -> dict:
-        """The hyperparameters the head takes (a linear head takes none)."""
-        if self.head == "linear":
-            return {}
-        return {"hidden": self.hidden, "depth": self.depth, "dropout": self.dropout, "norm": self.norm}
+        """The hyperparameters of this config that the head's constructor takes (a linear head: none)."""
+        ensure_builtins()
+        return HEADS.supported(self.head, {k: getattr(self, k) for k in HEAD_OPTIONS})
 
     def agg_kwargs(self) -> dict:
-        """The hyperparameters the aggregator takes."""
-        if self.agg == "topk":
-            return {"k": self.k}
-        if self.agg in ("attention", "gated-attention"):
-            return {"attn_hidden": self.attn_hidden}
-        return {}
+        """The hyperparameters of this config that the aggregator's constructor takes."""
+        ensure_builtins()
+        return AGGREGATORS.supported(self.agg, {k: getattr(self, k) for k in AGG_OPTIONS})
 
     @property
     def name(self) -> str:

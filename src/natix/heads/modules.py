@@ -23,7 +23,7 @@ from natix.heads.registry import AGGREGATORS, HEADS, register_aggregator, regist
 class LinearHead(nn.Module):
     """One logit from a linear map (a linear probe: no dropout, weight decay regularises)."""
 
-    def __init__(self, *, in_dim: int, **_):
+    def __init__(self, *, in_dim: int):
         super().__init__()
         self.fc = nn.Linear(in_dim, 1)
 
@@ -36,7 +36,7 @@ class MLPHead(nn.Module):
     """`depth` hidden layers of `hidden` units (GELU, optional LayerNorm, dropout), then a logit."""
 
     def __init__(self, *, in_dim: int, hidden: int = 256, depth: int = 1, dropout: float = 0.1,
-                 norm: str = "layer", **_):
+                 norm: str = "layer"):
         super().__init__()
         if norm not in ("layer", "none"):
             raise ValueError(f"unknown norm '{norm}': use layer or none")
@@ -66,46 +66,50 @@ def _masked_mean(x, mask):
     return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
 
-class _Aggregator(nn.Module):
+class Aggregator(nn.Module):
     """Returns ``(logit [B], view_logits [B, V] | None, pooled [B, D], attention [B, V] | None)``.
 
     `view_logits=False` lets pooling aggregators skip the per-view head (training speed).
     """
 
+    def __init__(self):
+        super().__init__()
+
     def forward(self, x, head, mask=None, view_logits=True):  # pragma: no cover - interface
         raise TypeError("use a registered aggregator")
 
 
-@register_aggregator("global")
-class GlobalView(_Aggregator):
-    """The global view (view 0) alone."""
+class FeaturePool(Aggregator):
+    """Pools the view features (`pool`), then applies the head once to the pooled row."""
 
-    def __init__(self, **_):
-        super().__init__()
+    def pool(self, x, mask):  # pragma: no cover - interface
+        """``(pooled [B, D], attention [B, V] | None)``."""
+        raise TypeError("use a registered aggregator")
 
     def forward(self, x, head, mask=None, view_logits=True):
-        pooled = x[:, 0]
-        return head(pooled), head(x) if view_logits else None, pooled, None
+        pooled, attention = self.pool(x, mask)
+        return head(pooled), head(x) if view_logits else None, pooled, attention
+
+
+@register_aggregator("global")
+class GlobalView(FeaturePool):
+    """The global view (view 0) alone."""
+
+    def pool(self, x, mask):
+        return x[:, 0], None
 
 
 @register_aggregator("mean")
-class MeanPool(_Aggregator):
+class MeanPool(FeaturePool):
     """Mean of the view features, then the head."""
 
-    def __init__(self, **_):
-        super().__init__()
-
-    def forward(self, x, head, mask=None, view_logits=True):
-        pooled = _masked_mean(x, mask)
-        return head(pooled), head(x) if view_logits else None, pooled, None
+    def pool(self, x, mask):
+        return _masked_mean(x, mask), None
 
 
 @register_aggregator("max")
-class MaxPool(_Aggregator):
+class MaxPool(Aggregator):
     """The most positive per-view logit (multiple-instance max)."""
-
-    def __init__(self, **_):
-        super().__init__()
 
     def forward(self, x, head, mask=None, view_logits=True):
         view_logits = head(x)
@@ -114,10 +118,10 @@ class MaxPool(_Aggregator):
 
 
 @register_aggregator("topk")
-class TopKPool(_Aggregator):
+class TopKPool(Aggregator):
     """Mean of the `k` most positive per-view logits."""
 
-    def __init__(self, *, k: int = 2, **_):
+    def __init__(self, *, k: int = 2):
         super().__init__()
         if k < 1:
             raise ValueError(f"topk needs k >= 1, got {k}")
@@ -137,12 +141,12 @@ class TopKPool(_Aggregator):
 
 
 @register_aggregator("attention")
-class AttentionPool(_Aggregator):
+class AttentionPool(FeaturePool):
     """Attention MIL (Ilse et al. 2018): ``a = softmax_v(wᵀ tanh(V h_v))``, pooled = Σ a_v h_v."""
 
     gated = False
 
-    def __init__(self, *, dim: int, attn_hidden: int = 128, **_):
+    def __init__(self, *, dim: int, attn_hidden: int = 128):
         super().__init__()
         self.V = nn.Linear(dim, attn_hidden)
         self.U = nn.Linear(dim, attn_hidden) if self.gated else None
@@ -158,10 +162,9 @@ class AttentionPool(_Aggregator):
             scores = scores.masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=1)
 
-    def forward(self, x, head, mask=None, view_logits=True):
+    def pool(self, x, mask):
         a = self.weights(x, mask)
-        pooled = torch.einsum("bv,bvd->bd", a, x)
-        return head(pooled), head(x) if view_logits else None, pooled, a
+        return torch.einsum("bv,bvd->bd", a, x), a
 
 
 @register_aggregator("gated-attention")

@@ -26,7 +26,7 @@ from natix.heads.modules import ViewModel
 log = logging.getLogger(__name__)
 
 
-def _loss(out: dict, y, weights, cfg: HeadConfig):
+def training_loss(out: dict, y, weights, cfg: HeadConfig):
     """BCE for softmax; the SelectiveNet objective for gate."""
     bce = F.binary_cross_entropy_with_logits(out["logit"], y, reduction="none") * weights
     if cfg.policy == "softmax":
@@ -158,7 +158,7 @@ def _step(m: _Member, batch, head: HeadConfig, train: TrainConfig, amp) -> None:
     with torch.autocast(device_type=torch.device(train.device).type, dtype=amp or torch.float32,
                         enabled=amp is not None):
         out = m.model(xb, mask, standardised=True)
-    loss = _loss({k: (t.float() if t is not None else None) for k, t in out.items()}, yb, wb, head)
+    loss = training_loss({k: (t.float() if t is not None else None) for k, t in out.items()}, yb, wb, head)
     m.opt.zero_grad(set_to_none=True)
     loss.backward()
     m.opt.step()
