@@ -27,13 +27,45 @@ def test_help_of_every_command(cmd):
     assert r.exit_code == 0 and "Usage:" in r.output
 
 
-def test_help_does_not_import_torch():
+HEAVY = ("torch", "h5py", "sklearn", "scipy", "transformers", "timm", "xgboost", "matplotlib")
+
+_FRESH = """
+import json, sys
+import natix.cli
+after_import = sorted(m for m in {heavy} if m in sys.modules)
+from natix.cli import cli, main
+helped = []
+for args in [[]] + [[name] for name in sorted(cli.commands)] + [["cache", name] for name in sorted(cli.commands["cache"].commands)]:
+    sys.argv = ["natix", *args, "--help"]
+    try:
+        main()
+    except SystemExit as exc:
+        assert exc.code == 0, args
+    helped.append(args)
+print(json.dumps({{"after_import": after_import, "after_help": sorted(m for m in {heavy} if m in sys.modules),
+                  "helped": helped}}))
+"""
+
+
+def test_import_and_every_help_load_no_heavy_library():
+    """`import natix.cli` and `natix [COMMAND] --help` in a fresh interpreter load none of the heavy
+    libraries: every command imports them when it runs."""
     import subprocess
     import sys
 
-    code = "import sys; from natix.cli import main; sys.argv=['natix','--help']\ntry: main()\nexcept SystemExit: pass\n" \
-           "assert 'torch' not in sys.modules and 'h5py' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    res = subprocess.run([sys.executable, "-c", _FRESH.format(heavy=repr(HEAVY))], check=True, capture_output=True,
+                         text=True)
+    out = json.loads(res.stdout.splitlines()[-1])
+    assert out["after_import"] == [] and out["after_help"] == []
+    assert ["fit-head"] in out["helped"] and ["cache", "verify"] in out["helped"] and len(out["helped"]) >= 18
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "natix.cli", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "fit-head" in res.stdout and "cascade" in res.stdout
 
 
 @pytest.mark.parametrize("args, match", [

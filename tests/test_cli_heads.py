@@ -280,6 +280,26 @@ def test_evaluate_json_matches_metrics_json(fitted):
     assert all(len(ci) == 2 for ci in result["ci"].values())
 
 
+def test_evaluate_json_is_strict_when_a_metric_is_undefined(fitted, tmp_path):
+    """A val_test of one class leaves AUROC undefined (NaN): --json prints null, never a bare NaN."""
+    import shutil
+
+    from natix.rundir import write_predictions
+
+    _ok(fitted[0])
+    run_dir = shutil.copytree(fitted[1], tmp_path / "one-class")
+    with np.load(run_dir / "predictions" / "val_test.npz") as z:
+        pred = {k: z[k] for k in z.files}
+    write_predictions(run_dir, "val_test", pred.pop("ids"), np.ones_like(pred.pop("labels")), pred)
+    out = _ok(run("evaluate", run_dir, "--json")).output
+    assert "NaN" not in out
+    result = json.loads(out)
+    assert result["metrics"]["auroc"] is None and result["metrics"]["n"] == len(pred["prob"])
+    assert result["metrics"]["accuracy"] == pytest.approx(float(np.mean(pred["prob"] > 0.5)))
+    text = _ok(run("evaluate", run_dir)).output
+    assert re.search(r"^\s+auroc\s+nan\b", text, re.MULTILINE), text
+
+
 def test_evaluate_bad_split_and_bad_run(fitted, tmp_path):
     _ok(fitted[0])
     line = _one_line_error(run("evaluate", fitted[1], "--split", "nope"), 1)

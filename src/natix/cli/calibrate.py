@@ -1,0 +1,77 @@
+"""Calibration commands: `calibrate` (calibrator + certified exit rule) and `report` (plots)."""
+
+from __future__ import annotations
+
+import click
+
+from natix.cli.common import echo_json
+from natix.cli.group import cli, library_errors
+
+# Literal names: importing natix.calibrate for its lists would load scikit-learn on `natix --help`.
+METHODS = ["temperature", "platt", "beta", "isotonic"]
+EXITS = ["ltt", "crc", "scrc"]
+SUMMARY_METRICS = ("ece", "nll", "brier", "mcc", "accuracy", "natix_reward")
+
+
+def bound_line(t: dict) -> str | None:
+    """The certified bound of a val_test table and whether val_test kept it; None without a bound."""
+    if "bound" not in t:
+        return None
+    bd = t["bound"]
+    if t["accepted"] == 0:
+        return (f"certified bound: {bd['quantity']} <= {bd['level']}; nothing accepted on val_test, so it holds "
+                "vacuously")
+    verdict = ("undefined on val_test (no images it applies to)" if bd["held"] is None else "held" if bd["held"]
+               else "NOT held (a guarantee holds on average/with probability, not on every test set)")
+    return f"certified bound: {bd['quantity']} <= {bd['level']}; on val_test {bd['observed']:.4f} -> {verdict}"
+
+
+def calibration_summary(res) -> str:
+    """A `CalibrationResult` as text: val_test before/after, coverage, the bound, the guarantee."""
+    t = res.table
+    b, a = t["before"], t["after"]
+    lines = [f"val_test ({t['n']} images; fractions, not x1000)", f"{'':<14}{'before':>10}{'after':>10}"]
+    lines += [f"{k:<14}{b[k]:>10.4f}{a[k]:>10.4f}" for k in SUMMARY_METRICS]
+    lines.append(f"coverage {t['coverage']:.4f} ({t['accepted']} accepted), selective risk {t['selective_risk']:.4f}")
+    bound = bound_line(t)
+    if bound is not None:
+        lines.append(bound)
+    lines.append(f"guarantee: {res.guarantee}")
+    return "\n".join(lines)
+
+
+@cli.command("calibrate")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--method", type=click.Choice(METHODS), default="platt", show_default=True)
+@click.option("--exit", "exit_rule", type=click.Choice(EXITS), default=None,
+              help="Certified exit rule (none: no deferral).")
+@click.option("--alpha", default=0.1, show_default=True, help="Risk level of the guarantee.")
+@click.option("--delta", default=0.1, show_default=True, help="Failure probability (LTT, SCRC).")
+@click.option("--target-fnr", type=float, default=None, help="Pick the decision threshold for this FNR.")
+@click.option("--acceptance", default=0.8, show_default=True, help="SCRC: target acceptance rate.")
+@click.option("--json", "as_json", is_flag=True)
+@library_errors
+def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, as_json) -> None:
+    """Calibrate a run on val_calib and certify an exit rule; report on val_test."""
+    from natix.calibrate.apply import calibrate_run
+
+    res = calibrate_run(run, method=method, exit=exit_rule, alpha=alpha, delta=delta, target_fnr=target_fnr,
+                        acceptance=acceptance)
+    if as_json:
+        echo_json({"calibration": res.calibration, "thresholds": res.thresholds, "val_test": res.table,
+                   "guarantee": res.guarantee})
+        return
+    click.echo(f"{run}: {method} calibration, exit {exit_rule or 'none'} -> calibration.json, thresholds.json")
+    click.echo(calibration_summary(res))
+
+
+@cli.command("report")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder [default: RUN/report].")
+@library_errors
+def report(run, out) -> None:
+    """Plot reliability, risk-coverage and confidence histograms of a run (PNG + markdown)."""
+    from natix.calibrate.report import write_report
+
+    md = write_report(run, out)
+    click.echo(f"wrote {md} and {len(list(md.parent.glob('*.png')))} plots")

@@ -1,0 +1,120 @@
+"""Cascade commands: `fit-failure`, `tune-gatekeeper`, `cascade`."""
+
+from __future__ import annotations
+
+import click
+
+from natix.cli.common import comma_floats, echo_json
+from natix.cli.group import cli, library_errors
+
+FAILURE_COLUMNS = ("auroc_f", "fpr_at_95_tpr", "augrc")
+
+
+def failure_table(run, model: str, res: dict) -> str:
+    """`natix fit-failure` as text: each confidence's failure-detection metrics with 95% CIs."""
+    lines = [f"{run}: failure predictor ({model}) -> failure.json, failure.safetensors; val_test, "
+             f"{res['n']} images, error rate {res['error_rate']:.4f} (95% bootstrap CIs, fractions)",
+             f"{'confidence':<28}{'AUROC_f':>26}{'FPR@95%TPR':>26}{'AUGRC':>26}"]
+    for name, m in res["confidences"].items():
+        cells = "".join(f"{m[k]['estimate']:>9.4f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in FAILURE_COLUMNS)
+        lines.append(f"{name:<28}{cells}")
+    return "\n".join(lines)
+
+
+@cli.command("fit-failure")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--model", type=click.Choice(["xgboost", "mlp"]), default="xgboost", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True,
+              help="CPU threads (torch, BLAS and XGBoost); 0 = every available core.")
+@click.option("--json", "as_json", is_flag=True)
+@library_errors
+def fit_failure(run, model, seed, threads, as_json) -> None:
+    """Train a failure predictor on a run's out-of-fold predictions; compare it on val_test."""
+    from natix.cascade.failure import fit_failure_run
+
+    res = fit_failure_run(run, model=model, seed=seed, threads=threads)
+    if as_json:
+        echo_json(res)
+    else:
+        click.echo(failure_table(run, model, res))
+
+
+def gatekeeper_table(run, rows: list[dict]) -> str:
+    """`natix tune-gatekeeper` as text: one line per alpha."""
+    lines = [f"Gatekeeper on {run} (val_test; recalibrated with Platt on val_calib; fractions)",
+             f"{'alpha':>6}{'accuracy':>10}{'AUROC_f':>9}{'overlap':>9}{'s_d':>8}  run"]
+    for r in rows:
+        sd = "-" if r["s_d"] is None else f"{r['s_d']:.4f}"
+        lines.append(f"{r['alpha']:>6.2f}{r['accuracy']:>10.4f}{r['auroc_f']:>9.4f}{r['overlap']:>9.4f}{sd:>8}  "
+                     f"{r['out']}")
+    return "\n".join(lines)
+
+
+@cli.command("tune-gatekeeper")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--alpha", "alphas", default="0.1,0.3,0.5,0.7,0.9", show_default=True,
+              help="Comma-separated Gatekeeper alphas (weight of CE on correct answers).")
+@click.option("--stage2", type=click.Path(file_okay=False), default=None, help="A stronger run, for s_d.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the tuned runs "
+              "[default: RUN-gatekeeper].")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--threads", default=0, show_default=True,
+              help="CPU threads (torch and BLAS); 0 = every available core.")
+@click.option("--json", "as_json", is_flag=True)
+@library_errors
+def tune_gatekeeper(run, alphas, stage2, out, epochs, threads, as_json) -> None:
+    """Fine-tune a run's head with the Gatekeeper loss for each alpha; save each as a new run."""
+    from natix.cascade.gatekeeper import tune_gatekeeper_grid
+
+    values = comma_floats(alphas, "--alpha", "0.1,0.5,0.9")
+    out = out or f"{str(run).rstrip('/')}-gatekeeper"
+    rows = tune_gatekeeper_grid(run, out, values, stage2=stage2, epochs=epochs, threads=threads)
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(gatekeeper_table(run, rows))
+
+
+def cascade_text(res: dict) -> str:
+    """`natix cascade` as text, from what `cascade_run` returns."""
+    m, gf = res, res["compute"].get("expected_gflops")
+    compute = (f"{gf:.3f} GFLOPs (expected over the routing)" if isinstance(gf, (int, float))
+               else "unknown (synthetic or unrecognised backbone)")
+    return "\n".join([
+        f"cascade ({res['router'].mode_}) -> {res['out']}/cascade.json, cascade_curve.csv, cascade_curve.png",
+        f"thresholds per stage: {res['router'].thresholds_}",
+        f"val_test ({m['n']} images; fractions): accuracy {m['accuracy']:.4f}, MCC {m['mcc']:.4f}, "
+        f"NATIX reward {m['natix_reward']:.4f}",
+        "reaching stage 2, 3, ...: " + ", ".join(f"{d:.4f}" for d in m["deferral"]),
+        f"compute per image: {compute}",
+        f"guarantee: {res['calibration']['guarantee']}"])
+
+
+def cascade_json(res: dict) -> dict:
+    """What `natix cascade --json` prints: `cascade_run`'s values without the per-image predictions,
+    the fitted router as its mode, parameters and thresholds."""
+    router = res["router"]
+    kept = {k: v for k, v in res.items() if k not in ("router", "predictions")}
+    return {"mode": router.mode_, "router": {**router.get_params(), "thresholds": router.thresholds_}, **kept}
+
+
+@cli.command("cascade")
+@click.option("--stage1", required=True, type=click.Path(file_okay=False), help="Cheap run (always runs).")
+@click.option("--stage2", required=True, type=click.Path(file_okay=False), help="Stronger run.")
+@click.option("--stage3", default=None, help="External model as module:function (images -> probabilities).")
+@click.option("--target-risk", type=float, default=None, help="Certified selective risk per stage (LTT).")
+@click.option("--delta", default=0.1, show_default=True, help="LTT failure probability.")
+@click.option("--budget", type=float, default=None, help="Max fraction deferred past each stage (best reward).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="[default: STAGE1/cascade]")
+@click.option("--json", "as_json", is_flag=True)
+@library_errors
+def cascade(stage1, stage2, stage3, target_risk, delta, budget, out, as_json) -> None:
+    """Choose exit thresholds for a 2-3 stage cascade on val_calib; report it on val_test."""
+    from natix.cascade.router import cascade_run
+
+    res = cascade_run(stage1, stage2, stage3=stage3, target_risk=target_risk, delta=delta, budget=budget, out=out)
+    if as_json:
+        echo_json(cascade_json(res))
+    else:
+        click.echo(cascade_text(res))

@@ -1,0 +1,214 @@
+"""Tier-1 commands: `extract`, `cache ls|info|verify`, and the demo helpers `demo-data` and
+`demo-backbone`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from natix.cli.common import echo_json, quiet_transformers
+from natix.cli.group import cli, library_errors
+
+CACHE_HELP = "Cache directory  [default: $NATIX_CACHE, else ./.natix-cache]"
+
+
+# --------------------------------------------------------------------------- demo helpers
+
+
+@cli.command("demo-data")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--n", default=200, show_default=True, help="Number of images.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same bytes).")
+@library_errors
+def demo_data(out: str, n: int, seed: int) -> None:
+    """Write a synthetic street-scene image set with labels.csv into OUT."""
+    from natix.data.demo import make_demo_images
+
+    csv = make_demo_images(out, n=n, seed=seed)
+    click.echo(f"wrote {n} images and {csv}")
+
+
+@cli.command("demo-backbone")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--hidden-size", default=32, show_default=True)
+@click.option("--layers", default=2, show_default=True)
+@library_errors
+def demo_backbone(out: str, seed: int, hidden_size: int, layers: int) -> None:
+    """Save a tiny randomly initialised DINOv3 ViT to OUT (for demos and tests)."""
+    from natix.extract.backbones import save_tiny_dinov3
+
+    quiet_transformers()
+    path = save_tiny_dinov3(out, seed=seed, hidden_size=hidden_size, layers=layers)
+    click.echo(f"saved a random DINOv3 ViT (hidden {hidden_size}, {layers} layers, 4 registers) to {path}")
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def extract_summary(r) -> str:
+    """The lines `natix extract` prints for an `ExtractResult`."""
+    lines = [f"cache     {r.cache_file}  (fingerprint {r.fingerprint[:16]})",
+             f"images    {r.images} in source: {r.already_cached} already cached, {r.resumed} resumed from an "
+             f"interrupted run, {r.extracted} extracted, {r.failed} failed, {r.known_failures} known failures"]
+    if r.metadata_updates:
+        lines.append(f"metadata  {r.metadata_updates} cached images got a new path/label/group")
+    if r.model_work:
+        lines.append(f"speed     {r.images_per_s:.1f} images/s, {r.images_per_s * r.n_views:.0f} views/s on "
+                     f"{r.device} ({r.precision}, batch {r.batch_size}); {r.seconds:.1f} s in all")
+    else:
+        lines.append(f"no model work: every image is already in the cache ({r.seconds:.1f} s)")
+    lines.append(f"features  [N, {r.n_views}, {r.dim}]")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("data", type=click.Path())
+@click.option("--backbone", required=True,
+              help="Hub id, local directory (save_pretrained), or timm:<model>.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights file for a timm:<model> backbone.")
+@click.option("--adapter", type=click.Path(file_okay=False), help="PEFT LoRA/DoRA adapter directory (merged).")
+@click.option("--views", type=int, default=10, show_default=True, help="1 (global), 10 (+tiles), 20 (+flips).")
+@click.option("--grid", type=int, default=3, show_default=True, help="Tiles per side.")
+@click.option("--overlap", type=float, default=0.125, show_default=True, help="Tile overlap fraction in [0, 1).")
+@click.option("--view-size", type=int, default=224, show_default=True, help="Global view side (multiple of 16).")
+@click.option("--tile-size", type=int, default=None, help="Tile side (multiple of 16)  [default: view size]")
+@click.option("--pool", type=click.Choice(["cls", "cls+mean"]), default="cls", show_default=True)
+@click.option("--store-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA, fp32 on CPU (part of the cache identity).")
+@click.option("--cache", "cache_root", type=click.Path(file_okay=False), help=CACHE_HELP)
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per model step.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Decoding processes.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the backbone (CUDA).")
+@click.option("--retry-failures", is_flag=True, help="Decode again images that failed before.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@library_errors
+def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
+            precision, cache_root, batch_size, workers, device, compile_, retry_failures, quiet, as_json) -> None:
+    """Extract per-view features of every image in DATA (folder or CSV/JSONL manifest)."""
+    from natix.config import RunOptions, ViewRecipe
+    from natix.extract.extractor import extract as run_extract
+
+    recipe = ViewRecipe(n_views=views, grid=grid, overlap=overlap, view_size=view_size,
+                        tile_size=tile_size or view_size)
+    options = RunOptions(batch_size=batch_size, workers=workers, device=device, progress=not quiet)
+    quiet_transformers()
+    r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
+                    checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
+                    compile=compile_, retry_failures=retry_failures)
+    if as_json:
+        echo_json({**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work})
+    else:
+        click.echo(extract_summary(r))
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect feature caches."""
+
+
+def cache_table(rows: list[dict]) -> str:
+    """`natix cache ls` as a table: one line per cache file (unreadable ones say why)."""
+    lines = [f"{'file':<22} {'images':>7} {'views':>5} {'dim':>5} {'MB':>8}  backbone / note"]
+    for r in rows:
+        name = Path(r["path"]).name
+        if "error" in r:
+            lines.append(f"{name:<22} {'?':>7} {'?':>5} {'?':>5} {'?':>8}  UNREADABLE: {r['error']}")
+            continue
+        note = f"  ({r['pending_parts']} unmerged chunks)" if r["pending_parts"] else ""
+        lines.append(f"{name:<22} {r['images']:>7} {r['views']:>5} {r['dim']:>5} {r['size_mb']:>8.1f}  "
+                     f"{r['backbone']}{note}")
+    return "\n".join(lines)
+
+
+@cache.command("ls")
+@click.option("--cache", "cache_root", type=click.Path(file_okay=False), help=CACHE_HELP)
+@click.option("--json", "as_json", is_flag=True)
+@library_errors
+def cache_ls(cache_root, as_json) -> None:
+    """List the caches in the cache directory."""
+    from natix.cache.store import list_caches, resolve_cache_root
+
+    root = resolve_cache_root(cache_root)
+    rows = list_caches(root)
+    if as_json:
+        echo_json(rows)
+    else:
+        click.echo(cache_table(rows) if rows else f"no caches in {root}")
+
+
+def cache_description(c) -> dict:
+    """What `natix cache info --json` prints about an open `FeatureCache`."""
+    import numpy as np
+
+    labels = {int(k): int(v) for k, v in zip(*np.unique(c.labels, return_counts=True))}
+    return {"path": str(c.path), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
+            "dim": c.dim, "dtype": str(c.dtype),
+            "labels": {"roadwork": labels.get(1, 0), "no_roadwork": labels.get(0, 0), "unknown": labels.get(-1, 0)},
+            "failures": len(c.failures), "natix_version": c.attrs.get("natix_version"),
+            "created": c.attrs.get("created"), "updated": c.attrs.get("updated"), "source": c.source,
+            "identity": c.identity, "view_table": [{"name": v.name, "box": v.box, "flip": v.flip} for v in c.views],
+            "failure_list": c.failures}
+
+
+def cache_text(info: dict, shown_failures: int = 10) -> str:
+    """`natix cache info` as text, from :func:`cache_description`."""
+    ident, n = info["identity"], info["labels"]
+    bb, v, p = ident["backbone"], ident["views"], ident["preprocess"]
+    adapter = "none" if not bb["adapter"] else bb["adapter"]["weights_sha256"][:12]
+    lines = [f"file         {info['path']}",
+             f"fingerprint  {info['fingerprint']}",
+             f"features     [{info['images']}, {info['views']}, {info['dim']}] {info['dtype']}",
+             f"labels       {n['roadwork']} roadwork, {n['no_roadwork']} no_roadwork, {n['unknown']} unknown",
+             f"backbone     {info['source'].get('backbone', '?')} ({bb['loader']})  weights "
+             f"{bb['weights_sha256'][:12]}  adapter {adapter}  pool {bb['pool']}",
+             f"views        {v['n_views']} (grid {v['grid']}, overlap {v['overlap']}, view {v['view_size']}, "
+             f"tile {v['tile_size']}, flips {v['flips']}); precision {ident['precision']}",
+             f"preprocess   {p['resize']} / {p['sampler']}, mean {p['mean']}, std {p['std']}",
+             f"view table   {', '.join(row['name'] for row in info['view_table'])}",
+             f"written      created {info['created']}, updated {info['updated']}, natix {info['natix_version']}",
+             f"failures     {info['failures']}"]
+    lines += [f"  {fl['path']}: {fl['reason']}" for fl in info["failure_list"][:shown_failures]]
+    if info["failures"] > shown_failures:
+        lines.append(f"  ... {info['failures'] - shown_failures} more (use --json)")
+    return "\n".join(lines)
+
+
+@cache.command("info")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@library_errors
+def cache_info(file, as_json) -> None:
+    """Describe one cache file: identity, contents, views, failures."""
+    from natix.cache.store import open_cache
+
+    with open_cache(file) as c:
+        info = cache_description(c)
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(cache_text(info))
+
+
+@cache.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False))
+@library_errors
+def cache_verify(file) -> None:
+    """Check a cache file: fingerprint, row counts, ids, finite values, checksum."""
+    from natix.cache.store import verify_cache
+
+    report = verify_cache(file)
+    if report["ok"]:
+        click.echo(f"ok: {report['images']} images x {report['views']} views x {report['dim']} dims; "
+                   f"checked {', '.join(report['checked'])}")
+        return
+    for p in report["problems"]:
+        click.echo(f"problem: {p}", err=True)
+    raise click.ClickException(f"{file} failed verification ({len(report['problems'])} problem(s))")

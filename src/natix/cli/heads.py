@@ -1,0 +1,212 @@
+"""Tier-2 head commands: `fit-head`, `evaluate`, `ablate`."""
+
+from __future__ import annotations
+
+import click
+
+from natix.cli.calibrate import calibration_summary
+from natix.cli.common import comma_floats, comma_names, echo_json
+from natix.cli.group import cli, library_errors
+
+TABLE_METRICS = ("n", "accuracy", "mcc", "auroc", "nll", "ece", "augrc", "natix_reward")
+TABLE_SPLITS = ("train", "val_select", "val_calib", "val_test", "train_oof")
+
+
+def head_options(fn):
+    """Options shared by fit-head and ablate: the model's hyperparameters and the training."""
+    opts = [
+        click.option("--hidden", default=256, show_default=True, help="MLP width."),
+        click.option("--depth", default=1, show_default=True, help="MLP hidden layers."),
+        click.option("--dropout", default=0.1, show_default=True),
+        click.option("--k", "topk", default=2, show_default=True, help="Views averaged by the topk aggregator."),
+        click.option("--view-embedding/--no-view-embedding", default=False, show_default=True,
+                     help="Learned view-position embedding."),
+        click.option("--view-dropout", default=0.0, show_default=True, help="Training-time view dropout."),
+        click.option("--coverage", default=0.8, show_default=True, help="Gate policy: target coverage."),
+        click.option("--optimizer", type=click.Choice(["auto", "lbfgs", "adamw"]), default="auto", show_default=True,
+                     help="auto: full-batch L-BFGS (numpy) for linear heads on global/mean/max/topk, AdamW otherwise."),
+        click.option("--l2", default="1e-4,1e-3,1e-2,1e-1,1", show_default=True,
+                     help="L-BFGS: L2 penalties tried together; the best on val_select is kept."),
+        click.option("--lr", type=float, default=None, help="AdamW learning rate [default: 1e-2 for linear heads, "
+                     "1e-3 for mlp]."),
+        click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay."),
+        click.option("--batch-size", default=256, show_default=True, help="AdamW batch; 0 = full batch."),
+        click.option("--max-epochs", default=100, show_default=True, help="AdamW epochs."),
+        click.option("--patience", type=int, default=None,
+                     help="Epochs (AdamW) or iterations (L-BFGS) without improvement on val_select "
+                          "[default: 2 epochs, 8 iterations]."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                     help="AdamW training forward; auto = bf16 autocast where the CPU/GPU multiplies bf16 natively."),
+        click.option("--threads", default=0, show_default=True,
+                     help="CPU threads (torch and BLAS); 0 = every available core, divided by --jobs."),
+        click.option("--stop-metric", type=click.Choice(["nll", "mcc"]), default="nll", show_default=True,
+                     help="Early stopping on val_select."),
+        click.option("--class-weights", is_flag=True, help="Weight classes to equal total weight."),
+        click.option("--ratios", default="0.6,0.1,0.15,0.15", show_default=True,
+                     help="train,val_select,val_calib,val_test fractions."),
+        click.option("--split-seed", default=0, show_default=True),
+        click.option("--device", default="cpu", show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def head_configs(head, agg, policy, seed, o):
+    """`HeadConfig` and `TrainConfig` from the options of :func:`head_options` (`o`)."""
+    from natix.heads.config import HeadConfig, TrainConfig
+
+    hc = HeadConfig(head=head, agg=agg, policy=policy, hidden=o["hidden"], depth=o["depth"], dropout=o["dropout"],
+                    k=o["topk"], view_embedding=o["view_embedding"], view_dropout=o["view_dropout"],
+                    coverage=o["coverage"])
+    tc = TrainConfig(optimizer=o["optimizer"], l2=comma_floats(o["l2"], "--l2", "1e-3,1e-2"), lr=o["lr"],
+                     weight_decay=o["weight_decay"], batch_size=o["batch_size"], max_epochs=o["max_epochs"],
+                     patience=o["patience"], stop_metric=o["stop_metric"], class_weights=o["class_weights"], seed=seed,
+                     device=o["device"], threads=o["threads"], precision=o["precision"])
+    tc.engine(hc)  # an optimizer that cannot fit this head fails before any data is read
+    return hc, tc
+
+
+def split_ratios(text: str) -> tuple[float, ...]:
+    """`--ratios` as four numbers (the library checks that they are fractions summing to 1)."""
+    try:
+        ratios = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        ratios = ()
+    if len(ratios) != 4:
+        raise click.BadParameter(f"'{text}' is not four comma-separated fractions, e.g. 0.6,0.1,0.15,0.15",
+                                 param_hint="--ratios")
+    return ratios
+
+
+def metrics_table(metrics: dict) -> str:
+    """One row per split of a run's metrics (fractions, 4 decimals)."""
+    lines = [f"{'split':<11}" + "".join(f"{n:>13}" for n in TABLE_METRICS)]
+    for split in TABLE_SPLITS:
+        if split in metrics:
+            m = metrics[split]
+            lines.append(f"{split:<11}" + "".join(f"{m[n]:>13}" if n == "n" else f"{m[n]:>13.4f}"
+                                                  for n in TABLE_METRICS))
+    return "\n".join(lines)
+
+
+def fit_summary(r, head_name: str, seed: int, policy: str) -> str:
+    """What `natix fit-head` prints for a `RunResult`: the run, how it was fitted, its metrics."""
+    h = r.history
+    if h.get("engine") == "lbfgs":
+        fit_info = (f"L-BFGS {h['iterations']} iterations, {h['members']} members in {h['passes']} passes, "
+                    f"l2 {h['l2']:g} chosen on val_select")
+    else:
+        fit_info = f"AdamW {h['epochs']} epochs, best {h['best_epoch'] + 1}"
+    confidence = "gate score g" if policy == "gate" else "max(p, 1-p)"
+    return "\n".join([f"run       {r.out}  ({head_name}, seed {seed}, {fit_info}; {r.seconds:.1f} s)",
+                      f"metrics are fractions (not x1000); confidence = {confidence}",
+                      metrics_table(r.metrics)])
+
+
+def check_scrc_levels(alpha: float, delta: float, acceptance: float) -> None:
+    """Refuse SCRC levels outside (0, 1) before any training."""
+    from natix.calibrate.checks import unit_open
+
+    for value, name in ((alpha, "alpha"), (delta, "delta"), (acceptance, "acceptance")):
+        unit_open(value, name)
+
+
+@cli.command("fit-head")
+@click.argument("features", type=click.Path(dir_okay=False))
+@click.option("--head", default="linear", show_default=True, help="linear or mlp.")
+@click.option("--agg", default="mean", show_default=True,
+              help="global, mean, max, topk, attention, gated-attention.")
+@click.option("--policy", default="softmax", show_default=True,
+              help="softmax, gate, or scrc (softmax head + Platt + SCRC exit).")
+@click.option("--alpha", default=0.1, show_default=True, help="scrc: risk level.")
+@click.option("--delta", default=0.1, show_default=True, help="scrc: failure probability.")
+@click.option("--acceptance", default=0.8, show_default=True, help="scrc: target acceptance rate.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--splits", "splits_path", type=click.Path(dir_okay=False), help="Reuse a splits.json.")
+@click.option("--oof-folds", default=0, show_default=True, help="Cross-fit K models for out-of-fold train predictions.")
+@click.option("--json", "as_json", is_flag=True)
+@head_options
+@library_errors
+def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, splits_path, oof_folds, as_json,
+             **o) -> None:
+    """Train a head on a feature cache and write a run directory."""
+    from natix.heads.runs import fit_run
+
+    scrc = policy == "scrc"  # train a softmax head, then calibrate and certify with SCRC
+    if scrc:
+        check_scrc_levels(alpha, delta, acceptance)
+    hc, tc = head_configs(head, agg, "softmax" if scrc else policy, seed, o)
+    r = fit_run(features, out, head=hc, train=tc, splits_path=splits_path, ratios=split_ratios(o["ratios"]),
+                split_seed=o["split_seed"], oof_folds=oof_folds)
+    cal = None
+    if scrc:
+        from natix.calibrate.apply import calibrate_run
+
+        cal = calibrate_run(out, method="platt", exit="scrc", alpha=alpha, delta=delta, acceptance=acceptance)
+    if as_json:
+        payload = {"out": r.out, "metrics": r.metrics, "seconds": r.seconds}
+        if cal is not None:
+            payload["scrc"] = {"val_test": cal.table, "thresholds": cal.thresholds, "guarantee": cal.guarantee}
+        echo_json(payload)
+        return
+    click.echo(fit_summary(r, hc.name, seed, policy))
+    if cal is not None:
+        click.echo("SCRC: Platt calibration + selective conformal risk control")
+        click.echo(calibration_summary(cal))
+
+
+def evaluation_text(run, res: dict) -> str:
+    """`natix evaluate` as text: each metric of the split with its 95% bootstrap CI."""
+    lines = [f"{run}  split {res['split']}  (fractions, not x1000; 95% bootstrap CI)"]
+    for name, value in res["metrics"].items():
+        if name == "n":
+            lines.append(f"  {name:<18} {value}")
+            continue
+        ci = res["ci"].get(name)
+        extra = f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+        lines.append(f"  {name:<18} {value:.4f}{extra}")
+    return "\n".join(lines)
+
+
+@cli.command("evaluate")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--split", default="val_test", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@library_errors
+def evaluate(run, split, as_json) -> None:
+    """Recompute a run's metrics from its stored predictions."""
+    from natix.heads.runs import evaluate_run
+
+    res = evaluate_run(run, split)
+    if as_json:
+        echo_json(res)
+    else:
+        click.echo(evaluation_text(run, res))
+
+
+@cli.command("ablate")
+@click.argument("features", type=click.Path(dir_okay=False))
+@click.option("--head", "heads", default="linear,mlp", show_default=True)
+@click.option("--agg", "aggs", default="global,mean,max,attention", show_default=True)
+@click.option("--policy", "policies", default="softmax,gate", show_default=True)
+@click.option("--seeds", default=3, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--jobs", default=1, show_default=True, help="Arms trained in parallel processes.")
+@click.option("--metric", default="mcc", show_default=True, help="Sort and compare by this metric.")
+@click.option("--baseline", default=None, help="Arm to compare against, e.g. linear/mean/softmax [default: first].")
+@click.option("-q", "--quiet", is_flag=True)
+@head_options
+@library_errors
+def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, quiet, **o) -> None:
+    """Train every head x aggregator x policy x seed arm on one cache; write a leaderboard."""
+    from pathlib import Path
+
+    from natix.heads.ablate import ablate as run_ablate
+
+    hc, tc = head_configs("linear", "mean", "softmax", 0, o)
+    run_ablate(features, out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
+               seeds=seeds, metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
+               ratios=split_ratios(o["ratios"]), split_seed=o["split_seed"], progress=not quiet)
+    click.echo((Path(out) / "leaderboard.md").read_text())

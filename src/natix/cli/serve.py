@@ -1,0 +1,59 @@
+"""Serving commands: `export` (a run or cascade as a bundle) and `predict` (images through it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from natix.cli.common import echo_json, quiet_transformers
+from natix.cli.group import cli, library_errors
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@library_errors
+def export(run, out) -> None:
+    """Export a run (head, calibration, thresholds, failure predictor) as a servable bundle."""
+    from natix.serve.bundle import export_bundle
+
+    click.echo(f"bundle written to {export_bundle(run, out)}")
+
+
+def image_files(paths) -> list[Path]:
+    """The image files named by `paths`: files as given, folders searched recursively (sorted)."""
+    from natix.data.sources import IMAGE_SUFFIXES
+
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise click.BadParameter(f"'{p}' does not exist: pass image files or folders", param_hint="PATHS")
+    if not files:
+        raise click.BadParameter("no images found in the given paths", param_hint="PATHS")
+    return files
+
+
+@cli.command("predict")
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--backbone", default=None, help="Where the bundle's backbone weights are now (same hash).")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@library_errors
+def predict(bundle, paths, backbone, batch_size, as_json) -> None:
+    """Probability of roadwork for each image (files or folders), through the bundle."""
+    from natix.serve.bundle import load_bundle
+
+    files = image_files(paths)
+    quiet_transformers()
+    probs = load_bundle(bundle, backbone=backbone).predict_proba(files, batch_size=batch_size)
+    if as_json:
+        echo_json([{"path": f, "probability": p} for f, p in zip(files, probs)])
+        return
+    for f, p in zip(files, probs):
+        click.echo(f"{p:.6f}  {f}")
