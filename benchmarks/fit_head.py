@@ -24,7 +24,6 @@ peak over the float32 size of all rows' features, and val_test AUROC.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -200,6 +199,8 @@ def natix_row(path, out, head: str, agg: str):
 def bench_size(n: int, args, work: Path, table: list) -> Path:
     from natix import metrics as M
     from natix.cache.synthetic import make_synthetic_cache
+    from natix.jsonio import number
+    from natix.rundir import Run
 
     t = time.perf_counter()
     path = make_synthetic_cache(work / f"cache-{n}", n=n, n_views=10, dim=1024, strength=args.strength)
@@ -215,7 +216,7 @@ def bench_size(n: int, args, work: Path, table: list) -> Path:
     for rep in range(args.repeats):
         secs, peak, _ = run_process("from natix.cli import main; main()",
                                     ["fit-head", str(path), "--out", str(work / f"run-proc-{n}")])
-        auc = json.loads((work / f"run-proc-{n}" / "metrics.json").read_text())["val_test"]["auroc"]
+        auc = number(Run(work / f"run-proc-{n}").metrics()["val_test"]["auroc"])  # null (undefined) -> NaN
         row("natix fit-head process (linear, mean)", secs, peak, auc, ref="sk-proc")
         secs, peak, outp = run_process(SKLEARN_SCRIPT, [str(path)])
         row("scikit-learn script process (load, mean, LogisticRegression)", secs, peak, float(outp), ref=None,
@@ -286,13 +287,13 @@ def main() -> None:
                                aggs=("global", "mean", "max", "attention"), policies=("softmax", "gate"), seeds=3,
                                metric="auroc", jobs=jobs, progress=False, data=data)
                 secs = time.perf_counter() - t
-                meta = json.loads((work / f"ablate-{jobs}" / "leaderboard.json").read_text())["meta"]
-                abl.append((jobs, meta["threads_per_job"], secs, board[0]["arm"], board[0]["auroc"],
+                meta, best = board.meta, board.rows[0]
+                abl.append((jobs, meta["threads_per_job"], secs, best["arm"], best["auroc"],
                             sum(meta["arm_seconds"].values())))
                 print(f"ablation --jobs {jobs}: {secs:.1f} s", flush=True)
         print_table(table, abl, sizes, torch, available_cores())
         if args.ablation:
-            print((work / f"ablate-{abl[-1][0]}" / "leaderboard.md").read_text())
+            print(board.markdown)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

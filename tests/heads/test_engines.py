@@ -237,9 +237,9 @@ def test_ablate_never_oversubscribes(monkeypatch, tmp_path, jobs, threads, match
 
 def test_ablate_gives_each_job_its_share(monkeypatch):
     from natix.heads import config
-    from natix.heads.ablate import _job_threads
+    from natix.heads.ablate import job_threads
 
     monkeypatch.setattr(config, "available_cores", lambda: 8)
     monkeypatch.delitem(sys.modules, "torch", raising=False)  # a parent that has not started torch
-    assert _job_threads(1, 0) == 8 and _job_threads(2, 0) == 4 and _job_threads(3, 0) == 2
-    assert _job_threads(2, 3) == 3
+    assert job_threads(1, 0) == 8 and job_threads(2, 0) == 4 and job_threads(3, 0) == 2
+    assert job_threads(2, 3) == 3

@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 
 from natix import metrics as M
-from natix.heads.ablate import _BOOT, Arm, _leaderboard, _write
-from natix.heads.runs import compute_metrics
+from natix.heads.ablate import CI_METRICS, Arm, leaderboard, write_leaderboard
 
 N = 120
 BASELINE = "linear/mean/softmax"
 # ECE is left out of the containment check: binned ECE is biased upward under resampling (a
 # resample's duplicated rows make the bins noisier), so on 120 rows almost every resample's
 # ECE exceeds the plug-in value and neither a percentile nor a BCa interval need contain it.
-CONTAINED = tuple(m for m in _BOOT if m != "ece")
+CONTAINED = tuple(m for m in CI_METRICS if m != "ece")
 
 
 def _labels(seed=0):
@@ -56,12 +55,12 @@ def _demo(y):
 def test_ci_contains_the_row_value_and_delta_is_the_row_difference(metric):
     y = _labels()
     results = _demo(y)
-    board = _leaderboard(_arms(results), results, y, metric, BASELINE, 300, 0)
+    board = leaderboard(_arms(results), results, y, metric, BASELINE, 300, 0)
     rows = {r["arm"]: r for r in board}
     base = rows[BASELINE]
     for r in board:
         # the row value is the mean over seeds of the per-seed metric
-        per_seed = [compute_metrics(y, s["prob"], s["conf"])[metric] for s in results[r["arm"]]]
+        per_seed = [M.split_metrics(y, s["prob"], s["conf"])[metric] for s in results[r["arm"]]]
         assert r[metric] == pytest.approx(np.mean(per_seed))
         lo, hi = r[f"{metric}_ci"]
         assert lo <= r[metric] <= hi, (r["arm"], r[metric], lo, hi)
@@ -80,7 +79,7 @@ def test_degenerate_arm_mcc_sits_inside_its_ci():
     # seed-averaged probabilities, whose decisions are all class 0).
     y = _labels()
     results = _demo(y)
-    row = next(r for r in _leaderboard(_arms(results), results, y, "mcc", BASELINE, 300, 0)
+    row = next(r for r in leaderboard(_arms(results), results, y, "mcc", BASELINE, 300, 0)
                if r["arm"] == "mlp/max/softmax")
     assert M.mcc(y, np.mean([s["prob"] for s in results["mlp/max/softmax"]], axis=0)) == 0.0
     assert row["mcc"] < 0
@@ -97,7 +96,7 @@ def test_ci_widens_when_seeds_disagree(metric):
     for bias in (0.0, 2.0):
         results = {BASELINE: _results(_probs(y, 1.5, seeds=4)),
                    "mlp/mean/softmax": _results(_probs(y, 1.5, seeds=4, bias=bias, seed=5))}
-        rows = {r["arm"]: r for r in _leaderboard(_arms(results), results, y, metric, BASELINE, 300, 0)}
+        rows = {r["arm"]: r for r in leaderboard(_arms(results), results, y, metric, BASELINE, 300, 0)}
         lo, hi = rows["mlp/mean/softmax"][f"{metric}_ci"]
         widths.append(hi - lo)
     assert widths[1] > 1.5 * widths[0], widths
@@ -107,29 +106,38 @@ def test_identical_seeds_give_the_row_bootstrap():
     y = _labels()
     p = _probs(y, 1.0, seeds=1)[0]
     results = {BASELINE: _results([p, p, p])}
-    [row] = _leaderboard(_arms(results), results, y, "auroc", BASELINE, 200, 3)
+    [row] = leaderboard(_arms(results), results, y, "auroc", BASELINE, 200, 3)
     _, lo, hi = M.bootstrap_ci(M.auroc, y, p, n_boot=200, seed=3)
     assert row["auroc_ci"] == pytest.approx([lo, hi], abs=1e-12)
 
 
-def test_undefined_metric_gives_nan_cis():
+def test_undefined_metric_gives_nan_cis(tmp_path):
     y = np.zeros(N, int)  # one class: AUROC is undefined
     results = {BASELINE: _results(_probs(y, 1.0)), "mlp/mean/softmax": _results(_probs(y, 1.0, seed=2))}
-    board = _leaderboard(_arms(results), results, y, "auroc", BASELINE, 50, 0)
+    board = leaderboard(_arms(results), results, y, "auroc", BASELINE, 50, 0)
     for r in board:
         assert np.isnan(r["auroc"]) and np.isnan(r["auroc_ci"]).all() and np.isnan(r["diff_ci"]).all()
         assert r["ci_method"] is None
+    # leaderboard.json is strict JSON: undefined values are null, never a bare NaN
+    meta = {"seeds": 3, "n_val_test": N, "cache": "c.h5", "fingerprint": "f" * 32, "split_digest": "d" * 16,
+            "seconds": 1.0}
+    write_leaderboard(board, tmp_path, "auroc", BASELINE, meta)
+    text = (tmp_path / "leaderboard.json").read_text()
+    assert "NaN" not in text
+    rows = json.loads(text)["rows"]
+    assert all(r["auroc"] is None and r["auroc_ci"] == [None, None] for r in rows)
 
 
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_written_header_says_what_the_ci_and_delta_are(tmp_path, seeds):
     y = _labels()
     results = {name: rows[:seeds] for name, rows in _demo(y).items()}
-    board = _leaderboard(_arms(results), results, y, "mcc", BASELINE, 100, 0)
+    board = leaderboard(_arms(results), results, y, "mcc", BASELINE, 100, 0)
     meta = {"seeds": seeds, "n_val_test": N, "cache": "c.h5", "fingerprint": "f" * 32, "split_digest": "d" * 16,
             "seconds": 1.0}
-    _write(board, tmp_path, "mcc", BASELINE, meta)
+    markdown = write_leaderboard(board, tmp_path, "mcc", BASELINE, meta)
     md = (tmp_path / "leaderboard.md").read_text()
+    assert markdown == md
     assert "mcc 95% CI: BCa bootstrap of that same seed mean" in md
     assert f"Δ: the row's mcc minus that of `{BASELINE}`" in md
     assert ("seed i paired with the baseline's seed i" in md) == (seeds > 1)

@@ -1,4 +1,4 @@
-"""Run directories (fit_run / evaluate_run / load_dataset / compute_metrics) and the ablation."""
+"""Run directories (fit_run / evaluate_run / load_dataset) and the ablation."""
 
 from __future__ import annotations
 
@@ -17,19 +17,12 @@ from natix.cache.synthetic import make_synthetic_cache
 from natix.errors import ConfigError, DataError
 from natix.heads.ablate import ablate
 from natix.heads.fitting import fit_heads
-from natix.heads.runs import (
-    METRIC_NAMES,
-    compute_metrics,
-    confidence,
-    evaluate_run,
-    fit_run,
-    load_dataset,
-    load_predictions,
-    read_config,
-    resolve_splits,
-)
+from natix.heads.runs import CI_METRICS, evaluate_run, fit_run, load_dataset, resolve_splits
 from natix.heads.splits import SPLITS, Splits
 from natix.heads.train import HeadConfig, TrainConfig, predict
+from natix.jsonio import dumps, jsonable
+from natix.metrics import METRIC_NAMES
+from natix.rundir import Run, confidence
 
 TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=10, patience=5)
 HEAD = HeadConfig(hidden=16, attn_hidden=16)
@@ -73,7 +66,7 @@ def test_fit_run_writes_the_run_directory(gate_run, cache):
         assert (out / name).is_file(), name
     stems = sorted(p.stem for p in (out / "predictions").glob("*.npz"))
     assert stems == sorted([*SPLITS, "train_oof"])
-    config = read_config(out)
+    config = Run(out).config
     data = load_dataset(cache)
     assert config["cache"]["fingerprint"] == data.fingerprint
     assert (config["cache"]["n_views"], config["cache"]["dim"]) == (3, 16)
@@ -85,7 +78,7 @@ def test_fit_run_writes_the_run_directory(gate_run, cache):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {*SPLITS, "train_oof"}
     assert set(METRIC_NAMES) <= set(metrics["val_test"])
-    assert metrics == json.loads(json.dumps(gate_run.metrics))
+    assert metrics == jsonable(gate_run.metrics)  # NaN (undefined) is written as null
 
 
 @pytest.mark.parametrize("split", [*SPLITS, "train_oof"])
@@ -108,12 +101,12 @@ def test_predictions_are_plain_numpy(gate_run, cache, split):
     assert pred["labels"].tolist() == [label_of[i] for i in want]
     if split == "train_oof":
         assert set(pred["fold"].tolist()) == {0, 1}
-    for k, v in load_predictions(gate_run.out, split).items():
+    for k, v in Run(gate_run.out).predictions(split).items():
         assert np.array_equal(v, pred[k])
 
 
 def test_softmax_mean_run_has_no_gate_or_attention(plain_run):
-    pred = load_predictions(plain_run.out, "val_test")
+    pred = Run(plain_run.out).predictions("val_test")
     assert {"ids", "labels", "logit", "prob", "view_logits"} <= set(pred)
     assert not {"gate", "aux_logit", "attention"} & set(pred)
     assert not (plain_run.out / "predictions" / "train_oof.npz").exists()
@@ -123,13 +116,13 @@ def test_softmax_mean_run_has_no_gate_or_attention(plain_run):
 def test_saved_weights_reproduce_the_predictions(gate_run):
     from safetensors.torch import load_file
 
-    config = read_config(gate_run.out)
+    config = Run(gate_run.out).config
     model = HeadConfig(**config["head"]).build(config["cache"]["dim"], config["cache"]["n_views"])
     model.load_state_dict(load_file(gate_run.out / "model.safetensors"))
     data = load_dataset(config["cache"]["path"])
     rows = Splits.load(gate_run.out / "splits.json").rows(data.ids)
     pred = predict(model, data.X[rows["val_test"]])
-    stored = load_predictions(gate_run.out, "val_test")
+    stored = Run(gate_run.out).predictions("val_test")
     for key in ("logit", "gate", "attention"):
         np.testing.assert_allclose(pred[key], stored[key], rtol=1e-5, atol=1e-6)
 
@@ -148,7 +141,7 @@ def test_evaluate_run_recomputes_the_stored_metrics(request, run):
 
 
 def test_gate_run_uses_the_gate_as_confidence(gate_run):
-    pred = load_predictions(gate_run.out, "val_test")
+    pred = Run(gate_run.out).predictions("val_test")
     np.testing.assert_array_equal(confidence(pred), pred["gate"].astype(np.float64))
     stored = json.loads((gate_run.out / "metrics.json").read_text())["val_test"]
     errors = (M.predictions(pred["prob"]) != pred["labels"]).astype(int)
@@ -156,18 +149,40 @@ def test_gate_run_uses_the_gate_as_confidence(gate_run):
 
 
 def test_evaluate_run_bad_inputs(gate_run, tmp_path):
-    with pytest.raises(DataError, match="no predictions for split 'nope': pass one of .*val_test"):
+    with pytest.raises(DataError, match="no predictions for split 'nope' \\(it has: .*val_test"):
         evaluate_run(gate_run.out, "nope")
     with pytest.raises(DataError, match="is not a natix run"):
         evaluate_run(tmp_path, "val_test")
     with pytest.raises(DataError, match="no config.json"):
-        read_config(tmp_path)
+        Run(tmp_path)
+
+
+def test_evaluate_run_is_plain_data_for_strict_json(gate_run, tmp_path):
+    """What the CLI prints: str, int and float values only, undefined metrics (NaN) written as null."""
+    ev = evaluate_run(gate_run.out, "val_test", n_boot=20)
+    assert (ev["run"], ev["split"]) == (str(gate_run.out), "val_test")
+    assert set(ev["ci"]) == set(CI_METRICS)
+    assert all(type(v) is float for k, v in ev["metrics"].items() if k != "n") and type(ev["metrics"]["n"]) is int
+    assert all(type(v) is float for lo_hi in ev["ci"].values() for v in lo_hi)
+    assert json.loads(dumps(ev)) == jsonable(ev)
+    # a split with one class: AUROC and MCC and their CIs are undefined, and still strict JSON
+    out = tmp_path / "one-class"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"head": {}, "cache": {"path": "x"}}))
+    (out / "predictions").mkdir()
+    np.savez(out / "predictions" / "val_test.npz", ids=np.array(["a", "b", "c"]), labels=np.ones(3, int),
+             prob=np.array([0.9, 0.8, 0.3]))
+    ev = evaluate_run(out, "val_test", n_boot=20)
+    assert math.isnan(ev["metrics"]["auroc"]) and all(math.isnan(v) for v in ev["ci"]["auroc"])
+    assert ev["metrics"]["accuracy"] == pytest.approx(2 / 3)
+    text = dumps(ev)
+    assert "NaN" not in text and json.loads(text)["metrics"]["auroc"] is None
 
 
 def test_reusing_the_split_file_gives_the_same_splits(plain_run, cache, tmp_path):
     again = fit_run(cache, tmp_path / "again", head=HEAD, train=dataclasses.replace(TRAIN, max_epochs=2),
                     splits_path=plain_run.out / "splits.json", split_seed=99, ratios=(0.4, 0.2, 0.2, 0.2))
-    assert read_config(again.out)["splits"]["digest"] == read_config(plain_run.out)["splits"]["digest"]
+    assert Run(again.out).config["splits"]["digest"] == Run(plain_run.out).config["splits"]["digest"]
     assert Splits.load(again.out / "splits.json") == Splits.load(plain_run.out / "splits.json")
 
 
@@ -206,21 +221,21 @@ def test_load_dataset_keeps_labeled_rows_in_stored_dtype(cache):
     assert data.view_names[0] == "global"
 
 
-# --------------------------------------------------------------------------- compute_metrics
+# --------------------------------------------------------------------------- split metrics
 
 
-def test_compute_metrics_perfect_and_inverted():
+def test_split_metrics_perfect_and_inverted():
     y = np.array([0, 1] * 20)
-    good = compute_metrics(y, np.where(y == 1, 0.9, 0.1))
+    good = M.split_metrics(y, np.where(y == 1, 0.9, 0.1))
     assert good["accuracy"] == 1 and good["mcc"] == pytest.approx(1) and good["auroc"] == 1
     assert good["balanced_accuracy"] == 1
     assert good["nll"] == pytest.approx(-np.log(0.9))
     assert good["brier"] == pytest.approx(0.01)
     assert good["n"] == 40
-    bad = compute_metrics(y, np.where(y == 1, 0.2, 0.8))
+    bad = M.split_metrics(y, np.where(y == 1, 0.2, 0.8))
     assert bad["accuracy"] == 0 and bad["mcc"] == pytest.approx(-1) and bad["auroc"] == 0
     # one class only: AUROC and MCC are undefined (NaN), accuracy is not
-    one = compute_metrics(np.ones(10, dtype=int), np.full(10, 0.9))
+    one = M.split_metrics(np.ones(10, dtype=int), np.full(10, 0.9))
     assert one["accuracy"] == 1 and math.isnan(one["auroc"])
 
 
@@ -230,9 +245,11 @@ def test_compute_metrics_perfect_and_inverted():
 @pytest.mark.parametrize("metric,baseline", [("mcc", None), ("nll", "mlp/max/softmax")])
 def test_ablate_leaderboard(cache, tmp_path, metric, baseline):
     train = dataclasses.replace(TRAIN, max_epochs=6)
-    board = ablate(cache, tmp_path / "ab", heads=("linear", "mlp"), aggs=("mean", "max"), policies=("softmax",),
-                   seeds=2, metric=metric, baseline=baseline, head_cfg=HEAD, train_cfg=train, n_boot=50,
-                   progress=False)
+    result = ablate(cache, tmp_path / "ab", heads=("linear", "mlp"), aggs=("mean", "max"), policies=("softmax",),
+                    seeds=2, metric=metric, baseline=baseline, head_cfg=HEAD, train_cfg=train, n_boot=50,
+                    progress=False)
+    board = result.rows
+    assert result.out == tmp_path / "ab" and result.meta["seeds"] == 2
     arms = {"linear/mean/softmax", "linear/max/softmax", "mlp/mean/softmax", "mlp/max/softmax"}
     baseline = baseline or "linear/mean/softmax"
     assert [r["arm"] for r in board] and {r["arm"] for r in board} == arms and len(board) == 4
@@ -250,6 +267,7 @@ def test_ablate_leaderboard(cache, tmp_path, metric, baseline):
     assert [r["arm"] for r in rows] == [r["arm"] for r in board]
     assert float(next(r for r in rows if r["arm"] == baseline)[f"diff_vs_baseline_{metric}"]) == 0
     md = (tmp_path / "ab" / "leaderboard.md").read_text()
+    assert result.markdown == md
     table = [line for line in md.splitlines() if line.startswith("| ") and "/softmax" in line]
     assert [line.split(" | ")[0][2:] for line in table] == [r["arm"] for r in board]
     assert f"Sorted by {metric}" in md and f"`{baseline}`" in md
@@ -269,7 +287,7 @@ def test_ablate_leaderboard(cache, tmp_path, metric, baseline):
                               data.labels[r["val_select"]], dataclasses.replace(HEAD, head=head, agg=agg), train,
                               seeds=(seed,))
         probs.append(fitted.predict(data.X[r["val_test"]])["prob"])
-    assert base[metric] == pytest.approx(np.mean([compute_metrics(y, p)[metric] for p in probs]))
+    assert base[metric] == pytest.approx(np.mean([M.split_metrics(y, p)[metric] for p in probs]))
     # the CI is a CI of that same mean, so it holds the row's own value
     lo, hi = base[f"{metric}_ci"]
     assert lo <= base[metric] <= hi
@@ -295,7 +313,7 @@ def test_ablate_parallel_jobs_match_serial(cache, tmp_path):
                   train_cfg=dataclasses.replace(TRAIN, max_epochs=4, threads=1), n_boot=50, progress=False)
     serial = ablate(cache, tmp_path / "serial", jobs=1, **kwargs)
     parallel = ablate(cache, tmp_path / "parallel", jobs=2, **kwargs)
-    assert json.dumps(serial, default=float) == json.dumps(parallel, default=float)
+    assert dumps(serial.rows) == dumps(parallel.rows)
 
 
 def test_refitting_a_run_removes_what_the_old_model_derived(cache, tmp_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
-import json
 import logging
 import multiprocessing as mp
 import sys
@@ -26,24 +25,18 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import ConfigError
-from natix.heads.runs import (
-    LOWER_IS_BETTER,
-    METRIC_NAMES,
-    Dataset,
-    compute_metrics,
-    confidence,
-    load_dataset,
-    resolve_splits,
-)
+from natix.heads.runs import Dataset, load_dataset, resolve_splits
 from natix.heads.splits import DEFAULT_RATIOS
+from natix.jsonio import write_json
+from natix.rundir import confidence
 
 log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("auroc", "mcc", "accuracy", "nll", "ece", "augrc", "natix_reward")
 # Metrics with a leaderboard CI. Binned ECE is left out: resampled rows bias it upward, so its
 # bootstrap interval can miss the row's own value.
-_BOOT = {"auroc": M.auroc, "mcc": M.mcc, "accuracy": M.accuracy, "nll": M.nll, "brier": M.brier,
-         "balanced_accuracy": M.balanced_accuracy, "auprc": M.auprc}
+CI_METRICS = {"auroc": M.auroc, "mcc": M.mcc, "accuracy": M.accuracy, "nll": M.nll, "brier": M.brier,
+              "balanced_accuracy": M.balanced_accuracy, "auprc": M.auprc}
 
 
 @dataclass(frozen=True)
@@ -56,6 +49,15 @@ class Arm:
     def name(self) -> str:
         return f"{self.head}/{self.agg}/{self.policy}"
 
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """What :func:`ablate` wrote: the rows (best first), the run facts and the markdown table."""
+
+    out: Path  # the directory holding leaderboard.csv, leaderboard.md and leaderboard.json
+    rows: list[dict]
+    meta: dict
+    markdown: str  # the content of leaderboard.md
 
 def _train_arm(arm: Arm, seeds: tuple[int, ...], head_cfg, train_cfg, data: Dataset, rows: dict) -> list[dict]:
     """Every seed of one arm, trained together; the val_test predictions of each seed."""
@@ -99,7 +101,7 @@ def _train_arm_shared(job):
     return arm, _train_arm(arm, seeds, head_cfg, train_cfg, _SHARED["data"], _SHARED["rows"])
 
 
-def _job_threads(jobs: int, threads: int) -> int:
+def job_threads(jobs: int, threads: int) -> int:
     """Threads per job such that threads × jobs <= cores; an explicit product above that is refused."""
     from natix.heads.config import available_cores
 
@@ -121,12 +123,15 @@ def _job_threads(jobs: int, threads: int) -> int:
 def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softmax",), seeds: int = 1,
            metric: str = "mcc", baseline: str | None = None, jobs: int = 1, head_cfg=None, train_cfg=None,
            ratios=DEFAULT_RATIOS, split_seed: int = 0, n_boot: int = 1000, progress: bool = True,
-           data: Dataset | None = None) -> list[dict]:
-    """Train every arm and write ``leaderboard.csv`` and ``leaderboard.md`` into `out`."""
+           data: Dataset | None = None) -> Leaderboard:
+    """Train every arm and write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.json`` into `out`.
+
+    Returns the :class:`Leaderboard` it wrote (rows sorted by `metric`, best first, and the markdown).
+    """
     from natix.heads.config import HeadConfig, TrainConfig
 
-    if metric not in METRIC_NAMES:
-        raise ConfigError(f"unknown metric '{metric}': pass one of {', '.join(METRIC_NAMES)}")
+    if metric not in M.METRIC_NAMES:
+        raise ConfigError(f"unknown metric '{metric}': pass one of {', '.join(M.METRIC_NAMES)}")
     if seeds < 1 or jobs < 1:
         raise ConfigError("--seeds and --jobs must be >= 1")
     head_cfg = head_cfg or HeadConfig()
@@ -141,7 +146,7 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     baseline = baseline or names[0]
     if baseline not in names:
         raise ConfigError(f"baseline '{baseline}' is not an arm: pass one of {', '.join(names)}")
-    threads = _job_threads(jobs, train_cfg.threads)
+    threads = job_threads(jobs, train_cfg.threads)
     train_cfg = dataclasses.replace(train_cfg, threads=threads)  # every fit inside a job keeps to its share
     for arm in arms:  # an optimizer that does not fit an arm fails here, before any training
         train_cfg.engine(dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy))
@@ -171,31 +176,28 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
                 results[arm.name] = preds
                 bar.update(1)
     bar.close()
-    board = _leaderboard(arms, results, y, metric, baseline, n_boot, seed=split_seed)
+    board = leaderboard(arms, results, y, metric, baseline, n_boot, seed=split_seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write(board, out, metric, baseline, meta={"cache": str(data.path), "fingerprint": data.fingerprint,
-                                                "jobs": jobs, "threads_per_job": threads,
-                                                "arm_seconds": {a: r[0]["seconds"] for a, r in results.items()},
-                                                "seeds": seeds, "n_val_test": int(len(y)),
-                                                "seconds": time.perf_counter() - t0,
-                                                "split_digest": splits.digest})
-    return board
+    meta = {"cache": str(data.path), "fingerprint": data.fingerprint, "jobs": jobs, "threads_per_job": threads,
+            "arm_seconds": {a: r[0]["seconds"] for a, r in results.items()}, "seeds": seeds,
+            "n_val_test": int(len(y)), "seconds": time.perf_counter() - t0, "split_digest": splits.digest}
+    return Leaderboard(out, board, meta, write_leaderboard(board, out, metric, baseline, meta))
 
 
-def _leaderboard(arms, results, y, metric, baseline, n_boot, seed):
+def leaderboard(arms, results, y, metric, baseline, n_boot, seed):
     """One row per arm: each metric's mean over seeds on val_test and, for `metric`, a bootstrap CI
     of that same mean and the difference to the baseline row (`natix.metrics.seed_bootstrap_ci`)."""
     board = []
     for a in arms:
-        per_seed = [compute_metrics(y, r["prob"], r["conf"]) for r in results[a.name]]
+        per_seed = [M.split_metrics(y, r["prob"], r["conf"]) for r in results[a.name]]
         row = {"arm": a.name, "head": a.head, "agg": a.agg, "policy": a.policy, "seeds": len(per_seed),
                "epochs": float(np.mean([r["epochs"] for r in results[a.name]]))}
-        for m in METRIC_NAMES:
+        for m in M.METRIC_NAMES:
             vals = np.array([s[m] for s in per_seed])
             row[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
         board.append(row)
-    fn = _BOOT.get(metric)
+    fn = CI_METRICS.get(metric)
     if fn is not None:
         base = next(r for r in board if r["arm"] == baseline)
         reference = np.stack([r["prob"] for r in results[baseline]])
@@ -219,13 +221,14 @@ def _leaderboard(arms, results, y, metric, baseline, n_boot, seed):
 
         with limit_threads(1), ThreadPoolExecutor(available_cores()) as pool:
             list(pool.map(add_ci, arms, board))
-    sign = 1 if metric in LOWER_IS_BETTER else -1
+    sign = 1 if metric in M.LOWER_IS_BETTER else -1
     board.sort(key=lambda r: sign * (r[metric] if np.isfinite(r[metric]) else np.inf * sign))
     return board
 
 
-def _write(board, out: Path, metric: str, baseline: str, meta: dict) -> None:
-    cols = ["arm", "head", "agg", "policy", "seeds", "epochs", *METRIC_NAMES]
+def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, meta: dict) -> str:
+    """Write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.json`` into `out`; return the markdown."""
+    cols = ["arm", "head", "agg", "policy", "seeds", "epochs", *M.METRIC_NAMES]
     with open(out / "leaderboard.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols + [f"{metric}_ci_low", f"{metric}_ci_high", f"diff_vs_baseline_{metric}",
@@ -261,8 +264,10 @@ def _write(board, out: Path, metric: str, baseline: str, meta: dict) -> None:
                      f"{d:+.4f} [{dci[0]:+.4f}, {dci[1]:+.4f}]{star} |")
     lines += ["", f"cache `{meta['cache']}` ({meta['fingerprint'][:16]}), splits {meta['split_digest'][:12]}, "
                   f"{meta['seconds']:.1f} s"]
-    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
-    (out / "leaderboard.json").write_text(json.dumps({"meta": meta, "rows": board}, indent=2, default=float))
+    markdown = "\n".join(lines) + "\n"
+    (out / "leaderboard.md").write_text(markdown)
+    write_json(out / "leaderboard.json", {"meta": meta, "rows": board})
+    return markdown
 
 
 def _bar(total: int, enabled: bool):

@@ -1,19 +1,15 @@
-"""Runs: fit a head on a cache, write everything a later step needs, read it back.
+"""Runs: fit a head on a cache and write its run directory; recompute a run's metrics.
 
-A run directory holds::
-
-    config.json          head/train config, cache path + fingerprint, split digest, history
-    model.safetensors    the head's weights
-    splits.json          the split assignment (ids per split)
-    metrics.json         metrics per split (fractions, not x1000)
-    predictions/<split>.npz   ids, labels, logit, prob, view_logits, attention, gate, aux_logit
-                              (plus train_oof.npz with --oof-folds): numpy only, no torch needed
+What a run directory holds, and the one reader and writer of it, is :mod:`natix.rundir`:
+:func:`fit_run` hands it the config, weights, splits and per-split predictions, and
+:func:`evaluate_run` reads predictions back through :class:`natix.rundir.Run`. Metrics are
+:func:`natix.metrics.split_metrics` everywhere (fractions, not x1000).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from natix import metrics as M
+from natix import rundir
 from natix.cache.store import open_cache
 from natix.errors import ConfigError, DataError
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
 
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "mcc", "auroc", "auprc", "nll", "brier", "ece", "ece_mass",
-                "aurc", "augrc", "e_augrc", "auroc_f", "natix_reward")
-LOWER_IS_BETTER = {"nll", "brier", "ece", "ece_mass", "aurc", "augrc", "e_augrc"}
+# Metrics `evaluate_run` gives a bootstrap CI.
+CI_METRICS = ("accuracy", "mcc", "auroc", "nll")
 
 
 @dataclass
@@ -55,39 +51,6 @@ def load_dataset(path: str | Path) -> Dataset:
                        cache.groups[labeled], X, cache.view_names)
 
 
-def confidence(pred: dict) -> np.ndarray:
-    """Stage-1 confidence: the gate score g when present, else max(p, 1 - p)."""
-    if "gate" in pred:
-        return pred["gate"].astype(np.float64)
-    p = pred["prob"].astype(np.float64)
-    return np.maximum(p, 1 - p)
-
-
-def compute_metrics(y: np.ndarray, prob: np.ndarray, conf: np.ndarray | None = None) -> dict[str, float]:
-    """Every reported metric for one split; undefined ones are NaN."""
-    y = np.asarray(y).astype(np.int64)
-    prob = np.asarray(prob, dtype=np.float64)
-    conf = np.maximum(prob, 1 - prob) if conf is None else np.asarray(conf, dtype=np.float64)
-    errors = (M.predictions(prob) != y).astype(np.int64)
-    fns = {
-        "accuracy": lambda: M.accuracy(y, prob), "balanced_accuracy": lambda: M.balanced_accuracy(y, prob),
-        "mcc": lambda: M.mcc(y, prob), "auroc": lambda: M.auroc(y, prob), "auprc": lambda: M.auprc(y, prob),
-        "nll": lambda: M.nll(y, prob), "brier": lambda: M.brier(y, prob),
-        "ece": lambda: M.ece(y, prob), "ece_mass": lambda: M.ece(y, prob, strategy="quantile"),
-        "aurc": lambda: M.aurc(errors, conf), "augrc": lambda: M.augrc(errors, conf),
-        "e_augrc": lambda: M.e_augrc(errors, conf), "auroc_f": lambda: M.auroc_failure(errors, conf),
-        "natix_reward": lambda: M.natix_reward_windows(y, prob)[1],
-    }
-    out = {}
-    for name, fn in fns.items():
-        try:
-            out[name] = float(fn())
-        except ValueError:
-            out[name] = float("nan")
-    out["n"] = int(len(y))
-    return out
-
-
 def resolve_splits(data: Dataset, *, splits_path=None, ratios=DEFAULT_RATIOS, seed: int = 0) -> Splits:
     """Load a split file (checked against the cache) or make the default splits."""
     if splits_path:
@@ -105,9 +68,10 @@ class RunResult:
 
 def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DEFAULT_RATIOS,
             split_seed: int = 0, oof_folds: int = 0, data: Dataset | None = None) -> RunResult:
-    """Fit a head on a cache and write the run directory `out`. Returns its metrics.
+    """Fit a head on a cache and write the run directory `out` (see :mod:`natix.rundir`).
 
-    View-linear heads (see `natix.heads.config`) never import torch on this path.
+    Returns the metrics it wrote. View-linear heads (see `natix.heads.config`) never import
+    torch on this path. `out` may be new, empty, or an earlier run (replaced whole).
     """
     from natix.heads.config import HeadConfig, TrainConfig, limit_threads
 
@@ -116,15 +80,18 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     if oof_folds and oof_folds < 2:
         raise ConfigError(f"--oof-folds must be 0 (off) or >= 2, got {oof_folds}")
     t0 = time.perf_counter()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ConfigError(f"run directory '{out}' exists and is not a natix run: pass a new --out")
+    out = rundir.check_out(out)
     data = data or load_dataset(features)
     splits = resolve_splits(data, splits_path=splits_path, ratios=ratios, seed=split_seed)
     rows = splits.rows(data.ids)
     with limit_threads(train.threads):
         fitted, preds = _fit_and_predict(data, rows, head, train, oof_folds)
-    metrics = _write_run(out, features, data, splits, rows, fitted, preds, oof_folds)
+    predictions = {}
+    for name, pred in preds.items():
+        r = rows["train"] if name == "train_oof" else rows[name]
+        predictions[name] = {"ids": data.ids[r], "labels": data.labels[r], **pred}
+    metrics = rundir.write_run(out, config=_run_config(features, data, splits, fitted, oof_folds),
+                               state=fitted.state, splits=splits, predictions=predictions)
     return RunResult(out, metrics, fitted.history, time.perf_counter() - t0)
 
 
@@ -142,76 +109,58 @@ def _fit_and_predict(data: Dataset, rows: dict, head, train, oof_folds: int):
     return fitted, preds
 
 
-def _write_run(out: Path, features, data: Dataset, splits, rows: dict, fitted, preds: dict, oof_folds: int) -> dict:
-    """Replace the run directory's model, splits, predictions, metrics and config; return the metrics."""
-    import sys
-
-    from safetensors.numpy import save_file
-
-    stale = [out / "calibration.json", out / "thresholds.json", *sorted((out / "predictions").glob("*.npz"))]
-    # Refitting into an existing run: everything derived from the old model goes first.
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if (out / "report").is_dir():
-        import shutil
-
-        shutil.rmtree(out / "report")
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
-    metrics = {}
-    for name, pred in preds.items():
-        r = rows["train"] if name == "train_oof" else rows[name]
-        metrics[name] = compute_metrics(data.labels[r], pred["prob"], confidence(pred))
-        np.savez(out / "predictions" / f"{name}.npz", ids=data.ids[r].astype("U64"), labels=data.labels[r],
-                 **{k: v for k, v in pred.items()})
-    save_file({k: np.ascontiguousarray(v) for k, v in fitted.state.items()}, str(out / "model.safetensors"))
-    splits.save(out / "splits.json")
+def _run_config(features, data: Dataset, splits: Splits, fitted, oof_folds: int) -> dict:
+    """config.json of a run: head and train configs, the cache it read, its splits and the fit's history."""
     torch = sys.modules.get("torch")
-    config = {"head": dataclasses.asdict(fitted.head), "train": dataclasses.asdict(fitted.train),
-              "cache": {"path": str(Path(features).resolve()) if features else str(data.path),
-                        "fingerprint": data.fingerprint, "n_views": int(data.X.shape[1]),
-                        "dim": int(data.X.shape[2]), "view_names": data.view_names},
-              "splits": {"digest": splits.digest, "seed": splits.seed, "ratios": list(splits.ratios),
-                         "grouped": splits.grouped, "sizes": {k: len(v) for k, v in splits.ids.items()}},
-              "oof_folds": oof_folds, "history": fitted.history, "numpy": np.__version__,
-              "torch": torch.__version__ if torch is not None else None}
-    (out / "config.json").write_text(json.dumps(config, indent=2, default=float))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
-
-
-def load_predictions(run: str | Path, split: str) -> dict[str, np.ndarray]:
-    """A split's stored predictions (numpy only)."""
-    path = Path(run) / "predictions" / f"{split}.npz"
-    if not path.is_file():
-        have = sorted(p.stem for p in (Path(run) / "predictions").glob("*.npz"))
-        if not have:
-            raise DataError(f"'{run}' is not a natix run (no predictions/): pass a directory written by fit-head")
-        raise DataError(f"run '{run}' has no predictions for split '{split}': pass one of {', '.join(have)}")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return {"head": dataclasses.asdict(fitted.head), "train": dataclasses.asdict(fitted.train),
+            "cache": {"path": str(Path(features).resolve()) if features else str(data.path),
+                      "fingerprint": data.fingerprint, "n_views": int(data.X.shape[1]),
+                      "dim": int(data.X.shape[2]), "view_names": data.view_names},
+            "splits": {"digest": splits.digest, "seed": splits.seed, "ratios": list(splits.ratios),
+                       "grouped": splits.grouped, "sizes": {k: len(v) for k, v in splits.ids.items()}},
+            "oof_folds": oof_folds, "history": fitted.history, "numpy": np.__version__,
+            "torch": torch.__version__ if torch is not None else None}
 
 
 def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Recompute a split's metrics from stored predictions, with bootstrap CIs for the main ones."""
-    pred = load_predictions(run, split)
+    """Recompute a split's metrics from a run's stored predictions, with bootstrap CIs for the main ones.
+
+    Returns
+    -------
+    dict with ``run`` (str), ``split`` (str), ``metrics`` (name → float, NaN where undefined, and
+    ``n`` → int) and ``ci`` (name → ``[low, high]`` floats, NaN when undefined) for
+    :data:`CI_METRICS`: plain values that :func:`natix.jsonio.dumps` writes as strict JSON.
+    """
+    pred = rundir.Run(run).predictions(split)
     y, prob = pred["labels"], pred["prob"]
-    conf = confidence(pred)
-    result = {"split": split, "metrics": compute_metrics(y, prob, conf), "ci": {}}
-    for name, fn in (("accuracy", M.accuracy), ("mcc", M.mcc), ("auroc", M.auroc), ("nll", M.nll)):
+    result = {"run": str(run), "split": split, "metrics": M.split_metrics(y, prob, rundir.confidence(pred)),
+              "ci": {}}
+    for name in CI_METRICS:
         try:
-            est, lo, hi = M.bootstrap_ci(fn, y, prob, n_boot=n_boot, seed=seed)
-            result["ci"][name] = [lo, hi]
-        except ValueError:
-            result["ci"][name] = [float("nan"), float("nan")]
+            _, lo, hi = M.bootstrap_ci(getattr(M, name), y, prob, n_boot=n_boot, seed=seed)
+        except ValueError:  # undefined on this split, e.g. AUROC with one class
+            lo = hi = float("nan")
+        result["ci"][name] = [float(lo), float(hi)]
     return result
 
 
+def load_predictions(run: str | Path, split: str) -> dict[str, np.ndarray]:
+    """A split's stored predictions: :meth:`natix.rundir.Run.predictions` (kept for older callers)."""
+    return rundir.Run(run).predictions(split)
+
+
 def read_config(run: str | Path) -> dict:
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise DataError(f"'{run}' is not a natix run (no config.json): pass a directory written by fit-head")
-    return json.loads(path.read_text())
+    """A run's config.json: :attr:`natix.rundir.Run.config` (kept for older callers)."""
+    return rundir.Run(run).config
 
 
-__all__ = ["Dataset", "METRIC_NAMES", "RunResult", "SPLITS", "compute_metrics", "confidence",
-           "evaluate_run", "fit_run", "load_dataset", "load_predictions", "read_config", "resolve_splits"]
+__all__ = ["CI_METRICS", "Dataset", "RunResult", "SPLITS", "evaluate_run", "fit_run", "load_dataset",
+           "load_predictions", "read_config", "resolve_splits"]
+
+# TRANSITIONAL: names other modules still import; removed once they use natix.metrics / natix.rundir.
+METRIC_NAMES, LOWER_IS_BETTER, confidence = M.METRIC_NAMES, M.LOWER_IS_BETTER, rundir.confidence
+
+
+def compute_metrics(y, prob, conf=None) -> dict:
+    """:func:`natix.metrics.split_metrics` (kept for older callers)."""
+    return M.split_metrics(y, prob, conf)
