@@ -157,9 +157,9 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
         click.echo(calibration_summary(cal))
 
 
-def evaluation_text(run, res: dict) -> str:
+def evaluation_text(res: dict) -> str:
     """`natix evaluate` as text: each metric of the split with its 95% bootstrap CI."""
-    lines = [f"{run}  split {res['split']}  (fractions, not x1000; 95% bootstrap CI)"]
+    lines = [f"{res['run']}  split {res['split']}  (fractions, not x1000; 95% bootstrap CI)"]
     for name, value in res["metrics"].items():
         if name == "n":
             lines.append(f"  {name:<18} {value}")
@@ -183,7 +183,7 @@ def evaluate(run, split, as_json) -> None:
     if as_json:
         echo_json(res)
     else:
-        click.echo(evaluation_text(run, res))
+        click.echo(evaluation_text(res))
 
 
 @cli.command("ablate")
@@ -201,12 +201,10 @@ def evaluate(run, split, as_json) -> None:
 @library_errors
 def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, quiet, **o) -> None:
     """Train every head x aggregator x policy x seed arm on one cache; write a leaderboard."""
-    from pathlib import Path
-
     from natix.heads.ablate import ablate as run_ablate
 
     hc, tc = head_configs("linear", "mean", "softmax", 0, o)
-    run_ablate(features, out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
-               seeds=seeds, metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
-               ratios=split_ratios(o["ratios"]), split_seed=o["split_seed"], progress=not quiet)
-    click.echo((Path(out) / "leaderboard.md").read_text())
+    board = run_ablate(features, out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
+                       seeds=seeds, metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
+                       ratios=split_ratios(o["ratios"]), split_seed=o["split_seed"], progress=not quiet)
+    click.echo(board.markdown)
