@@ -55,50 +55,18 @@ def minimize_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], x
     rho = np.zeros((memory, m_count))
     stored = 0  # pairs written so far (ring buffer index = stored % memory)
     active = np.abs(g).max(axis=1) > gtol
-    backtracks = 0
     converged = ~active.copy()
     n_iter = np.zeros(m_count, dtype=np.int64)
     gamma = 1.0 / np.maximum(np.linalg.norm(g, axis=1), 1e-12)  # first step ~ unit length
     for it in range(1, max_iter + 1):
         if not active.any():
             break
-        d = -_two_loop(g, S, Y, rho, stored, memory, gamma)
-        slope = np.einsum("mp,mp->m", g, d)
-        bad = slope >= 0  # not a descent direction: fall back to steepest descent
-        if bad.any():
-            d[bad] = -g[bad] * gamma[bad, None]
-            slope[bad] = np.einsum("mp,mp->m", g[bad], d[bad])
-        d[~active] = 0.0
-        t = np.where(active, 1.0, 0.0)
-        pending = active.copy()
-        x_new, f_new, g_new = x.copy(), f.copy(), g.copy()
-        for _ in range(max_backtracks):
-            trial = x + t[:, None] * d
-            f_try, g_try = _call(fun, trial)
-            calls += 1
-            backtracks += 1
-            ok = pending & np.isfinite(f_try) & (f_try <= f + 1e-4 * t * slope)
-            x_new[ok], f_new[ok], g_new[ok] = trial[ok], f_try[ok], g_try[ok]
-            pending &= ~ok
-            if not pending.any():
-                break
-            # quadratic interpolation of f along d from f(0), f'(0) and f(t), kept in [0.1 t, 0.5 t]
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                curv = f_try - f - slope * t
-                t_q = np.where(np.isfinite(f_try) & (curv > 0), -slope * t * t / (2 * curv), 0.1 * t)
-            t[pending] = np.clip(t_q, 0.1 * t, 0.5 * t)[pending]
-        stuck = pending  # no step decreased f: the member is at its numerical minimum
-        moved = active & ~stuck
-        s = x_new - x
-        y = g_new - g
-        sy = np.einsum("mp,mp->m", s, y)
-        yy = np.einsum("mp,mp->m", y, y)
-        slot = stored % memory
-        keep = moved & (sy > 1e-10 * np.maximum(yy, 1e-30))
-        S[slot], Y[slot] = np.where(keep[:, None], s, 0.0), np.where(keep[:, None], y, 0.0)
-        rho[slot] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
+        d, slope = _direction(g, S, Y, rho, stored, memory, gamma, active)
+        x_new, f_new, g_new, stuck, n_calls = _line_search(fun, x, f, g, d, slope, active, max_backtracks)
+        calls += n_calls
+        moved = active & ~stuck  # a stuck member found no decrease: it is at its numerical minimum
+        gamma = _store_pair(S, Y, rho, stored % memory, x_new - x, g_new - g, moved, gamma)
         stored += 1
-        gamma = np.where(keep, sy / np.maximum(yy, 1e-30), gamma)
         decrease = f - f_new
         x, f, g = x_new, f_new, g_new
         n_iter[moved] += 1
@@ -108,6 +76,59 @@ def minimize_lbfgs(fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], x
         if callback is not None and it % callback_every == 0:
             active &= ~np.asarray(callback(it, x, f), dtype=bool)
     return LBFGSResult(x, f, n_iter, calls, converged)
+
+
+def _direction(g, S, Y, rho, stored, memory, gamma, active):
+    """Search directions ``d [M, P]`` and slopes ``gᵀd [M]``; zero for inactive members."""
+    d = -_two_loop(g, S, Y, rho, stored, memory, gamma)
+    slope = np.einsum("mp,mp->m", g, d)
+    bad = slope >= 0  # not a descent direction: fall back to steepest descent
+    if bad.any():
+        d[bad] = -g[bad] * gamma[bad, None]
+        slope[bad] = np.einsum("mp,mp->m", g[bad], d[bad])
+    d[~active] = 0.0
+    return d, slope
+
+
+def _line_search(fun, x, f, g, d, slope, active, max_backtracks):
+    """Backtracking Armijo search along `d` for every active member at once.
+
+    Returns the accepted ``x, f, g`` (unchanged for members without a decrease), the members
+    that found no decrease, and the calls of `fun` made.
+    """
+    t = np.where(active, 1.0, 0.0)
+    pending = active.copy()
+    x_new, f_new, g_new = x.copy(), f.copy(), g.copy()
+    calls = 0
+    for _ in range(max_backtracks):
+        trial = x + t[:, None] * d
+        f_try, g_try = _call(fun, trial)
+        calls += 1
+        ok = pending & np.isfinite(f_try) & (f_try <= f + 1e-4 * t * slope)
+        x_new[ok], f_new[ok], g_new[ok] = trial[ok], f_try[ok], g_try[ok]
+        pending &= ~ok
+        if not pending.any():
+            break
+        # quadratic interpolation of f along d from f(0), f'(0) and f(t), kept in [0.1 t, 0.5 t]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            curv = f_try - f - slope * t
+            t_q = np.where(np.isfinite(f_try) & (curv > 0), -slope * t * t / (2 * curv), 0.1 * t)
+        t[pending] = np.clip(t_q, 0.1 * t, 0.5 * t)[pending]
+    return x_new, f_new, g_new, pending, calls
+
+
+def _store_pair(S, Y, rho, slot, s, y, moved, gamma):
+    """Write the curvature pair ``(s, y)`` of the members that moved into ring slot `slot` (in place).
+
+    A pair with ``sᵀy <= 0`` (relative to ``yᵀy``) is stored as zeros, a no-op in the two-loop
+    recursion. Returns the updated initial Hessian scale ``gamma [M]``.
+    """
+    sy = np.einsum("mp,mp->m", s, y)
+    yy = np.einsum("mp,mp->m", y, y)
+    keep = moved & (sy > 1e-10 * np.maximum(yy, 1e-30))
+    S[slot], Y[slot] = np.where(keep[:, None], s, 0.0), np.where(keep[:, None], y, 0.0)
+    rho[slot] = np.where(keep, 1.0 / np.where(keep, sy, 1.0), 0.0)
+    return np.where(keep, sy / np.maximum(yy, 1e-30), gamma)
 
 
 def _call(fun, x):
