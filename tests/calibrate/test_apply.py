@@ -78,7 +78,7 @@ def test_missing_val_calib_and_not_a_run(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     (copy / "predictions" / "val_calib.npz").unlink()
-    with pytest.raises(DataError, match="no val_calib predictions"):
+    with pytest.raises(DataError, match="no predictions for split 'val_calib'"):
         calibrate_run(copy)
     with pytest.raises(DataError, match="not a natix run"):
         calibrate_run(tmp_path / "nothing")
@@ -135,9 +135,9 @@ def test_crc_served_decisions_match_the_crc_rule_at_ties(run_dir, tmp_path):
     # Recompute the pre-CRC scores and apply CRC's own rule: served decisions must agree.
     cal = np.load(copy / "predictions" / "val_calib.npz")
     test = np.load(copy / "predictions" / "val_test.npz")
-    from natix.calibrate.apply import _folds
+    from natix.calibrate.apply import certify_fold
 
-    b = _folds(cal["ids"])
+    b = certify_fold(cal["ids"])
     c = CALIBRATORS["isotonic"]().fit(cal["prob"][~b], cal["labels"][~b])
     d = DecisionThreshold(objective="mcc").fit(c.transform(cal["prob"][~b]), cal["labels"][~b])
     q_cal, q_test = d.transform(c.transform(cal["prob"])), d.transform(c.transform(test["prob"]))

@@ -35,6 +35,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from natix.calibrate.checks import (
     binary_labels,
+    choice,
     logit,
     nonnegative_float,
     positive_int,
@@ -42,10 +43,13 @@ from natix.calibrate.checks import (
     sigmoid,
     two_column,
 )
+from natix.calibrate.state import StateError, Stateful, state_number, state_vector
 from natix.errors import ConfigError, DataError
 from natix.metrics import natix_reward_windows
+from natix.metrics.inputs import mcc_from_counts
 
 __all__ = [
+    "ABOVE_HALF",
     "CALIBRATORS",
     "BetaCalibration",
     "DecisionThreshold",
@@ -53,14 +57,29 @@ __all__ = [
     "PlattScaling",
     "TemperatureScaling",
     "make_calibrator",
+    "recentre",
 ]
 
 _EPS = 1e-12  # probabilities are clipped to [_EPS, 1 - _EPS] before any log
-_ABOVE_HALF = float(np.nextafter(0.5, 1.0))  # the smallest float the validator rounds to 1
+ABOVE_HALF = float(np.nextafter(0.5, 1.0))  # the smallest float the validator rounds to 1
 
 
-class _BinaryCalibrator(BaseEstimator):
-    """Shared fit/transform/predict plumbing; subclasses implement ``_fit`` and ``_transform``."""
+class _BinaryCalibrator(Stateful, BaseEstimator):
+    """Shared fit/transform/predict/state plumbing; subclasses implement ``_fit`` and ``_transform``.
+
+    The fitted state is the float attributes named in ``STATE``: ``to_state()`` returns them as
+    plain JSON and ``from_state(state)`` rebuilds an estimator whose ``transform`` is bitwise the
+    fitted one's (hyperparameters that do not enter ``transform`` keep their defaults).
+    """
+
+    @classmethod
+    def from_state(cls, state: dict):
+        """A fitted estimator from what :meth:`to_state` returned (:class:`~natix.calibrate.state.StateError`
+        when damaged)."""
+        est = cls()
+        for key in cls.STATE:
+            setattr(est, key, state_number(state, key, cls.__name__))
+        return est
 
     def fit(self, scores, y):
         """Validate hyperparameters and data, then learn the calibration map.
@@ -151,7 +170,17 @@ def _fit_logistic(
     return res.x
 
 
-class TemperatureScaling(_BinaryCalibrator):
+class _IterativeCalibrator(_BinaryCalibrator):
+    """A calibrator fitted by L-BFGS-B whose only hyperparameter is the iteration limit."""
+
+    def __init__(self, *, max_iter: int = 100):
+        self.max_iter = max_iter
+
+    def _check_params(self) -> None:
+        positive_int(self.max_iter, "max_iter")
+
+
+class TemperatureScaling(_IterativeCalibrator):
     """Temperature scaling: ``sigmoid(logit(p) / T)`` with one parameter T > 0.
 
     T is the maximum-likelihood temperature on the calibration data (T > 1 softens an
@@ -171,11 +200,7 @@ class TemperatureScaling(_BinaryCalibrator):
         The fitted T, searched in [1e-4, 1e4].
     """
 
-    def __init__(self, *, max_iter: int = 100):
-        self.max_iter = max_iter
-
-    def _check_params(self) -> None:
-        positive_int(self.max_iter, "max_iter")
+    STATE = ("temperature_",)
 
     def _fit(self, p, y):
         # Fit the inverse temperature s = 1/T: the log loss is convex in s (logistic regression
@@ -187,10 +212,10 @@ class TemperatureScaling(_BinaryCalibrator):
 
     def _transform(self, p):
         q = sigmoid(logit(p, _EPS) / self.temperature_)
-        return np.where(p > 0.5, np.maximum(q, _ABOVE_HALF), np.minimum(q, 0.5))
+        return np.where(p > 0.5, np.maximum(q, ABOVE_HALF), np.minimum(q, 0.5))
 
 
-class PlattScaling(_BinaryCalibrator):
+class PlattScaling(_IterativeCalibrator):
     """Platt scaling on the logit: ``sigmoid(a * logit(p) + b)``.
 
     Unpenalised maximum likelihood (no L2 penalty, no label smoothing), so ``a`` and ``b`` are
@@ -210,11 +235,7 @@ class PlattScaling(_BinaryCalibrator):
         The offset ``b``.
     """
 
-    def __init__(self, *, max_iter: int = 100):
-        self.max_iter = max_iter
-
-    def _check_params(self) -> None:
-        positive_int(self.max_iter, "max_iter")
+    STATE = ("coef_", "intercept_")
 
     def _fit(self, p, y):
         z = logit(p, _EPS)
@@ -250,6 +271,8 @@ class BetaCalibration(_BinaryCalibrator):
     a_, c_, d_ : float
         The fitted parameters.
     """
+
+    STATE = ("a_", "c_", "d_")
 
     def __init__(self, *, reg: float = 0.0, max_iter: int = 100):
         self.reg = reg
@@ -290,8 +313,12 @@ class IsotonicCalibration(_BinaryCalibrator):
 
     Attributes
     ----------
-    isotonic_ : sklearn.isotonic.IsotonicRegression
-        Fitted with ``out_of_bounds="clip", y_min=0, y_max=1``.
+    x_thresholds_, y_thresholds_ : ndarray of shape (k,)
+        The fitted step map (scikit-learn's ``X_thresholds_``, ``y_thresholds_``, fitted with
+        ``out_of_bounds="clip", y_min=0, y_max=1``): linear between thresholds, constant outside.
+
+    The state (``to_state``) is ``{"isotonic_": {"x": [...], "y": [...]}, "eps": eps}``; a state
+    without ``eps`` (older calibration files) means 0.
     """
 
     def __init__(self, *, eps: float = 0.0):
@@ -302,11 +329,37 @@ class IsotonicCalibration(_BinaryCalibrator):
             raise ConfigError(f"eps must be in [0, 0.5), got {self.eps!r}: pass e.g. eps=1e-6")
 
     def _fit(self, p, y):
-        self.isotonic_ = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(p, y)
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(p, y)
+        self.x_thresholds_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
+        self.y_thresholds_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
 
     def _transform(self, p):
+        # Clip to the fitted range, then interpolate linearly between the thresholds (what
+        # IsotonicRegression(out_of_bounds="clip") does): np.interp does both, the same way for a
+        # fitted estimator and one rebuilt from its state.
         eps = float(self.eps)
-        return np.clip(self.isotonic_.predict(p), eps, 1.0 - eps)
+        return np.clip(np.interp(p, self.x_thresholds_, self.y_thresholds_), eps, 1.0 - eps)
+
+    def to_state(self) -> dict:
+        check_is_fitted(self)
+        return {"isotonic_": {"x": self.x_thresholds_.tolist(), "y": self.y_thresholds_.tolist()},
+                "eps": float(self.eps)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> IsotonicCalibration:
+        owner = cls.__name__
+        table = state.get("isotonic_") if isinstance(state, Mapping) else None
+        if not isinstance(table, Mapping):
+            raise StateError(owner, "lacks the 'isotonic_' table {x, y}")
+        x, y = state_vector(table, "x", owner), state_vector(table, "y", owner)
+        if x.shape != y.shape or np.any(np.diff(x) < 0):
+            raise StateError(owner, "'isotonic_' is not an increasing (x, y) table")
+        eps = state_number(state, "eps", owner) if "eps" in state else 0.0
+        if not 0 <= eps < 0.5:
+            raise StateError(owner, f"'eps' is {eps!r}, outside [0, 0.5)")
+        est = cls(eps=eps)
+        est.x_thresholds_, est.y_thresholds_ = x, y
+        return est
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,20 +369,13 @@ class IsotonicCalibration(_BinaryCalibrator):
 _OBJECTIVES = ("mcc", "reward", "fnr")
 
 
-def _recentre(p: np.ndarray, t: float) -> np.ndarray:
+def recentre(p: np.ndarray, t: float) -> np.ndarray:
     """Monotone piecewise-linear map [0, t] -> [0, 0.5], (t, 1] -> (0.5, 1]; ``> 0.5`` iff ``p > t``."""
     lo = 0.5 * np.minimum(p / max(t, np.finfo(np.float64).tiny), 1.0)
     hi = 0.5 + 0.5 * ((p - t) / (1.0 - t))
     # Clamp so that p just above t still rounds to 1 after float rounding of 0.5 + tiny.
-    hi = np.clip(hi, _ABOVE_HALF, 1.0)
+    hi = np.clip(hi, ABOVE_HALF, 1.0)
     return np.where(p > t, hi, lo)
-
-
-def _mcc_counts(tp, tn, fp, fn) -> np.ndarray:
-    """Matthews correlation from count arrays; 0 where undefined (an empty confusion row/column)."""
-    denom = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-    safe = np.where(denom > 0, denom, 1.0)
-    return np.where(denom > 0, (tp * tn - fp * fn) / np.sqrt(safe), 0.0)
 
 
 def _closest_to_half(candidates: np.ndarray, scores: np.ndarray) -> int:
@@ -371,7 +417,11 @@ class DecisionThreshold(_BinaryCalibrator):
         The threshold t in [0, 1).
     score_ : float
         The objective at ``threshold_`` on the calibration data (MCC, mean reward, or the FNR).
+
+    The state (``to_state``, ``from_state``) is ``threshold_`` alone: all ``transform`` needs.
     """
+
+    STATE = ("threshold_",)
 
     def __init__(self, *, objective: str = "mcc", target_fnr: float | None = None, max_candidates: int = 32):
         self.objective = objective
@@ -379,8 +429,7 @@ class DecisionThreshold(_BinaryCalibrator):
         self.max_candidates = max_candidates
 
     def _check_params(self) -> None:
-        if self.objective not in _OBJECTIVES:
-            raise ConfigError(f"unknown objective {self.objective!r}: pass one of {', '.join(_OBJECTIVES)}")
+        choice(self.objective, _OBJECTIVES, "objective")
         if self.objective == "fnr":
             if self.target_fnr is None:
                 raise ConfigError("objective='fnr' needs target_fnr: pass e.g. target_fnr=0.05")
@@ -415,7 +464,7 @@ class DecisionThreshold(_BinaryCalibrator):
             k = int(feasible[-1])  # fnr is non-decreasing in k
             score = fnr[k]
         else:
-            mcc = _mcc_counts(tp, tn, fp, fn)
+            mcc = mcc_from_counts(tp, tn, fp, fn)
             k = _closest_to_half(candidates, mcc)
             score = mcc[k]
             if self.objective == "reward":
@@ -429,12 +478,12 @@ class DecisionThreshold(_BinaryCalibrator):
         k_half = int(np.searchsorted(values, 0.5, side="right")) - 1  # same decisions as p > 0.5
         spaced = np.linspace(0, m - 1, min(int(self.max_candidates), m)).round().astype(np.int64)
         ks = np.unique(np.concatenate([spaced, [k_mcc, min(k_half, m - 1)]]))
-        rewards = np.array([natix_reward_windows(y, _recentre(p, float(candidates[k])))[1] for k in ks])
+        rewards = np.array([natix_reward_windows(y, recentre(p, float(candidates[k])))[1] for k in ks])
         j = _closest_to_half(candidates[ks], rewards)
         return int(ks[j]), rewards[j]
 
     def _transform(self, p):
-        return _recentre(p, self.threshold_)
+        return recentre(p, self.threshold_)
 
 
 CALIBRATORS: Mapping[str, type[_BinaryCalibrator]] = MappingProxyType({

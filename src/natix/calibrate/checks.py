@@ -16,14 +16,32 @@ def positive_proba(scores, name: str = "scores") -> np.ndarray:
         p = p[:, 1]
     if p.ndim != 1:
         raise DataError(f"{name} must be (n,) or (n, 2) probabilities, got shape {p.shape}")
-    if p.size == 0:
-        raise DataError(f"{name} is empty: pass at least one score")
-    if not np.all(np.isfinite(p)):
-        raise DataError(f"{name} contains NaN or inf: drop those rows or fix the model's output")
+    p = finite_scores(p, name)
     if p.min() < 0 or p.max() > 1:
         raise DataError(f"{name} must be probabilities in [0, 1], got values in [{p.min():.4g}, {p.max():.4g}]: "
                         "pass probabilities, not logits")
     return p
+
+
+def finite_scores(values, name: str = "confidence", n: int | None = None) -> np.ndarray:
+    """One finite float64 score per sample, shape ``(n,)`` (of length `n` when given)."""
+    g = np.asarray(values, dtype=np.float64)
+    if g.ndim != 1:
+        raise DataError(f"{name} must be 1-D (one score per sample), got shape {g.shape}")
+    if g.size == 0:
+        raise DataError(f"{name} is empty: pass at least one score")
+    if n is not None and g.size != n:
+        raise DataError(f"{name} has {g.size} scores for {n} samples: pass one score per sample")
+    if not np.all(np.isfinite(g)):
+        raise DataError(f"{name} contains NaN or inf: drop those rows or fix the model's output")
+    return g
+
+
+def choice(value, choices, name: str):
+    """`value` when it is one of `choices` (a hyperparameter naming a variant), else a one-line error."""
+    if isinstance(value, str) and value in choices:
+        return value
+    raise ConfigError(f"unknown {name} {value!r}: pass one of {', '.join(choices)}")
 
 
 def binary_labels(y, n: int | None = None, *, both_classes: bool = True, name: str = "y") -> np.ndarray:

@@ -36,7 +36,9 @@ from scipy.stats import binom
 from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
-from natix.calibrate.checks import binary_labels, positive_proba, two_column, unit_open
+from natix import metrics as M
+from natix.calibrate.checks import binary_labels, choice, finite_scores, positive_proba, two_column, unit_open
+from natix.calibrate.state import Stateful
 from natix.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -97,8 +99,7 @@ def confidence_and_errors(proba, y) -> tuple[np.ndarray, np.ndarray]:
     """
     p = positive_proba(proba, "proba")
     y = binary_labels(y, len(p), both_classes=False)
-    errors = ((p > 0.5).astype(np.int64) != y).astype(np.int64)
-    return np.maximum(p, 1.0 - p), errors
+    return M.confidence(p), M.decision_errors(y, p)
 
 
 def calibration_folds(y, n_folds: int = 2, *, random_state=None) -> list[np.ndarray]:
@@ -387,7 +388,7 @@ class SplitConformal(BaseEstimator):
 # --------------------------------------------------------------------------- conformal risk control
 
 
-class ConformalRiskControl(BaseEstimator):
+class ConformalRiskControl(Stateful, BaseEstimator):
     """Conformal risk control (Angelopoulos, Bates, Fisch, Lei & Schuster 2022) for a binary decision.
 
     The decision is "positive when ``p >= 1 - lambda``" (``threshold_ = 1 - lambda_``): larger
@@ -428,6 +429,8 @@ class ConformalRiskControl(BaseEstimator):
     n_calibration_ : int
         Points the risk was averaged over (positives only for ``"fnr"``).
     """
+
+    STATE = ("threshold_", "lambda_", "empirical_risk_", "n_calibration_")
 
     def __init__(self, *, loss="fnr", alpha: float = 0.1, bound: float = 1.0, lambdas=None):
         self.loss = loss
@@ -566,8 +569,7 @@ def ltt_start(alpha: float, delta: float, *, p_value: str = "binomial") -> int:
     selective-risk sequence there with ``min_accepted="auto"``.
     """
     alpha, delta = unit_open(alpha, "alpha"), unit_open(delta, "delta")
-    if p_value not in _P_VALUES:
-        raise ConfigError(f"unknown p_value {p_value!r}: pass one of {', '.join(_P_VALUES)}")
+    choice(p_value, _P_VALUES, "p_value")
     r = _START_RISK * alpha
     # Both p-values are at most the Chernoff bound exp(-n KL(k/n || alpha)) <= exp(-n KL(r || alpha))
     # for k/n <= r < alpha, which is <= delta from n_max on: only counts below n_max can fail.
@@ -579,7 +581,7 @@ def ltt_start(alpha: float, delta: float, *, p_value: str = "binomial") -> int:
     return int(n[fails[-1]]) + 1 if len(fails) else 1
 
 
-class LearnThenTest(BaseEstimator):
+class LearnThenTest(Stateful, BaseEstimator):
     """A certified exit threshold ``tau`` on a confidence ``g``: answer when ``g >= tau``, defer otherwise.
 
     Learn-then-Test (Angelopoulos, Bates, Candès, Jordan & Lei 2021) with fixed-sequence testing.
@@ -658,6 +660,9 @@ class LearnThenTest(BaseEstimator):
     n_calibration_ : int
     """
 
+    STATE = ("thresholds_", "n_accepted_", "risks_", "p_values_", "certified_mask_", "certified_", "threshold_",
+             "coverage_", "min_accepted_", "n_calibration_")
+
     def __init__(self, *, risk: str = "selective", alpha: float = 0.1, delta: float = 0.1,
                  p_value: str = "binomial", min_accepted: int | str = "auto", n_thresholds: int = 200):
         self.risk = risk
@@ -669,15 +674,12 @@ class LearnThenTest(BaseEstimator):
 
     def fit(self, confidence, errors) -> LearnThenTest:
         """Certify ``threshold_`` from calibration confidences ``(n,)`` and 0/1 errors ``(n,)``."""
-        alpha = unit_open(self.alpha, "alpha")
-        delta = unit_open(self.delta, "delta")
-        if self.risk not in _RISKS:
-            raise ConfigError(f"unknown risk {self.risk!r}: pass one of {', '.join(_RISKS)}")
-        if self.p_value not in _P_VALUES:
-            raise ConfigError(f"unknown p_value {self.p_value!r}: pass one of {', '.join(_P_VALUES)}")
+        alpha, delta = unit_open(self.alpha, "alpha"), unit_open(self.delta, "delta")
+        choice(self.risk, _RISKS, "risk")
+        choice(self.p_value, _P_VALUES, "p_value")
         min_accepted = self._min_accepted(alpha, delta)
         n_thresholds = _check_int(self.n_thresholds, "n_thresholds", low=2)
-        g = self._confidence(confidence)
+        g = finite_scores(confidence, "confidence")
         e = binary_labels(errors, len(g), both_classes=False, name="errors")
 
         order = np.argsort(g, kind="stable")
@@ -730,18 +732,7 @@ class LearnThenTest(BaseEstimator):
             raise ConfigError(f"min_accepted must be 'auto' or an integer >= 1, got {self.min_accepted!r}")
         return int(self.min_accepted)
 
-    @staticmethod
-    def _confidence(confidence, name: str = "confidence") -> np.ndarray:
-        g = np.asarray(confidence, dtype=np.float64)
-        if g.ndim != 1:
-            raise DataError(f"{name} must be 1-D (one score per image), got shape {g.shape}")
-        if g.size == 0:
-            raise DataError(f"{name} is empty: pass at least one score")
-        if not np.all(np.isfinite(g)):
-            raise DataError(f"{name} contains NaN or inf: drop those rows or fix the model's output")
-        return g
-
     def accept(self, confidence) -> np.ndarray:
         """Boolean ``(n,)``: True where ``g >= threshold_`` (answer now); all False when nothing was certified."""
         check_is_fitted(self, "threshold_")
-        return self._confidence(confidence) >= self.threshold_
+        return finite_scores(confidence, "confidence") >= self.threshold_

@@ -25,7 +25,9 @@ from scipy.stats import binom
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from natix.calibrate.checks import binary_labels, positive_proba, two_column, unit_open
+from natix import metrics as M
+from natix.calibrate.checks import binary_labels, choice, finite_scores, positive_proba, two_column, unit_open
+from natix.calibrate.state import Stateful
 from natix.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -38,22 +40,7 @@ _EPS = 1e-9
 
 def max_probability(proba) -> np.ndarray:
     """The default confidence ``max(p, 1 − p)`` of ``(n,)`` or ``(n, 2)`` probabilities → ``(n,)``."""
-    p = positive_proba(proba, "proba")
-    return np.maximum(p, 1.0 - p)
-
-
-def _scores(values, n: int | None, name: str) -> np.ndarray:
-    """A 1-D finite float64 array (of length ``n`` when given)."""
-    g = np.asarray(values, dtype=np.float64)
-    if g.ndim != 1:
-        raise DataError(f"{name} must be 1-D (one score per sample), got shape {g.shape}")
-    if g.size == 0:
-        raise DataError(f"{name} is empty: pass at least one score")
-    if n is not None and g.size != n:
-        raise DataError(f"{name} has {g.size} scores for {n} samples: pass one score per sample")
-    if not np.all(np.isfinite(g)):
-        raise DataError(f"{name} contains NaN or inf: drop those rows or fix the score")
-    return g
+    return M.confidence(positive_proba(proba, "proba"))
 
 
 def _kth_largest(values: np.ndarray, k: int) -> float:
@@ -115,7 +102,29 @@ def _crc_threshold(g: np.ndarray, wrong: np.ndarray, alpha: float) -> tuple[floa
     return float(gs[last]), int(errors[last])
 
 
-class SCRC(BaseEstimator):
+def _select_transductive(g: np.ndarray, g_test: np.ndarray, acceptance: float) -> tuple[float, np.ndarray, int]:
+    """SCRC-T stage 1: τ over calibration ∪ test confidences → (τ, every calibration index, pooled size)."""
+    pooled = np.concatenate([g, g_test])
+    k = min(pooled.size, math.ceil(acceptance * pooled.size - _EPS))
+    return _kth_largest(pooled, k), np.arange(g.size), int(pooled.size)
+
+
+def _control_risk(g_risk: np.ndarray, wrong_risk: np.ndarray, tau: float, alpha: float) -> tuple[float, int, int]:
+    """Stage 2: CRC on the risk samples that pass selection → (λ̂, selected count n_a, errors at λ̂)."""
+    selected = g_risk >= tau
+    n_a = int(selected.sum())
+    need = _min_selected(alpha)
+    if n_a < need:
+        raise DataError(f"only {n_a} of {g_risk.size} stage-2 calibration samples pass selection; alpha={alpha} "
+                        f"needs at least {need}: pass more calibration data or a larger alpha")
+    lam, errors = _crc_threshold(g_risk[selected], wrong_risk[selected], alpha)
+    if lam == np.inf:
+        logger.warning("SCRC: no selected calibration sample can be decided at alpha=%g; every sample "
+                       "escalates (threshold_ = inf)", alpha)
+    return lam, n_a, errors
+
+
+class SCRC(Stateful, BaseEstimator):
     """Selective conformal risk control for binary scores: selection, then CRC on the selected.
 
     Parameters
@@ -163,6 +172,8 @@ class SCRC(BaseEstimator):
     guarantee_ : str
         One paragraph stating what this fit guarantees, with its numbers filled in.
 
+    The state (``to_state``) holds every attribute above that the fit set.
+
     Guarantees
     ----------
     Assume calibration and test samples are i.i.d. (SCRC-T: exchangeable). Let
@@ -193,6 +204,9 @@ class SCRC(BaseEstimator):
     >>> scrc = SCRC(alpha=0.05, acceptance=0.8).fit(p_cal, y_cal)    # doctest: +SKIP
     >>> scrc.accept(max_probability(p_new)), scrc.predict(p_new)       # doctest: +SKIP
     """
+
+    STATE = ("selection_threshold_", "stage2_threshold_", "threshold_", "n_selection_", "n_risk_", "n_selected_",
+             "calibration_risk_", "test_selection_rate_", "test_acceptance_rate_", "guarantee_")
 
     def __init__(self, *, alpha: float = 0.1, delta: float = 0.1, acceptance: float = 0.8,
                  mode: str = "inductive", loss: str = "error", split: float = 0.5,
@@ -225,73 +239,59 @@ class SCRC(BaseEstimator):
         -------
         self
         """
-        alpha = unit_open(self.alpha, "alpha")
-        delta = unit_open(self.delta, "delta")
-        acceptance = unit_open(self.acceptance, "acceptance")
-        if self.mode not in _MODES:
-            raise ConfigError(f"mode must be one of {list(_MODES)}, got {self.mode!r}")
-        if self.loss not in _LOSSES:
-            raise ConfigError(f"loss must be one of {list(_LOSSES)}, got {self.loss!r}")
-        inductive = self.mode == "inductive"
-        if inductive:
-            split = unit_open(self.split, "split")
-            if test_confidence is not None:
-                raise ConfigError("test_confidence is for mode='transductive': inductive SCRC uses "
-                                  "calibration data only (drop test_confidence or switch mode)")
-        elif test_confidence is None:
-            raise ConfigError("mode='transductive' needs test_confidence (the unlabeled test batch's "
-                              "confidences): pass it, or use mode='inductive'")
-
+        alpha, delta, acceptance = (unit_open(self.alpha, "alpha"), unit_open(self.delta, "delta"),
+                                    unit_open(self.acceptance, "acceptance"))
+        self._check_mode(test_confidence)
         p = positive_proba(proba, "proba")
-        n = p.size
-        y = binary_labels(y, n, both_classes=False)
-        g = np.maximum(p, 1.0 - p) if confidence is None else _scores(confidence, n, "confidence")
-        wrong = ((p > 0.5).astype(np.int64) != y).astype(np.int64)
-
-        if inductive:
-            n1 = round(split * n)
-            if n1 < 1 or n1 > n - 1:
-                raise DataError(f"split={split} of {n} calibration samples leaves a fold empty: "
-                                "pass more samples or a split nearer 0.5")
-            perm = np.random.default_rng(self.random_state).permutation(n)
-            g_sel, risk = g[perm[:n1]], perm[n1:]
-            k = _selection_rank(n1, acceptance, delta / 2)
-            if k is None:
-                need = _min_selection_fold(acceptance, delta / 2)
-                raise DataError(f"the selection fold has {n1} calibration samples; acceptance={acceptance} "
-                                f"at delta={delta} needs at least {need}: pass more calibration data or a larger split")
-            tau = _kth_largest(g_sel, k)
+        y = binary_labels(y, len(p), both_classes=False)
+        g = M.confidence(p) if confidence is None else finite_scores(confidence, "confidence", len(p))
+        wrong = M.decision_errors(y, p)
+        if self.mode == "inductive":
+            tau, risk, n_selection = self._select_inductive(g, acceptance, delta)
+            g_test = None
         else:
-            g_test = _scores(test_confidence, None, "test_confidence")
-            pooled = np.concatenate([g, g_test])
-            k = min(pooled.size, math.ceil(acceptance * pooled.size - _EPS))
-            tau = _kth_largest(pooled, k)
-            risk = np.arange(n)
-
-        g_risk, wrong_risk = g[risk], wrong[risk]
-        selected = g_risk >= tau
-        n_a = int(selected.sum())
-        need = _min_selected(alpha)
-        if n_a < need:
-            raise DataError(f"only {n_a} of {risk.size} stage-2 calibration samples pass selection; alpha={alpha} "
-                            f"needs at least {need}: pass more calibration data or a larger alpha")
-        lam, errors = _crc_threshold(g_risk[selected], wrong_risk[selected], alpha)
-        if lam == np.inf:
-            logger.warning("SCRC: no selected calibration sample can be decided at alpha=%g; every sample "
-                           "escalates (threshold_ = inf)", alpha)
+            g_test = finite_scores(test_confidence, "test_confidence")
+            tau, risk, n_selection = _select_transductive(g, g_test, acceptance)
+        lam, n_a, errors = _control_risk(g[risk], wrong[risk], tau, alpha)
 
         self.selection_threshold_ = tau
         self.stage2_threshold_ = lam
         self.threshold_ = max(tau, lam)
-        self.n_selection_ = int(g_sel.size if inductive else pooled.size)
+        self.n_selection_ = n_selection
         self.n_risk_ = int(risk.size)
         self.n_selected_ = n_a
         self.calibration_risk_ = errors / n_a
-        if not inductive:
+        if g_test is not None:
             self.test_selection_rate_ = float(np.mean(g_test >= tau))
             self.test_acceptance_rate_ = float(np.mean(g_test >= self.threshold_))
-        self.guarantee_ = self._guarantee_text(alpha, delta, acceptance, n, g_test.size if not inductive else 0)
+        self.guarantee_ = self._guarantee_text(alpha, delta, acceptance, len(p), 0 if g_test is None else g_test.size)
         return self
+
+    def _check_mode(self, test_confidence) -> None:
+        """The mode and loss are known, and test data are given exactly when the mode uses them."""
+        choice(self.mode, _MODES, "mode")
+        choice(self.loss, _LOSSES, "loss")
+        if self.mode == "inductive" and test_confidence is not None:
+            raise ConfigError("test_confidence is for mode='transductive': inductive SCRC uses "
+                              "calibration data only (drop test_confidence or switch mode)")
+        if self.mode == "transductive" and test_confidence is None:
+            raise ConfigError("mode='transductive' needs test_confidence (the unlabeled test batch's "
+                              "confidences): pass it, or use mode='inductive'")
+
+    def _select_inductive(self, g: np.ndarray, acceptance: float, delta: float) -> tuple[float, np.ndarray, int]:
+        """SCRC-I stage 1: τ from a random selection fold → (τ, indices of the disjoint risk fold, fold size)."""
+        split, n = unit_open(self.split, "split"), g.size
+        n1 = round(split * n)
+        if n1 < 1 or n1 > n - 1:
+            raise DataError(f"split={split} of {n} calibration samples leaves a fold empty: "
+                            "pass more samples or a split nearer 0.5")
+        perm = np.random.default_rng(self.random_state).permutation(n)
+        k = _selection_rank(n1, acceptance, delta / 2)
+        if k is None:
+            need = _min_selection_fold(acceptance, delta / 2)
+            raise DataError(f"the selection fold has {n1} calibration samples; acceptance={acceptance} "
+                            f"at delta={delta} needs at least {need}: pass more calibration data or a larger split")
+        return _kth_largest(g[perm[:n1]], k), perm[n1:], n1
 
     def _guarantee_text(self, alpha: float, delta: float, acceptance: float, n: int, m: int) -> str:
         """The guarantee of this fit in one paragraph."""
@@ -343,7 +343,7 @@ class SCRC(BaseEstimator):
             if not np.isfinite(g):
                 raise DataError(f"confidence must be a finite number, got {float(g)}")
             return bool(g >= self.threshold_)
-        return _scores(g, None, "confidence") >= self.threshold_
+        return finite_scores(g, "confidence") >= self.threshold_
 
     def predict_proba(self, proba) -> np.ndarray:
         """Probabilities passed through unchanged: ``(n,)`` or ``(n, 2)`` → ``(n, 2)``."""
