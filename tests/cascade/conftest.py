@@ -24,3 +24,26 @@ def threads_in_steps():
     handle = register_optimizer_step_pre_hook(record)
     yield seen
     handle.remove()
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """Two runs on one synthetic cache: stage 1 weak (global view only), stage 2 strong (max over views).
+
+    Both use the cache's default splits, so their val_calib and val_test hold the same images.
+    """
+    import torch
+
+    from natix.cache.synthetic import make_synthetic_cache
+    from natix.heads.runs import fit_run
+    from natix.heads.train import HeadConfig, TrainConfig
+
+    train = TrainConfig(lr=1e-2, batch_size=64, max_epochs=10, threads=1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cascade-runs")
+    cache = make_synthetic_cache(root / "cache", n=1500, n_views=4, dim=16, strength=2.5)
+    fit_run(cache, root / "stage1", head=HeadConfig(agg="global"), train=train)
+    fit_run(cache, root / "stage2", head=HeadConfig(agg="max"), train=train)
+    torch.set_num_threads(old)
+    return {"root": root, "cache": cache, "stage1": root / "stage1", "stage2": root / "stage2"}

@@ -12,7 +12,7 @@ from natix.heads.train import HeadConfig, TrainConfig
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def cli_runs(tmp_path_factory):
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cli-cascade")
@@ -25,37 +25,37 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["xgboost", "mlp"])
-def test_fit_failure_prints_the_comparison_and_stores_the_predictor(runs, model):
-    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--model", model, "--threads", "1"])
+def test_fit_failure_prints_the_comparison_and_stores_the_predictor(cli_runs, model):
+    r = CliRunner().invoke(cli, ["fit-failure", str(cli_runs / "stage1"), "--model", model, "--threads", "1"])
     assert r.exit_code == 0, r.output
     assert "max probability" in r.output and f"failure predictor ({model})" in r.output and "AUROC_f" in r.output
-    meta = json.loads((runs / "stage1" / "failure.json").read_text())
-    assert meta["trained_on"] == "train_oof" and (runs / "stage1" / "failure.safetensors").is_file()
-    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--model", model, "--threads", "1", "--json"])
+    meta = json.loads((cli_runs / "stage1" / "failure.json").read_text())
+    assert meta["trained_on"] == "train_oof" and (cli_runs / "stage1" / "failure.safetensors").is_file()
+    r = CliRunner().invoke(cli, ["fit-failure", str(cli_runs / "stage1"), "--model", model, "--threads", "1", "--json"])
     res = json.loads(r.output)
     assert set(res["confidences"]) == {"max probability", f"failure predictor ({model})"}
 
 
-def test_fit_failure_without_oof_predictions_is_a_one_line_error(runs):
-    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage2")])
+def test_fit_failure_without_oof_predictions_is_a_one_line_error(cli_runs):
+    r = CliRunner().invoke(cli, ["fit-failure", str(cli_runs / "stage2")])
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "--oof-folds" in r.output
 
 
-def test_tune_gatekeeper_writes_one_run_per_alpha(runs, tmp_path):
-    r = CliRunner().invoke(cli, ["tune-gatekeeper", str(runs / "stage1"), "--alpha", "0.3,0.9", "--epochs", "3",
+def test_tune_gatekeeper_writes_one_run_per_alpha(cli_runs, tmp_path):
+    r = CliRunner().invoke(cli, ["tune-gatekeeper", str(cli_runs / "stage1"), "--alpha", "0.3,0.9", "--epochs", "3",
                                  "--threads", "1",
-                                 "--stage2", str(runs / "stage2"), "--out", str(tmp_path / "gk")])
+                                 "--stage2", str(cli_runs / "stage2"), "--out", str(tmp_path / "gk")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "gk" / "alpha-0.3" / "model.safetensors").is_file()
     assert (tmp_path / "gk" / "alpha-0.9" / "predictions" / "val_test.npz").is_file()
     lines = [line for line in r.output.splitlines() if line.strip().startswith(("0.30", "0.90"))]
     assert len(lines) == 2 and all(-1.0 <= float(line.split()[4]) <= 1.0 for line in lines)  # s_d
     for bad in (["--alpha", "x"], ["--alpha", "1.5"]):
-        r = CliRunner().invoke(cli, ["tune-gatekeeper", str(runs / "stage1"), *bad, "--out", str(tmp_path / "b")])
+        r = CliRunner().invoke(cli, ["tune-gatekeeper", str(cli_runs / "stage1"), *bad, "--out", str(tmp_path / "b")])
         assert r.exit_code in (1, 2) and r.output.count("\n") == 1
 
 
-def test_fit_failure_threads_reach_xgboost(runs, monkeypatch):
+def test_fit_failure_threads_reach_xgboost(cli_runs, monkeypatch):
     # The default (every core) gives the same numbers: tests/cascade/test_failure.py compares them on
     # smaller fits, since 200 trees on every core of a busy machine take seconds.
     n_jobs, fit = [], xgboost.XGBClassifier.fit
@@ -65,20 +65,20 @@ def test_fit_failure_threads_reach_xgboost(runs, monkeypatch):
         return fit(self, *args, **kwargs)
 
     monkeypatch.setattr(xgboost.XGBClassifier, "fit", spy)
-    r = CliRunner().invoke(cli, ["fit-failure", str(runs / "stage1"), "--threads", "1", "--json"])
+    r = CliRunner().invoke(cli, ["fit-failure", str(cli_runs / "stage1"), "--threads", "1", "--json"])
     assert r.exit_code == 0, r.output
     assert n_jobs == [1]
-    assert json.loads((runs / "stage1" / "failure.json").read_text())["params"]["threads"] == 1
+    assert json.loads((cli_runs / "stage1" / "failure.json").read_text())["params"]["threads"] == 1
     assert {p.name: p.default for p in cli.commands["fit-failure"].params}["threads"] == 0  # every core
 
 
-def test_tune_gatekeeper_threads_reach_torch_and_change_no_result(runs, tmp_path, threads_in_steps):
+def test_tune_gatekeeper_threads_reach_torch_and_change_no_result(cli_runs, tmp_path, threads_in_steps):
     from natix.heads.config import available_cores
 
     rows, seen = {}, {}
     for name, extra in (("one", ["--threads", "1"]), ("default", [])):
         threads_in_steps.clear()
-        r = CliRunner().invoke(cli, ["tune-gatekeeper", str(runs / "stage1"), "--alpha", "0.5", "--epochs", "2",
+        r = CliRunner().invoke(cli, ["tune-gatekeeper", str(cli_runs / "stage1"), "--alpha", "0.5", "--epochs", "2",
                                      "--json", "--out", str(tmp_path / name), *extra])
         assert r.exit_code == 0, r.output
         rows[name], seen[name] = json.loads(r.output)[0], {torch_threads for torch_threads, _ in threads_in_steps}
@@ -88,9 +88,9 @@ def test_tune_gatekeeper_threads_reach_torch_and_change_no_result(runs, tmp_path
 
 
 @pytest.mark.parametrize("command", ["fit-failure", "tune-gatekeeper"])
-def test_negative_threads_is_a_one_line_error(runs, tmp_path, command):
+def test_negative_threads_is_a_one_line_error(cli_runs, tmp_path, command):
     out = ["--out", str(tmp_path / "out")] if command == "tune-gatekeeper" else []
-    r = CliRunner().invoke(cli, [command, str(runs / "stage1"), "--threads", "-1", *out])
+    r = CliRunner().invoke(cli, [command, str(cli_runs / "stage1"), "--threads", "-1", *out])
     assert r.exit_code == 1 and r.output.count("\n") == 1
     assert "threads must be an integer >= 0, got -1: pass 0 (every available core)" in r.output
     assert not (tmp_path / "out").exists()  # refused before any work

@@ -26,6 +26,7 @@ from natix.cascade import (
 )
 from natix.cascade.failure import fit_failure_run
 from natix.errors import ConfigError, DataError
+from natix.rundir import Run
 
 MODELS = ("mlp", "xgboost")
 
@@ -414,7 +415,16 @@ def test_end_to_end_on_a_fitted_run(tmp_path):
         res = compare_confidences(ete, {"max_prob": max_prob, model: 1 - score}, n_boot=100)
         assert 0.0 <= res["confidences"][model]["auroc_f"]["estimate"] <= 1.0
 
-    with pytest.raises(DataError, match="has no nope predictions"):
+    # fit_failure_run stores a predictor that the run reads back and that scores val_test as reported.
+    res = fit_failure_run(run, model="mlp", n_boot=20, threads=1, epochs=50)
+    meta, blob = Run(run).failure()
+    assert meta["trained_on"] == "train_oof" and meta["features"] == names[:-16]
+    est = FailurePredictor.from_state(meta, st_load(blob))
+    X_plain, _ = uncertainty_features(test)
+    reported = res["confidences"]["failure predictor (mlp)"]["auroc_f"]["estimate"]
+    assert M.auroc_failure(ete, 1 - est.failure_score(X_plain)) == pytest.approx(reported, abs=1e-12)
+
+    with pytest.raises(DataError, match="has no predictions for split .nope."):
         load_run_split(run, "nope")
     with pytest.raises(DataError, match="not a natix run"):
         load_run_split(tmp_path, "val_test")

@@ -20,9 +20,10 @@ from natix.cascade.gatekeeper import (
     tune_gatekeeper_grid,
 )
 from natix.errors import ConfigError, DataError
-from natix.heads.runs import confidence, evaluate_run, fit_run, load_predictions, read_config
+from natix.heads.runs import evaluate_run, fit_run
 from natix.heads.splits import Splits
 from natix.heads.train import HeadConfig, TrainConfig, predict
+from natix.rundir import Run, confidence
 
 TRAIN = TrainConfig(lr=1e-2, batch_size=64, max_epochs=20, patience=5, threads=1)
 TUNE = {"lr": 1e-2, "batch_size": 64, "epochs": 10, "threads": 1}
@@ -171,7 +172,7 @@ def test_deferral_metrics_refuses_bad_input(kwargs, match):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def gk_runs(tmp_path_factory):
     """A synthetic cache, a linear/mean base run and a max-aggregator stage-2 run on it."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("gatekeeper")
@@ -183,25 +184,25 @@ def runs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tuned(runs):
-    return {a: tune_gatekeeper(runs["base"], runs["root"] / f"gk-{a}", alpha=a, stage2=runs["stage2"], **TUNE)
+def tuned(gk_runs):
+    return {a: tune_gatekeeper(gk_runs["base"], gk_runs["root"] / f"gk-{a}", alpha=a, stage2=gk_runs["stage2"], **TUNE)
             for a in (0.3, 0.9)}
 
 
-def test_tuned_run_is_a_complete_run_directory(runs, tuned):
+def test_tuned_run_is_a_complete_run_directory(gk_runs, tuned):
     res = tuned[0.3]
     out = res.out
     for name in ("config.json", "model.safetensors", "splits.json", "metrics.json", "deferral.json"):
         assert (out / name).is_file(), name
-    config = read_config(out)
+    config = Run(out).config
     assert config["gatekeeper"]["alpha"] == 0.3
-    assert config["gatekeeper"]["base_run"] == str(runs["base"].resolve())
+    assert config["gatekeeper"]["base_run"] == str(gk_runs["base"].resolve())
     assert config["gatekeeper"]["recalibration"]["method"] == "platt"
-    assert Splits.load(out / "splits.json").digest == Splits.load(runs["base"] / "splits.json").digest
+    assert Splits.load(out / "splits.json").digest == Splits.load(gk_runs["base"] / "splits.json").digest
     stored = json.loads((out / "metrics.json").read_text())
     a, b = config["gatekeeper"]["recalibration"]["coef"], config["gatekeeper"]["recalibration"]["intercept"]
     for split in ("train", "val_select", "val_calib", "val_test"):
-        pred = load_predictions(out, split)
+        pred = Run(out).predictions(split)
         # prob is the Platt map of raw_prob, and logit agrees with prob.
         raw = np.clip(pred["raw_prob"], 1e-12, 1 - 1e-12)
         np.testing.assert_allclose(pred["prob"], _sigmoid(a * np.log(raw / (1 - raw)) + b), rtol=1e-9)
@@ -213,39 +214,39 @@ def test_tuned_run_is_a_complete_run_directory(runs, tuned):
 
     from natix.heads.runs import load_dataset
 
-    data = load_dataset(runs["cache"])
+    data = load_dataset(gk_runs["cache"])
     model = HeadConfig(**config["head"]).build(16, 3)
     model.load_state_dict(load_file(out / "model.safetensors"))
-    test = load_predictions(out, "val_test")
+    test = Run(out).predictions("val_test")
     rows = Splits.load(out / "splits.json").rows(data.ids)["val_test"]
     np.testing.assert_allclose(predict(model, data.X[rows])["prob"], test["raw_prob"], rtol=1e-5)
     # The weights moved away from the base run's.
-    base_model = load_file(runs["base"] / "model.safetensors")
+    base_model = load_file(gk_runs["base"] / "model.safetensors")
     assert not torch.equal(base_model["head.fc.weight"], model.state_dict()["head.fc.weight"])
     # Every later step reads it as a run.
     assert evaluate_run(out, n_boot=5)["metrics"]["accuracy"] == pytest.approx(res.metrics["val_test"]["accuracy"])
 
 
-def test_tuning_lowers_its_own_objective_and_keeps_the_ranking(runs, tuned):
+def test_tuning_lowers_its_own_objective_and_keeps_the_ranking(gk_runs, tuned):
     """What the loss guarantees here: each tuned model beats the base on its own training objective.
 
     The synthetic features give a mean-pooled linear head a posterior that is already monotone in
     its logit, so no linear head can rank errors better than the base: AUROC_f may only wobble
     (by ±0.05 on 120 val_test images). It must not break, so it stays within 0.05 on train.
     """
-    base = load_predictions(runs["base"], "train")
+    base = Run(gk_runs["base"]).predictions("train")
     for alpha, res in tuned.items():
-        pred = load_predictions(res.out, "train")
+        pred = Run(res.out).predictions("train")
         own = gatekeeper_loss(torch.from_numpy(pred["raw_logit"].astype(np.float64)),
                               torch.from_numpy(pred["labels"]), alpha)
         before = gatekeeper_loss(torch.from_numpy(base["logit"].astype(np.float64)),
                                  torch.from_numpy(base["labels"]), alpha)
         assert own < before, alpha
-        assert res.metrics["train"]["auroc_f"] > json.loads((runs["base"] / "metrics.json").read_text())[
+        assert res.metrics["train"]["auroc_f"] > json.loads((gk_runs["base"] / "metrics.json").read_text())[
             "train"]["auroc_f"] - 0.05
 
 
-def test_lower_alpha_pulls_mistakes_towards_uniform(runs):
+def test_lower_alpha_pulls_mistakes_towards_uniform(gk_runs):
     """Monotone in α: the smaller α, the closer the training mistakes' raw probability sits to 0.5.
 
     Stopping on the tuning loss with no patience cut lets every α train the same number of epochs,
@@ -253,25 +254,25 @@ def test_lower_alpha_pulls_mistakes_towards_uniform(runs):
     """
     mistakes = {}
     for alpha in (0.05, 0.3, 0.9):
-        res = tune_gatekeeper(runs["base"], runs["root"] / f"mono-{alpha}", alpha=alpha, stop_metric="loss",
+        res = tune_gatekeeper(gk_runs["base"], gk_runs["root"] / f"mono-{alpha}", alpha=alpha, stop_metric="loss",
                               patience=TUNE["epochs"], **TUNE)
-        pred = load_predictions(res.out, "train")
+        pred = Run(res.out).predictions("train")
         wrong = M.predictions(pred["raw_prob"]) != pred["labels"]
         mistakes[alpha] = np.mean(np.maximum(pred["raw_prob"], 1 - pred["raw_prob"])[wrong])
-    base = load_predictions(runs["base"], "train")
+    base = Run(gk_runs["base"]).predictions("train")
     wrong = M.predictions(base["prob"]) != base["labels"]
     base_mistakes = np.mean(np.maximum(base["prob"], 1 - base["prob"])[wrong])
     assert mistakes[0.05] < mistakes[0.3] < mistakes[0.9]
     assert mistakes[0.05] < base_mistakes
 
 
-def test_stage2_deferral_is_joined_by_image_id(runs, tuned):
+def test_stage2_deferral_is_joined_by_image_id(gk_runs, tuned):
     res = tuned[0.3]
     d = res.deferral
     assert -1.0 <= d["s_d"] <= 1.0
     # Recompute from the stored files with an independent join on shuffled stage-2 rows.
-    test = load_predictions(res.out, "val_test")
-    s2 = load_predictions(runs["stage2"], "val_test")
+    test = Run(res.out).predictions("val_test")
+    s2 = Run(gk_runs["stage2"]).predictions("val_test")
     perm = np.random.default_rng(0).permutation(len(s2["ids"]))
     by_id = {i: int(p > 0.5) == int(y) for i, p, y in zip(s2["ids"][perm], s2["prob"][perm], s2["labels"][perm])}
     c2 = np.array([by_id[i] for i in test["ids"]], dtype=int)
@@ -282,53 +283,53 @@ def test_stage2_deferral_is_joined_by_image_id(runs, tuned):
     assert saved["tuned"]["s_d"] == pytest.approx(d["s_d"]) and "curves" not in saved["tuned"]
 
 
-def test_stage2_row_order_does_not_matter(runs, tuned, tmp_path):
+def test_stage2_row_order_does_not_matter(gk_runs, tuned, tmp_path):
     shuffled = tmp_path / "stage2"
-    shutil.copytree(runs["stage2"], shuffled)
-    pred = load_predictions(shuffled, "val_test")
+    shutil.copytree(gk_runs["stage2"], shuffled)
+    pred = Run(shuffled).predictions("val_test")
     perm = np.random.default_rng(1).permutation(len(pred["ids"]))
     np.savez(shuffled / "predictions" / "val_test.npz", **{k: v[perm] for k, v in pred.items()})
-    res = tune_gatekeeper(runs["base"], tmp_path / "out", alpha=0.3, stage2=shuffled, **TUNE)
+    res = tune_gatekeeper(gk_runs["base"], tmp_path / "out", alpha=0.3, stage2=shuffled, **TUNE)
     assert res.deferral["s_d"] == pytest.approx(tuned[0.3].deferral["s_d"])
 
 
-def test_stage2_with_missing_ids_is_refused(runs, tmp_path):
+def test_stage2_with_missing_ids_is_refused(gk_runs, tmp_path):
     broken = tmp_path / "stage2"
-    shutil.copytree(runs["stage2"], broken)
-    pred = load_predictions(broken, "val_test")
+    shutil.copytree(gk_runs["stage2"], broken)
+    pred = Run(broken).predictions("val_test")
     np.savez(broken / "predictions" / "val_test.npz", **{k: v[5:] for k, v in pred.items()})
     with pytest.raises(DataError, match=r"lacks 5 of the \d+ val_test image ids"):
-        tune_gatekeeper(runs["base"], tmp_path / "out", alpha=0.5, stage2=broken, **TUNE)
+        tune_gatekeeper(gk_runs["base"], tmp_path / "out", alpha=0.5, stage2=broken, **TUNE)
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
-def test_grid_returns_one_row_per_alpha(runs):
-    rows = tune_gatekeeper_grid(runs["base"], runs["root"] / "grid", [0.5, 1.0], stage2=runs["stage2"],
+def test_grid_returns_one_row_per_alpha(gk_runs):
+    rows = tune_gatekeeper_grid(gk_runs["base"], gk_runs["root"] / "grid", [0.5, 1.0], stage2=gk_runs["stage2"],
                                 epochs=2, lr=1e-2, batch_size=64, threads=1)
     assert [r["alpha"] for r in rows] == [0.5, 1.0]
     for r in rows:
         assert set(r) == {"alpha", "accuracy", "auroc_f", "overlap", "s_d", "out"}
-        assert read_config(r["out"])["gatekeeper"]["alpha"] == r["alpha"]
+        assert Run(r["out"]).config["gatekeeper"]["alpha"] == r["alpha"]
         assert -1.0 <= r["s_d"] <= 1.0
     assert rows[0]["out"] != rows[1]["out"]
 
 
-def test_moved_cache_is_named_and_can_be_overridden(runs, tmp_path):
+def test_moved_cache_is_named_and_can_be_overridden(gk_runs, tmp_path):
     moved = tmp_path / "moved-run"
-    shutil.copytree(runs["base"], moved)
-    config = read_config(moved)
+    shutil.copytree(gk_runs["base"], moved)
+    config = Run(moved).config
     config["cache"]["path"] = str(tmp_path / "gone.h5")
     (moved / "config.json").write_text(json.dumps(config))
     with pytest.raises(DataError, match="gone.h5.*features="):
         tune_gatekeeper(moved, tmp_path / "out", alpha=0.5, **TUNE)
-    res = tune_gatekeeper(moved, tmp_path / "out", alpha=0.5, features=runs["cache"], epochs=1, threads=1)
-    assert read_config(res.out)["cache"]["path"] == str(runs["cache"].resolve())
+    res = tune_gatekeeper(moved, tmp_path / "out", alpha=0.5, features=gk_runs["cache"], epochs=1, threads=1)
+    assert Run(res.out).config["cache"]["path"] == str(gk_runs["cache"].resolve())
 
 
 @pytest.mark.parametrize("alpha", [0.0, -0.1, 1.5, float("nan"), "x"])
-def test_alpha_outside_the_unit_interval_is_refused(runs, tmp_path, alpha):
+def test_alpha_outside_the_unit_interval_is_refused(gk_runs, tmp_path, alpha):
     with pytest.raises(ConfigError, match=r"alpha must be .*\(0, 1\]"):
-        tune_gatekeeper(runs["base"], tmp_path / "out", alpha=alpha)
+        tune_gatekeeper(gk_runs["base"], tmp_path / "out", alpha=alpha)
 
 
 @pytest.mark.parametrize("option, match", [
@@ -344,19 +345,19 @@ def test_bad_options_are_refused(option, match):
         GatekeeperConfig(alpha=0.5, **option)
 
 
-def test_threads_are_applied_during_tuning_and_change_no_result(runs, tmp_path, threads_in_steps):
+def test_threads_are_applied_during_tuning_and_change_no_result(gk_runs, tmp_path, threads_in_steps):
     from natix.heads.config import available_cores
 
     before = torch.get_num_threads()
     pred = {}
     for threads in (1, 0):
         threads_in_steps.clear()
-        res = tune_gatekeeper(runs["base"], tmp_path / f"threads-{threads}", alpha=0.5, lr=1e-2, batch_size=128,
+        res = tune_gatekeeper(gk_runs["base"], tmp_path / f"threads-{threads}", alpha=0.5, lr=1e-2, batch_size=128,
                               epochs=2, threads=threads)
         want = threads or available_cores()
         assert threads_in_steps and set(threads_in_steps) == {(want, want)}
-        assert read_config(res.out)["gatekeeper"]["threads"] == threads
-        pred[threads] = load_predictions(res.out, "val_test")
+        assert Run(res.out).config["gatekeeper"]["threads"] == threads
+        pred[threads] = Run(res.out).predictions("val_test")
     assert torch.get_num_threads() == before  # the caller's setting is restored
     np.testing.assert_allclose(pred[1]["raw_prob"], pred[0]["raw_prob"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pred[1]["prob"], pred[0]["prob"], rtol=1e-5, atol=1e-6)
@@ -367,14 +368,14 @@ def test_grid_refuses_bad_threads_before_reading_the_run(tmp_path):
         tune_gatekeeper_grid(tmp_path / "no-such-run", tmp_path / "out", [0.5], threads=-1)
 
 
-def test_missing_run_and_bad_targets_are_refused(runs, tmp_path):
-    with pytest.raises(DataError, match="not found"):
+def test_missing_run_and_bad_targets_are_refused(gk_runs, tmp_path):
+    with pytest.raises(DataError, match="is not a natix run"):
         tune_gatekeeper(tmp_path / "nope", tmp_path / "out", alpha=0.5)
     with pytest.raises(ConfigError, match="is the base run"):
-        tune_gatekeeper(runs["base"], runs["base"], alpha=0.5)
+        tune_gatekeeper(gk_runs["base"], gk_runs["base"], alpha=0.5)
     gate = tmp_path / "gate-run"
-    shutil.copytree(runs["base"], gate)
-    config = read_config(gate)
+    shutil.copytree(gk_runs["base"], gate)
+    config = Run(gate).config
     config["head"]["policy"] = "gate"
     (gate / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="gate policy"):

@@ -1,4 +1,7 @@
-"""Cascade tier: uncertainty features and failure predictors (Gatekeeper and the router live here too).
+"""Cascade tier: uncertainty features and failure predictors (exported here), and in their own
+modules Gatekeeper tuning (``gatekeeper``), cascade stages (``stages``), the router's thresholds
+(``router``), stage compute (``compute``), evaluation and files (``evaluation``) and the curve plot
+(``plots``).
 
 Works on run directories and arrays only; never imports ``natix.extract`` (tier 2 must not wake
 the GPU).

@@ -22,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from natix import metrics as M
 from natix.calibrate.calibrators import PlattScaling
 from natix.errors import ConfigError, DataError
+from natix.rundir import Run
 
 __all__ = ["MODELS", "FailurePredictor", "compare_confidences", "vilu_failure_weight"]
 
@@ -186,7 +187,7 @@ class FailurePredictor(BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Predicted failure (1) or not (0): ``P(error) > 0.5``, shape (n,)."""
-        return (self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)
+        return M.predictions(self.predict_proba(X)[:, 1])
 
     def failure_score(self, X) -> np.ndarray:
         """P(error), shape (n,). As a confidence for selective metrics use ``1 - failure_score``."""
@@ -466,25 +467,23 @@ def fit_failure_run(run, *, model: str = "xgboost", n_boot: int = 1000, seed: in
 
 def _fit_and_compare(run, predictor: FailurePredictor, n_boot: int) -> dict:
     """The steps of :func:`fit_failure_run`."""
-    import json
-
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     from natix.cascade.features import failure_labels, load_run_split, uncertainty_features
 
-    oof, cal, test = (load_run_split(run, s) for s in ("train_oof", "val_calib", "val_test"))
+    source = Run(run)
+    oof, cal, test = (load_run_split(source.path, s) for s in ("train_oof", "val_calib", "val_test"))
     X_tr, names = uncertainty_features(oof)
     X_cal, _ = uncertainty_features(cal)
     X_te, _ = uncertainty_features(test)
     predictor.fit(X_tr, failure_labels(oof), X_calib=X_cal, is_error_calib=failure_labels(cal))
     meta, tensors = predictor.to_state()
     meta = {**meta, "features": names, "trained_on": "train_oof", "calibrated_on": "val_calib"}
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(run / "failure.safetensors"))
-    (run / "failure.json").write_text(json.dumps(meta, indent=2, allow_nan=False))
-    p = test["prob"].astype(np.float64)
-    scores = {"max probability": np.maximum(p, 1 - p)}
+    source.write_bytes(source.failure_file.name, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}))
+    source.write_json("failure.json", meta)
+    scores = {"max probability": M.confidence(test["prob"])}
     if "gate" in test:
-        scores["gate score"] = test["gate"].astype(np.float64)
+        scores["gate score"] = np.asarray(test["gate"], dtype=np.float64)
     scores[f"failure predictor ({predictor.model})"] = 1.0 - predictor.failure_score(X_te)
     return compare_confidences(failure_labels(test), scores, n_boot=n_boot, seed=int(predictor.seed),
                                reference="max probability")

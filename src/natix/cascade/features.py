@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from natix import metrics as M
 from natix.errors import DataError
+from natix.rundir import Run
 
 __all__ = ["BASE_FEATURES", "failure_labels", "load_run_split", "uncertainty_features"]
 
@@ -54,16 +56,11 @@ def load_run_split(run: str | Path, split: str) -> dict[str, np.ndarray]:
     dict of arrays: ``ids [n]``, ``labels [n]``, ``logit [n]``, ``prob [n]``, ``view_logits [n, V]``
     and, when the model has them, ``attention [n, V]``, ``gate [n]``, ``aux_logit [n]``, ``fold [n]``.
     """
-    from natix.calibrate.apply import load_split
-
-    run = Path(run)
-    if split == "train_oof" and (run / "config.json").is_file() and \
-            not (run / "predictions" / "train_oof.npz").is_file():
-        raise DataError(f"run '{run}' has no predictions for split 'train_oof': refit with natix fit-head "
-                        "--oof-folds 5 to get out-of-fold train predictions")
-    pred = load_split(run, split)
+    source = Run(run)
+    pred = source.predictions(split)
     if "view_logits" not in pred:
-        raise DataError(f"predictions of split '{split}' in '{run}' lack view_logits: refit the run with natix fit-head")
+        raise DataError(f"predictions of split '{split}' in '{source.path}' lack view_logits: refit the run with "
+                        "natix fit-head")
     return pred
 
 
@@ -86,7 +83,7 @@ def failure_labels(pred: dict) -> np.ndarray:
         raise DataError(f"labels have shape {y.shape} but prob has shape {p.shape}: pass one label per prediction")
     if not np.isin(y, (0, 1)).all():
         raise DataError("labels must be 0/1 (unlabeled rows are -1): failure labels need labeled images")
-    return ((p > 0.5).astype(np.int64) != y.astype(np.int64)).astype(np.int64)
+    return M.decision_errors(y.astype(np.int64), p)
 
 
 def uncertainty_features(pred: dict, *, pooled=None) -> tuple[np.ndarray, list[str]]:
@@ -116,9 +113,9 @@ def uncertainty_features(pred: dict, *, pooled=None) -> tuple[np.ndarray, list[s
         raise DataError("view_logits contain NaN or inf: refit the run (the head diverged)")
     n_views = vl.shape[1]
 
-    decision = p > 0.5
+    decision = M.predictions(p) == 1
     pv = _sigmoid(vl)
-    columns = [np.maximum(p, 1.0 - p), _binary_entropy_bits(p), np.abs(2.0 * p - 1.0), pv.mean(axis=1),
+    columns = [M.confidence(p), _binary_entropy_bits(p), np.abs(2.0 * p - 1.0), pv.mean(axis=1),
                pv.std(axis=1), pv.min(axis=1), pv.max(axis=1), ((pv > 0.5) != decision[:, None]).mean(axis=1)]
     names = list(BASE_FEATURES)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import time
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from natix import metrics as M
 from natix.errors import ConfigError, DataError
 from natix.heads.config import check_device
+from natix.rundir import Run, check_out, confidence, write_run
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +119,12 @@ def deferral_metrics(correct, confidence, *, stage2_correct=None, bins: int = OV
         (in [0, 1]: 0 = separated, 1 = identical histograms; 1 when all confidences are equal; NaN
         if one group is empty).
     ``stage2_accuracy``, ``s_d``
-        None without ``stage2_correct``. Deferring the k least confident samples (k = 0..n, ratio
-        r = k/n; tied confidences enter in expectation over their order) gives the joint accuracy
-        ``acc_joint(r)`` = stage 1 on the kept + stage 2 on the deferred; ``acc_random(r) =
-        (1 − r)·acc1 + r·acc2``; ``acc_ideal(r)`` = the best ordering, which defers the stage-1
-        errors first (those stage 2 fixes first) and the stage-1 correct ones that stage 2 gets
-        wrong last. ``s_d = ∫(acc_joint − acc_random) dr / ∫(acc_ideal − acc_random) dr``
-        (trapezoid over the n + 1 points, exact for these piecewise-linear curves); s_d <= 1, 0 is
-        no better than random, negative is worse; NaN when ideal = random (no deferral can help
-        or hurt, e.g. no stage-1 errors and stage 2 always right).
+        None without ``stage2_correct``. s_d is :func:`natix.metrics.deferral_curve`'s (the value
+        ``natix cascade`` reports for the same predictions): deferring the k least confident
+        samples (tied confidences in expectation over their order), ``s_d = ∫(acc_joint −
+        acc_random) dr / ∫(acc_ideal − acc_random) dr``; s_d <= 1, 0 is no better than random,
+        negative is worse; NaN when ideal = random (no deferral can help or hurt, e.g. no stage-1
+        errors and stage 2 always right), ``null`` in deferral.json.
     ``curves``
         None without ``stage2_correct``, else ``{"ratio", "joint", "random", "ideal"}``: arrays of
         shape (n + 1,) for plotting.
@@ -153,23 +150,10 @@ def deferral_metrics(correct, confidence, *, stage2_correct=None, bins: int = OV
     c2 = _binary(stage2_correct, "stage2_correct")
     if c2.shape != c1.shape:
         raise DataError(f"stage2_correct has {len(c2)} samples, correct has {len(c1)}: join them by image id first")
-    n = len(c1)
-    ratio = np.arange(n + 1) / n
-    acc1, acc2 = c1.mean(), c2.mean()
-    gain = (c2 - c1).astype(np.float64)  # what deferring one sample changes, ×n
-    joint = acc1 + _expected_cumsum(gain, g) / n
-    ideal = acc1 + np.concatenate([[0.0], np.cumsum(np.sort(gain)[::-1])]) / n
-    random = (1 - ratio) * acc1 + ratio * acc2
-    den = _trapezoid(ideal - random, ratio)
-    s_d = float(_trapezoid(joint - random, ratio) / den) if den > 1e-12 else float("nan")
-    out.update(stage2_accuracy=float(acc2), s_d=s_d,
-               curves={"ratio": ratio, "joint": joint, "random": random, "ideal": ideal})
+    curve = M.deferral_curve(c1, c2, g)
+    out.update(stage2_accuracy=float(c2.mean()), s_d=curve.s_d,
+               curves={"ratio": curve.ratio, "joint": curve.joint, "random": curve.random, "ideal": curve.ideal})
     return out
-
-
-def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
-    """Trapezoid area (``np.trapezoid`` needs numpy >= 2)."""
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
 
 
 def _binary(x, name: str) -> np.ndarray:
@@ -190,19 +174,6 @@ def _overlap(a: np.ndarray, b: np.ndarray, lo: float, hi: float, bins: int) -> f
     ha = np.histogram(a, bins=bins, range=(lo, hi))[0] / len(a)
     hb = np.histogram(b, bins=bins, range=(lo, hi))[0] / len(b)
     return float(np.minimum(ha, hb).sum())
-
-
-def _expected_cumsum(gain: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """``[0, Σ gain of the k least confident]`` for k = 0..n, ties averaged over their orders.
-
-    Within a run of equal confidences every order is equally likely, so the expected sum is
-    linear in k between the run's ends.
-    """
-    order = np.argsort(confidence, kind="mergesort")
-    g, s = gain[order], confidence[order]
-    cum = np.concatenate([[0.0], np.cumsum(g)])
-    ends = np.concatenate([[0], np.flatnonzero(s[1:] != s[:-1]) + 1, [len(s)]])  # run boundaries in k
-    return np.interp(np.arange(len(s) + 1), ends, cum[ends])
 
 
 # --------------------------------------------------------------------------- tuning a run
@@ -277,10 +248,10 @@ def tune_gatekeeper(run, out, *, alpha: float, epochs: int = 30, lr: float = 1e-
     cfg = GatekeeperConfig(alpha=alpha, epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
                            stop_metric=stop_metric, recalibrate=recalibrate, seed=seed, device=device,
                            threads=threads)
-    base = _read_run(run)
-    data = data if data is not None else _load_data(run, base, features)
+    source = _read_run(run)
+    data = data if data is not None else _load_data(source, features)
     with limit_threads(cfg.threads):
-        return _tune(Path(run), Path(out), cfg, base, data, stage2)
+        return _tune(source, Path(out), cfg, data, stage2)
 
 
 def tune_gatekeeper_grid(run, out_root, alphas, stage2=None, **options) -> list[dict]:
@@ -297,8 +268,7 @@ def tune_gatekeeper_grid(run, out_root, alphas, stage2=None, **options) -> list[
         raise ConfigError(f"alphas repeat: {alphas}: pass each alpha once")
     features = options.pop("features", None)
     GatekeeperConfig(alpha=alphas[0], **options)  # a bad option fails before the cache is read
-    base = _read_run(run)
-    data = _load_data(run, base, features)
+    data = _load_data(_read_run(run), features)
     rows = []
     for a in alphas:
         res = tune_gatekeeper(run, Path(out_root) / f"alpha-{a:g}", alpha=a, stage2=stage2, data=data, **options)
@@ -311,53 +281,46 @@ def tune_gatekeeper_grid(run, out_root, alphas, stage2=None, **options) -> list[
 # --------------------------------------------------------------------------- internals
 
 
-def _read_run(run) -> dict:
-    run = Path(run)
-    if not (run / "config.json").is_file():
-        raise DataError(f"run '{run}' not found (expected '{run / 'config.json'}'): pass a directory written by "
-                        "fit-head")
-    try:
-        cfg = json.loads((run / "config.json").read_text())
-    except ValueError as exc:
-        raise DataError(f"'{run / 'config.json'}' is unreadable ({exc}): refit the run with fit-head") from None
-    for key in ("head", "cache"):
-        if key not in cfg:
-            raise DataError(f"'{run / 'config.json'}' has no '{key}' entry: refit the run with fit-head")
-    for name in ("model.safetensors", "splits.json"):
-        if not (run / name).is_file():
-            raise DataError(f"run '{run}' lacks {name} (expected '{run / name}'): refit the run with fit-head")
-    if cfg["head"].get("policy", "softmax") != "softmax":
-        raise ConfigError(f"run '{run}' uses the {cfg['head']['policy']} policy: Gatekeeper tunes the confidence "
+def _read_run(run) -> Run:
+    """The base run, checked to be a complete softmax-policy run."""
+    source = Run(run)
+    for path in (source.model_file, source.splits_file):
+        if not path.is_file():
+            raise DataError(f"run '{source.path}' lacks {path.name} (expected '{path}'): refit the run with fit-head")
+    policy = source.config["head"].get("policy", "softmax")
+    if policy != "softmax":
+        raise ConfigError(f"run '{source.path}' uses the {policy} policy: Gatekeeper tunes the confidence "
                           "max(p, 1 − p) of a softmax-policy run")
-    return cfg
+    return source
 
 
-def _load_data(run, base: dict, features):
+def _load_data(source: Run, features):
     from natix.heads.runs import load_dataset
 
-    path = Path(features) if features is not None else Path(base["cache"].get("path", ""))
+    path = Path(features) if features is not None else Path(source.config["cache"].get("path", ""))
     if not path.is_file():
-        how = "pass features=" if features is not None else f"run '{run}' names it; if it moved, pass features="
+        how = "pass features=" if features is not None else f"run '{source.path}' names it; if it moved, pass features="
         raise DataError(f"cache '{path}' is missing ({how}<the cache file>)")
     return load_dataset(path)
 
 
-def _build_model(run: Path, base: dict, data):
+def _build_model(source: Run, data):
     from safetensors.torch import load_file
 
     from natix.heads.train import HeadConfig
 
+    base = source.config
     n_views, dim = int(data.X.shape[1]), int(data.X.shape[2])
     want = (base["cache"].get("n_views"), base["cache"].get("dim"))
     if want != (n_views, dim):
-        raise DataError(f"cache '{data.path}' has {n_views} views × {dim} dims but run '{run}' was fitted on "
-                        f"{want[0]} × {want[1]}: pass the run's cache")
+        raise DataError(f"cache '{data.path}' has {n_views} views × {dim} dims but run '{source.path}' was fitted "
+                        f"on {want[0]} × {want[1]}: pass the run's cache")
     try:
         model = HeadConfig(**base["head"]).build(dim, n_views)
-        model.load_state_dict(load_file(run / "model.safetensors"))
+        model.load_state_dict(load_file(source.model_file))
     except (TypeError, RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"run '{run}': model.safetensors does not match its config ({first}): refit the "
+        raise DataError(f"run '{source.path}': model.safetensors does not match its config ({first}): refit the "
                         "run") from None
     return model
 
@@ -374,8 +337,7 @@ def _stop_score(logit: np.ndarray, y: np.ndarray, cfg: GatekeeperConfig) -> floa
     if cfg.stop_metric == "loss":
         return float(gatekeeper_loss(torch.from_numpy(logit.astype(np.float64)), torch.from_numpy(y), cfg.alpha))
     prob = 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))
-    errors = (M.predictions(prob) != y).astype(np.int64)
-    return float(M.augrc(errors, np.maximum(prob, 1 - prob)))
+    return float(M.augrc(M.decision_errors(y, prob), M.confidence(prob)))
 
 
 def _finetune(model, X_train, y_train, X_val, y_val, cfg: GatekeeperConfig, view_dropout: float):
@@ -451,9 +413,7 @@ def _apply(cal, raw_prob: np.ndarray, raw_logit: np.ndarray) -> tuple[np.ndarray
 
 def _stage2_correct(stage2, ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Stage-2 correctness on `ids`, joined by image id from the stage-2 run's val_test."""
-    from natix.heads.runs import load_predictions
-
-    pred = load_predictions(stage2, "val_test")
+    pred = Run(stage2).predictions("val_test")
     index = {i: r for r, i in enumerate(pred["ids"].astype(str).tolist())}
     rows = [index.get(i) for i in ids.astype(str).tolist()]
     missing = sum(r is None for r in rows)
@@ -464,77 +424,69 @@ def _stage2_correct(stage2, ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
     if not np.array_equal(pred["labels"][rows], labels):
         raise DataError(f"stage-2 run '{stage2}' labels disagree with stage 1 on the same image ids: "
                         "the runs come from differently labeled caches")
-    return (M.predictions(np.asarray(pred["prob"], dtype=np.float64)[rows]) == labels).astype(np.int64)
+    return 1 - M.decision_errors(labels, pred["prob"][rows])
 
 
-def _scalars(d: dict) -> dict:
-    """A deferral dict without its curves, NaN as null (strict JSON)."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items() if k != "curves"}
-
-
-def _tune(run: Path, out: Path, cfg: GatekeeperConfig, base: dict, data, stage2) -> GatekeeperResult:
-    from safetensors.torch import save_file
-
-    from natix.heads.runs import compute_metrics, confidence, load_predictions
-    from natix.heads.splits import Splits
+def _predict_splits(model, data, rows: dict, cfg: GatekeeperConfig) -> tuple[dict, dict]:
+    """Every split's predictions of the tuned model, recalibrated on val_calib, and the recalibration."""
     from natix.heads.train import predict
 
+    raw = {name: predict(model, data.X[r], device=cfg.device) for name, r in rows.items()}
+    cal, recal = _recalibrate(cfg.recalibrate, raw["val_calib"]["prob"], data.labels[rows["val_calib"]])
+    out = {}
+    for name, pred in raw.items():
+        prob, logit = _apply(cal, pred["prob"], pred["logit"])
+        out[name] = {"ids": data.ids[rows[name]], "labels": data.labels[rows[name]], **pred,
+                     "raw_prob": pred["prob"], "raw_logit": pred["logit"], "prob": prob, "logit": logit}
+    return out, recal
+
+
+def _deferral_of(pred: dict, stage2_correct) -> dict:
+    """deferral_metrics of stored (or about to be stored) val_test predictions, with their run confidence."""
+    return deferral_metrics(1 - M.decision_errors(pred["labels"], pred["prob"]), confidence(pred),
+                            stage2_correct=stage2_correct)
+
+
+def _tune(source: Run, out: Path, cfg: GatekeeperConfig, data, stage2) -> GatekeeperResult:
+    from natix.heads.splits import Splits
+
     t0 = time.perf_counter()
-    if out.resolve() == run.resolve():
-        raise ConfigError(f"out '{out}' is the base run: pass a new directory")
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ConfigError(f"run directory '{out}' exists and is not a natix run: pass a new out directory")
+    check_out(out, base=source.path)
+    base = source.config
     fp = base["cache"].get("fingerprint")
     if fp is not None and fp != data.fingerprint:
-        raise DataError(f"cache '{data.path}' ({data.fingerprint[:16]}) is not the cache run '{run}' was fitted on "
-                        f"({fp[:16]}): pass the run's cache")
-    splits = Splits.load(run / "splits.json", fingerprint=data.fingerprint)
+        raise DataError(f"cache '{data.path}' ({data.fingerprint[:16]}) is not the cache run '{source.path}' was "
+                        f"fitted on ({fp[:16]}): pass the run's cache")
+    splits = Splits.load(source.splits_file, fingerprint=data.fingerprint)
     rows = splits.rows(data.ids)
-    model = _build_model(run, base, data)
+    model = _build_model(source, data)
     # Everything that can refuse the inputs runs before the (long) fine-tuning.
     test_ids, test_y = data.ids[rows["val_test"]].astype(str), data.labels[rows["val_test"]]
     c2 = _stage2_correct(stage2, test_ids, test_y) if stage2 is not None else None
-    base_pred = load_predictions(run, "val_test")
+    base_pred = source.predictions("val_test")
     if not np.array_equal(base_pred["ids"].astype(str), test_ids):
-        raise DataError(f"run '{run}': predictions/val_test.npz does not match its splits.json: refit the run")
+        raise DataError(f"run '{source.path}': predictions/val_test.npz does not match its splits.json: refit "
+                        "the run")
     tr, va = rows["train"], rows["val_select"]
     model, history = _finetune(model, data.X[tr], data.labels[tr], data.X[va], data.labels[va], cfg,
                                float(base["head"].get("view_dropout", 0.0)))
-    raw = {name: predict(model, data.X[r], device=cfg.device) for name, r in rows.items()}
-    cal, recal = _recalibrate(cfg.recalibrate, raw["val_calib"]["prob"], data.labels[rows["val_calib"]])
+    predictions, recal = _predict_splits(model, data, rows, cfg)
+    deferral, base_deferral = _deferral_of(predictions["val_test"], c2), _deferral_of(base_pred, c2)
 
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
-    metrics, stored = {}, {}
-    for name, pred in raw.items():
-        r = rows[name]
-        prob, logit = _apply(cal, pred["prob"], pred["logit"])
-        stored[name] = {**pred, "raw_prob": pred["prob"], "raw_logit": pred["logit"], "prob": prob,
-                        "logit": logit}
-        metrics[name] = compute_metrics(data.labels[r], prob, confidence(stored[name]))
-        np.savez(out / "predictions" / f"{name}.npz", ids=data.ids[r].astype("U64"), labels=data.labels[r],
-                 **stored[name])
-
-    test = stored["val_test"]
-    deferral = deferral_metrics(M.predictions(test["prob"]) == test_y, confidence(test), stage2_correct=c2)
-    base_deferral = deferral_metrics(M.predictions(base_pred["prob"]) == test_y, confidence(base_pred),
-                                     stage2_correct=c2)
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, out / "model.safetensors")
-    splits.save(out / "splits.json")
     config = copy.deepcopy(base)
     config["cache"]["path"] = str(Path(data.path).resolve())
     config["history"] = history
     config["oof_folds"] = 0  # no train_oof predictions are written for a tuned run
-    config["gatekeeper"] = {**dataclasses.asdict(cfg), "base_run": str(run.resolve()), "recalibration": recal,
+    config["gatekeeper"] = {**dataclasses.asdict(cfg), "base_run": str(source.path.resolve()),
+                            "recalibration": recal,
                             "stage2": str(Path(stage2).resolve()) if stage2 is not None else None}
     config["torch"] = torch.__version__
-    (out / "config.json").write_text(json.dumps(config, indent=2, default=float))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "deferral.json").write_text(json.dumps(
-        {"split": "val_test", "confidence": "max(p, 1 - p) of the recalibrated probability",
-         "stage2": config["gatekeeper"]["stage2"], "tuned": _scalars(deferral), "base": _scalars(base_deferral)},
-        indent=2, allow_nan=False))
+    report = {"split": "val_test", "confidence": "max(p, 1 - p) of the recalibrated probability",
+              "stage2": config["gatekeeper"]["stage2"],
+              "tuned": {k: v for k, v in deferral.items() if k != "curves"},
+              "base": {k: v for k, v in base_deferral.items() if k != "curves"}}
+    metrics = write_run(out, config=config, state={k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+                        splits=splits, predictions=predictions, extra={"deferral.json": report})
     log.info("gatekeeper alpha=%g: val_test accuracy %.4f, AUROC_f %.4f (base %.4f)", cfg.alpha,
              metrics["val_test"]["accuracy"], deferral["auroc_f"], base_deferral["auroc_f"])
     return GatekeeperResult(out, cfg.alpha, metrics, deferral, base_deferral, history, time.perf_counter() - t0)
