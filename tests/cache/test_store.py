@@ -111,3 +111,92 @@ def test_features_with_repeated_and_unsorted_rows(tmp_path):
     rows = np.array([3, 1, 3, 0, 1])
     np.testing.assert_array_equal(c.features(rows), full[rows])
     assert c.features(np.array([], dtype=int)).shape == (0, 2, 3)
+
+
+# --------------------------------------------------------------------------- merge: crash safety and checks
+
+
+def _add(w, n, start, fails=()):
+    feats = np.full((n, 2, 3), start, dtype=np.float16) + np.arange(n, dtype=np.float16)[:, None, None]
+    ids = _ids(n, start)
+    w.add_part(feats, Rows(ids, [f"/img/{i}.jpg" for i in ids], [0] * n, ["g"] * n, [(10, 20)] * n), list(fails))
+
+
+def _content(path):
+    with open_cache(path) as c:
+        return (c.features(dtype=None).tobytes(), c.ids.tolist(), c.paths.tolist(), c.labels.tolist(),
+                c.groups.tolist(), c.sizes.tolist(), c.failures, c.attrs["features_sha256"])
+
+
+def test_a_merge_killed_before_its_swap_keeps_the_old_cache_and_resumes(tmp_path, monkeypatch):
+    import os
+
+    reference = _write(tmp_path / "ref")
+    with CacheWriter(tmp_path / "ref", IDENTITY, TABLE, dim=3) as w:
+        _add(w, 4, 100, [("", "/img/unreadable.jpg", "no such file")])
+        w.commit()
+    path = _write(tmp_path / "run")
+    before = path.read_bytes()
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith(".h5"):
+            raise KeyboardInterrupt  # killed after the merged file is written, before the swap
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt), CacheWriter(tmp_path / "run", IDENTITY, TABLE, dim=3) as w:
+        _add(w, 4, 100, [("", "/img/unreadable.jpg", "no such file")])
+        w.commit()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert path.read_bytes() == before  # the old cache is untouched
+    assert len(list((tmp_path / "run").glob("*.h5.tmp-*"))) == 1  # what a kill leaves: the next run removes it
+    assert len(list((tmp_path / "run").glob("*.parts/part-*.npz"))) == 1
+    with CacheWriter(tmp_path / "run", IDENTITY, TABLE, dim=3) as w:
+        assert not list((tmp_path / "run").glob("*.h5.tmp-*"))
+        assert w.resumed_parts == 1 and set(_ids(4, 100)) <= w.done_ids and w.needs_commit()
+        w.commit()
+    assert _content(path) == _content(reference)
+    assert verify_cache(path)["ok"] and not list((tmp_path / "run").glob("*.parts"))
+
+
+def test_a_corrupt_cache_is_refused_at_merge_and_the_new_parts_are_kept(tmp_path):
+    path = _write(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f["features"][1, 0, 0] = 77
+    before = path.read_bytes()
+    with CacheWriter(tmp_path, IDENTITY, TABLE, dim=3) as w:
+        _add(w, 2, 100)
+        with pytest.raises(CacheError, match="is corrupt .*move it away .*finished chunks are kept"):
+            w.commit()
+    assert path.read_bytes() == before
+    assert len(list(tmp_path.glob("*.parts/part-*.npz"))) == 1 and not list(tmp_path.glob("*.h5.tmp-*"))
+
+
+def test_a_merge_refuses_features_of_another_shape(tmp_path):
+    path = _write(tmp_path)
+    with CacheWriter(tmp_path, IDENTITY, TABLE, dim=4) as w:
+        w.add_part(np.zeros((1, 2, 4), np.float16), Rows(_ids(1, 100), ["/x"], [0], [""], [(1, 1)]), [])
+        with pytest.raises(CacheError, match=r"holds \[N, 2, 3\] features, this run makes \[N, 2, 4\]"):
+            w.commit()
+    assert open_cache(path).shape == (5, 2, 3)
+
+
+def test_merge_keeps_first_rows_applies_metadata_and_drops_resolved_failures(tmp_path):
+    path = _write(tmp_path)  # holds ids 0-4 and a failure of id f..f
+    with CacheWriter(tmp_path, IDENTITY, TABLE, dim=3) as w:
+        w.set_metadata(_ids(1)[0], "/moved/0.jpg", 0, "grp")
+        w.set_metadata(_ids(2, 1)[0], f"/img/{_ids(2, 1)[0]}.jpg", 1, "")  # unchanged: no update
+        assert w.pending_metadata == 1
+        _add(w, 3, 3, [("", "/img/missing.jpg", "no such file"), ("", "/img/later.jpg", "no such file")])
+        w.add_part(np.ones((1, 2, 3), np.float16),
+                   Rows(["f" * 64], ["/img/bad.jpg"], [1], [""], [(5, 5)]), [])  # the failed id now reads
+        w.add_part(np.ones((1, 2, 3), np.float16),
+                   Rows(_ids(1, 200), ["/img/later.jpg"], [1], [""], [(5, 5)]), [])  # the unreadable path now reads
+        w.commit()
+    with open_cache(path) as c:
+        assert c.ids.tolist() == _ids(5) + [_ids(6)[5], "f" * 64, _ids(1, 200)[0]]  # ids 3, 4 kept from the file
+        np.testing.assert_array_equal(c.features(np.arange(5)), np.arange(30, dtype=np.float16).reshape(5, 2, 3))
+        assert (c.paths[0], c.labels[0], c.groups[0]) == ("/moved/0.jpg", 0, "grp")
+        assert c.failures == [{"id": "", "path": "/img/missing.jpg", "reason": "no such file"}]
+    assert verify_cache(path)["ok"]

@@ -1,0 +1,205 @@
+"""The merge at the end of a run: the old cache file and the finished parts become one new file.
+
+Two passes keep memory at one block or one part: metadata first (:func:`collect_rows`), then
+features streamed part by part (:func:`write_merged`). Old rows are checked against their
+recorded checksum while they are copied, so a corrupt cache is refused rather than
+re-checksummed. The caller writes to a temporary name and swaps it in (see `CacheWriter.commit`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from natix import __version__
+from natix.cache.fingerprint import canonical_json
+from natix.cache.layout import FORMAT, utc_now
+from natix.cache.parts import read_part
+from natix.cache.reader import FeatureCache
+from natix.errors import CacheError
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cache file of one identity holds besides its rows, and where it lives."""
+
+    path: Path
+    identity: dict
+    fingerprint: str
+    source: dict
+    view_table: list[dict]
+    dim: int
+    store_dtype: np.dtype
+
+
+@dataclass
+class MergedRows:
+    """The rows of the merged file in order (old rows first) and where their features come from."""
+
+    n_old: int = 0
+    ids: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    take: list[list[int]] = field(default_factory=list)  # per part, the rows it contributes (first id wins)
+    # (id, path when id is "") → (path, reason); a later record of the same failure wins
+    failures: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+
+    def add(self, image_id: str, path: str, label: int, group: str, size: tuple[int, int]) -> None:
+        self.ids.append(image_id)
+        self.paths.append(path)
+        self.labels.append(label)
+        self.groups.append(group)
+        self.sizes.append(size)
+
+    def add_failure(self, image_id: str, path: str, reason: str) -> None:
+        self.failures[(image_id, path if not image_id else "")] = (path, reason)
+
+
+def collect_rows(old: FeatureCache | None, parts: list[Path]) -> MergedRows:
+    """Pass 1: the old file's rows, then each part's rows whose id is not in yet; all failures."""
+    rows = MergedRows()
+    if old is not None:
+        rows.n_old = len(old)
+        for i, p, lab, g, sz in zip(old.ids.tolist(), old.paths.tolist(), old.labels.astype(int).tolist(),
+                                    old.groups.tolist(), old.sizes):
+            rows.add(i, p, lab, g, tuple(map(int, sz)))
+        for fl in old.failures:
+            rows.add_failure(fl["id"], fl["path"], fl["reason"])
+    seen = set(rows.ids)
+    for part in parts:
+        meta = read_part(part, features=False)
+        take = []
+        for r, i in enumerate(meta["ids"].tolist()):
+            if i in seen:
+                continue
+            seen.add(i)
+            take.append(r)
+            rows.add(i, str(meta["paths"][r]), int(meta["labels"][r]), str(meta["groups"][r]),
+                     tuple(int(x) for x in meta["sizes"][r]))
+        rows.take.append(take)
+        for i, p, reason in zip(meta["fail_ids"].tolist(), meta["fail_paths"].tolist(),
+                                meta["fail_reasons"].tolist()):
+            rows.add_failure(i, p, reason)
+    return rows
+
+
+def apply_updates(rows: MergedRows, updates: dict[str, tuple[str, int, str]]) -> None:
+    """Set the new path, label and group of cached images, then drop the failures since resolved.
+
+    An id that now has features is no longer a failure, nor is an unreadable path that was
+    read since.
+    """
+    for r, i in enumerate(rows.ids):
+        if i in updates:
+            rows.paths[r], rows.labels[r], rows.groups[r] = updates[i]
+    have_ids, have_paths = set(rows.ids), set(rows.paths)
+    rows.failures = {k: v for k, v in rows.failures.items()
+                     if not (k[0] in have_ids if k[0] else v[0] in have_paths)}
+
+
+def check_shape(old: FeatureCache | None, spec: CacheSpec) -> None:
+    """Refuse to merge rows of another feature shape into an existing file."""
+    v, d = len(spec.view_table), spec.dim
+    if old is not None and len(old) and old.shape[1:] != (v, d):
+        raise CacheError(f"cache file '{spec.path}' holds [N, {old.shape[1]}, {old.shape[2]}] features, this run "
+                         f"makes [N, {v}, {d}]: move the file away")
+
+
+def write_merged(tmp: Path, rows: MergedRows, old: FeatureCache | None, parts: list[Path], spec: CacheSpec, *,
+                 block: int) -> None:
+    """Pass 2: write the merged cache file `tmp`: features, then rows, views, failures and attributes."""
+    import h5py
+
+    created = old.attrs.get("created") if old is not None else utc_now()
+    digest = hashlib.sha256()
+    with h5py.File(tmp, "w") as f:
+        ds = _features_dataset(f, len(rows.ids), spec)
+        _copy_old_features(ds, old, digest, spec, block=block)
+        _copy_part_features(ds, rows, parts, digest, spec)
+        _write_tables(f, rows, spec.view_table)
+        f.attrs["format"] = FORMAT
+        f.attrs["fingerprint"] = spec.fingerprint
+        f.attrs["identity"] = canonical_json(spec.identity)
+        f.attrs["source"] = json.dumps(spec.source)
+        f.attrs["natix_version"] = __version__
+        f.attrs["created"] = created
+        f.attrs["updated"] = utc_now()
+        f.attrs["features_sha256"] = digest.hexdigest()
+
+
+def _features_dataset(f, n: int, spec: CacheSpec):
+    """The ``[n, V, D]`` features dataset, chunked at about 1 MiB of rows."""
+    v, d, dtype = len(spec.view_table), spec.dim, spec.store_dtype
+    row_bytes = max(1, v * d * dtype.itemsize)
+    chunk_rows = max(1, min(n, (1 << 20) // row_bytes)) if n else 1
+    return f.create_dataset("features", shape=(n, v, d), dtype=dtype,
+                            chunks=(chunk_rows, v, max(d, 1)) if n and d else None)
+
+
+def _copy_old_features(ds, old: FeatureCache | None, digest, spec: CacheSpec, *, block: int) -> None:
+    """Copy the old file's features block by block, checking them against their recorded checksum."""
+    if old is None or not len(old):
+        return
+    check = hashlib.sha256()
+    start = 0
+    for blk in old.blocks(block):
+        check.update(blk.tobytes())
+        digest.update(blk.tobytes())
+        ds[start:start + len(blk)] = blk
+        start += len(blk)
+    if check.hexdigest() != old.attrs.get("features_sha256"):
+        raise CacheError(
+            f"cache file '{spec.path}' is corrupt (its features no longer match their checksum): "
+            f"move it away (mv {spec.path} {spec.path}.broken) and rerun; finished chunks are kept"
+        )
+
+
+def _copy_part_features(ds, rows: MergedRows, parts: list[Path], digest, spec: CacheSpec) -> None:
+    """Append each part's contributed rows after the old ones, one part in memory at a time."""
+    pos = rows.n_old
+    for part, take in zip(parts, rows.take):
+        if not take:
+            continue
+        feats = read_part(part)["features"][take].astype(spec.store_dtype, copy=False)
+        ds[pos:pos + len(take)] = feats
+        digest.update(np.ascontiguousarray(feats).tobytes())
+        pos += len(take)
+    assert pos == len(rows.ids), (pos, len(rows.ids))
+
+
+def _write_tables(f, rows: MergedRows, view_table: list[dict]) -> None:
+    """The row metadata, the view table and the failures."""
+    import h5py
+
+    str_dt = h5py.string_dtype("utf-8")
+    n = len(rows.ids)
+    f.create_dataset("ids", data=np.array(rows.ids, dtype="S64"))
+    f.create_dataset("paths", data=np.array(rows.paths, dtype=object), dtype=str_dt)
+    f.create_dataset("labels", data=np.array(rows.labels, dtype=np.int8))
+    f.create_dataset("groups", data=np.array(rows.groups, dtype=object), dtype=str_dt)
+    f.create_dataset("sizes", data=np.array(rows.sizes, dtype=np.int32).reshape(n, 2))
+    vg = f.create_group("views")
+    vg.create_dataset("name", data=np.array([t["name"] for t in view_table], dtype=object), dtype=str_dt)
+    vg.create_dataset("box", data=np.array([t["box"] for t in view_table], dtype=np.float64).reshape(-1, 4))
+    vg.create_dataset("flip", data=np.array([t["flip"] for t in view_table], dtype=bool))
+    fg = f.create_group("failures")
+    keys = sorted(rows.failures)
+    fg.create_dataset("ids", data=np.array([k[0] for k in keys], dtype="S64"))
+    fg.create_dataset("paths", data=np.array([rows.failures[k][0] for k in keys], dtype=object), dtype=str_dt)
+    fg.create_dataset("reasons", data=np.array([rows.failures[k][1] for k in keys], dtype=object), dtype=str_dt)
+
+
+def merge_into(tmp: Path, old: FeatureCache | None, parts: list[Path], spec: CacheSpec,
+               updates: dict[str, tuple[str, int, str]], *, block: int) -> MergedRows:
+    """Write the merge of `old` (or nothing), `parts` and metadata `updates` to `tmp`; return its rows."""
+    rows = collect_rows(old, parts)
+    apply_updates(rows, updates)
+    check_shape(old, spec)
+    write_merged(tmp, rows, old, parts, spec, block=block)
+    return rows

@@ -1,0 +1,187 @@
+"""Reading a finished cache file: h5py and numpy only (no torch).
+
+Readers only ever open the cache file, which a writer replaces atomically, so they never see
+half a chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from natix.cache.layout import FORMAT, pending_parts
+from natix.errors import CacheError
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """A row of the stored view table."""
+
+    name: str
+    box: tuple[float, float, float, float]  # unit coordinates; multiply by (W, H, W, H)
+    flip: bool
+
+
+class FeatureCache:
+    """A finished cache file, read with h5py and numpy only (no torch).
+
+    Small arrays are read on open; features are read on demand with `features()`. The file
+    stays open until `close()` (or the end of a ``with`` block), so a cache that a writer
+    replaces meanwhile keeps serving the snapshot that was opened, never a mix of two.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CacheError(f"feature file '{self.path}' does not exist: run `natix extract` or check the path")
+        f = None
+        try:
+            f = h5py.File(self.path, "r")
+            if f.attrs.get("format") != FORMAT:
+                raise CacheError(
+                    f"'{self.path}' is an HDF5 file but not a natix feature cache: "
+                    "pass a file written by `natix extract`"
+                )
+            self.identity = json.loads(f.attrs["identity"])
+            self.source = json.loads(f.attrs.get("source", "{}"))
+            self.fingerprint = str(f.attrs["fingerprint"])
+            self.attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()
+                          if k not in ("identity", "source")}
+            self.ids = f["ids"][()].astype(str)
+            self.paths = _strings(f["paths"][()])
+            self.labels = f["labels"][()]
+            self.groups = _strings(f["groups"][()])
+            self.sizes = f["sizes"][()]
+            self.shape = tuple(f["features"].shape)
+            self.dtype = np.dtype(f["features"].dtype)
+            v = f["views"]
+            self.views = [ViewInfo(n, tuple(map(float, b)), bool(fl))
+                          for n, b, fl in zip(_strings(v["name"][()]), v["box"][()], v["flip"][()])]
+            fl = f["failures"]
+            self.failures = [{"id": i, "path": p, "reason": r} for i, p, r in
+                             zip(fl["ids"][()].astype(str), _strings(fl["paths"][()]), _strings(fl["reasons"][()]))]
+        except CacheError:
+            if f is not None:
+                f.close()
+            raise
+        except (OSError, KeyError, ValueError) as exc:
+            if f is not None:
+                f.close()
+            raise CacheError(
+                f"feature file '{self.path}' is unreadable or incomplete ({exc}): "
+                "move it away and rerun `natix extract` to rebuild it"
+            ) from None
+        self._file = f
+
+    def close(self) -> None:
+        """Release the file handle."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_views(self) -> int:
+        return self.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.shape[2]
+
+    @property
+    def view_names(self) -> list[str]:
+        return [v.name for v in self.views]
+
+    def _features(self):
+        if self._file is None:
+            raise CacheError(f"feature cache '{self.path}' is closed: open it again with open_cache()")
+        return self._file["features"]
+
+    def features(self, rows=None, *, dtype=np.float32) -> np.ndarray:
+        """Features ``[N, V, D]`` (or ``[len(rows), V, D]``) as `dtype`.
+
+        `rows` is an index array or slice; sorted index arrays read fastest.
+        """
+        ds = self._features()
+        if rows is None:
+            rows = slice(None)
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(ds.shape[0]))
+        out = _read_rows(ds, np.asarray(rows, dtype=np.int64))
+        return out if dtype is None or out.dtype == dtype else out.astype(dtype)
+
+    def blocks(self, block: int = 4096) -> Iterator[np.ndarray]:
+        """The stored features in row order, `block` rows at a time, C-contiguous in the stored dtype."""
+        ds = self._features()
+        for start in range(0, ds.shape[0], block):
+            yield np.ascontiguousarray(ds[start:start + block])
+
+    def pixel_boxes(self, row: int) -> np.ndarray:
+        """Integer-free boxes ``[V, 4]`` of image `row` in its source pixels."""
+        h, w = self.sizes[row]
+        return np.array([v.box for v in self.views]) * np.array([w, h, w, h], dtype=np.float64)
+
+
+def _read_rows(ds, rows: np.ndarray, block: int = 4096) -> np.ndarray:
+    """``ds[rows]`` for any row order and repeats, reading each touched block of rows once.
+
+    Straight into the result: no fancy-indexed HDF5 selection (slow) and no second full copy.
+    """
+    out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
+    if not len(rows):
+        return out
+    if rows.min() < 0 or rows.max() >= ds.shape[0]:
+        raise IndexError(f"row index out of range for {ds.shape[0]} rows")
+    if np.all(np.diff(rows) == 1):  # one contiguous run: read it directly
+        ds.read_direct(out, source_sel=np.s_[rows[0]:rows[-1] + 1])
+        return out
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    bounds = np.searchsorted(sorted_rows, np.arange(0, ds.shape[0] + block, block))
+    for b in np.flatnonzero(np.diff(bounds)):
+        lo, hi = bounds[b], bounds[b + 1]
+        first, last = sorted_rows[lo], sorted_rows[hi - 1]
+        chunk = ds[first:last + 1]
+        out[order[lo:hi]] = chunk[sorted_rows[lo:hi] - first]
+    return out
+
+
+def _strings(values) -> np.ndarray:
+    """HDF5 variable-length strings (bytes or str) → an object array of str."""
+    return np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
+
+
+def open_cache(path: str | os.PathLike) -> FeatureCache:
+    """Open a finished feature cache for reading (numpy arrays, no torch)."""
+    return FeatureCache(path)
+
+
+def list_caches(root: str | os.PathLike) -> list[dict]:
+    """One summary per cache file under `root` (unreadable files are listed with their error)."""
+    root = Path(root)
+    out = []
+    for p in sorted(root.glob("*.h5")) if root.is_dir() else []:
+        try:
+            with FeatureCache(p) as c:
+                out.append({"path": str(p), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
+                            "dim": c.dim, "dtype": str(c.dtype), "backbone": c.source.get("backbone", "?"),
+                            "updated": c.attrs.get("updated"), "size_mb": p.stat().st_size / 2**20,
+                            "pending_parts": len(pending_parts(p))})
+        except CacheError as exc:
+            out.append({"path": str(p), "error": str(exc)})
+    return out

@@ -1,0 +1,258 @@
+"""Writing a cache: one writer at a time (a lock), durable parts, resume, and an atomic merge.
+
+A killed run leaves the old cache plus whole parts (see :mod:`natix.cache.parts`), and the next
+run skips the images those parts already hold. At the end of a run the old cache and the parts
+are merged into a new file that replaces the old one with `os.replace`; only then are the parts
+deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from natix.cache.fingerprint import fingerprint
+from natix.cache.layout import cache_path, ensure_writable, fsync_dir, parts_dir, pending_parts, utc_now
+from natix.cache.merge import CacheSpec, merge_into
+from natix.cache.parts import Rows, part_number, read_part, write_part
+from natix.cache.reader import FeatureCache
+from natix.errors import CacheError, CacheLockedError, FingerprintMismatchError
+
+
+class CacheLock:
+    """An exclusive, non-blocking writer lock on a cache file (released by the OS on death)."""
+
+    def __init__(self, cache_file: Path):
+        self.path = cache_file.with_name(cache_file.name + ".lock")
+        self._fd = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except (ValueError, OSError):
+                holder = {}
+            os.close(fd)
+            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+                   if holder else "another process")
+            raise CacheLockedError(
+                f"cache '{self.path.with_suffix('')}' is being written by {who}: "
+                "wait for that run to finish or stop it, then rerun"
+            ) from None
+        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(),
+                           "argv": sys.argv[:8]}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info, 0)
+        self._fd = fd
+
+    @property
+    def fd(self) -> int | None:
+        """The locked descriptor; forked children must close it or they keep the lock alive."""
+        return self._fd
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class CacheWriter:
+    """Appends chunks of rows to the cache of one identity, crash-safely.
+
+    Use as a context manager: it takes the writer lock, checks that an existing cache file
+    holds the same fingerprint, and loads what is already done (cache rows, parts of an
+    interrupted run, known failures). `add_part` makes a chunk durable; `commit` merges.
+    """
+
+    def __init__(self, root: str | os.PathLike, identity: dict, view_table: list[dict], *, dim: int,
+                 store_dtype: str = "float16", source: dict | None = None):
+        self.root = Path(root)
+        self.identity = identity
+        self.source = source or {}  # where the weights came from: shown, never hashed
+        self.fingerprint = fingerprint(identity)
+        self.view_table = view_table
+        self.dim = dim  # features per view; fixed by the identity
+        self.store_dtype = np.dtype(store_dtype)
+        self.path = cache_path(self.root, self.fingerprint)
+        self.parts = parts_dir(self.path)
+        self._lock = CacheLock(self.path)
+        self.done_ids: set[str] = set()
+        self.failed_ids: dict[str, str] = {}
+        self.path_failures: dict[str, str] = {}  # files that could not be read: retried every run
+        self.rows_meta: dict[str, tuple[str, int, str]] = {}
+        self.in_file: set[str] = set()  # ids in the cache file (not in parts)
+        self.resumed_parts = 0
+        self._next_part = 0
+        self._meta_updates: dict[str, tuple[str, int, str]] = {}
+        self._new_rows = 0
+        self._new_failures: list[tuple[str, str, str]] = []
+
+    # -- lifecycle
+    def __enter__(self):
+        ensure_writable(self.root)
+        self._lock.acquire()
+        try:
+            self._load_state()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+    @property
+    def lock_fd(self) -> int | None:
+        return self._lock.fd
+
+    def _load_state(self) -> None:
+        """Read what the cache file and leftover parts already hold (metadata only)."""
+        if self.path.exists():
+            try:
+                cache = FeatureCache(self.path)
+            except FingerprintMismatchError:
+                raise
+            except CacheError as exc:
+                raise CacheError(
+                    f"cache file '{self.path}' is unreadable ({str(exc).split(' (', 1)[-1].split('):')[0]}): "
+                    f"move it away (mv {self.path} {self.path}.broken) and rerun; finished chunks are kept"
+                ) from None
+            with cache:
+                self._absorb(cache)
+        for stale in self.root.glob(self.path.name + ".tmp-*"):
+            stale.unlink()  # a merge that was killed before its rename; the parts still hold its rows
+        if self.parts.is_dir():
+            for tmp in self.parts.glob("*.tmp"):
+                tmp.unlink()
+        for part in pending_parts(self.path):
+            self._absorb_part(part)
+
+    def _absorb(self, cache: FeatureCache) -> None:
+        """Take the done ids, row metadata and failures of the existing cache file."""
+        if cache.fingerprint != self.fingerprint:
+            raise FingerprintMismatchError(
+                f"cache file '{self.path}' holds fingerprint {cache.fingerprint[:16]}..., not "
+                f"{self.fingerprint[:16]}...: it was renamed or copied by hand; move it away or use another --cache"
+            )
+        self.done_ids.update(cache.ids)
+        self.in_file = set(cache.ids.tolist())
+        for i, p, lab, g in zip(cache.ids, cache.paths, cache.labels, cache.groups):
+            self.rows_meta[i] = (p, int(lab), g)
+        for fail in cache.failures:
+            if fail["id"]:
+                self.failed_ids[fail["id"]] = fail["reason"]
+            else:
+                self.path_failures[fail["path"]] = fail["reason"]
+
+    def _absorb_part(self, part: Path) -> None:
+        """Take the done ids, row metadata and failures of a finished part of an interrupted run."""
+        meta = read_part(part, features=False)
+        self.done_ids.update(meta["ids"].tolist())
+        for i, p, lab, g in zip(meta["ids"].tolist(), meta["paths"].tolist(), meta["labels"].tolist(),
+                                meta["groups"].tolist()):
+            self.rows_meta.setdefault(i, (p, int(lab), g))
+        for i, r in zip(meta["fail_ids"].tolist(), meta["fail_reasons"].tolist()):
+            if i:
+                self.failed_ids[i] = r
+        self._next_part = max(self._next_part, part_number(part) + 1)
+        self.resumed_parts += 1
+
+    # -- writing
+    def set_metadata(self, image_id: str, path: str, label: int, group: str) -> None:
+        """Record the current path/label/group of an image already in the cache."""
+        if self.rows_meta.get(image_id) != (path, label, group):
+            self._meta_updates[image_id] = (path, label, group)
+
+    def add_part(self, features: np.ndarray, rows: Rows, failures: list[tuple[str, str, str]]) -> Path:
+        """Durably write one chunk: features ``[n, V, D]`` with their rows, plus failures.
+
+        `failures` holds ``(id, path, reason)``; id is "" when the file could not be read.
+        Safe to call from one background thread.
+        """
+        n = len(rows.ids)
+        assert features.shape == (n, len(self.view_table), self.dim), (features.shape, n)
+        seq = self._next_part
+        self._next_part += 1
+        final = write_part(self.parts, seq, features, rows, failures)
+        self.done_ids.update(rows.ids)
+        self._new_rows += n
+        self._new_failures.extend(failures)
+        return final
+
+    @property
+    def pending_metadata(self) -> int:
+        """Cached images whose path, label or group will change at the next commit."""
+        return len(self._meta_updates)
+
+    def needs_commit(self) -> bool:
+        """Whether `commit` would change the cache file."""
+        return bool(self._new_rows or self._new_failures or self._meta_updates or self.resumed_parts
+                    or not self.path.exists())
+
+    def commit(self, *, block: int = 4096) -> Path:
+        """Merge the cache file and all parts into a new file and swap it in atomically.
+
+        Two passes keep memory at one block or one part: metadata first, then features
+        streamed part by part. Old rows are checked against the recorded checksum while they
+        are copied, so a corrupt cache is refused rather than re-checksummed.
+        """
+        try:
+            return self._commit(block)
+        except OSError as exc:
+            for tmp in self.root.glob(self.path.name + ".tmp-*"):
+                tmp.unlink(missing_ok=True)
+            raise CacheError(f"cannot write '{self.path}' ({exc.strerror or exc}): a merge needs free space for "
+                             "the old and the new cache; free some and rerun (finished chunks are kept)") from None
+
+    def _commit(self, block: int) -> Path:
+        old = FeatureCache(self.path) if self.path.exists() else None
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        spec = CacheSpec(self.path, self.identity, self.fingerprint, self.source, self.view_table, self.dim,
+                         self.store_dtype)
+        try:
+            merged = merge_into(tmp, old, pending_parts(self.path), spec, self._meta_updates, block=block)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            if old is not None:
+                old.close()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.root)
+        # The merged file is durable; only now may the parts go.
+        for part in pending_parts(self.path):
+            part.unlink()
+        with contextlib.suppress(OSError):
+            self.parts.rmdir()
+        self.rows_meta = {i: (p, lab, g) for i, p, lab, g in zip(merged.ids, merged.paths, merged.labels,
+                                                                  merged.groups)}
+        self.in_file = set(merged.ids)
+        self._meta_updates.clear()
+        self._new_rows = 0
+        self._new_failures = []
+        self.resumed_parts = 0
+        return self.path
