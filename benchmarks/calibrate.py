@@ -1,5 +1,5 @@
-"""Calibration speed: every calibrator, conformal predictor and certified threshold on 100,000
-calibration scores, timed in one process (target: each fit ≤ 2 s on a 2-core CPU).
+"""Calibration speed: every calibrator, conformal predictor, exit threshold and state round trip
+on 100,000 calibration scores, timed in one process (target: each ≤ 2 s on a 2-core CPU).
 
     python benchmarks/calibrate.py [--n 100000]
 
@@ -11,6 +11,7 @@ are timed beside ours as the obvious alternative where one exists.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -35,16 +36,19 @@ def main() -> None:
         TemperatureScaling,
     )
     from natix.calibrate.conformal import ConformalRiskControl, LearnThenTest, SplitConformal
+    from natix.calibrate.exits import BudgetThreshold
     from natix.calibrate.scrc import SCRC
+    from natix.jsonio import dumps
 
     rng = np.random.default_rng(0)
     n = args.n
     y = rng.integers(0, 2, n)
     z = rng.normal(np.where(y == 1, 1.0, -1.0), 1.0)
     p = 1 / (1 + np.exp(-(2.0 * z + 0.3)))  # over-confident and shifted
-    conf = np.maximum(p, 1 - p)
-    errors = (M.predictions(p) != y).astype(np.int64)
-    test_conf = np.maximum(p[: n // 2], 1 - p[: n // 2])
+    conf = M.confidence(p)
+    errors = M.decision_errors(y, p)
+    test_conf = M.confidence(p[: n // 2])
+    isotonic = IsotonicCalibration().fit(p, y)
 
     cases = [
         ("TemperatureScaling", lambda: TemperatureScaling().fit(p, y)),
@@ -65,6 +69,9 @@ def main() -> None:
         ("SCRC inductive", lambda: SCRC(alpha=0.1, delta=0.1, acceptance=0.8).fit(p, y)),
         ("SCRC transductive", lambda: SCRC(alpha=0.1, delta=0.1, acceptance=0.8, mode="transductive").fit(
             p, y, test_confidence=test_conf)),
+        ("BudgetThreshold (defer <= 20%)", lambda: BudgetThreshold(budget=0.2).fit(conf)),
+        ("IsotonicCalibration state -> JSON -> state", lambda: IsotonicCalibration.from_state(
+            json.loads(dumps(isotonic.to_state())))),
     ]
     print(f"\ncalibration benchmark: fit on {n:,} scores, best of {args.repeats}")
     head = f"{'method':<48} {'fit seconds':>12} {'<= 2 s':>7}"

@@ -200,3 +200,121 @@ def test_report_refuses_a_stale_calibration_and_survives_undefined_metrics(run_d
     np.savez(path, **data)
     md = write_report(copy)  # AUROC_f is undefined here: the plot says nan instead of failing
     assert "accuracy 1.0000" in md.read_text() and (md.parent / "confidence_histogram.png").is_file()
+
+
+def test_budget_exit_end_to_end_defers_at_most_its_fraction_of_fold_b(run_dir):
+    from natix.calibrate.apply import certify_fold
+
+    res = calibrate_run(run_dir, method="platt", exit="budget", budget=0.2)
+    thr = json.loads((run_dir / "thresholds.json").read_text())
+    assert thr["exit"] == "budget" and thr["certified"] is False and thr["bound"] is None
+    assert "no guarantee" in res.guarantee and "fitted on the disjoint fold B" in res.guarantee
+    assert "bound" not in res.table  # nothing is certified, so no bound is claimed
+    fitted = thr["budget"]
+    assert fitted == res.thresholds["budget"] and fitted["budget"] == 0.2
+    assert fitted["deferred_fraction_"] <= 0.2 and fitted["threshold_"] == thr["exit_threshold"]
+    # Recompute fold B's confidences from the served map: at most 20% of them fall below the threshold.
+    from natix.calibrate.apply import calibration_from_json
+    from natix.rundir import Run
+
+    cal = Run(run_dir).predictions("val_calib")
+    fold_b = certify_fold(cal["ids"])
+    q = calibration_from_json(res.calibration)(cal["prob"][fold_b])
+    assert np.mean(np.maximum(q, 1 - q) < fitted["threshold_"]) <= 0.2
+    with np.load(run_dir / "predictions" / "val_test_calibrated.npz") as z:
+        np.testing.assert_array_equal(z["accept"], z["confidence"] >= fitted["threshold_"])
+        assert 0.6 < z["accept"].mean() < 1  # about 80% of val_test answered, not a guarantee
+
+
+def test_written_json_holds_null_where_a_value_is_nan(run_dir):
+    from natix.jsonio import dumps
+
+    res = calibrate_run(run_dir, method="platt", exit="ltt", alpha=0.001, delta=0.05)
+    text = (run_dir / "thresholds.json").read_text()
+    thr = json.loads(text, parse_constant=lambda c: pytest.fail(c))
+    assert '"nan"' not in text and "NaN" not in text
+    assert None in thr["ltt"]["p_values_"]  # NaN: candidates too small to test
+    assert thr["ltt"]["threshold_"] == "inf" and thr["exit_threshold"] == "inf"  # inf keeps its string
+    assert np.isnan(res.table["selective_risk"])  # nothing accepted on val_test
+    assert json.loads(dumps(res.table))["selective_risk"] is None
+
+
+# Files in the layout natix wrote before estimators saved their own state: they must load unchanged.
+OLD_STEPS = ["calibrator", "decision_threshold"]
+OLD_FILES = {
+    "temperature": {"method": "temperature", "state": {"temperature_": 1.7320508}, "decision_threshold": 0.4375,
+                    "order": OLD_STEPS},
+    "platt": {"method": "platt", "state": {"coef_": 0.3547471585538487, "intercept_": -0.3963295539941345},
+              "decision_threshold": 0.37172320232095757, "order": OLD_STEPS},
+    "beta": {"method": "beta", "state": {"a_": 0.81, "c_": 1.24, "d_": 0.125}, "decision_threshold": 0.52,
+             "order": OLD_STEPS},
+    "isotonic": {"method": "isotonic", "state": {"isotonic_": {"x": [0.05, 0.3, 0.3000001, 0.71, 0.98],
+                                                               "y": [0.0, 0.25, 0.5, 0.875, 1.0]}},
+                 "decision_threshold": 0.61, "order": OLD_STEPS},
+    "platt+crc": {"method": "platt", "state": {"coef_": 1.25, "intercept_": 0.5}, "decision_threshold": 0.5,
+                  "order": [*OLD_STEPS, "crc_recentre_below"]},
+}
+OLD_THRESHOLDS = {"platt+crc": {"crc_recentre_below": 0.6180339887498948, "exit": "crc", "certified": True}}
+
+
+def _old_map(name, p):
+    """What the files above mean, from the estimators' formulas with hand-set parameters."""
+    from natix.calibrate.calibrators import CALIBRATORS, recentre
+
+    cal = OLD_FILES[name]
+    if cal["method"] == "isotonic":
+        table = cal["state"]["isotonic_"]
+        q = np.clip(np.interp(p, table["x"], table["y"]), 0.0, 1.0)
+    else:
+        est = CALIBRATORS[cal["method"]]()
+        for key, value in cal["state"].items():
+            setattr(est, key, value)
+        q = est.transform(p)
+    q = recentre(q, cal["decision_threshold"])
+    if name in OLD_THRESHOLDS:
+        q = recentre(q, OLD_THRESHOLDS[name]["crc_recentre_below"])
+    return q
+
+
+@pytest.mark.parametrize("name", list(OLD_FILES))
+def test_calibration_files_written_before_still_load_with_identical_results(name, tmp_path):
+    from natix.calibrate.apply import calibration_from_json
+
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(OLD_FILES[name], indent=2))
+    p = np.concatenate([np.random.default_rng(0).random(2000), [0.0, 0.05, 0.3, 0.5, 0.61, 0.98, 1.0]])
+    fn = calibration_from_json(json.loads(path.read_text()), thresholds=OLD_THRESHOLDS.get(name))
+    np.testing.assert_array_equal(fn(p), _old_map(name, p))
+
+
+def test_a_crc_threshold_of_zero_serves_everything_positive():
+    from natix.calibrate.apply import calibration_from_json
+    from natix.calibrate.calibrators import ABOVE_HALF
+
+    cal = {**OLD_FILES["platt+crc"]}
+    fn = calibration_from_json(cal, thresholds={"crc_recentre_below": -5e-324})
+    q = fn(np.linspace(0, 1, 101))
+    assert np.all(q >= ABOVE_HALF) and np.all(np.round(q) == 1)
+
+
+def test_report_prints_the_ece_metrics_json_computes_and_bins_as_it(run_dir, tmp_path):
+    import shutil
+
+    from natix import metrics as M
+    from natix.metrics.inputs import ECE_BINS
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for name in ("calibration.json", "thresholds.json", "predictions/val_test_calibrated.npz"):
+        (copy / name).unlink(missing_ok=True)
+    text = write_report(copy, tmp_path / "rep").read_text()
+    with np.load(copy / "predictions" / "val_test.npz") as z:
+        ece = M.split_metrics(z["labels"], z["prob"], names=("ece",))["ece"]  # as in metrics.json
+    assert f"ECE {ece:.4f} ({ECE_BINS} bins)" in text
+    calibrate_run(copy, method="beta")
+    text = write_report(copy, tmp_path / "rep2").read_text()
+    with np.load(copy / "predictions" / "val_test_calibrated.npz") as z:
+        ece = M.ece(z["labels"], z["prob"], n_bins=ECE_BINS)
+        mean_p, freq, counts = M.reliability_curve(z["labels"], z["prob"], n_bins=ECE_BINS)
+    assert f"ECE {ece:.4f} ({ECE_BINS} bins)" in text
+    assert ece == pytest.approx(np.sum(counts * np.abs(freq - mean_p)) / counts.sum())  # the plotted bins

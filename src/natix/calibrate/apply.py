@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -132,8 +132,10 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
     table = _table(rule, y_test, test["prob"].astype(np.float64), q_test, conf_test, accept)
     calibration = cmap.to_json(rule)
     run.write_json("calibration.json", calibration)
-    run.write_json("thresholds.json", {**thresholds, "guarantee": guarantee,
-                                       "bound": rule.bound._asdict() if rule.bound else None, **asdict(levels)})
+    # The levels of the rules that certify, as before; a budget sits in its rule's state.
+    run.write_json("thresholds.json", {**thresholds, "guarantee": guarantee, "alpha": levels.alpha, "delta": levels.delta,
+                                       "acceptance": levels.acceptance,
+                                       "bound": rule.bound._asdict() if rule.bound else None})
     write_predictions(run.path, "val_test_calibrated", test["ids"], y_test,
                       {"prob": q_test, "confidence": conf_test, "accept": accept})
     return CalibrationResult(calibration, thresholds, table, guarantee)

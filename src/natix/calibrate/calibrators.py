@@ -225,7 +225,7 @@ class PlattScaling(_IterativeCalibrator):
     Parameters
     ----------
     max_iter : int, default=100
-        L-BFGS-B iteration limit.
+        L-BFGS-B iteration limit (a ``ConvergenceWarning`` says when it was reached).
 
     Attributes
     ----------

@@ -14,6 +14,8 @@ the run has one, else ``max(q, 1 - q)``). A fitted rule gives
 * ``guarantee``: the guarantee in words, with its numbers filled in;
 * ``threshold``: the confidence threshold it accepts at (None when it does not threshold ``g``).
 
+``fit`` sets ``bound``, ``threshold`` and ``guarantee``.
+
 Rules are dataclasses whose fields are the levels they use (named as in :class:`ExitLevels`),
 registered by name with :func:`register_exit`; :func:`create_exit` builds one from the levels.
 """
@@ -94,9 +96,13 @@ class ExitRule:
 
     name: ClassVar[str] = ""
     step: ClassVar[str | None] = None  # a calibration step the rule adds to the served map
+    # What a fit found; fit sets them.
+    bound: Bound | None = None
+    threshold: float | None = None
+    guarantee: str = ""
 
     def fit(self, q: np.ndarray, y: np.ndarray, confidence: np.ndarray) -> ExitRule:
-        """Fit on fold B: calibrated probabilities, labels and confidences, each ``(n,)``."""
+        """Fit on fold B (calibrated probabilities, labels, confidences, each ``(n,)``); set the results."""
         raise NotImplementedError
 
     def state(self) -> dict:
@@ -113,21 +119,9 @@ class ExitRule:
         """The map of this rule's calibration ``step``, rebuilt from thresholds.json."""
         raise NotImplementedError
 
-    @property
-    def bound(self) -> Bound | None:
-        return None
-
     def observed(self, y: np.ndarray, q: np.ndarray, accept: np.ndarray, confidence: np.ndarray) -> float:
         """The bound's quantity on new data (served probabilities `q`, `accept` mask); NaN if undefined."""
         return float("nan")
-
-    @property
-    def guarantee(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def threshold(self) -> float | None:
-        return None
 
 
 def _mean(mask: np.ndarray) -> float:
@@ -137,6 +131,8 @@ def _mean(mask: np.ndarray) -> float:
 class AnswerAll(ExitRule):
     """No exit rule (not registered): every image is answered by this stage."""
 
+    guarantee = "no exit rule: every image is answered by this stage"
+
     def fit(self, q, y, confidence) -> AnswerAll:
         return self
 
@@ -145,10 +141,6 @@ class AnswerAll(ExitRule):
 
     def accept(self, confidence) -> np.ndarray:
         return np.ones(len(confidence), dtype=bool)
-
-    @property
-    def guarantee(self) -> str:
-        return "no exit rule: every image is answered by this stage"
 
 
 @register_exit("ltt")
@@ -161,6 +153,9 @@ class LearnThenTestExit(ExitRule):
 
     def fit(self, q, y, confidence) -> LearnThenTestExit:
         self.ltt_ = LearnThenTest(alpha=self.alpha, delta=self.delta).fit(confidence, M.decision_errors(y, q))
+        self.bound, self.threshold = Bound("selective_risk", self.alpha), self.ltt_.threshold_
+        self.guarantee = (f"LTT: P(selective risk <= {self.alpha}) >= {1 - self.delta}" if self.ltt_.certified_ else
+                          "LTT certified no threshold: every image defers to the next stage")
         return self
 
     def state(self) -> dict:
@@ -169,22 +164,8 @@ class LearnThenTestExit(ExitRule):
     def accept(self, confidence) -> np.ndarray:
         return self.ltt_.accept(confidence)
 
-    @property
-    def bound(self) -> Bound:
-        return Bound("selective_risk", self.alpha)
-
     def observed(self, y, q, accept, confidence) -> float:
         return _mean(M.decision_errors(y, q)[accept])
-
-    @property
-    def guarantee(self) -> str:
-        if not self.ltt_.certified_:
-            return "LTT certified no threshold: every image defers to the next stage"
-        return f"LTT: P(selective risk <= {self.alpha}) >= {1 - self.delta}"
-
-    @property
-    def threshold(self) -> float:
-        return self.ltt_.threshold_
 
 
 @register_exit("crc")
@@ -199,6 +180,8 @@ class ConformalRiskControlExit(ExitRule):
         self.crc_ = ConformalRiskControl(loss="fnr", alpha=self.alpha).fit(q, y)
         # CRC decides positive at q >= t; re-centring just below t sends exactly those above 0.5.
         self.recentre_below_ = float(np.nextafter(self.crc_.threshold_, -np.inf))
+        self.bound = Bound("fnr", self.alpha)
+        self.guarantee = f"CRC: E[false-negative rate] <= {self.alpha} (decision at p >= {self.crc_.threshold_:.4f})"
         return self
 
     def state(self) -> dict:
@@ -217,16 +200,8 @@ class ConformalRiskControlExit(ExitRule):
                             "was not given: pass thresholds= the run's thresholds.json")
         return _recentre_below(float(thresholds["crc_recentre_below"]))
 
-    @property
-    def bound(self) -> Bound:
-        return Bound("fnr", self.alpha)
-
     def observed(self, y, q, accept, confidence) -> float:
         return _mean(M.decision_errors(y, q)[y == 1])  # the misses among the positives
-
-    @property
-    def guarantee(self) -> str:
-        return f"CRC: E[false-negative rate] <= {self.alpha} (decision at p >= {self.crc_.threshold_:.4f})"
 
 
 def _recentre_below(t_below: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -248,6 +223,8 @@ class SCRCExit(ExitRule):
     def fit(self, q, y, confidence) -> SCRCExit:
         self.scrc_ = SCRC(alpha=self.alpha, delta=self.delta, acceptance=self.acceptance).fit(
             q, y, confidence=confidence)
+        self.bound = Bound("error_among_selected", self.alpha)
+        self.threshold, self.guarantee = self.scrc_.threshold_, self.scrc_.guarantee_
         return self
 
     def state(self) -> dict:
@@ -256,22 +233,10 @@ class SCRCExit(ExitRule):
     def accept(self, confidence) -> np.ndarray:
         return np.asarray(self.scrc_.accept(confidence), dtype=bool)
 
-    @property
-    def bound(self) -> Bound:
-        return Bound("error_among_selected", self.alpha)
-
     def observed(self, y, q, accept, confidence) -> float:
         # P(decided here and wrong | selected): selected images below the threshold count as no error.
         selected = confidence >= self.scrc_.selection_threshold_
         return _mean((M.decision_errors(y, q).astype(bool) & accept)[selected])
-
-    @property
-    def guarantee(self) -> str:
-        return self.scrc_.guarantee_
-
-    @property
-    def threshold(self) -> float:
-        return self.scrc_.threshold_
 
 
 class BudgetThreshold(Stateful, BaseEstimator):
@@ -293,9 +258,11 @@ class BudgetThreshold(Stateful, BaseEstimator):
     deferred_fraction_ : float
         Fraction of calibration images below ``threshold_`` (at most ``budget``).
     n_calibration_ : int
+
+    The state (``to_state``) holds ``budget`` and the attributes above.
     """
 
-    STATE = ("threshold_", "deferred_fraction_", "n_calibration_")
+    STATE = ("budget", "threshold_", "deferred_fraction_", "n_calibration_")
 
     def __init__(self, *, budget: float = 0.2):
         self.budget = budget
@@ -325,7 +292,12 @@ class BudgetExit(ExitRule):
     budget: float
 
     def fit(self, q, y, confidence) -> BudgetExit:
-        self.budget_ = BudgetThreshold(budget=self.budget).fit(confidence)
+        b = self.budget_ = BudgetThreshold(budget=self.budget).fit(confidence)
+        self.threshold = b.threshold_
+        self.guarantee = (f"budget: no guarantee; accepts confidence >= {b.threshold_:.6g}, which deferred "
+                          f"{b.deferred_fraction_:.4f} (at most budget = {self.budget:g}) of the {b.n_calibration_} "
+                          "calibration images it was fitted on; on new images the deferred fraction is only estimated "
+                          "and the error rate of the accepted images is not bounded")
         return self
 
     def state(self) -> dict:
@@ -333,18 +305,6 @@ class BudgetExit(ExitRule):
 
     def accept(self, confidence) -> np.ndarray:
         return self.budget_.accept(confidence)
-
-    @property
-    def guarantee(self) -> str:
-        b = self.budget_
-        return (f"budget: no guarantee; accepts confidence >= {b.threshold_:.6g}, which deferred "
-                f"{b.deferred_fraction_:.4f} (at most budget = {self.budget:g}) of the {b.n_calibration_} "
-                "calibration images it was fitted on; on new images the deferred fraction is only estimated and "
-                "the error rate of the accepted images is not bounded")
-
-    @property
-    def threshold(self) -> float:
-        return self.budget_.threshold_
 
 
 EXITS = tuple(_RULES)  # the registered names: ltt, crc, scrc, budget

@@ -2,152 +2,163 @@
 
 Plots (val_test; calibrated probabilities when the run has been calibrated):
 reliability diagram with bin counts, risk–coverage and generalized-risk–coverage curves with the
-certified exit threshold marked, and histograms of the confidence of correct vs wrong answers.
+exit threshold marked, and histograms of the confidence of correct vs wrong answers. The
+reliability diagram bins as the ECE it prints (:func:`natix.metrics.reliability_curve` and
+:func:`natix.metrics.ece` with ``ECE_BINS`` bins, the ECE of metrics.json).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from natix import metrics as M
-from natix.calibrate.apply import load_split
-from natix.errors import DataError
+from natix.jsonio import number
+from natix.metrics.inputs import ECE_BINS
+from natix.rundir import Run, confidence
+
+# The metrics report.md prints (fractions), each computed once by M.split_metrics.
+REPORT_METRICS = ("accuracy", "mcc", "ece", "nll", "aurc", "augrc", "auroc_f")
 
 
-def _series(run: Path) -> dict:
-    """Probabilities/confidence to plot: calibrated when available, raw otherwise."""
-    raw = load_split(run, "val_test")
-    p_raw = raw["prob"].astype(np.float64)
-    out = {"y": raw["labels"].astype(np.int64), "p_raw": p_raw, "calibrated": False,
-           "conf": raw["gate"].astype(np.float64) if "gate" in raw else np.maximum(p_raw, 1 - p_raw)}
-    cal_path = run / "predictions" / "val_test_calibrated.npz"
-    if cal_path.is_file():
-        with np.load(cal_path, allow_pickle=False) as z:
-            if "ids" not in z.files or not np.array_equal(z["ids"], raw["ids"]):
-                raise DataError(f"'{cal_path}' belongs to an earlier fit of this run: rerun natix calibrate")
-            out.update(p=z["prob"].astype(np.float64), conf=z["confidence"].astype(np.float64), calibrated=True)
+def _series(run: Run) -> dict:
+    """Labels, probabilities and confidence to plot: calibrated when available, raw otherwise."""
+    raw = run.predictions("val_test")
+    calibrated = run.calibrated_predictions()
+    out = {"y": raw["labels"].astype(np.int64), "p_raw": raw["prob"].astype(np.float64),
+           "calibrated": calibrated is not None}
+    if calibrated is None:
+        out.update(p=out["p_raw"], conf=confidence(raw))
     else:
-        out["p"] = p_raw
+        out.update(p=calibrated["prob"].astype(np.float64), conf=calibrated["confidence"].astype(np.float64))
     return out
-
-
-def _safe(fn, *args) -> float:
-    """A metric, or NaN where it is undefined (e.g. AUROC_f with no errors)."""
-    try:
-        return float(fn(*args))
-    except ValueError:
-        return float("nan")
-
-
-def _reliability(ax, y, p, label, n_bins=10):
-    edges = np.linspace(0, 1, n_bins + 1)
-    idx = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
-    centers, freq, counts = [], [], []
-    for b in range(n_bins):
-        m = idx == b
-        if m.any():
-            centers.append(p[m].mean())
-            freq.append(y[m].mean())
-            counts.append(int(m.sum()))
-    ax.plot(centers, freq, "o-", label=f"{label} (ECE {M.ece(y, p, n_bins=n_bins):.3f})")
-    return centers, freq, counts
 
 
 def write_report(run: str | Path, out: str | Path | None = None) -> Path:
     """Write the PNGs and `report.md` into `out` (default RUN/report); return the markdown path."""
+    run = Run(run)
+    out = Path(out) if out else run.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    s = _series(run)
+    thresholds = run.calibration()[1] or {}
+    errors = M.decision_errors(s["y"], s["p"])
+    summary = M.split_metrics(s["y"], s["p"], s["conf"], names=REPORT_METRICS)
+    plt = _pyplot()
+    _plot_reliability(plt, s, summary["ece"], out / "reliability.png")
+    _plot_risk_coverage(plt, errors, s["conf"], summary, thresholds, out)
+    _plot_confidence(plt, errors, s["conf"], summary["auroc_f"], thresholds, out / "confidence_histogram.png")
+    return _write_markdown(run, s, summary, thresholds, out / "report.md")
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = Path(run)
-    out = Path(out) if out else run / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    s = _series(run)
-    y, p, conf = s["y"], s["p"], s["conf"]
-    thresholds = {}
-    if (run / "thresholds.json").is_file():
-        try:
-            thresholds = json.loads((run / "thresholds.json").read_text())
-        except ValueError:
-            raise DataError(f"'{run / 'thresholds.json'}' is not valid JSON: rerun natix calibrate") from None
-    errors = (M.predictions(p) != y).astype(np.int64)
+    return plt
 
+
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _reliability_line(ax, y: np.ndarray, p: np.ndarray, label: str, ece: float):
+    """One reliability curve (ECE_BINS uniform bins, the bins of `ece`); returns its points and counts."""
+    mean_p, freq, counts = M.reliability_curve(y, p, n_bins=ECE_BINS)
+    ax.plot(mean_p, freq, "o-", label=f"{label} (ECE {ece:.3f})")
+    return mean_p, freq, counts
+
+
+def _plot_reliability(plt, s: dict, ece: float, path: Path) -> None:
+    """The reliability diagram: after calibration (and before, when calibrated), images per bin."""
+    y = s["y"]
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     if s["calibrated"]:
-        _reliability(ax, y, s["p_raw"], "before")
-    centers, freq, counts = _reliability(ax, y, p, "after calibration" if s["calibrated"] else "model")
-    for c, f, n in zip(centers, freq, counts):
+        _reliability_line(ax, y, s["p_raw"], "before", M.ece(y, s["p_raw"], n_bins=ECE_BINS))
+    points = _reliability_line(ax, y, s["p"], "after calibration" if s["calibrated"] else "model", ece)
+    for c, f, n in zip(*points):
         ax.annotate(str(n), (c, f), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set_xlabel("predicted probability of roadwork")
     ax.set_ylabel("observed frequency of roadwork")
-    ax.set_title("Reliability (val_test; numbers = images per bin)")
+    ax.set_title(f"Reliability (val_test; {ECE_BINS} bins; numbers = images per bin)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "reliability.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
-    cov, sr, gr, th = M.risk_coverage_curve(errors, conf)
-    tau = _exit_threshold(thresholds)
+
+def _plot_risk_coverage(plt, errors: np.ndarray, conf: np.ndarray, summary: dict, thresholds: dict,
+                        out: Path) -> None:
+    """Selective and generalized risk against coverage, the exit threshold and the certified level marked."""
+    cov, sr, gr, _ = M.risk_coverage_curve(errors, conf)
+    tau, level = _exit_threshold(thresholds), _risk_level(thresholds)
     for name, risk, ylabel, area in (("risk_coverage.png", sr, "selective risk (error rate of accepted)",
-                                      f"AURC {_safe(M.aurc, errors, conf):.4f}"),
+                                      f"AURC {summary['aurc']:.4f}"),
                                      ("generalized_risk_coverage.png", gr, "generalized risk (errors / all images)",
-                                      f"AUGRC {_safe(M.augrc, errors, conf):.4f}")):
+                                      f"AUGRC {summary['augrc']:.4f}")):
         fig, ax = plt.subplots(figsize=(5.5, 4.2))
         ax.plot(cov, risk, lw=1.5, label=area)
         if tau is not None and np.isfinite(tau):
             c = float(np.mean(conf >= tau))
-            ax.axvline(c, color="C3", ls="--", lw=1, label=f"certified exit (conf >= {tau:.3f}, coverage {c:.2f})")
-        alpha = thresholds.get("alpha")
-        if alpha is not None and name == "risk_coverage.png":
-            ax.axhline(alpha, color="gray", ls=":", lw=1, label=f"alpha = {alpha}")
+            ax.axvline(c, color="C3", ls="--", lw=1, label=f"exit (conf >= {tau:.3f}, coverage {c:.2f})")
+        if level is not None and name == "risk_coverage.png":
+            ax.axhline(level, color="gray", ls=":", lw=1, label=f"alpha = {level}")
         ax.set_xlabel("coverage (fraction of images accepted)")
         ax.set_ylabel(ylabel)
         ax.set_xlim(0, 1)
         ax.set_title(name.removesuffix(".png").replace("_", " ") + " (val_test)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
+        _save(plt, fig, out / name)
 
+
+def _plot_confidence(plt, errors: np.ndarray, conf: np.ndarray, auroc_f: float, thresholds: dict,
+                     path: Path) -> None:
+    """Histograms of the confidence of correct and wrong answers."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     bins = np.linspace(min(conf.min(), 0.5), 1, 26)
     ax.hist(conf[errors == 0], bins=bins, alpha=0.6, label=f"correct ({int((errors == 0).sum())})")
     ax.hist(conf[errors == 1], bins=bins, alpha=0.6, label=f"wrong ({int(errors.sum())})")
     ax.set_xlabel("confidence (" + thresholds.get("confidence", "max(p, 1-p)") + ")")
     ax.set_ylabel("images")
-    ax.set_title(f"Confidence of correct vs wrong (AUROC_f {_safe(M.auroc_failure, errors, conf):.3f})")
+    ax.set_title(f"Confidence of correct vs wrong (AUROC_f {auroc_f:.3f})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "confidence_histogram.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
-    lines = [f"# Report: {run.name}", "",
-             f"val_test, {len(y)} images; probabilities {'after calibration' if s['calibrated'] else 'of the model'}."
+
+def _write_markdown(run: Run, s: dict, summary: dict, thresholds: dict, path: Path) -> Path:
+    m = summary
+    lines = [f"# Report: {run.path.name}", "",
+             f"val_test, {len(s['y'])} images; probabilities {'after calibration' if s['calibrated'] else 'of the model'}."
              " Metrics are fractions (not x1000).", "",
-             f"- accuracy {_safe(M.accuracy, y, p):.4f}, MCC {_safe(M.mcc, y, p):.4f}, "
-             f"ECE {_safe(M.ece, y, p):.4f}, NLL {_safe(M.nll, y, p):.4f}, AURC {_safe(M.aurc, errors, conf):.4f}, "
-             f"AUGRC {_safe(M.augrc, errors, conf):.4f}"]
+             f"- accuracy {m['accuracy']:.4f}, MCC {m['mcc']:.4f}, ECE {m['ece']:.4f} ({ECE_BINS} bins), "
+             f"NLL {m['nll']:.4f}, AURC {m['aurc']:.4f}, AUGRC {m['augrc']:.4f}"]
     if thresholds:
         lines.append(f"- exit rule: {thresholds.get('exit') or 'none'}; {thresholds.get('guarantee', '')}")
     lines += ["", "![reliability](reliability.png)", "![risk-coverage](risk_coverage.png)",
               "![generalized risk-coverage](generalized_risk_coverage.png)",
               "![confidence histogram](confidence_histogram.png)", ""]
-    md = out / "report.md"
-    md.write_text("\n".join(lines))
-    return md
+    path.write_text("\n".join(lines))
+    return path
 
 
 def _exit_threshold(thresholds: dict) -> float | None:
-    """The certified confidence threshold of an LTT/SCRC exit, if any."""
-    for key, attr in (("ltt", "threshold_"), ("scrc", "threshold_")):
+    """The confidence threshold the exit rule accepts at, if any (older files: the LTT/SCRC state)."""
+    if "exit_threshold" in thresholds:
+        return None if thresholds["exit_threshold"] is None else number(thresholds["exit_threshold"])
+    for key in ("ltt", "scrc"):
         state = thresholds.get(key)
-        if state and state.get(attr) is not None:
-            return float(state[attr])
+        if state and state.get("threshold_") is not None:
+            return number(state["threshold_"])
     return None
+
+
+def _risk_level(thresholds: dict) -> float | None:
+    """The certified risk level to mark (older files, without 'bound': alpha)."""
+    if "bound" in thresholds:
+        return None if thresholds["bound"] is None else float(thresholds["bound"]["level"])
+    return thresholds.get("alpha")
