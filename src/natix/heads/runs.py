@@ -144,23 +144,13 @@ def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000
     return result
 
 
-def load_predictions(run: str | Path, split: str) -> dict[str, np.ndarray]:
-    """A split's stored predictions: :meth:`natix.rundir.Run.predictions` (kept for older callers)."""
-    return rundir.Run(run).predictions(split)
-
-
 def read_config(run: str | Path) -> dict:
     """A run's config.json: :attr:`natix.rundir.Run.config` (kept for older callers)."""
     return rundir.Run(run).config
 
 
-__all__ = ["CI_METRICS", "Dataset", "RunResult", "SPLITS", "evaluate_run", "fit_run", "load_dataset",
-           "load_predictions", "read_config", "resolve_splits"]
+__all__ = ["CI_METRICS", "Dataset", "RunResult", "SPLITS", "evaluate_run", "fit_run", "load_dataset", "read_config",
+           "resolve_splits"]
 
-# TRANSITIONAL: names other modules still import; removed once they use natix.metrics / natix.rundir.
-METRIC_NAMES, LOWER_IS_BETTER, confidence = M.METRIC_NAMES, M.LOWER_IS_BETTER, rundir.confidence
-
-
-def compute_metrics(y, prob, conf=None) -> dict:
-    """:func:`natix.metrics.split_metrics` (kept for older callers)."""
-    return M.split_metrics(y, prob, conf)
+# TRANSITIONAL: tests/test_cli_heads.py still imports it from here; the home is natix.metrics.
+METRIC_NAMES = M.METRIC_NAMES
