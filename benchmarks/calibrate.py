@@ -65,7 +65,8 @@ def main() -> None:
         ("SplitConformal (LAC, Mondrian)", lambda: SplitConformal(score="lac", alpha=0.1, mondrian=True).fit(p, y)),
         ("ConformalRiskControl (FNR)", lambda: ConformalRiskControl(loss="fnr", alpha=0.1).fit(p, y)),
         ("LearnThenTest (binomial)", lambda: LearnThenTest(alpha=0.1, delta=0.1).fit(conf, errors)),
-        ("LearnThenTest (Hoeffding-Bentkus)", lambda: LearnThenTest(alpha=0.1, delta=0.1, p_value="hb").fit(conf, errors)),
+        ("LearnThenTest (Hoeffding-Bentkus)",
+         lambda: LearnThenTest(alpha=0.1, delta=0.1, p_value="hb").fit(conf, errors)),
         ("SCRC inductive", lambda: SCRC(alpha=0.1, delta=0.1, acceptance=0.8).fit(p, y)),
         ("SCRC transductive", lambda: SCRC(alpha=0.1, delta=0.1, acceptance=0.8, mode="transductive").fit(
             p, y, test_confidence=test_conf)),

@@ -20,7 +20,6 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
@@ -29,20 +28,14 @@ from natix.calibrate.calibrators import CALIBRATORS, DecisionThreshold
 from natix.calibrate.exits import EXIT_RULES, EXITS, ExitLevels, ExitRule, create_exit
 from natix.calibrate.state import StateError
 from natix.errors import ConfigError, DataError
-from natix.jsonio import jsonable  # noqa: F401 - natix.cli still imports it from here; its home is natix.jsonio
 from natix.rundir import Run, write_predictions
 
 __all__ = ["EXITS", "METHODS", "SUMMARY_METRICS", "CalibrationMap", "CalibrationResult", "calibrate_run",
-           "calibration_from_json", "certify_fold", "load_split"]
+           "calibration_from_json", "certify_fold"]
 
 METHODS = tuple(CALIBRATORS)
 # The val_test metrics calibrate_run reports before and after calibration.
 SUMMARY_METRICS = ("ece", "nll", "brier", "mcc", "accuracy", "natix_reward")
-
-
-def load_split(run: str | Path, split: str) -> dict[str, np.ndarray]:
-    """A run's stored predictions for one split: ``Run(run).predictions(split)`` (kept for its callers)."""
-    return Run(run).predictions(split)
 
 
 def certify_fold(ids: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -133,8 +126,8 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
     calibration = cmap.to_json(rule)
     run.write_json("calibration.json", calibration)
     # The levels of the rules that certify, as before; a budget sits in its rule's state.
-    run.write_json("thresholds.json", {**thresholds, "guarantee": guarantee, "alpha": levels.alpha, "delta": levels.delta,
-                                       "acceptance": levels.acceptance,
+    run.write_json("thresholds.json", {**thresholds, "guarantee": guarantee, "alpha": levels.alpha,
+                                       "delta": levels.delta, "acceptance": levels.acceptance,
                                        "bound": rule.bound._asdict() if rule.bound else None})
     write_predictions(run.path, "val_test_calibrated", test["ids"], y_test,
                       {"prob": q_test, "confidence": conf_test, "accept": accept})

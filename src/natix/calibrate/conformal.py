@@ -311,7 +311,8 @@ class SplitConformal(BaseEstimator):
         self.mondrian = mondrian
 
     def fit(self, proba, y, groups=None) -> SplitConformal:
-        """Compute ``qhat`` from calibration probabilities ``(n,)``/``(n, 2)``, labels ``(n,)`` and optional groups ``(n,)``."""
+        """Compute ``qhat`` from calibration probabilities ``(n,)``/``(n, 2)``, labels ``(n,)``, groups ``(n,)``
+        (optional)."""
         alpha = unit_open(self.alpha, "alpha")
         score = _resolve_score(self.score)
         p = _proba(proba)

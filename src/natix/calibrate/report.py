@@ -132,9 +132,9 @@ def _plot_confidence(plt, errors: np.ndarray, conf: np.ndarray, auroc_f: float, 
 
 def _write_markdown(run: Run, s: dict, summary: dict, thresholds: dict, path: Path) -> Path:
     m = summary
+    which = "after calibration" if s["calibrated"] else "of the model"
     lines = [f"# Report: {run.path.name}", "",
-             f"val_test, {len(s['y'])} images; probabilities {'after calibration' if s['calibrated'] else 'of the model'}."
-             " Metrics are fractions (not x1000).", "",
+             f"val_test, {len(s['y'])} images; probabilities {which}. Metrics are fractions (not x1000).", "",
              f"- accuracy {m['accuracy']:.4f}, MCC {m['mcc']:.4f}, ECE {m['ece']:.4f} ({ECE_BINS} bins), "
              f"NLL {m['nll']:.4f}, AURC {m['aurc']:.4f}, AUGRC {m['augrc']:.4f}"]
     if thresholds:
