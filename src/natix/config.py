@@ -20,14 +20,18 @@ VIEW_COUNTS = (1, 10, 20)
 POOLS = ("cls", "cls+mean")
 STORE_DTYPES = ("float16", "float32")
 PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_LAYOUT = "grid"  # global view + grid tiles (+ flips): the view layout of every cache so far
 
 
 @dataclass(frozen=True)
 class ViewRecipe:
     """Which views of an image are extracted.
 
-    `n_views` is 1 (the global view), 1 + grid² (global + tiles) or 2·(1 + grid²) (the same
-    plus horizontal flips). The CLI's `--views 10|20` assume the default 3×3 grid.
+    With the default layout ``"grid"``, `n_views` is 1 (the global view), 1 + grid² (global +
+    tiles) or 2·(1 + grid²) (the same plus horizontal flips). The CLI's `--views 10|20` assume
+    the default 3×3 grid. Another `layout` is a view-table builder registered with
+    `natix.extract.views.register_layout`, which reads the fields it needs and must give
+    `n_views` views.
     """
 
     n_views: int = 10
@@ -35,12 +39,15 @@ class ViewRecipe:
     overlap: float = 0.125  # fraction of a tile's side shared with its neighbour
     view_size: int = 224  # side of the global view fed to the backbone
     tile_size: int = 224  # side of each tile fed to the backbone
+    layout: str = DEFAULT_LAYOUT  # the registered view-table builder
 
     def __post_init__(self) -> None:
         for name in ("n_views", "grid", "view_size", "tile_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ViewSpecError(f"{name} must be an integer, got {value!r}")
+        if not isinstance(self.layout, str) or not self.layout:
+            raise ViewSpecError(f"layout must be a registered view layout name, got {self.layout!r}")
         if isinstance(self.overlap, bool) or not isinstance(self.overlap, numbers.Real):
             raise ViewSpecError(f"overlap must be a number, got {self.overlap!r}: pass e.g. --overlap 0.125")
         # Equal recipes must have equal identities: overlap 0 and 0.0 give one fingerprint.
@@ -53,7 +60,7 @@ class ViewRecipe:
             )
         tiles = self.grid * self.grid
         valid = (1, 1 + tiles, 2 * (1 + tiles))
-        if self.n_views not in valid:
+        if self.layout == DEFAULT_LAYOUT and self.n_views not in valid:
             raise ViewSpecError(
                 f"--views {self.n_views} does not fit a {self.grid}x{self.grid} grid: "
                 f"pass --views one of {', '.join(map(str, valid))}"
@@ -77,8 +84,12 @@ class ViewRecipe:
         return self.n_views == 2 * (1 + self.grid * self.grid) and self.n_views > 2
 
     def identity(self) -> dict:
-        """The fields that change the features, as plain JSON values."""
-        return {
+        """The fields that change the features, as plain JSON values.
+
+        The layout is named only when it is not the grid, so caches written before layouts were
+        registered keep their fingerprints.
+        """
+        ident = {
             "n_views": self.n_views,
             "grid": self.grid if self.tiles else None,
             "overlap": self.overlap if self.tiles else None,
@@ -86,6 +97,32 @@ class ViewRecipe:
             "tile_size": self.tile_size if self.tiles else None,
             "flips": self.flips,
         }
+        if self.layout != DEFAULT_LAYOUT:
+            ident["layout"] = self.layout
+        return ident
+
+    @classmethod
+    def from_identity(cls, ident: dict) -> ViewRecipe:
+        """The recipe whose `identity` is `ident`; raises `ViewSpecError` when none is."""
+        def build(ident: dict) -> ViewRecipe:
+            tiles = ident["n_views"] > 1
+            return cls(n_views=ident["n_views"], grid=ident["grid"] if tiles else 3,
+                       overlap=ident["overlap"] if tiles else 0.125, view_size=ident["view_size"],
+                       tile_size=ident["tile_size"] if tiles else ident["view_size"],
+                       layout=ident.get("layout", DEFAULT_LAYOUT))
+
+        return _from_identity(ident, build, "view recipe", ViewSpecError)
+
+
+def _from_identity(ident: dict, build, what: str, error: type[ConfigError]):
+    """`build(ident)` when its identity is `ident` again; `error` naming `what` otherwise."""
+    try:
+        made = build(ident)
+    except (KeyError, TypeError, AttributeError, ConfigError):
+        made = None
+    if made is None or made.identity() != ident:
+        raise error(f"{what} {ident} is not one this natix implements: upgrade natix")
+    return made
 
 
 @dataclass(frozen=True)
@@ -105,6 +142,12 @@ class Preprocess:
     def identity(self) -> dict:
         """The fields that change the features, as plain JSON values."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_identity(cls, ident: dict) -> Preprocess:
+        """The preprocessing whose `identity` is `ident`; raises `ConfigError` when none is."""
+        return _from_identity(ident, lambda d: cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}),
+                              "preprocessing", ConfigError)
 
 
 @dataclass(frozen=True)

@@ -392,3 +392,35 @@ def test_fast_jpeg_path_is_pixel_identical_to_pil(mode, kwargs):
     np.testing.assert_array_equal(fast, slow)
     with pytest.raises(DecodeError, match="truncated|corrupt"):
         decode_image(data[:-2])
+
+
+# --- PIL images (what a caller of a bundle may pass) -----------------------------------------
+
+
+@pytest.mark.parametrize("build", VALID)
+def test_decode_pil_follows_the_same_rules_as_decode_image(build: Callable[[], Built]) -> None:
+    from natix.data.decode import decode_pil
+
+    data, _, _ = build()
+    out = decode_pil(Image.open(io.BytesIO(data)))
+    np.testing.assert_array_equal(out, decode_image(data, fast_jpeg=False))
+    assert out.dtype == np.uint8 and out.flags.c_contiguous and out.flags.writeable
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_decode_pil_applies_exif_orientation(orientation: int) -> None:
+    from natix.data.decode import decode_pil
+
+    data = _marked_jpeg(orientation)
+    np.testing.assert_array_equal(decode_pil(Image.open(io.BytesIO(data))), decode_image(data, fast_jpeg=False))
+
+
+def test_decode_pil_refuses_truncation_and_the_pixel_budget() -> None:
+    from natix.data.decode import decode_pil
+
+    cut = _png_bytes()[: len(_png_bytes()) // 2]
+    with pytest.raises(DecodeError, match="truncated|corrupt"):
+        decode_pil(Image.open(io.BytesIO(cut)))  # opened lazily: the damage surfaces when decoding
+    with pytest.raises(DecodeError, match="64x64 = 4,096 pixels exceeds the 4,095-pixel limit"):
+        decode_pil(_noise(), max_pixels=4095)
+    assert decode_pil(_noise(), max_pixels=4096).shape == (64, 64, 3)

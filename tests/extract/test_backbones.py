@@ -180,7 +180,7 @@ def test_timm_name_with_checkpoint_file(tmp_path):
 
 @pytest.mark.parametrize("kind", ["transformers", "timm"])
 def test_folding_the_normalisation_into_the_patch_embedding_is_exact(kind, tiny_backbone, tiny_timm_dir):
-    from natix.extract.extractor import fold_normalization
+    from natix.extract.featurizer import fold_normalization
     from natix.extract.views import normalize
 
     spec = str(tiny_backbone) if kind == "transformers" else f"timm:local-dir:{tiny_timm_dir}"

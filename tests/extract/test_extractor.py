@@ -170,32 +170,27 @@ def test_workers_give_the_same_features(demo_images, tiny_backbone, tmp_path):
     _same_cache(a.cache_file, b.cache_file)
 
 
-def test_oom_halves_the_batch_and_loses_nothing(demo_images, tiny_backbone, tmp_path, monkeypatch):
+def test_oom_halves_the_batch_and_loses_nothing(demo_images, tiny_backbone, tmp_path, monkeypatch, caplog):
+    from natix.extract.featurizer import Featurizer
+
     reference = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "ref", options=FAST)
-    import natix.extract.extractor as ex
-
     calls = []
-    real = ex._Forward.__call__
+    real = Featurizer._pooled
 
-    def flaky(self, x):
-        calls.append(self.micro)
-        original = self.backbone
+    def flaky(self, pixels):
+        calls.append(pixels.shape[0])
+        if pixels.shape[0] > 10:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, pixels)
 
-        class Guard(torch.nn.Module):
-            def forward(self, pixels):
-                if pixels.shape[0] > 10:
-                    raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-                return original(pixels)
-
-        self.backbone = Guard()
-        try:
-            return real(self, x)
-        finally:
-            self.backbone = original
-
-    monkeypatch.setattr(ex._Forward, "__call__", flaky)
-    r = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "oom", options=FAST)
+    monkeypatch.setattr(Featurizer, "_pooled", flaky)
+    with caplog.at_level("WARNING", logger="natix.extract.featurizer"):
+        r = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "oom", options=FAST)
     assert r.batch_size == 1 and r.extracted == 12  # 40 views → 20 → 10 views per forward
+    assert calls[:3] == [40, 20, 10] and set(calls[3:]) == {10}  # later batches keep the reached size
+    assert [m for m in caplog.messages if "out of memory" in m] == [
+        "CUDA out of memory: retrying the same images 2 per forward",
+        "CUDA out of memory: retrying the same images 1 per forward"]
     a, b = open_cache(reference.cache_file), open_cache(r.cache_file)
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_allclose(a.features(), b.features(), atol=2e-3)
@@ -429,10 +424,10 @@ def test_non_utf8_file_names_are_per_image_failures(demo_images, tiny_backbone, 
 
 
 def test_float16_overflow_is_refused_with_the_fix(demo_images, tiny_backbone, tmp_path, monkeypatch):
-    import natix.extract.extractor as ex
+    from natix.extract.featurizer import Featurizer
 
-    real = ex._Forward.__call__
-    monkeypatch.setattr(ex._Forward, "__call__", lambda self, x: real(self, x) * 1e6)
+    real = Featurizer.forward
+    monkeypatch.setattr(Featurizer, "forward", lambda self, views: real(self, views) * 1e6)
     with pytest.raises(NatixError, match="overflow float16.*--store-dtype float32"):
         extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c",
                 options=FAST)

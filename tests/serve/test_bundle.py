@@ -185,12 +185,12 @@ def test_other_backbone_weights_are_refused(served, tmp_path):
 
 
 def test_moved_backbone_weights_load_with_an_override(served, tiny_backbone, tmp_path):
-    from natix.serve.bundle import _digest
+    from natix.serve.manifest import digest
 
     b = tampered_copy(served.plain, tmp_path / "bundle")
     m = json.loads((b / "manifest.json").read_text())
     m["stages"][0]["backbone"]["spec"] = str(tmp_path / "gone" / "model")
-    m["manifest_sha256"] = _digest(m)  # a consistent manifest whose weights have moved away
+    m["manifest_sha256"] = digest(m)  # a consistent manifest whose weights have moved away
     (b / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BackboneError, match="backbone=PATH"):
         load_bundle(b)

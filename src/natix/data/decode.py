@@ -23,10 +23,10 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, fast_jpeg: bool =
 
     JPEGs go through torchvision's libjpeg-turbo decoder (about 1.6x faster than PIL on
     1080p frames and pixel-identical to PIL's, which the tests check); everything else, and
-    `fast_jpeg=False`, through PIL. Raises `DecodeError` with a short reason for anything
-    that is not a complete image.
+    `fast_jpeg=False`, through PIL (:func:`decode_pil`). Raises `DecodeError` with a short
+    reason for anything that is not a complete image.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise DecodeError("empty file")
@@ -35,12 +35,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, fast_jpeg: bool =
             # Our own pixel budget below replaces PIL's warning; keep PIL's hard limit too.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > max_pixels:
-                raise DecodeError(
-                    f"{w}x{h} = {w * h:,} pixels exceeds the {max_pixels:,}-pixel limit "
-                    "(decompression-bomb guard)"
-                )
+            _check_budget(*im.size, max_pixels)
             if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK") and fast_jpeg:
                 arr = _decode_jpeg(data)
                 if arr is not None:
@@ -49,8 +44,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, fast_jpeg: bool =
                 # load() skips IDAT checksums; verify() checks every chunk's CRC (on a copy,
                 # since a verified image cannot be loaded).
                 Image.open(io.BytesIO(data)).verify()
-            im.load()  # full decode now, so truncation surfaces here
-            im = ImageOps.exif_transpose(im)
+            return decode_pil(im, max_pixels=max_pixels)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -59,9 +53,32 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, fast_jpeg: bool =
         raise DecodeError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
-    if im.width < 1 or im.height < 1:
-        raise DecodeError(f"image has no pixels ({im.width}x{im.height})")
-    return _to_rgb(im)
+
+
+def decode_pil(im, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A PIL image → C-contiguous ``[H, W, 3]`` uint8 RGB with :func:`decode_image`'s rules.
+
+    The pixel budget is checked before the pixels are loaded (a lazily opened file decodes
+    here, so truncation surfaces here), EXIF orientation is applied, and every mode becomes
+    RGB as :func:`decode_image` makes it. Raises `DecodeError` with a short reason.
+    """
+    from PIL import ImageOps
+
+    w, h = im.size
+    _check_budget(w, h, max_pixels)
+    if w < 1 or h < 1:
+        raise DecodeError(f"image has no pixels ({w}x{h})")
+    try:
+        im.load()
+        return _to_rgb(ImageOps.exif_transpose(im))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DecodeError(f"corrupt or truncated image: {exc}") from None
+
+
+def _check_budget(w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise DecodeError(f"{w}x{h} = {w * h:,} pixels exceeds the {max_pixels:,}-pixel limit "
+                          "(decompression-bomb guard)")
 
 
 def _jpeg_decoder():

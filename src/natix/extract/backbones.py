@@ -13,20 +13,31 @@ Spec grammar for ``--backbone``:
 - ``timm:vit_large_patch16_dinov3``: a timm architecture, pretrained weights from the Hub,
   or from ``--checkpoint FILE`` (.safetensors, or a torch checkpoint read with
   ``weights_only=True``);
-- ``timm:local-dir:/path`` / ``timm:hf-hub:org/name``: timm's own folder/Hub formats.
+- ``timm:local-dir:/path`` / ``timm:hf-hub:org/name``: timm's own folder/Hub formats;
+- ``LOADER:NAME``: any loader registered with :func:`register_loader` (``transformers:`` may
+  be written too; a spec without a registered prefix goes to the transformers loader).
+
+A loader is one function ``fn(name, *, checkpoint) -> LoadedModel`` registered under its
+name; the name enters the identity (``identity["loader"]``), so caches of two loaders never
+mix.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import inspect
 import json
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from natix.config import POOLS
 from natix.errors import BackboneError
+from natix.extract.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -60,24 +71,54 @@ def hash_tensors(named) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """What a backbone loader returns: the model and how to read its tokens.
+
+    ``tokens(model, pixels [B, 3, S, S]) -> [B, N, width]`` gives the final tokens (after the
+    last norm): ``n_prefix`` of them (CLS first, then registers) before the patch tokens.
+    ``arch`` is the architecture part of the identity (plain JSON, no path). ``patch_embed``
+    is the dotted name of the patch-embedding convolution inside `model` (None if it has
+    none), where the featurizer may fold the input normalisation.
+    """
+
+    model: object
+    arch: dict
+    n_prefix: int
+    width: int
+    tokens: Callable
+    patch_embed: str | None = None
+
+
+LOADERS = Registry("backbone loader", error=BackboneError,
+                   hint=" as LOADER:NAME, or a Hub id or local directory for transformers")
+register_loader = LOADERS.register
+_LOADER_PREFIX = re.compile(r"^([A-Za-z][\w-]*):(.*)$")
+
+
+@functools.lru_cache(maxsize=1)
 def _backbone_module():
     import torch
 
     class Backbone(torch.nn.Module):
         """Pools a ViT's final tokens: CLS, or CLS concatenated with the mean patch token."""
 
-        def __init__(self, model, *, kind: str, n_prefix: int, width: int, pool: str):
+        def __init__(self, loaded: LoadedModel, *, kind: str, pool: str):
             super().__init__()
-            self.model = model
-            self.kind = kind
-            self.n_prefix = n_prefix  # CLS + register tokens before the patch tokens
+            self.model = loaded.model
+            self.kind = kind  # the loader's registered name
+            self.n_prefix = loaded.n_prefix  # CLS + register tokens before the patch tokens
             self.pool = pool
-            self.dim = width * (2 if pool == "cls+mean" else 1)
+            self.dim = loaded.width * (2 if pool == "cls+mean" else 1)
+            self._tokens = loaded.tokens
+            self._patch_embed = loaded.patch_embed
 
         def tokens(self, pixels):
-            if self.kind == "transformers":
-                return self.model(pixel_values=pixels).last_hidden_state
-            return self.model.forward_features(pixels)
+            return self._tokens(self.model, pixels)
+
+        def patch_embedding(self):
+            """The patch-embedding convolution, or None when the loader named none."""
+            return None if self._patch_embed is None else self.model.get_submodule(self._patch_embed)
 
         def forward(self, pixels):
             tokens = self.tokens(pixels)
@@ -89,41 +130,63 @@ def _backbone_module():
     return Backbone
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """``(loader name, what the loader gets)`` of a ``--backbone`` spec.
+
+    An existing path, or a spec without a ``word:`` prefix, goes to the transformers loader whole;
+    an unregistered prefix raises with the registered names.
+    """
+    match = _LOADER_PREFIX.match(spec)
+    if match is None or Path(spec).expanduser().exists():
+        return "transformers", spec
+    LOADERS.get(match.group(1))
+    return match.group(1), match.group(2)
+
+
 def load_backbone(name: str, *, checkpoint: str | None = None, adapter: str | None = None,
                   pool: str = "cls"):
     """Load a frozen backbone in eval mode on CPU.
 
-    Returns ``(backbone, identity)`` where identity is a JSON dict with the weight hash,
-    architecture, adapter hash and pooling, and no name or path: the same weights loaded from
-    another place have the same identity. Raises `BackboneError` with a fix on failure.
+    Returns ``(backbone, identity)`` where identity is a JSON dict with the loader's name, the
+    weight hash, architecture, adapter hash and pooling, and no name or path: the same weights
+    loaded from another place have the same identity. Raises `BackboneError` with a fix on
+    failure.
     """
     if pool not in POOLS:
         raise BackboneError(f"unknown pooling '{pool}': pass --pool one of {', '.join(POOLS)}")
-    if name.startswith("timm:"):
-        model, ident, n_prefix, width = _load_timm(name[len("timm:"):], checkpoint)
-        kind = "timm"
-    else:
-        if checkpoint:
-            raise BackboneError("--checkpoint applies to timm backbones only: for transformers pass the "
-                                "directory as --backbone")
-        model, ident, n_prefix, width = _load_transformers(name)
-        kind = "transformers"
-    ident["weights_sha256"] = hash_tensors(model.state_dict().items())
-    ident["adapter"] = None
+    kind, what = split_spec(name)
+    loaded = LOADERS.get(kind)(what, checkpoint=checkpoint)
+    model = loaded.model
+    ident = {"loader": kind, "arch": loaded.arch, "weights_sha256": hash_tensors(model.state_dict().items()),
+             "adapter": None}
     if adapter:
         model, ident["adapter"] = _merge_adapter(model, adapter)
+        loaded = dataclasses.replace(loaded, model=model)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    backbone = _backbone_module()(model, kind=kind, n_prefix=n_prefix, width=width, pool=pool).eval()
+    backbone = _backbone_module()(loaded, kind=kind, pool=pool).eval()
     ident["pool"] = pool
-    ident["n_prefix_tokens"] = n_prefix
+    ident["n_prefix_tokens"] = loaded.n_prefix
     return backbone, ident
 
 
-def _load_transformers(name: str):
+def _hf_tokens(model, pixels):
+    return model(pixel_values=pixels).last_hidden_state
+
+
+def _timm_tokens(model, pixels):
+    return model.forward_features(pixels)
+
+
+@register_loader("transformers")
+def load_transformers(name: str, *, checkpoint: str | None) -> LoadedModel:
     """DINOv3ViTModel from a local directory or a Hub id."""
     from transformers import AutoConfig, DINOv3ViTModel
+
+    if checkpoint:
+        raise BackboneError("--checkpoint applies to timm backbones only: for transformers pass the "
+                            "directory as --backbone")
 
     path = Path(name).expanduser()
     local = path.is_dir()
@@ -163,11 +226,12 @@ def _load_transformers(name: str):
     generic = set(inspect.signature(PretrainedConfig.__init__).parameters)
     own = set(inspect.signature(type(config).__init__).parameters) - generic - {"self", "kwargs"}
     arch = {k: v for k, v in config.to_dict().items() if k in own and k not in _CONFIG_NOISE}
-    ident = {"loader": "transformers", "arch": arch}
-    return model, ident, 1 + int(config.num_register_tokens), int(config.hidden_size)
+    return LoadedModel(model=model, arch=arch, n_prefix=1 + int(config.num_register_tokens),
+                       width=int(config.hidden_size), tokens=_hf_tokens, patch_embed="embeddings.patch_embeddings")
 
 
-def _load_timm(name: str, checkpoint: str | None):
+@register_loader("timm")
+def load_timm(name: str, *, checkpoint: str | None) -> LoadedModel:
     """A timm model by name (+ optional checkpoint file) or timm's local-dir/hf-hub forms."""
     import timm
 
@@ -192,8 +256,8 @@ def _load_timm(name: str, checkpoint: str | None):
     arch = {"architecture": model.default_cfg.get("architecture", name.split(":")[-1]),
             "embed_dim": int(model.num_features), "depth": len(getattr(model, "blocks", [])),
             "num_prefix_tokens": int(model.num_prefix_tokens)}
-    ident = {"loader": "timm", "arch": arch}
-    return model, ident, int(model.num_prefix_tokens), int(model.num_features)
+    return LoadedModel(model=model, arch=arch, n_prefix=int(model.num_prefix_tokens),
+                       width=int(model.num_features), tokens=_timm_tokens, patch_embed="patch_embed.proj")
 
 
 def _load_checkpoint(model, path: Path) -> None:

@@ -1,9 +1,14 @@
 """View geometry (pure numpy) and batched view building (torch, any device).
 
-A recipe's views, in this order: the global view (the whole image), then the grid tiles
-row by row (`tile_r0c0`, `tile_r0c1`, ...), then, when the recipe has flips, the same views
-mirrored horizontally (`global_flip`, `tile_r0c0_flip`, ...). A flipped view has the box of
-its unflipped twin; only the pixels are mirrored.
+A recipe's views come from its layout, a registered function ``recipe -> list[View]`` (the
+view table: names, unit boxes, flips, sides); `build_views` cuts any table's views. The one
+layout so far, ``grid``: the global view (the whole image), then the grid tiles row by row
+(`tile_r0c0`, `tile_r0c1`, ...), then, when the recipe has flips, the same views mirrored
+horizontally (`global_flip`, `tile_r0c0_flip`, ...). A flipped view has the box of its
+unflipped twin; only the pixels are mirrored. A new layout is one function::
+
+    @register_layout("centre")
+    def centre(recipe: ViewRecipe) -> list[View]: ...
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from natix.config import ViewRecipe
+from natix.errors import ViewSpecError
+from natix.extract.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -40,10 +47,18 @@ def tile_edges(grid: int, overlap: float) -> np.ndarray:
     return edges
 
 
+LAYOUTS = Registry("view layout", error=ViewSpecError, hint=" as ViewRecipe(layout=...)")
+register_layout = LAYOUTS.register
+
+
 @functools.lru_cache(maxsize=64)
 def _table(recipe: ViewRecipe) -> tuple[View, ...]:
-    """Memoised `view_table` (recipes are frozen, so hashable)."""
-    return tuple(_make_table(recipe))
+    """Memoised view table of `recipe` (recipes are frozen, so hashable), checked against `n_views`."""
+    views = tuple(LAYOUTS.get(recipe.layout)(recipe))
+    if len(views) != recipe.n_views:
+        raise ViewSpecError(f"view layout '{recipe.layout}' gives {len(views)} views for n_views="
+                            f"{recipe.n_views}: pass n_views={len(views)}")
+    return views
 
 
 def view_table(recipe: ViewRecipe) -> list[View]:
@@ -51,8 +66,9 @@ def view_table(recipe: ViewRecipe) -> list[View]:
     return list(_table(recipe))
 
 
-def _make_table(recipe: ViewRecipe) -> list[View]:
-    """Build the view table of `recipe`."""
+@register_layout("grid")
+def grid_layout(recipe: ViewRecipe) -> list[View]:
+    """The global view, the ``grid × grid`` overlapping tiles row by row, then their flips."""
     views = [View("global", (0.0, 0.0, 1.0, 1.0), False, recipe.view_size)]
     if recipe.tiles:
         edges = tile_edges(recipe.grid, recipe.overlap)
@@ -62,7 +78,6 @@ def _make_table(recipe: ViewRecipe) -> list[View]:
                 views.append(View(f"tile_r{r}c{c}", box, False, recipe.tile_size))
     if recipe.flips:
         views += [View(f"{v.name}_flip", v.box, True, v.size) for v in views]
-    assert len(views) == recipe.n_views
     return views
 
 

@@ -1,0 +1,155 @@
+"""One run stage of a bundle, ready to answer: its featurizer, head and calibration map.
+
+A stage's manifest entry says how images became the features its head was trained on (backbone
+spec and weight hashes, view recipe, preprocessing, pooling, precision, store dtype). Loading
+rebuilds exactly that :class:`natix.extract.Featurizer`, the one that filled the cache, and
+refuses weights whose hashes differ from the bundle's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from natix import jsonio
+from natix import metrics as M
+from natix.errors import BackboneError, DataError, NatixError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FORWARD_IMAGES", "Stage", "build_head", "check_backbone"]
+
+FORWARD_IMAGES = 32  # images per backbone forward of a stage (halved on CUDA out-of-memory)
+# The preprocessing rules the featurizer implements; a bundle naming others cannot be served.
+_SERVED_PREPROCESS = {"resize": "squash", "sampler": "bilinear-antialias-uint8", "decode": "pil-rgb-exif"}
+
+
+def build_head(head: dict, data: bytes, *, where: str):
+    """The head model of a stage entry, weights loaded strictly, in eval mode."""
+    from safetensors.torch import load as load_safetensors
+
+    from natix.heads.train import HeadConfig
+
+    try:
+        model = HeadConfig(**head["config"]).build(int(head["dim"]), int(head["n_views"]))
+        model.load_state_dict(load_safetensors(data), strict=True)
+    except (TypeError, KeyError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"the head of {where} does not load ({first}): refit the run with natix fit-head") from None
+    return model.eval()
+
+
+def check_backbone(ident: dict, spec: dict) -> None:
+    """Refuse weights, adapters or architectures other than the bundle's."""
+    want, got = spec["weights_sha256"], ident["weights_sha256"]
+    if got != want:
+        raise BackboneError(f"backbone weights hash {got[:12]} does not match the bundle's {want[:12]}: pass the "
+                            "weights the bundle was exported with")
+    want_a = spec["adapter_sha256"]
+    got_a = (ident.get("adapter") or {}).get("weights_sha256")
+    if got_a != want_a:
+        raise BackboneError(f"adapter weights hash {str(got_a)[:12]} does not match the bundle's {str(want_a)[:12]}: "
+                            "pass the adapter the bundle was exported with (or none if it had none)")
+    expected = spec["identity"]
+    ident = jsonio.jsonable(ident)  # tuples → lists, as the manifest holds them
+    differ = sorted(k for k in set(expected) | set(ident) if expected.get(k) != ident.get(k))
+    if differ:
+        raise BackboneError(f"backbone {', '.join(differ)} differ from the bundle's: pass the backbone the bundle "
+                            "was exported with (same loader and configuration)")
+
+
+def _recipe_and_preprocess(stage: dict):
+    """The `ViewRecipe` and `Preprocess` of a stage entry; only what this natix implements."""
+    from natix.config import Preprocess, ViewRecipe
+
+    ident = stage["preprocess"]
+    unknown = {k: ident.get(k) for k, v in _SERVED_PREPROCESS.items() if ident.get(k) != v}
+    if unknown:
+        raise DataError(f"bundle preprocessing {unknown} is not one this natix implements: upgrade natix")
+    try:
+        recipe, preprocess = ViewRecipe.from_identity(stage["recipe"]), Preprocess.from_identity(ident)
+    except NatixError as exc:
+        raise DataError(f"bundle {exc}") from None
+    if recipe.n_views != stage["head"]["n_views"]:
+        raise DataError(f"bundle recipe has {recipe.n_views} views but the head expects "
+                        f"{stage['head']['n_views']}: re-export the bundle")
+    return recipe, preprocess
+
+
+def _load_backbone(stage: dict, *, backbone, checkpoint, adapter):
+    """The stage's backbone from the given paths (default: the recorded ones), hashes checked."""
+    from natix.extract.backbones import load_backbone
+
+    spec = stage["backbone"]
+    try:
+        model, ident = load_backbone(backbone or spec["spec"], checkpoint=checkpoint or spec["checkpoint"],
+                                     adapter=adapter or spec["adapter"], pool=stage["pool"])
+    except BackboneError as exc:
+        if backbone or checkpoint or adapter:
+            raise
+        raise BackboneError(f"{exc} (if the bundle's weights moved, pass load_bundle(..., backbone=PATH))") from None
+    check_backbone(ident, spec)
+    return model
+
+
+@dataclass
+class Stage:
+    """One stage ready to run: the featurizer of its cache, its head and calibration map."""
+
+    featurizer: object  # natix.extract.Featurizer
+    head: object
+    calibrate: object  # p (n,) → q (n,), or None
+
+    @property
+    def device(self):
+        return self.featurizer.device
+
+    @classmethod
+    def load(cls, stage: dict, blobs: dict[str, bytes], device, *, backbone=None, checkpoint=None, adapter=None,
+             precision: str | None = None) -> Stage:
+        """The stage of manifest entry `stage` on `device`; `precision` None: the cache's own."""
+        from natix.cache.fingerprint import EXTRACTOR_VERSION
+        from natix.calibrate.apply import calibration_from_json
+        from natix.extract.featurizer import Featurizer
+
+        if stage["extractor_version"] != EXTRACTOR_VERSION:
+            raise DataError(f"bundle features come from extractor version {stage['extractor_version']}, this natix "
+                            f"extracts version {EXTRACTOR_VERSION}: re-extract, refit and re-export with this natix")
+        recipe, preprocess = _recipe_and_preprocess(stage)
+        head = build_head(stage["head"], blobs[stage["head_file"]], where="the bundle")
+        calibrate = None
+        if stage["calibration"] is not None:
+            calibrate = calibration_from_json(stage["calibration"], thresholds=stage["thresholds"])
+        model = _load_backbone(stage, backbone=backbone, checkpoint=checkpoint, adapter=adapter)
+        precision = precision or stage["precision"]
+        if precision != stage["precision"]:
+            log.info("serving in %s while the cache was extracted in %s: features differ slightly from the cache",
+                     precision, stage["precision"])
+        featurizer = Featurizer(model, recipe, preprocess, device=device, precision=precision,
+                                store_dtype=stage["store_dtype"], batch_size=FORWARD_IMAGES)
+        return cls(featurizer=featurizer, head=head.to(featurizer.device), calibrate=calibrate)
+
+    def features(self, images: list[np.ndarray]) -> np.ndarray:
+        """Features ``[n, V, D]`` in the store dtype of decoded ``[H, W, 3]`` uint8 images; an image
+        whose features overflow the store dtype gets inf entries (the caller answers the prior)."""
+        from natix.extract.featurizer import as_chw
+
+        return self.featurizer.features([as_chw(a) for a in images])
+
+    def raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Uncalibrated P(roadwork) ``(n,)`` of features ``[n, V, D]`` and the routing confidence
+        (:func:`natix.metrics.confidence`: the gate score when the head has a gate, else
+        ``max(p, 1 - p)``, as the router was fitted)."""
+        from natix.heads.train import predict
+
+        out = predict(self.head, X, device=str(self.device))
+        return out["prob"], M.confidence(out["prob"], out.get("gate"))
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated P(roadwork) ``(n,)`` of features ``[n, V, D]``."""
+        from natix.heads.train import predict
+
+        prob = predict(self.head, X, device=str(self.device))["prob"]
+        return self.calibrate(prob) if self.calibrate is not None else prob
