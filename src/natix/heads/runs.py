@@ -144,13 +144,7 @@ def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000
     return result
 
 
-def read_config(run: str | Path) -> dict:
-    """A run's config.json: :attr:`natix.rundir.Run.config` (kept for older callers)."""
-    return rundir.Run(run).config
-
-
-__all__ = ["CI_METRICS", "Dataset", "RunResult", "SPLITS", "evaluate_run", "fit_run", "load_dataset", "read_config",
-           "resolve_splits"]
+__all__ = ["CI_METRICS", "Dataset", "RunResult", "SPLITS", "evaluate_run", "fit_run", "load_dataset", "resolve_splits"]
 
 # TRANSITIONAL: tests/test_cli_heads.py still imports it from here; the home is natix.metrics.
 METRIC_NAMES = M.METRIC_NAMES
