@@ -310,6 +310,53 @@ def test_evaluate_bad_split_and_bad_run(fitted, tmp_path):
         assert "not a natix run" in line and str(not_a_run) in line, line
 
 
+# --------------------------------------------------------------------------- calibrate
+
+
+def test_calibrate_names_are_the_library_names():
+    """The CLI writes the method and exit names out (importing them loads scikit-learn at --help)."""
+    from natix.calibrate.apply import EXITS, METHODS
+    from natix.cli.calibrate import EXITS as CLI_EXITS
+    from natix.cli.calibrate import METHODS as CLI_METHODS
+
+    assert list(CLI_EXITS) == list(EXITS) and list(CLI_METHODS) == list(METHODS)
+
+
+def test_calibrate_budget_exit(fitted, tmp_path):
+    import shutil
+
+    _ok(fitted[0])
+    run_dir = shutil.copytree(fitted[1], tmp_path / "budget")
+    out = _ok(run("calibrate", run_dir, "--exit", "budget", "--budget", "0.3", "--json")).output
+    res = json.loads(out)
+    thr = res["thresholds"]
+    assert thr["exit"] == "budget" and thr["certified"] is False and thr["budget"]["budget"] == 0.3
+    assert thr["budget"]["deferred_fraction_"] <= 0.3 and "bound" not in res["val_test"]
+    assert res["guarantee"].startswith("budget: no guarantee")
+    text = _ok(run("calibrate", run_dir, "--exit", "budget", "--budget", "0.3")).output
+    assert "exit budget" in text and "guarantee: budget: no guarantee" in text
+    assert "certified bound" not in text
+    line = _one_line_error(run("calibrate", run_dir, "--exit", "budget", "--budget", "1.5"), 1)
+    assert "budget" in line, line
+    line = _one_line_error(run("calibrate", run_dir, "--exit", "maybe"), 2)
+    assert "'maybe' is not one of" in line and "budget" in line, line
+
+
+def test_cascade_prints_what_the_library_wrote(fitted, cache, tmp_path):
+    """`cascade --json` is strict JSON of cascade_run's values: the numbers of cascade.json."""
+    _ok(fitted[0])
+    _ok(run("fit-head", cache, *FAST, "--out", tmp_path / "s1"))
+    args = ["cascade", "--stage1", tmp_path / "s1", "--stage2", fitted[1], "--budget", "0.5",
+            "--out", tmp_path / "casc"]
+    res = json.loads(_ok(run(*args, "--json")).output)
+    doc = json.loads((tmp_path / "casc" / "cascade.json").read_text())
+    assert res["mode"] == doc["mode"] == "budget" and res["router"]["budget"] == 0.5
+    assert {k: res[k] for k in doc["metrics"]} == doc["metrics"] and res["thresholds"] == doc["router"]["thresholds"]
+    assert res["files"] == doc["files"] and "predictions" not in res
+    text = _ok(run(*args)).output
+    assert f"accuracy {doc['metrics']['accuracy']:.4f}" in text and doc["calibration"]["guarantee"] in text
+
+
 # --------------------------------------------------------------------------- tier 1 -> tier 2
 
 

@@ -7,10 +7,10 @@ import click
 from natix.cli.common import echo_json
 from natix.cli.group import cli, library_errors
 
-# Literal names: importing natix.calibrate for its lists would load scikit-learn on `natix --help`.
+# The names of natix.calibrate.apply.METHODS and EXITS, written out: importing them would load
+# scikit-learn on `natix --help` (tests/test_cli.py checks that both lists agree).
 METHODS = ["temperature", "platt", "beta", "isotonic"]
-EXITS = ["ltt", "crc", "scrc"]
-SUMMARY_METRICS = ("ece", "nll", "brier", "mcc", "accuracy", "natix_reward")
+EXITS = ["ltt", "crc", "scrc", "budget"]
 
 
 def bound_line(t: dict) -> str | None:
@@ -31,7 +31,7 @@ def calibration_summary(res) -> str:
     t = res.table
     b, a = t["before"], t["after"]
     lines = [f"val_test ({t['n']} images; fractions, not x1000)", f"{'':<14}{'before':>10}{'after':>10}"]
-    lines += [f"{k:<14}{b[k]:>10.4f}{a[k]:>10.4f}" for k in SUMMARY_METRICS]
+    lines += [f"{k:<14}{b[k]:>10.4f}{a[k]:>10.4f}" for k in b]
     lines.append(f"coverage {t['coverage']:.4f} ({t['accepted']} accepted), selective risk {t['selective_risk']:.4f}")
     bound = bound_line(t)
     if bound is not None:
@@ -44,19 +44,22 @@ def calibration_summary(res) -> str:
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--method", type=click.Choice(METHODS), default="platt", show_default=True)
 @click.option("--exit", "exit_rule", type=click.Choice(EXITS), default=None,
-              help="Certified exit rule (none: no deferral).")
+              help="Exit rule: ltt, crc, scrc (certified) or budget (defer at most --budget, no guarantee); "
+                   "none: no deferral.")
 @click.option("--alpha", default=0.1, show_default=True, help="Risk level of the guarantee.")
 @click.option("--delta", default=0.1, show_default=True, help="Failure probability (LTT, SCRC).")
 @click.option("--target-fnr", type=float, default=None, help="Pick the decision threshold for this FNR.")
 @click.option("--acceptance", default=0.8, show_default=True, help="SCRC: target acceptance rate.")
+@click.option("--budget", default=0.2, show_default=True,
+              help="--exit budget: largest fraction of the calibration images deferred.")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
-def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, as_json) -> None:
+def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, budget, as_json) -> None:
     """Calibrate a run on val_calib and certify an exit rule; report on val_test."""
     from natix.calibrate.apply import calibrate_run
 
     res = calibrate_run(run, method=method, exit=exit_rule, alpha=alpha, delta=delta, target_fnr=target_fnr,
-                        acceptance=acceptance)
+                        acceptance=acceptance, budget=budget)
     if as_json:
         echo_json({"calibration": res.calibration, "thresholds": res.thresholds, "val_test": res.table,
                    "guarantee": res.guarantee})

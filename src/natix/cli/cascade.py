@@ -78,25 +78,24 @@ def tune_gatekeeper(run, alphas, stage2, out, epochs, threads, as_json) -> None:
 
 def cascade_text(res: dict) -> str:
     """`natix cascade` as text, from what `cascade_run` returns."""
-    m, gf = res, res["compute"].get("expected_gflops")
+    gf = res["compute"].get("expected_gflops")
     compute = (f"{gf:.3f} GFLOPs (expected over the routing)" if isinstance(gf, (int, float))
                else "unknown (synthetic or unrecognised backbone)")
     return "\n".join([
-        f"cascade ({res['router'].mode_}) -> {res['out']}/cascade.json, cascade_curve.csv, cascade_curve.png",
-        f"thresholds per stage: {res['router'].thresholds_}",
-        f"val_test ({m['n']} images; fractions): accuracy {m['accuracy']:.4f}, MCC {m['mcc']:.4f}, "
-        f"NATIX reward {m['natix_reward']:.4f}",
-        "reaching stage 2, 3, ...: " + ", ".join(f"{d:.4f}" for d in m["deferral"]),
+        f"cascade ({res['mode']}) -> {res['out']}/cascade.json, cascade_curve.csv, cascade_curve.png",
+        f"thresholds per stage: {res['thresholds']}",
+        f"val_test ({res['n']} images; fractions): accuracy {res['accuracy']:.4f}, MCC {res['mcc']:.4f}, "
+        f"NATIX reward {res['natix_reward']:.4f}",
+        "reaching stage 2, 3, ...: " + ", ".join(f"{d:.4f}" for d in res["deferral"]),
         f"compute per image: {compute}",
         f"guarantee: {res['calibration']['guarantee']}"])
 
 
 def cascade_json(res: dict) -> dict:
     """What `natix cascade --json` prints: `cascade_run`'s values without the per-image predictions,
-    the fitted router as its mode, parameters and thresholds."""
-    router = res["router"]
+    the fitted router as its parameters."""
     kept = {k: v for k, v in res.items() if k not in ("router", "predictions")}
-    return {"mode": router.mode_, "router": {**router.get_params(), "thresholds": router.thresholds_}, **kept}
+    return {**kept, "router": res["router"].get_params()}
 
 
 @cli.command("cascade")
@@ -111,7 +110,7 @@ def cascade_json(res: dict) -> dict:
 @library_errors
 def cascade(stage1, stage2, stage3, target_risk, delta, budget, out, as_json) -> None:
     """Choose exit thresholds for a 2-3 stage cascade on val_calib; report it on val_test."""
-    from natix.cascade.router import cascade_run
+    from natix.cascade.evaluation import cascade_run
 
     res = cascade_run(stage1, stage2, stage3=stage3, target_risk=target_risk, delta=delta, budget=budget, out=out)
     if as_json:
