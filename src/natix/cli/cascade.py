@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from natix.cli.common import comma_floats, echo_json
+from natix.cli.common import comma_floats, echo_result
 from natix.cli.group import cli, library_errors
 
 FAILURE_COLUMNS = ("auroc_f", "fpr_at_95_tpr", "augrc")
@@ -34,10 +34,7 @@ def fit_failure(run, model, seed, threads, as_json) -> None:
     from natix.cascade.failure import fit_failure_run
 
     res = fit_failure_run(run, model=model, seed=seed, threads=threads)
-    if as_json:
-        echo_json(res)
-    else:
-        click.echo(failure_table(run, model, res))
+    echo_result(as_json, res, lambda res: failure_table(run, model, res))
 
 
 def gatekeeper_table(run, rows: list[dict]) -> str:
@@ -70,14 +67,11 @@ def tune_gatekeeper(run, alphas, stage2, out, epochs, threads, as_json) -> None:
     values = comma_floats(alphas, "--alpha", "0.1,0.5,0.9")
     out = out or f"{str(run).rstrip('/')}-gatekeeper"
     rows = tune_gatekeeper_grid(run, out, values, stage2=stage2, epochs=epochs, threads=threads)
-    if as_json:
-        echo_json(rows)
-    else:
-        click.echo(gatekeeper_table(run, rows))
+    echo_result(as_json, rows, lambda rows: gatekeeper_table(run, rows))
 
 
 def cascade_text(res: dict) -> str:
-    """`natix cascade` as text, from what `cascade_run` returns."""
+    """`natix cascade` as text, from :func:`cascade_json`."""
     gf = res["compute"].get("expected_gflops")
     compute = (f"{gf:.3f} GFLOPs (expected over the routing)" if isinstance(gf, (int, float))
                else "unknown (synthetic or unrecognised backbone)")
@@ -113,7 +107,4 @@ def cascade(stage1, stage2, stage3, target_risk, delta, budget, out, as_json) ->
     from natix.cascade.evaluation import cascade_run
 
     res = cascade_run(stage1, stage2, stage3=stage3, target_risk=target_risk, delta=delta, budget=budget, out=out)
-    if as_json:
-        echo_json(cascade_json(res))
-    else:
-        click.echo(cascade_text(res))
+    echo_result(as_json, cascade_json(res), cascade_text)

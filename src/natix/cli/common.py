@@ -3,9 +3,12 @@ transformers. Nothing here imports a heavy library at module level."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
-__all__ = ["comma_floats", "comma_names", "echo_json", "quiet_transformers"]
+__all__ = ["comma_floats", "comma_names", "echo_json", "echo_result", "quiet_transformers"]
 
 
 def echo_json(value) -> None:
@@ -13,6 +16,14 @@ def echo_json(value) -> None:
     from natix.jsonio import dumps
 
     click.echo(dumps(value))
+
+
+def echo_result(as_json: bool, value, text: Callable[[Any], str]) -> None:
+    """Print a command's result `value`: as strict JSON with ``--json``, else as ``text(value)``."""
+    if as_json:
+        echo_json(value)
+    else:
+        click.echo(text(value))
 
 
 def comma_floats(text: str, option: str, example: str) -> tuple[float, ...]:

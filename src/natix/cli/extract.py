@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from natix.cli.common import echo_json, quiet_transformers
+from natix.cli.common import echo_result, quiet_transformers
 from natix.cli.group import cli, library_errors
 
 CACHE_HELP = "Cache directory  [default: $NATIX_CACHE, else ./.natix-cache]"
@@ -47,19 +47,20 @@ def demo_backbone(out: str, seed: int, hidden_size: int, layers: int) -> None:
 # --------------------------------------------------------------------------- extract
 
 
-def extract_summary(r) -> str:
-    """The lines `natix extract` prints for an `ExtractResult`."""
-    lines = [f"cache     {r.cache_file}  (fingerprint {r.fingerprint[:16]})",
-             f"images    {r.images} in source: {r.already_cached} already cached, {r.resumed} resumed from an "
-             f"interrupted run, {r.extracted} extracted, {r.failed} failed, {r.known_failures} known failures"]
-    if r.metadata_updates:
-        lines.append(f"metadata  {r.metadata_updates} cached images got a new path/label/group")
-    if r.model_work:
-        lines.append(f"speed     {r.images_per_s:.1f} images/s, {r.images_per_s * r.n_views:.0f} views/s on "
-                     f"{r.device} ({r.precision}, batch {r.batch_size}); {r.seconds:.1f} s in all")
+def extract_summary(r: dict) -> str:
+    """The lines `natix extract` prints for an `ExtractResult`'s values."""
+    lines = [f"cache     {r['cache_file']}  (fingerprint {r['fingerprint'][:16]})",
+             f"images    {r['images']} in source: {r['already_cached']} already cached, {r['resumed']} resumed from "
+             f"an interrupted run, {r['extracted']} extracted, {r['failed']} failed, {r['known_failures']} known "
+             "failures"]
+    if r["metadata_updates"]:
+        lines.append(f"metadata  {r['metadata_updates']} cached images got a new path/label/group")
+    if r["model_work"]:
+        lines.append(f"speed     {r['images_per_s']:.1f} images/s, {r['images_per_s'] * r['n_views']:.0f} views/s "
+                     f"on {r['device']} ({r['precision']}, batch {r['batch_size']}); {r['seconds']:.1f} s in all")
     else:
-        lines.append(f"no model work: every image is already in the cache ({r.seconds:.1f} s)")
-    lines.append(f"features  [N, {r.n_views}, {r.dim}]")
+        lines.append(f"no model work: every image is already in the cache ({r['seconds']:.1f} s)")
+    lines.append(f"features  [N, {r['n_views']}, {r['dim']}]")
     return "\n".join(lines)
 
 
@@ -100,10 +101,7 @@ def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size
     r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
                     checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
                     compile=compile_, retry_failures=retry_failures)
-    if as_json:
-        echo_json({**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work})
-    else:
-        click.echo(extract_summary(r))
+    echo_result(as_json, {**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work}, extract_summary)
 
 
 # --------------------------------------------------------------------------- cache
@@ -138,10 +136,7 @@ def cache_ls(cache_root, as_json) -> None:
 
     root = resolve_cache_root(cache_root)
     rows = list_caches(root)
-    if as_json:
-        echo_json(rows)
-    else:
-        click.echo(cache_table(rows) if rows else f"no caches in {root}")
+    echo_result(as_json, rows, lambda rows: cache_table(rows) if rows else f"no caches in {root}")
 
 
 def cache_description(c) -> dict:
@@ -191,10 +186,7 @@ def cache_info(file, as_json) -> None:
 
     with open_cache(file) as c:
         info = cache_description(c)
-    if as_json:
-        echo_json(info)
-    else:
-        click.echo(cache_text(info))
+    echo_result(as_json, info, cache_text)
 
 
 @cache.command("verify")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from natix.cli.calibrate import calibration_summary
-from natix.cli.common import comma_floats, comma_names, echo_json
+from natix.cli.common import comma_floats, comma_names, echo_json, echo_result
 from natix.cli.group import cli, library_errors
 
 TABLE_METRICS = ("n", "accuracy", "mcc", "auroc", "nll", "ece", "augrc", "natix_reward")
@@ -180,10 +180,7 @@ def evaluate(run, split, as_json) -> None:
     from natix.heads.runs import evaluate_run
 
     res = evaluate_run(run, split)
-    if as_json:
-        echo_json(res)
-    else:
-        click.echo(evaluation_text(res))
+    echo_result(as_json, res, evaluation_text)
 
 
 @cli.command("ablate")

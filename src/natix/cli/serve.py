@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from natix.cli.common import echo_json, quiet_transformers
+from natix.cli.common import echo_result, quiet_transformers
 from natix.cli.group import cli, library_errors
 
 
@@ -16,7 +16,7 @@ from natix.cli.group import cli, library_errors
 @library_errors
 def export(run, out) -> None:
     """Export a run (head, calibration, thresholds, failure predictor) as a servable bundle."""
-    from natix.serve.bundle import export_bundle
+    from natix.serve.export import export_bundle
 
     click.echo(f"bundle written to {export_bundle(run, out)}")
 
@@ -52,8 +52,5 @@ def predict(bundle, paths, backbone, batch_size, as_json) -> None:
     files = image_files(paths)
     quiet_transformers()
     probs = load_bundle(bundle, backbone=backbone).predict_proba(files, batch_size=batch_size)
-    if as_json:
-        echo_json([{"path": f, "probability": p} for f, p in zip(files, probs)])
-        return
-    for f, p in zip(files, probs):
-        click.echo(f"{p:.6f}  {f}")
+    rows = [{"path": f, "probability": float(p)} for f, p in zip(files, probs)]
+    echo_result(as_json, rows, lambda rows: "\n".join(f"{r['probability']:.6f}  {r['path']}" for r in rows))
