@@ -147,7 +147,8 @@ def main() -> None:
 
     from natix.cache.store import open_cache
     from natix.config import RunOptions, ViewRecipe
-    from natix.extract.extractor import extract, resolve_device
+    from natix.extract.extractor import extract
+    from natix.extract.featurizer import resolve_device
     from natix.extract.views import view_table
 
     hf_logging.disable_progress_bar()

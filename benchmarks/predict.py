@@ -47,12 +47,13 @@ def naive_predictor(bundle, backbone_dir: Path):
 
     from natix.extract.views import view_table
 
-    stage = bundle._stage
+    stage = bundle.stages[0]
     device = bundle.device
     model = DINOv3ViTModel.from_pretrained(backbone_dir).eval().to(device)
-    mean = torch.tensor(stage.preprocess.mean).view(3, 1, 1)
-    std = torch.tensor(stage.preprocess.std).view(3, 1, 1)
-    table = view_table(stage.recipe)
+    preprocess = stage.featurizer.preprocess
+    mean = torch.tensor(preprocess.mean).view(3, 1, 1)
+    std = torch.tensor(preprocess.std).view(3, 1, 1)
+    table = view_table(stage.featurizer.recipe)
 
     @torch.inference_mode()
     def predict(path) -> float:

@@ -170,24 +170,13 @@ def test_workers_give_the_same_features(demo_images, tiny_backbone, tmp_path):
     _same_cache(a.cache_file, b.cache_file)
 
 
-def test_oom_halves_the_batch_and_loses_nothing(demo_images, tiny_backbone, tmp_path, monkeypatch, caplog):
-    from natix.extract.featurizer import Featurizer
-
+def test_oom_halves_the_batch_and_loses_nothing(demo_images, tiny_backbone, tmp_path, oom_guard, caplog):
     reference = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "ref", options=FAST)
-    calls = []
-    real = Featurizer._pooled
-
-    def flaky(self, pixels):
-        calls.append(pixels.shape[0])
-        if pixels.shape[0] > 10:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, pixels)
-
-    monkeypatch.setattr(Featurizer, "_pooled", flaky)
+    oom_guard.limit = 10
     with caplog.at_level("WARNING", logger="natix.extract.featurizer"):
-        r = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "oom", options=FAST)
+        r = extract(demo_images, f"oom-guard:{tiny_backbone}", cache_root=tmp_path / "oom", options=FAST)
     assert r.batch_size == 1 and r.extracted == 12  # 40 views → 20 → 10 views per forward
-    assert calls[:3] == [40, 20, 10] and set(calls[3:]) == {10}  # later batches keep the reached size
+    assert oom_guard.calls[:3] == [40, 20, 10] and set(oom_guard.calls[3:]) == {10}  # later batches keep the size
     assert [m for m in caplog.messages if "out of memory" in m] == [
         "CUDA out of memory: retrying the same images 2 per forward",
         "CUDA out of memory: retrying the same images 1 per forward"]

@@ -381,3 +381,58 @@ def test_cascade_bundle_with_an_external_third_stage(cascade_dir, tmp_path, monk
     np.testing.assert_array_equal(got_stage, stage)
     np.testing.assert_allclose(got, prob, atol=1e-5)
     assert (got_stage == 2).any() and (got[got_stage == 2] == 0.75).all() and ((got >= 0) & (got <= 1)).all()
+
+
+# --------------------------------------------------------------------------- format and strict JSON
+
+
+def _rewrite(b: Path, edit) -> None:
+    """Apply `edit` to the manifest and give it a consistent digest (a deliberate, not a damaged, change)."""
+    from natix.serve.manifest import digest
+
+    m = json.loads((b / "manifest.json").read_text())
+    edit(m)
+    m["manifest_sha256"] = digest(m)
+    (b / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_bundle_of_another_format_version_is_refused_with_the_fix(served, tmp_path):
+    b = tampered_copy(served.plain, tmp_path / "bundle")
+    _rewrite(b, lambda m: m.update(format="natix-bundle/2"))
+    with pytest.raises(DataError, match="has format 'natix-bundle/2', not natix-bundle/1: re-export the bundle") as info:
+        load_bundle(b)
+    assert "\n" not in str(info.value)
+
+
+def test_a_manifest_with_a_bare_nan_is_not_json(served, tmp_path):
+    b = tampered_copy(served.plain, tmp_path / "bundle")
+    text = (b / "manifest.json").read_text()
+    (b / "manifest.json").write_text(text.replace('"prior": ', '"prior": NaN, "was": ', 1))
+    with pytest.raises(DataError, match="manifest.json is not valid JSON"):
+        load_bundle(b)
+
+
+def test_an_infinite_router_threshold_round_trips_as_the_string_inf(cascade_dir, tmp_path):
+    casc = tmp_path / "cascade"
+    casc.mkdir()
+    doc = json.loads((cascade_dir / "casc-bundle" / "cascade.json").read_text())
+    doc["router"]["thresholds"] = ["inf"]  # as natix.jsonio writes inf: defer every image
+    (casc / "cascade.json").write_text(json.dumps(doc))
+    out = export_bundle(casc, tmp_path / "bundle")
+    assert json.loads((out / "manifest.json").read_text())["router"]["thresholds"] == ["inf"]
+    bundle = load_bundle(out)
+    assert bundle.thresholds == [float("inf")]
+    [h5] = (cascade_dir / "c1").glob("*.h5")
+    from natix.cache.store import open_cache
+
+    with open_cache(h5) as c:
+        paths = list(c.paths[:3])
+    _, stage = bundle.predict_proba(paths, return_stage=True)
+    np.testing.assert_array_equal(stage, [1, 1, 1])
+    _rewrite(out, lambda m: m["router"].update(thresholds=["abc"]))
+    with pytest.raises(DataError, match="router threshold 'abc', not a number: re-export the bundle"):
+        load_bundle(out)
+    doc["router"]["thresholds"] = [None]
+    (casc / "cascade.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="cascade threshold None is not a number: rerun natix cascade"):
+        export_bundle(casc, tmp_path / "bundle2")

@@ -1,8 +1,10 @@
 """The batched extractor: images → views → backbone → per-view features in the cache.
 
-The loop keeps the model fed: DataLoader workers read, hash-check and decode images (and,
-on CPU, also build the views, so the main process only runs the model); on CUDA the decoded
-frames are pinned, copied non-blocking, and cut into views on the GPU. A background thread
+The features come from the one :class:`natix.extract.Featurizer` (which bundles also use, so
+what is served is what was cached). The loop keeps the model fed: DataLoader workers read,
+hash-check and decode images (and, on CPU, also build the views with the featurizer's view
+step, so the main process only runs the model); on CUDA the decoded frames are pinned,
+copied non-blocking, and cut into views on the GPU. A background thread
 writes finished chunks so disk I/O never stalls compute. Chunks are fixed slices of the
 to-do list, so a resumed run forms the same batches as an uninterrupted one and, on CPU,
 writes bitwise-identical features.
