@@ -75,6 +75,17 @@ def test_out_of_memory_halves_the_same_images_and_keeps_the_size(tiny_backbone, 
         f(_images()[:1])
 
 
+def test_out_of_memory_on_one_image_is_raised_after_halving_once_per_size(tiny_backbone, oom_guard, caplog):
+    bb, _ = load_backbone(f"oom-guard:{tiny_backbone}")
+    f = Featurizer(bb, ViewRecipe(), Preprocess(), batch_size=4)
+    oom_guard.limit = 0
+    with caplog.at_level(logging.WARNING, logger="natix.extract.featurizer"), \
+            pytest.raises(torch.cuda.OutOfMemoryError):
+        f(_images())
+    assert oom_guard.calls == [40, 20, 10] and f.batch_size == 1  # no retry at a size that already failed
+    assert len(caplog.messages) == 2
+
+
 def test_folding_only_in_fp32_inference(tiny_backbone):
     assert _featurizer(tiny_backbone).folded
     assert not _featurizer(tiny_backbone, precision="bf16").folded

@@ -219,10 +219,11 @@ class Featurizer:
                     start = stop
                     continue
                 except torch.cuda.OutOfMemoryError:
-                    if stop - start == 1:
+                    # A nested back-off (a forward inside a call) may have halved the size already.
+                    if min(self.batch_size, stop - start) == 1:
                         raise
                 # Out of the handler, so the failed step's tensors are already freed.
-                self.batch_size = max(1, (stop - start) // 2)
+                self.batch_size = min(self.batch_size, stop - start) // 2
                 log.warning("CUDA out of memory: retrying the same images %d per forward", self.batch_size)
                 self._bufs.clear()
                 if self.device.type == "cuda":
