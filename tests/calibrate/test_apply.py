@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from natix.cache.synthetic import make_synthetic_cache
 from natix.calibrate.apply import calibrate_run
-from natix.calibrate.report import write_report
+from natix.calibrate.report import PLOTS, write_report
 from natix.cli import cli
 from natix.errors import ConfigError, DataError
 from natix.heads.runs import fit_run
@@ -89,7 +89,7 @@ def test_report_writes_pngs_and_markdown(run_dir, tmp_path):
     md = write_report(run_dir, tmp_path / "rep")
     pngs = sorted(p.name for p in md.parent.glob("*.png"))
     assert pngs == ["confidence_histogram.png", "generalized_risk_coverage.png", "reliability.png",
-                    "risk_coverage.png"]
+                    "risk_coverage.png"] == sorted(PLOTS)
     assert all((md.parent / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     text = md.read_text()
     assert all(f"({p})" in text for p in pngs) and "exit rule: scrc" in text

@@ -20,6 +20,8 @@ from natix.rundir import Run, confidence
 
 # The metrics report.md prints (fractions), each computed once by M.split_metrics.
 REPORT_METRICS = ("accuracy", "mcc", "ece", "nll", "aurc", "augrc", "auroc_f")
+# The plots every report has, next to report.md.
+PLOTS = ("reliability.png", "risk_coverage.png", "generalized_risk_coverage.png", "confidence_histogram.png")
 
 
 def _series(run: Run) -> dict:

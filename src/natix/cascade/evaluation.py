@@ -183,8 +183,9 @@ def calibration_report(router, n_calib: int, *, external: bool) -> dict:
 
 
 def write_cascade(out: Path, result: dict, *, router, calibration: dict, sources: list[str],
-                  confidences: list[str]) -> list[str]:
-    """Write cascade.json, the curve's CSV and PNG and cascade_predictions.npz into `out`; their paths.
+                  confidences: list[str]) -> dict:
+    """Write cascade.json, the curve's CSV and PNG and cascade_predictions.npz into `out`; return the
+    content of cascade.json (its ``files`` lists the four paths).
 
     cascade.json is strict JSON (:func:`natix.jsonio.write_json`): an undefined s_d is ``null``,
     an infinite threshold ``"inf"``.
@@ -203,7 +204,7 @@ def write_cascade(out: Path, result: dict, *, router, calibration: dict, sources
            "per_stage": result["stages"], "compute": result["compute"],
            "s_d": result["curve"]["s_d"], "files": files}
     write_json(out / "cascade.json", doc)
-    return files
+    return doc
 
 
 def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None, delta: float = 0.1,
@@ -214,7 +215,7 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
     thresholds, stage sources, calibration procedure, metrics, compute, s_d),
     ``cascade_curve.csv``, ``cascade_curve.png`` and ``cascade_predictions.npz`` (ids, labels,
     prob, stage per val_test image). Returns the :func:`evaluate_cascade` dict plus ``router``,
-    ``calibration``, ``out`` and ``files``.
+    ``calibration``, ``out``, ``files`` and ``document`` (the content of cascade.json).
     """
     # Imported here: natix.cascade.router re-exports cascade_run for callers of its former home.
     from natix.cascade.router import Router
@@ -227,8 +228,9 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
     result = evaluate_cascade(stages, router, stage3=external)
     calibration = calibration_report(router, len(stages[0]["val_calib"]["ids"]), external=external is not None)
     out = Path(out) if out is not None else Path(stage1) / "cascade"
-    files = write_cascade(
+    document = write_cascade(
         out, result, router=router, calibration=calibration,
         sources=[str(Path(stage1)), str(Path(stage2))] + ([external.name] if external is not None else []),
         confidences=[s["confidence"] for s in stages] + (["none (last stage)"] if external is not None else []))
-    return {**result, "router": router, "calibration": calibration, "out": out, "files": files}
+    return {**result, "router": router, "calibration": calibration, "out": out, "files": document["files"],
+            "document": document}

@@ -74,7 +74,7 @@ def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, budg
 @library_errors
 def report(run, out) -> None:
     """Plot reliability, risk-coverage and confidence histograms of a run (PNG + markdown)."""
-    from natix.calibrate.report import write_report
+    from natix.calibrate.report import PLOTS, write_report
 
     md = write_report(run, out)
-    click.echo(f"wrote {md} and {len(list(md.parent.glob('*.png')))} plots")
+    click.echo(f"wrote {md} and {len(PLOTS)} plots ({', '.join(PLOTS)})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from natix.cli.common import comma_floats, echo_result
+from natix.cli.common import comma_floats, echo_json, echo_result
 from natix.cli.group import cli, library_errors
 
 FAILURE_COLUMNS = ("auroc_f", "fpr_at_95_tpr", "augrc")
@@ -42,7 +42,7 @@ def gatekeeper_table(run, rows: list[dict]) -> str:
     lines = [f"Gatekeeper on {run} (val_test; recalibrated with Platt on val_calib; fractions)",
              f"{'alpha':>6}{'accuracy':>10}{'AUROC_f':>9}{'overlap':>9}{'s_d':>8}  run"]
     for r in rows:
-        sd = "-" if r["s_d"] is None else f"{r['s_d']:.4f}"
+        sd = "-" if r["s_d"] is None or r["s_d"] != r["s_d"] else f"{r['s_d']:.4f}"  # None or NaN: undefined
         lines.append(f"{r['alpha']:>6.2f}{r['accuracy']:>10.4f}{r['auroc_f']:>9.4f}{r['overlap']:>9.4f}{sd:>8}  "
                      f"{r['out']}")
     return "\n".join(lines)
@@ -71,7 +71,7 @@ def tune_gatekeeper(run, alphas, stage2, out, epochs, threads, as_json) -> None:
 
 
 def cascade_text(res: dict) -> str:
-    """`natix cascade` as text, from :func:`cascade_json`."""
+    """`natix cascade` as text, from what `cascade_run` returns."""
     gf = res["compute"].get("expected_gflops")
     compute = (f"{gf:.3f} GFLOPs (expected over the routing)" if isinstance(gf, (int, float))
                else "unknown (synthetic or unrecognised backbone)")
@@ -83,13 +83,6 @@ def cascade_text(res: dict) -> str:
         "reaching stage 2, 3, ...: " + ", ".join(f"{d:.4f}" for d in res["deferral"]),
         f"compute per image: {compute}",
         f"guarantee: {res['calibration']['guarantee']}"])
-
-
-def cascade_json(res: dict) -> dict:
-    """What `natix cascade --json` prints: `cascade_run`'s values without the per-image predictions,
-    the fitted router as its parameters."""
-    kept = {k: v for k, v in res.items() if k not in ("router", "predictions")}
-    return {**kept, "router": res["router"].get_params()}
 
 
 @cli.command("cascade")
@@ -107,4 +100,7 @@ def cascade(stage1, stage2, stage3, target_risk, delta, budget, out, as_json) ->
     from natix.cascade.evaluation import cascade_run
 
     res = cascade_run(stage1, stage2, stage3=stage3, target_risk=target_risk, delta=delta, budget=budget, out=out)
-    echo_result(as_json, cascade_json(res), cascade_text)
+    if as_json:
+        echo_json(res["document"])  # exactly the cascade.json the run wrote
+    else:
+        click.echo(cascade_text(res))

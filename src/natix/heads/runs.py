@@ -145,6 +145,3 @@ def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000
 
 
 __all__ = ["CI_METRICS", "Dataset", "RunResult", "SPLITS", "evaluate_run", "fit_run", "load_dataset", "resolve_splits"]
-
-# TRANSITIONAL: tests/test_cli_heads.py still imports it from here; the home is natix.metrics.
-METRIC_NAMES = M.METRIC_NAMES
