@@ -22,13 +22,13 @@ def export(run, out) -> None:
 
 
 def image_files(paths) -> list[Path]:
-    """The image files named by `paths`: files as given, folders searched recursively (sorted)."""
-    from natix.data.sources import IMAGE_SUFFIXES
+    """The image files named by `paths`: files as given, folders searched as `natix extract` does."""
+    from natix.data.sources import images_below
 
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            files += images_below(p)
         elif p.is_file():
             files.append(p)
         else:

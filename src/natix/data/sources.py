@@ -63,16 +63,16 @@ def _read_folder(root: Path) -> list[ImageRecord]:
     """Class subfolders when present, otherwise every image below `root`, unlabeled."""
     class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name in CLASS_DIRS]
     if class_dirs:
-        records = [ImageRecord(p, CLASS_DIRS[d.name]) for d in class_dirs for p in _images_below(d)]
-        ignored = [p for p in _images_below(root) if not any(d in p.parents for d in class_dirs)]
+        records = [ImageRecord(p, CLASS_DIRS[d.name]) for d in class_dirs for p in images_below(d)]
+        ignored = [p for p in images_below(root) if not any(d in p.parents for d in class_dirs)]
         if ignored:
             log.warning("ignoring %d images outside the class folders of %s (first: %s)",
                         len(ignored), root, ignored[0])
         return records
-    return [ImageRecord(p) for p in _images_below(root)]
+    return [ImageRecord(p) for p in images_below(root)]
 
 
-def _images_below(root: Path) -> list[Path]:
+def images_below(root: Path) -> list[Path]:
     """Image files below `root`, recursively, skipping hidden entries."""
     return sorted(p for p in root.rglob("*")
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
