@@ -56,7 +56,7 @@ def test_registry_holds_the_four_calibrators():
     assert dict(CALIBRATORS) == {"temperature": TemperatureScaling, "platt": PlattScaling,
                                  "beta": BetaCalibration, "isotonic": IsotonicCalibration}
     assert make_calibrator("beta", reg=0.5).get_params()["reg"] == 0.5
-    with pytest.raises(ConfigError, match="unknown calibrator 'dirichlet'.*temperature, platt, beta, isotonic"):
+    with pytest.raises(ConfigError, match="unknown calibrator 'dirichlet': pass one of beta, isotonic, platt, temperature"):
         make_calibrator("dirichlet")
 
 

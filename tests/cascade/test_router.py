@@ -220,11 +220,3 @@ def test_cascade_run_refuses_both_modes_before_writing(runs, tmp_path):
     with pytest.raises(ConfigError, match="budget must be in"):
         cascade_run(runs["stage1"], runs["stage2"], budget=1.5, out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-
-def test_names_of_the_former_module_stay_importable():
-    """natix.cli and natix.serve import these from natix.cascade.router until they move to the new homes."""
-    from natix.cascade import evaluation, router, stages
-
-    assert router.cascade_run is evaluation.cascade_run
-    assert router.ExternalStage is stages.ExternalStage and router.load_callable is stages.load_callable

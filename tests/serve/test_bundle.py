@@ -321,7 +321,7 @@ def test_calibration_from_json_refuses_damaged_input(synthetic_run):
 @pytest.fixture(scope="module")
 def cascade_dir(chain):
     """The shared two-stage runs (global view → 10-view attention) with a budgeted cascade."""
-    from natix.cascade.router import cascade_run
+    from natix.cascade.evaluation import cascade_run
 
     cascade_run(stage1=chain / "s1", stage2=chain / "s2", budget=0.5, out=chain / "casc-bundle")
     return chain
@@ -363,7 +363,7 @@ def test_cascade_bundle_reproduces_the_cascade_and_refuses_a_tampered_stage(casc
 
 def test_cascade_bundle_with_an_external_third_stage(cascade_dir, tmp_path, monkeypatch):
     from natix.cache.store import open_cache
-    from natix.cascade.router import cascade_run
+    from natix.cascade.evaluation import cascade_run
 
     (tmp_path / "oracle_mod.py").write_text(
         "def classify(images):\n    return [0.75 for _ in images]\n")

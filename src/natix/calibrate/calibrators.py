@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from types import MappingProxyType
 
 import numpy as np
 from scipy.optimize import minimize
@@ -47,6 +46,7 @@ from natix.calibrate.state import StateError, Stateful, state_number, state_vect
 from natix.errors import ConfigError, DataError
 from natix.metrics import natix_reward_windows
 from natix.metrics.inputs import mcc_from_counts
+from natix.registry import Registry
 
 __all__ = [
     "ABOVE_HALF",
@@ -57,11 +57,16 @@ __all__ = [
     "PlattScaling",
     "TemperatureScaling",
     "make_calibrator",
+    "register_calibrator",
     "recentre",
 ]
 
 _EPS = 1e-12  # probabilities are clipped to [_EPS, 1 - _EPS] before any log
 ABOVE_HALF = float(np.nextafter(0.5, 1.0))  # the smallest float the validator rounds to 1
+
+
+CALIBRATORS = Registry("calibrator")  # name -> calibrator class, filled by @register_calibrator
+register_calibrator = CALIBRATORS.register
 
 
 class _BinaryCalibrator(Stateful, BaseEstimator):
@@ -180,6 +185,7 @@ class _IterativeCalibrator(_BinaryCalibrator):
         positive_int(self.max_iter, "max_iter")
 
 
+@register_calibrator("temperature")
 class TemperatureScaling(_IterativeCalibrator):
     """Temperature scaling: ``sigmoid(logit(p) / T)`` with one parameter T > 0.
 
@@ -215,6 +221,7 @@ class TemperatureScaling(_IterativeCalibrator):
         return np.where(p > 0.5, np.maximum(q, ABOVE_HALF), np.minimum(q, 0.5))
 
 
+@register_calibrator("platt")
 class PlattScaling(_IterativeCalibrator):
     """Platt scaling on the logit: ``sigmoid(a * logit(p) + b)``.
 
@@ -247,6 +254,7 @@ class PlattScaling(_IterativeCalibrator):
         return sigmoid(self.coef_ * logit(p, _EPS) + self.intercept_)
 
 
+@register_calibrator("beta")
 class BetaCalibration(_BinaryCalibrator):
     """Beta calibration (Kull et al., 2017): ``sigmoid(a * ln p - c * ln(1 - p) + d)``.
 
@@ -299,6 +307,7 @@ class BetaCalibration(_BinaryCalibrator):
         return sigmoid(self._features(p) @ np.array([self.a_, self.c_, self.d_]))
 
 
+@register_calibrator("isotonic")
 class IsotonicCalibration(_BinaryCalibrator):
     """Isotonic regression of the labels on p (scikit-learn's PAV), clipped outside the fitted range.
 
@@ -486,16 +495,8 @@ class DecisionThreshold(_BinaryCalibrator):
         return recentre(p, self.threshold_)
 
 
-CALIBRATORS: Mapping[str, type[_BinaryCalibrator]] = MappingProxyType({
-    "temperature": TemperatureScaling,
-    "platt": PlattScaling,
-    "beta": BetaCalibration,
-    "isotonic": IsotonicCalibration,
-})
 
 
 def make_calibrator(name: str, **params) -> _BinaryCalibrator:
     """An unfitted calibrator from :data:`CALIBRATORS` by name, with keyword hyperparameters."""
-    if name not in CALIBRATORS:
-        raise ConfigError(f"unknown calibrator {name!r}: pass one of {', '.join(CALIBRATORS)}")
-    return CALIBRATORS[name](**params)
+    return CALIBRATORS.create(name, **params)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from types import MappingProxyType
 from typing import ClassVar, NamedTuple
 
 import numpy as np
@@ -38,13 +37,13 @@ from natix.calibrate.checks import finite_scores, unit_open
 from natix.calibrate.conformal import ConformalRiskControl, LearnThenTest
 from natix.calibrate.scrc import SCRC
 from natix.calibrate.state import Stateful
-from natix.errors import ConfigError, DataError
+from natix.errors import DataError
+from natix.registry import Registry
 
 __all__ = ["EXITS", "EXIT_RULES", "AnswerAll", "Bound", "BudgetThreshold", "ExitLevels", "ExitRule", "create_exit",
            "register_exit"]
 
-_RULES: dict[str, type[ExitRule]] = {}
-EXIT_RULES = MappingProxyType(_RULES)  # name -> rule class, filled by @register_exit below
+EXIT_RULES = Registry("exit rule")  # name -> rule class, filled by @register_exit below
 
 
 class Bound(NamedTuple):
@@ -72,11 +71,8 @@ def register_exit(name: str) -> Callable[[type[ExitRule]], type[ExitRule]]:
     """Class decorator: register an :class:`ExitRule` dataclass under `name` (a duplicate raises)."""
 
     def wrap(cls: type[ExitRule]) -> type[ExitRule]:
-        if name in _RULES:
-            raise ConfigError(f"exit rule '{name}' is already registered: pick another name")
         cls.name = name
-        _RULES[name] = cls
-        return cls
+        return EXIT_RULES.register(name)(cls)
 
     return wrap
 
@@ -85,9 +81,7 @@ def create_exit(name: str | None, levels: ExitLevels) -> ExitRule:
     """The unfitted exit rule `name`, reading its levels from `levels`; None: :class:`AnswerAll`."""
     if name is None:
         return AnswerAll()
-    if name not in _RULES:
-        raise ConfigError(f"unknown exit rule {name!r}: pass one of {', '.join(_RULES)}")
-    cls = _RULES[name]
+    cls = EXIT_RULES.get(name)
     return cls(**{f.name: getattr(levels, f.name) for f in fields(cls)})
 
 
@@ -307,4 +301,4 @@ class BudgetExit(ExitRule):
         return self.budget_.accept(confidence)
 
 
-EXITS = tuple(_RULES)  # the registered names: ltt, crc, scrc, budget
+EXITS = tuple(EXIT_RULES)  # the registered names: ltt, crc, scrc, budget

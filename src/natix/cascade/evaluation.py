@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from natix import metrics as M
 from natix.cascade.compute import expected_gflops, stage_compute
 from natix.cascade.plots import save_curve
+from natix.cascade.router import Router
 from natix.cascade.stages import ExternalStage, as_external, as_stage, join_stages, load_stage
 from natix.errors import ConfigError, DataError
 from natix.jsonio import write_atomic, write_json
@@ -217,9 +218,6 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
     prob, stage per val_test image). Returns the :func:`evaluate_cascade` dict plus ``router``,
     ``calibration``, ``out``, ``files`` and ``document`` (the content of cascade.json).
     """
-    # Imported here: natix.cascade.router re-exports cascade_run for callers of its former home.
-    from natix.cascade.router import Router
-
     router = Router(target_risk=target_risk, delta=delta, budget=budget)
     router.check_params()  # option errors before any file is read
     external = None if stage3 is None else as_external(stage3)

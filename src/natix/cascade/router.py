@@ -54,17 +54,11 @@ from sklearn.utils.validation import check_is_fitted
 from natix import metrics as M
 from natix.calibrate.checks import binary_labels, positive_int, unit_open
 from natix.calibrate.conformal import LearnThenTest
-
-# Names that lived here before the split, for callers not yet moved to their new homes
-# (natix.cli, natix.serve): cascade_run is in natix.cascade.evaluation, ExternalStage and
-# load_callable in natix.cascade.stages.
-from natix.cascade.evaluation import cascade_run
-from natix.cascade.stages import ExternalStage, load_callable
 from natix.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExternalStage", "Router", "cascade_run", "load_callable"]
+__all__ = ["Router"]
 
 
 def _max_deferred(m: int, budget: float) -> int:

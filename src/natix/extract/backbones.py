@@ -37,7 +37,7 @@ from pathlib import Path
 
 from natix.config import POOLS
 from natix.errors import BackboneError
-from natix.extract.registry import Registry
+from natix.registry import Registry
 
 log = logging.getLogger(__name__)
 

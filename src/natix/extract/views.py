@@ -20,7 +20,7 @@ import numpy as np
 
 from natix.config import ViewRecipe
 from natix.errors import ViewSpecError
-from natix.extract.registry import Registry
+from natix.registry import Registry
 
 
 @dataclass(frozen=True)

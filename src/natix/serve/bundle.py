@@ -17,7 +17,7 @@ run did on its cache or refuses to load with a one-line error.
 The backbone weights are not copied: they are large, often gated, and identified by hash. A
 bundle whose weights moved loads with ``load_bundle(path, backbone=NEW_PATH)``.
 
-A cascade directory (written by :func:`natix.cascade.router.cascade_run`, it holds
+A cascade directory (written by :func:`natix.cascade.evaluation.cascade_run`, it holds
 ``cascade.json``) exports to a cascade bundle: one stage entry per run stage (files
 ``stage{k}_head.safetensors``, ``stage{k}_failure.safetensors``, k = 0, 1, ...), an optional last
 entry ``{"external": "module:function"}`` for an external stage, and a ``router`` entry
