@@ -8,18 +8,22 @@ random or address-based key.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 
 from natix.errors import CacheError
+from natix.jsonio import canonical
 
 EXTRACTOR_VERSION = 1  # bump when extraction code changes the features it writes
 
 
 def canonical_json(identity: dict) -> str:
-    """Sorted keys, no whitespace, finite numbers only, plain JSON types only."""
+    """Sorted keys, no whitespace, finite numbers only, plain JSON types only.
+
+    Unlike the files natix writes (:mod:`natix.jsonio`, where NaN becomes null), an identity
+    refuses a value without one exact JSON form: two caches must never share a key by accident.
+    """
     _check(identity, "identity")
-    return json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return canonical(identity).decode("ascii")
 
 
 def _check(value, where: str) -> None:

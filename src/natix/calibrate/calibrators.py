@@ -44,7 +44,7 @@ from natix.calibrate.checks import (
 )
 from natix.calibrate.state import StateError, Stateful, state_number, state_vector
 from natix.errors import ConfigError, DataError
-from natix.metrics import natix_reward_windows
+from natix.metrics import natix_reward_windows, predictions
 from natix.metrics.inputs import mcc_from_counts
 from natix.registry import Registry
 
@@ -124,7 +124,7 @@ class _BinaryCalibrator(Stateful, BaseEstimator):
 
     def predict(self, scores) -> np.ndarray:
         """Hard decisions ``P(class 1) > 0.5`` (0.5 is class 0, as the validator's ``np.round``), shape ``(n,)``."""
-        return (self.predict_proba(scores)[:, 1] > 0.5).astype(np.int64)
+        return predictions(self.predict_proba(scores)[:, 1])
 
     def _check_params(self) -> None:
         """Validate hyperparameters (called first thing in ``fit``)."""

@@ -352,4 +352,4 @@ class SCRC(Stateful, BaseEstimator):
 
     def predict(self, proba) -> np.ndarray:
         """Decisions at 0.5 (0.5 → class 0, as ``np.round`` does): ``(n,)`` int64."""
-        return (self.predict_proba(proba)[:, 1] > 0.5).astype(np.int64)
+        return M.predictions(self.predict_proba(proba)[:, 1])

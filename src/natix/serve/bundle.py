@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from natix import metrics as M
 from natix.errors import ConfigError, DataError, DecodeError
 from natix.serve.export import export_bundle
 from natix.serve.inputs import as_list, check_input, decode, describe
@@ -124,7 +125,7 @@ class Bundle:
 
     def predict(self, images, *, batch_size: int = 32) -> np.ndarray:
         """Decisions ``predict_proba(images) > 0.5`` as int64 (0.5 is "no roadwork", as NATIX rounds)."""
-        return (self.predict_proba(images, batch_size=batch_size) > 0.5).astype(np.int64)
+        return M.predictions(self.predict_proba(images, batch_size=batch_size))
 
     def _route(self, items: list, batch_size: int, prob: np.ndarray, stage: np.ndarray) -> None:
         """Fill `prob` and `stage` as the cascade's router answers `items` (see `predict_proba`)."""
