@@ -50,6 +50,7 @@ from natix.registry import Registry
 
 __all__ = [
     "ABOVE_HALF",
+    "BinaryCalibrator",
     "CALIBRATORS",
     "BetaCalibration",
     "DecisionThreshold",
@@ -69,7 +70,7 @@ CALIBRATORS = Registry("calibrator")  # name -> calibrator class, filled by @reg
 register_calibrator = CALIBRATORS.register
 
 
-class _BinaryCalibrator(Stateful, BaseEstimator):
+class BinaryCalibrator(Stateful, BaseEstimator):
     """Shared fit/transform/predict/state plumbing; subclasses implement ``_fit`` and ``_transform``.
 
     The fitted state is the float attributes named in ``STATE``: ``to_state()`` returns them as
@@ -175,7 +176,7 @@ def _fit_logistic(
     return res.x
 
 
-class _IterativeCalibrator(_BinaryCalibrator):
+class _IterativeCalibrator(BinaryCalibrator):
     """A calibrator fitted by L-BFGS-B whose only hyperparameter is the iteration limit."""
 
     def __init__(self, *, max_iter: int = 100):
@@ -255,7 +256,7 @@ class PlattScaling(_IterativeCalibrator):
 
 
 @register_calibrator("beta")
-class BetaCalibration(_BinaryCalibrator):
+class BetaCalibration(BinaryCalibrator):
     """Beta calibration (Kull et al., 2017): ``sigmoid(a * ln p - c * ln(1 - p) + d)``.
 
     For two classes this is Dirichlet calibration. ``a = c = 1, d = 0`` is the identity;
@@ -308,7 +309,7 @@ class BetaCalibration(_BinaryCalibrator):
 
 
 @register_calibrator("isotonic")
-class IsotonicCalibration(_BinaryCalibrator):
+class IsotonicCalibration(BinaryCalibrator):
     """Isotonic regression of the labels on p (scikit-learn's PAV), clipped outside the fitted range.
 
     Non-parametric and monotone non-decreasing: it can merge neighbouring scores into ties (so
@@ -393,7 +394,7 @@ def _closest_to_half(candidates: np.ndarray, scores: np.ndarray) -> int:
     return int(best[np.argmin(np.abs(candidates[best] - 0.5))])
 
 
-class DecisionThreshold(_BinaryCalibrator):
+class DecisionThreshold(BinaryCalibrator):
     """The decision threshold t on calibration probabilities, then a re-centring so t lands on 0.5.
 
     Candidates are the midpoints between consecutive distinct values of ``{0} ∪ p ∪ {1}`` (so
@@ -497,6 +498,6 @@ class DecisionThreshold(_BinaryCalibrator):
 
 
 
-def make_calibrator(name: str, **params) -> _BinaryCalibrator:
+def make_calibrator(name: str, **params) -> BinaryCalibrator:
     """An unfitted calibrator from :data:`CALIBRATORS` by name, with keyword hyperparameters."""
     return CALIBRATORS.create(name, **params)
