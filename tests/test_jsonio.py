@@ -31,5 +31,8 @@ def test_write_and_read_round_trip_with_one_line_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(DataError, match="not valid JSON"):
         read_json(tmp_path / "bad.json", fix="rerun")
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DataError, match="binary.json' is not valid JSON .*: rerun"):
+        read_json(tmp_path / "binary.json", fix="rerun")
     with pytest.raises(TypeError, match="object is not JSON data"):
         dumps(object())

@@ -57,16 +57,35 @@ def write_json(path, value) -> Path:
 
 
 def write_atomic(path, data: bytes) -> Path:
-    """Write `data` to a temporary file next to `path`, then rename it over `path`: a reader sees
-    the old file or the new one, never half of one."""
+    """Write `data` to a temporary file next to `path`, make it durable, then rename it over
+    `path`: a reader (or the next run after a crash) sees the old file or the new one, never half
+    of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (where the platform allows opening a directory)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_json(path, *, fix: str, missing_ok: bool = False):
@@ -77,7 +96,7 @@ def read_json(path, *, fix: str, missing_ok: bool = False):
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         if missing_ok:
             return None
@@ -85,8 +104,8 @@ def read_json(path, *, fix: str, missing_ok: bool = False):
     except OSError as exc:
         raise DataError(f"'{path}' is unreadable ({exc.strerror or exc}): {fix}") from None
     try:
-        return json.loads(text)
-    except ValueError as exc:
+        return json.loads(data.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise DataError(f"'{path}' is not valid JSON ({exc}): {fix}") from None
 
 

@@ -223,7 +223,7 @@ def write_run(out, *, config: dict, state: dict[str, np.ndarray], splits, predic
     predictor, calibrated predictions, report) are removed first. Metrics are
     :func:`natix.metrics.split_metrics` of each split's ``prob`` and :func:`confidence`.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     out = check_out(out)
     for name in DERIVED:
@@ -237,7 +237,7 @@ def write_run(out, *, config: dict, state: dict[str, np.ndarray], splits, predic
         arrays = {k: v for k, v in pred.items() if k not in ("ids", "labels")}
         write_predictions(out, split, pred["ids"], pred["labels"], arrays)
         metrics[split] = M.split_metrics(pred["labels"], pred["prob"], confidence(pred))
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(out / "model.safetensors"))
+    write_atomic(out / "model.safetensors", save({k: np.ascontiguousarray(v) for k, v in state.items()}))
     splits.save(out / "splits.json")
     for name, content in (extra or {}).items():
         write_json(out / name, content)

@@ -42,6 +42,9 @@ def test_gflops_of_a_timm_identity_and_of_view_recipes():
     small = gflops_from_identity(_identity(1024, 24, 4096, views={**ten, "tile_size": 112})) - single
     assert 0.24 < small / (9 * single) < 0.3  # a 112 tile costs about a quarter of a 224 view
     assert gflops_from_identity({"synthetic": {"n": 10}}) is None
+    # A registered (non-grid) layout's view sizes are not in its identity: unknown, not an error.
+    centre = {"n_views": 2, "grid": 3, "overlap": 0.125, "view_size": 224, "tile_size": 224, "layout": "centre"}
+    assert gflops_from_identity(_identity(1024, 24, 4096, views=centre)) is None
 
 
 def test_gflops_per_image_reads_the_cache_identity(runs, tmp_path):

@@ -170,6 +170,21 @@ def test_workers_give_the_same_features(demo_images, tiny_backbone, tmp_path):
     _same_cache(a.cache_file, b.cache_file)
 
 
+def test_workers_started_by_spawn_give_the_same_features(demo_images, tiny_backbone, tmp_path):
+    """macOS and Python >= 3.14 start DataLoader workers without fork: what a worker gets is pickled."""
+    import multiprocessing
+
+    a = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "a", options=FAST)
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        b = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "b",
+                    options=RunOptions(batch_size=6, workers=1, progress=False))
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+    _same_cache(a.cache_file, b.cache_file)
+
+
 def test_oom_halves_the_batch_and_loses_nothing(demo_images, tiny_backbone, tmp_path, oom_guard, caplog):
     reference = extract(demo_images, str(tiny_backbone), cache_root=tmp_path / "ref", options=FAST)
     oom_guard.limit = 10

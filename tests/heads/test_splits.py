@@ -127,7 +127,7 @@ def test_load_refuses_an_edited_file(tmp_path):
 def test_load_refuses_an_unreadable_file(tmp_path, text):
     path = tmp_path / "splits.json"
     path.write_text(text)
-    with pytest.raises(DataError, match="unreadable"):
+    with pytest.raises(DataError, match="is unreadable|is not valid JSON"):
         Splits.load(path)
 
 

@@ -15,6 +15,13 @@ def test_confidence_is_the_gate_when_given_else_the_max_probability():
     np.testing.assert_array_equal(M.confidence(p, gate=[3.0, -1.0, 0.0]), [3.0, -1.0, 0.0])
 
 
+def test_decisions_of_no_probabilities_are_empty():
+    out = M.predictions(np.array([]))
+    assert out.dtype == np.int64 and out.shape == (0,)
+    with pytest.raises(ValueError, match="threshold"):
+        M.predictions([], threshold=2.0)
+
+
 def test_decision_errors_round_half_to_class_zero_as_the_validator():
     y = np.array([0, 1, 1, 0])
     p = np.array([0.5, 0.5, 0.51, 0.49])
@@ -77,10 +84,10 @@ def test_reliability_curve_bins_as_the_ece():
     p = rng.random(500)
     y = (rng.random(500) < p).astype(int)
     for strategy in ("uniform", "quantile"):
-        mean_p, freq, counts = M.reliability_curve(y, p, n_bins=10, strategy=strategy)
-        assert counts.sum() == 500
+        mean_p, freq, counts = M.reliability_curve(y, p, strategy=strategy)  # the ECE's default bins
+        assert counts.sum() == 500 and len(counts) == 15
         ece = float(np.sum(counts * np.abs(freq - mean_p)) / 500)
-        assert ece == pytest.approx(M.ece(y, p, n_bins=10, strategy=strategy), abs=1e-12)
+        assert ece == pytest.approx(M.ece(y, p, strategy=strategy), abs=1e-12)
 
 
 def test_split_metrics_names_and_undefined_values():

@@ -28,7 +28,7 @@ def _cache(cache_file):
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def exported(request, demo_images, tiny_backbone, tmp_path_factory):
-    """Demo images → cache (store dtype, precision) → a global-view run → its bundle."""
+    """Demo images → cache (store dtype, precision) → a 10-view mean-pooled run → its bundle."""
     from natix.config import ViewRecipe
     from natix.heads.runs import fit_run
     from natix.heads.train import HeadConfig, TrainConfig

@@ -23,6 +23,7 @@ registered by name with :func:`register_exit`; :func:`create_exit` builds one fr
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import ClassVar, NamedTuple
@@ -85,7 +86,7 @@ def create_exit(name: str | None, levels: ExitLevels) -> ExitRule:
     return cls(**{f.name: getattr(levels, f.name) for f in fields(cls)})
 
 
-class ExitRule:
+class ExitRule(ABC):
     """What :func:`natix.calibrate.apply.calibrate_run` needs of an exit rule (module docstring)."""
 
     name: ClassVar[str] = ""
@@ -95,23 +96,25 @@ class ExitRule:
     threshold: float | None = None
     guarantee: str = ""
 
+    @abstractmethod
     def fit(self, q: np.ndarray, y: np.ndarray, confidence: np.ndarray) -> ExitRule:
         """Fit on fold B (calibrated probabilities, labels, confidences, each ``(n,)``); set the results."""
-        raise NotImplementedError
 
+    @abstractmethod
     def state(self) -> dict:
-        raise NotImplementedError
+        """The fitted state, as plain JSON values (for thresholds.json)."""
 
+    @abstractmethod
     def accept(self, confidence: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Which images this stage answers, from their confidences ``(n,)``: bool ``(n,)``."""
 
     def serve(self, q: np.ndarray) -> np.ndarray:
         return q
 
     @classmethod
     def served_map(cls, thresholds: dict | None) -> Callable[[np.ndarray], np.ndarray]:
-        """The map of this rule's calibration ``step``, rebuilt from thresholds.json."""
-        raise NotImplementedError
+        """The map of this rule's calibration ``step``, rebuilt from thresholds.json (identity without a step)."""
+        return lambda q: q
 
     def observed(self, y: np.ndarray, q: np.ndarray, accept: np.ndarray, confidence: np.ndarray) -> float:
         """The bound's quantity on new data (served probabilities `q`, `accept` mask); NaN if undefined."""

@@ -86,6 +86,8 @@ def _gflops_and_reason(identity: dict) -> tuple[float | None, str]:
     views = identity.get("views")
     if not views:
         return None, "unknown: the cache identity has no view recipe"
+    if views.get("layout", "grid") != "grid":
+        return None, f"unknown: view layout '{views['layout']}' (only the grid's view sizes are known here)"
     sides = _view_sides(views)
     total = sum(vit_gflops(s, dim=int(sizes["dim"]), depth=int(sizes["depth"]), mlp_dim=int(sizes["mlp_dim"]),
                            patch=int(sizes["patch"]), n_prefix=int(sizes["n_prefix"]), gated=sizes["gated"])

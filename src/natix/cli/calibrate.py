@@ -7,11 +7,6 @@ import click
 from natix.cli.common import echo_json
 from natix.cli.group import cli, library_errors
 
-# The names of natix.calibrate.apply.METHODS and EXITS, written out: importing them would load
-# scikit-learn on `natix --help` (tests/test_cli.py checks that both lists agree).
-METHODS = ["temperature", "platt", "beta", "isotonic"]
-EXITS = ["ltt", "crc", "scrc", "budget"]
-
 
 def bound_line(t: dict) -> str | None:
     """The certified bound of a val_test table and whether val_test kept it; None without a bound."""
@@ -42,10 +37,11 @@ def calibration_summary(res) -> str:
 
 @cli.command("calibrate")
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--method", type=click.Choice(METHODS), default="platt", show_default=True)
-@click.option("--exit", "exit_rule", type=click.Choice(EXITS), default=None,
-              help="Exit rule: ltt, crc, scrc (certified) or budget (defer at most --budget, no guarantee); "
-                   "none: no deferral.")
+@click.option("--method", default="platt", show_default=True,
+              help="A registered calibrator: temperature, platt, beta, isotonic, or your own.")
+@click.option("--exit", "exit_rule", default=None,
+              help="A registered exit rule: ltt, crc, scrc (certified), budget (defer at most --budget, no "
+                   "guarantee), or your own; none: no deferral.")
 @click.option("--alpha", default=0.1, show_default=True, help="Risk level of the guarantee.")
 @click.option("--delta", default=0.1, show_default=True, help="Failure probability (LTT, SCRC).")
 @click.option("--target-fnr", type=float, default=None, help="Pick the decision threshold for this FNR.")

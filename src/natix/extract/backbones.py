@@ -118,7 +118,12 @@ def _backbone_module():
 
         def patch_embedding(self):
             """The patch-embedding convolution, or None when the loader named none."""
-            return None if self._patch_embed is None else self.model.get_submodule(self._patch_embed)
+            if self._patch_embed is None:
+                return None
+            try:
+                return self.model.get_submodule(self._patch_embed)
+            except AttributeError:  # the loader named a path this model lacks: nothing to fold into
+                return None
 
         def forward(self, pixels):
             tokens = self.tokens(pixels)

@@ -18,7 +18,6 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from natix.extract.featurizer import (
     resolve_device,
     resolve_precision,
 )
-from natix.extract.views import view_table
+from natix.extract.views import build_views, view_table
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +113,11 @@ def _close_fds(fds, _worker_id=None) -> None:
 class _ImageSet:
     """DataLoader dataset: (position, record, id) → decoded image or views, or a failure reason."""
 
-    def __init__(self, items, views: Callable | None):
+    def __init__(self, items, recipe: ViewRecipe | None):
         self.items = items
-        self.views = views  # set (the featurizer's view step): build uint8 views in the worker (CPU path)
+        # Set: build the uint8 views in the worker (CPU path), with the featurizer's view builder.
+        # Only the recipe goes to the workers: under spawn/forkserver a worker gets a pickled copy.
+        self.recipe = recipe
 
     def __len__(self):
         return len(self.items)
@@ -135,8 +136,8 @@ class _ImageSet:
             return k, str(exc)
         img = as_chw(arr)
         size = (arr.shape[0], arr.shape[1])
-        if self.views is not None:
-            return k, ({s: v[0] for s, v in self.views([img]).items()}, size)
+        if self.recipe is not None:
+            return k, ({s: v[0] for s, v in build_views([img], self.recipe).items()}, size)
         return k, (img, size)
 
 
@@ -320,7 +321,7 @@ def _loader(todo, featurizer: Featurizer, options: RunOptions, lock_fd: int | No
     from torch.utils.data import DataLoader
 
     on_cpu = featurizer.device.type == "cpu"
-    return DataLoader(_ImageSet(todo, featurizer.views if on_cpu else None), batch_size=options.batch_size,
+    return DataLoader(_ImageSet(todo, featurizer.recipe if on_cpu else None), batch_size=options.batch_size,
                       shuffle=False, num_workers=options.workers, collate_fn=_collate,
                       worker_init_fn=functools.partial(_close_fds, [lock_fd]) if options.workers else None,
                       pin_memory=not on_cpu, persistent_workers=False,

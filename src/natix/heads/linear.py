@@ -21,6 +21,7 @@ import numpy as np
 
 from natix.heads.config import FittedHead, HeadConfig, TrainConfig, limit_threads
 from natix.heads.lbfgs import minimize_lbfgs
+from natix.metrics.inputs import mcc_from_counts
 
 
 @dataclass(frozen=True)
@@ -297,8 +298,7 @@ class _ValScore:
         tn = (~pred & ~pos).sum(0).astype(np.float64)
         fp = (pred & ~pos).sum(0).astype(np.float64)
         fn = (~pred & pos).sum(0).astype(np.float64)
-        den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        return -np.where(den > 0, (tp * tn - fp * fn) / np.where(den > 0, den, 1.0), 0.0)
+        return -mcc_from_counts(tp, tn, fp, fn)
 
 
 class _EarlyStopping:

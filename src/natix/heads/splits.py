@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from natix.errors import ConfigError, DataError
+from natix.jsonio import read_json, write_json
 
 SPLITS = ("train", "val_select", "val_calib", "val_test")
 DEFAULT_RATIOS = (0.6, 0.1, 0.15, 0.15)
@@ -51,18 +52,16 @@ class Splits:
                 "grouped": self.grouped, "digest": self.digest, "ids": self.ids}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_json()))
-        return path
+        return write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path, *, fingerprint: str | None = None) -> Splits:
         """Read a split file; refuse one made for another cache."""
+        data = read_json(path, fix="pass a splits.json written by natix")
         try:
-            data = json.loads(Path(path).read_text())
             s = cls(ids={k: list(data["ids"][k]) for k in SPLITS}, seed=int(data["seed"]),
                     ratios=tuple(data["ratios"]), fingerprint=data["fingerprint"], grouped=bool(data["grouped"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"split file '{path}' is unreadable ({exc}): pass a splits.json written by natix") from None
         if fingerprint is not None and s.fingerprint != fingerprint:
             raise DataError(f"split file '{path}' was made for cache {s.fingerprint[:16]}, not {fingerprint[:16]}: "

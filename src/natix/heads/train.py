@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from natix import metrics as M
 from natix.heads.config import FittedHead, HeadConfig, TrainConfig, limit_threads
 from natix.heads.fitting import fit_heads, fold_ids, out_of_fold
 from natix.heads.linear import feature_stats, standardised_inputs
@@ -44,11 +45,7 @@ def _stop_score(prob: np.ndarray, y: np.ndarray, metric: str) -> float:
     if metric == "nll":
         p = np.clip(prob, 1e-7, 1 - 1e-7)
         return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    pred = prob > 0.5
-    tp = np.sum(pred & (y == 1)); tn = np.sum(~pred & (y == 0))
-    fp = np.sum(pred & (y == 0)); fn = np.sum(~pred & (y == 1))
-    den = np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
-    return -float((tp * tn - fp * fn) / den) if den > 0 else 0.0
+    return -M.mcc(y, prob)
 
 
 @torch.inference_mode()

@@ -41,7 +41,7 @@ def predictions(y_prob, *, threshold: float = 0.5) -> np.ndarray:
 
     Parameters
     ----------
-    y_prob : array of shape (n,)
+    y_prob : array of shape (n,), n >= 0
         P(class 1), in [0, 1].
     threshold : float in [0, 1]
 
@@ -49,9 +49,10 @@ def predictions(y_prob, *, threshold: float = 0.5) -> np.ndarray:
     -------
     ndarray of shape (n,), int64 in {0, 1}
     """
-    p = check_probs(y_prob)
     threshold = check_unit_interval(threshold, "threshold")
-    return (p > threshold).astype(np.int64)
+    if np.ndim(y_prob) == 1 and np.size(y_prob) == 0:
+        return np.zeros(0, dtype=np.int64)  # no images, no decisions (a batch may be empty)
+    return (check_probs(y_prob) > threshold).astype(np.int64)
 
 
 def accuracy(y_true, y_prob, *, threshold: float = 0.5) -> float:
@@ -249,7 +250,7 @@ def ece(y_true, y_prob, *, n_bins: int = ECE_BINS, strategy: str = "uniform") ->
     return float(gaps.sum() / counts.sum())
 
 
-def reliability_curve(y_true, y_prob, *, n_bins: int = 10, strategy: str = "uniform"
+def reliability_curve(y_true, y_prob, *, n_bins: int = ECE_BINS, strategy: str = "uniform"
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reliability diagram: mean probability, positive frequency and count per non-empty bin.
 

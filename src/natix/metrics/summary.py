@@ -11,17 +11,17 @@ from natix.metrics.deferral import decision_errors
 
 __all__ = ["LOWER_IS_BETTER", "METRIC_NAMES", "split_metrics"]
 
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "mcc", "auroc", "auprc", "nll", "brier", "ece", "ece_mass",
-                "aurc", "augrc", "e_augrc", "auroc_f", "natix_reward")
-LOWER_IS_BETTER = frozenset({"nll", "brier", "ece", "ece_mass", "aurc", "augrc", "e_augrc"})
-
-_BY_PROBABILITY = {
-    "accuracy": C.accuracy, "balanced_accuracy": C.balanced_accuracy, "mcc": C.mcc, "auroc": C.auroc,
-    "auprc": C.auprc, "nll": C.nll, "brier": C.brier, "ece": C.ece,
-    "ece_mass": lambda y, p: C.ece(y, p, strategy="quantile"),
-    "natix_reward": lambda y, p: C.natix_reward_windows(y, p)[1],
+# Each reported metric: its function and whether it reads the confidence (the selective metrics,
+# on the errors of p > 0.5) or the probability. The order is the order of every table.
+_METRICS = {
+    "accuracy": (C.accuracy, False), "balanced_accuracy": (C.balanced_accuracy, False), "mcc": (C.mcc, False),
+    "auroc": (C.auroc, False), "auprc": (C.auprc, False), "nll": (C.nll, False), "brier": (C.brier, False),
+    "ece": (C.ece, False), "ece_mass": (lambda y, p: C.ece(y, p, strategy="quantile"), False),
+    "aurc": (S.aurc, True), "augrc": (S.augrc, True), "e_augrc": (S.e_augrc, True), "auroc_f": (S.auroc_failure, True),
+    "natix_reward": (lambda y, p: C.natix_reward_windows(y, p)[1], False),
 }
-_BY_CONFIDENCE = {"aurc": S.aurc, "augrc": S.augrc, "e_augrc": S.e_augrc, "auroc_f": S.auroc_failure}
+METRIC_NAMES = tuple(_METRICS)
+LOWER_IS_BETTER = frozenset({"nll", "brier", "ece", "ece_mass", "aurc", "augrc", "e_augrc"})
 
 
 def split_metrics(y_true, y_prob, confidence=None, *, names=METRIC_NAMES) -> dict:
@@ -48,12 +48,13 @@ def split_metrics(y_true, y_prob, confidence=None, *, names=METRIC_NAMES) -> dic
     errors = None
     out = {}
     for name in names:
+        fn, selective = _METRICS[name]
         try:
-            if name in _BY_CONFIDENCE:
+            if selective:
                 errors = decision_errors(y, p) if errors is None else errors
-                out[name] = float(_BY_CONFIDENCE[name](errors, conf))
+                out[name] = float(fn(errors, conf))
             else:
-                out[name] = float(_BY_PROBABILITY[name](y, p))
+                out[name] = float(fn(y, p))
         except ValueError:
             out[name] = float("nan")
     out["n"] = len(y)

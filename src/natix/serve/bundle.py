@@ -41,14 +41,13 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import ConfigError, DataError, DecodeError
-from natix.serve.export import export_bundle
 from natix.serve.inputs import as_list, check_input, decode, describe
-from natix.serve.manifest import FORMAT, read_manifest, thresholds
+from natix.serve.manifest import read_manifest, thresholds
 from natix.serve.stage import Stage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT", "Bundle", "export_bundle", "load_bundle"]
+__all__ = ["Bundle", "load_bundle"]
 
 
 class Bundle:
@@ -200,7 +199,7 @@ def _per_stage(value, name: str, n: int) -> list:
 
 def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = None,
                 adapter: str | None = None, device: str = "cpu", precision: str | None = None) -> Bundle:
-    """Load and verify a bundle written by `export_bundle`.
+    """Load and verify a bundle written by :func:`natix.serve.export.export_bundle`.
 
     Parameters
     ----------
