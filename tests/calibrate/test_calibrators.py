@@ -404,3 +404,13 @@ def test_fit_on_100k_is_fast(name):
     elapsed = time.perf_counter() - start
     print(f"{name}: fit on 100k in {elapsed:.3f}s")
     assert elapsed < 5.0  # budget 2 s on a 2-core CPU; generous margin against noisy CI machines
+
+
+@pytest.mark.parametrize("cls", [TemperatureScaling, PlattScaling])
+def test_calibrated_logit_is_the_logit_of_the_calibrated_probability(cls):
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0.01, 0.99, 400)
+    y = (rng.random(400) < p**2).astype(int)
+    cal = cls().fit(p, y)
+    z = cal.calibrated_logit(p)
+    np.testing.assert_allclose(1.0 / (1.0 + np.exp(-z)), cal.transform(p), rtol=0, atol=1e-12)

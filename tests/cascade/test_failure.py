@@ -258,6 +258,17 @@ def test_state_round_trip_is_exact_and_pickle_free(task, model, calibrated):
         assert json.loads(tensors["xgboost_json"].tobytes())["learner"]  # XGBoost's own JSON format
 
 
+def test_state_written_before_calibrators_kept_their_own_state_still_loads(task):
+    (Xtr, etr, _), (Xca, eca, _), (Xte, _, _) = task["train"], task["calib"], task["test"]
+    est = FailurePredictor(model="mlp", hidden=8, epochs=5, threads=1).fit(Xtr, etr, X_calib=Xca, is_error_calib=eca)
+    meta, tensors = est.to_state()
+    assert set(meta["calibrator"]) == {"method", "coef_", "intercept_"}
+    old = {**meta, "calibrator": {"method": "platt", "coef": meta["calibrator"]["coef_"],
+                                  "intercept": meta["calibrator"]["intercept_"]}}
+    back = FailurePredictor.from_state(old, tensors)
+    np.testing.assert_array_equal(back.predict_proba(Xte), est.predict_proba(Xte))
+
+
 def test_damaged_state_is_refused(task):
     est = FailurePredictor(model="mlp", hidden=8, epochs=5, threads=1).fit(*task["train"][:2])
     meta, tensors = est.to_state()

@@ -217,6 +217,11 @@ class TemperatureScaling(_IterativeCalibrator):
                              bounds=[(1e-4, 1e4)], name="TemperatureScaling")
         self.temperature_ = float(1.0 / s)
 
+    def calibrated_logit(self, scores) -> np.ndarray:
+        """``logit(p) / T``, the logit of the calibrated probability (before the decision guard)."""
+        check_is_fitted(self)
+        return logit(positive_proba(scores), _EPS) / self.temperature_
+
     def _transform(self, p):
         q = sigmoid(logit(p, _EPS) / self.temperature_)
         return np.where(p > 0.5, np.maximum(q, ABOVE_HALF), np.minimum(q, 0.5))
@@ -250,6 +255,11 @@ class PlattScaling(_IterativeCalibrator):
         X = np.column_stack([z, np.ones_like(z)])
         a, b = _fit_logistic(X, y, np.array([1.0, 0.0]), max_iter=self.max_iter, name="PlattScaling")
         self.coef_, self.intercept_ = float(a), float(b)
+
+    def calibrated_logit(self, scores) -> np.ndarray:
+        """``a * logit(p) + b``, the logit of the calibrated probability."""
+        check_is_fitted(self)
+        return self.coef_ * logit(positive_proba(scores), _EPS) + self.intercept_
 
     def _transform(self, p):
         return sigmoid(self.coef_ * logit(p, _EPS) + self.intercept_)

@@ -214,8 +214,7 @@ class FailurePredictor(BaseEstimator):
             "format": _STATE_FORMAT, "version": _STATE_VERSION, "params": self.get_params(),
             "n_features_in": int(self.n_features_in_), "train_accuracy": self.train_accuracy_,
             "failure_weight": self.failure_weight_,
-            "calibrator": None if self.calibrator_ is None else {
-                "method": "platt", "coef": self.calibrator_.coef_, "intercept": self.calibrator_.intercept_},
+            "calibrator": None if self.calibrator_ is None else {"method": "platt", **self.calibrator_.to_state()},
         }
         if self.model == "mlp":
             tensors = {"mean": self.mean_.copy(), "scale": self.scale_.copy()}
@@ -258,9 +257,9 @@ class FailurePredictor(BaseEstimator):
                 est.booster_.load_model(bytearray(np.asarray(tensors["xgboost_json"], dtype=np.uint8).tobytes()))
             cal = meta["calibrator"]
             est.calibrator_ = None
-            if cal is not None:
-                est.calibrator_ = PlattScaling()
-                est.calibrator_.coef_, est.calibrator_.intercept_ = float(cal["coef"]), float(cal["intercept"])
+            if cal is not None:  # files written before calibrators kept their own state say coef, intercept
+                state = cal if "coef_" in cal else {"coef_": cal["coef"], "intercept_": cal["intercept"]}
+                est.calibrator_ = PlattScaling.from_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise DataError(f"failure predictor state is incomplete or damaged ({exc!r}): refit it") from None
         return est

@@ -48,7 +48,6 @@ STOP_METRICS = ("augrc", "loss")
 RECALIBRATIONS = ("platt", "temperature", "none")
 OVERLAP_BINS = 50
 _LOG2 = math.log(2.0)
-_EPS = 1e-12  # probability clip before a logit, as the calibrators do
 
 
 # --------------------------------------------------------------------------- the loss
@@ -405,10 +404,7 @@ def _apply(cal, raw_prob: np.ndarray, raw_logit: np.ndarray) -> tuple[np.ndarray
     """Recalibrated ``(prob, logit)`` with ``sigmoid(logit) == prob`` (logit from the same clipped z)."""
     if cal is None:
         return raw_prob, raw_logit.astype(np.float64)
-    p = np.clip(raw_prob.astype(np.float64), _EPS, 1 - _EPS)
-    z = np.log(p) - np.log1p(-p)
-    logit = cal.coef_ * z + cal.intercept_ if hasattr(cal, "coef_") else z / cal.temperature_
-    return cal.transform(raw_prob), logit
+    return cal.transform(raw_prob), cal.calibrated_logit(raw_prob)
 
 
 def _stage2_correct(stage2, ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
