@@ -200,3 +200,39 @@ def test_merge_keeps_first_rows_applies_metadata_and_drops_resolved_failures(tmp
         assert (c.paths[0], c.labels[0], c.groups[0]) == ("/moved/0.jpg", 0, "grp")
         assert c.failures == [{"id": "", "path": "/img/missing.jpg", "reason": "no such file"}]
     assert verify_cache(path)["ok"]
+
+
+# --------------------------------------------------------------------------- row selection
+
+
+def test_features_accepts_a_boolean_mask_integer_rows_and_slices(tmp_path):
+    path = _write(tmp_path, n=6)
+    c = open_cache(path)
+    full = c.features()
+    mask = np.array([True, False, True, True, False, False])
+    np.testing.assert_array_equal(c.features(mask), full[mask])
+    np.testing.assert_array_equal(c.features(c.labels == 1), full)  # a mask of all rows, not rows 0 and 1
+    np.testing.assert_array_equal(c.features(mask.tolist()), full[mask])
+    np.testing.assert_array_equal(c.features([5, 0, 5]), full[[5, 0, 5]])
+    np.testing.assert_array_equal(c.features(np.array([2, 1], dtype=np.uint8)), full[[2, 1]])
+    np.testing.assert_array_equal(c.features(slice(1, 5, 2)), full[1:5:2])
+    assert c.features(np.zeros(6, dtype=bool)).shape == (0, 2, 3)
+
+
+@pytest.mark.parametrize("rows, match", [
+    (np.ones(5, dtype=bool), r"boolean mask of 5 rows for a cache of 6 rows: pass a mask of length 6"),
+    (np.ones((6, 1), dtype=bool), "row selection must be one-dimensional"),
+    (np.array([0.0, 1.0]), "row selection of dtype float64"),
+    (np.array(["0"]), "row selection of dtype <U1"),
+    (3, "a single row"),
+    ("rows", "row selection of type str"),
+    ([0, 6], "row 6 is out of range for a cache of 6 rows"),
+    (np.array([-1]), "row -1 is out of range for a cache of 6 rows"),
+])
+def test_features_refuses_other_row_selections_in_one_line(tmp_path, rows, match):
+    from natix.errors import ConfigError
+
+    c = open_cache(_write(tmp_path, n=6))
+    with pytest.raises(ConfigError, match=match) as info:
+        c.features(rows)
+    assert "\n" not in str(info.value)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from natix.cache.layout import FORMAT, pending_parts
-from natix.errors import CacheError
+from natix.errors import CacheError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -115,14 +115,12 @@ class FeatureCache:
     def features(self, rows=None, *, dtype=np.float32) -> np.ndarray:
         """Features ``[N, V, D]`` (or ``[len(rows), V, D]``) as `dtype`.
 
-        `rows` is an index array or slice; sorted index arrays read fastest.
+        `rows` is None (all rows), a slice, an integer array (any order, repeats allowed) or a
+        boolean mask of length N (``cache.features(cache.labels == 1)``); sorted index arrays
+        read fastest. Anything else raises a `ConfigError`.
         """
         ds = self._features()
-        if rows is None:
-            rows = slice(None)
-        if isinstance(rows, slice):
-            rows = np.arange(*rows.indices(ds.shape[0]))
-        out = _read_rows(ds, np.asarray(rows, dtype=np.int64))
+        out = _read_rows(ds, row_indices(rows, ds.shape[0]))
         return out if dtype is None or out.dtype == dtype else out.astype(dtype)
 
     def blocks(self, block: int = 4096) -> Iterator[np.ndarray]:
@@ -137,6 +135,39 @@ class FeatureCache:
         return np.array([v.box for v in self.views]) * np.array([w, h, w, h], dtype=np.float64)
 
 
+def row_indices(rows, n: int) -> np.ndarray:
+    """`rows` (None, a slice, integer indices or a boolean mask of length `n`) as int64 indices into `n` rows.
+
+    A boolean mask is never read as the indices 0 and 1; anything that is not one of these
+    forms raises a one-line `ConfigError`.
+    """
+    if rows is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(rows, slice):
+        return np.arange(*rows.indices(n), dtype=np.int64)
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, (np.ndarray, list, tuple, range)):
+        what = "a single row" if isinstance(rows, (int, np.integer)) else f"row selection of type {type(rows).__name__}"
+        raise ConfigError(f"{what} is not a row selection: pass a slice, an integer array or a boolean mask "
+                          f"of length {n} (e.g. [i] for one row)")
+    arr = np.asarray(rows)
+    if arr.ndim != 1:
+        raise ConfigError(f"row selection must be one-dimensional, got shape {arr.shape}: pass a slice, an integer "
+                          f"array or a boolean mask of length {n}")
+    if arr.dtype == bool:
+        if len(arr) != n:
+            raise ConfigError(f"boolean mask of {len(arr)} rows for a cache of {n} rows: pass a mask of length {n}")
+        return np.flatnonzero(arr).astype(np.int64)
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ConfigError(f"row selection of dtype {arr.dtype} is neither integer indices nor a boolean mask: "
+                          f"pass a slice, an integer array or a boolean mask of length {n}")
+    bad = arr[(arr < 0) | (arr >= n)]
+    if len(bad):
+        raise ConfigError(f"row {bad[0]} is out of range for a cache of {n} rows: pass indices in [0, {n})")
+    return arr.astype(np.int64)
+
+
 def _read_rows(ds, rows: np.ndarray, block: int = 4096) -> np.ndarray:
     """``ds[rows]`` for any row order and repeats, reading each touched block of rows once.
 
@@ -145,8 +176,6 @@ def _read_rows(ds, rows: np.ndarray, block: int = 4096) -> np.ndarray:
     out = np.empty((len(rows),) + ds.shape[1:], dtype=ds.dtype)
     if not len(rows):
         return out
-    if rows.min() < 0 or rows.max() >= ds.shape[0]:
-        raise IndexError(f"row index out of range for {ds.shape[0]} rows")
     if np.all(np.diff(rows) == 1):  # one contiguous run: read it directly
         ds.read_direct(out, source_sel=np.s_[rows[0]:rows[-1] + 1])
         return out
