@@ -206,11 +206,47 @@ def test_limit_threads_sets_and_restores():
     ({"l2": (-1.0,)}, "l2 must be one or more"),
     ({"threads": -1}, "threads must be >= 0"),
     ({"precision": "fp8"}, "unknown precision 'fp8'"),
-    ({"lr": 0.0}, "lr must be > 0"),
+    ({"lr": 0.0}, "lr must be a finite number > 0, got 0.0"),
+    ({"lr": float("inf")}, "lr must be a finite number > 0, got inf"),
+    ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+    ({"weight_decay": float("nan")}, "weight decay must be a finite number >= 0, got nan"),
+    ({"weight_decay": float("inf")}, "weight decay must be a finite number >= 0, got inf"),
+    ({"l2": (float("inf"),)}, "l2 must be one or more"),
 ])
 def test_bad_train_configs(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"gate_lambda": float("nan")}, "gate lambda must be a finite number >= 0, got nan"),
+    ({"gate_lambda": float("inf")}, "gate lambda must be a finite number >= 0, got inf"),
+    ({"dropout": float("nan")}, "dropout must be in"),
+    ({"coverage": float("nan")}, "gate coverage must be in"),
+])
+def test_bad_head_configs(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        HeadConfig(**kwargs)
+
+
+@pytest.mark.parametrize("head", [HeadConfig(agg="topk", k=5), HeadConfig(head="mlp", agg="topk", k=5)],
+                         ids=["lbfgs", "adamw"])
+def test_topk_with_more_views_than_the_features_have_is_refused(data, head):
+    with pytest.raises(ConfigError, match=r"--k 5 is more than the 4 views of the features: pass --k <= 4"):
+        _fit(data, head, FAST, (0,))
+    assert _fit(data, dataclasses.replace(head, k=4), dataclasses.replace(FAST, max_epochs=1), (0,))
+
+
+def test_out_of_fold_refuses_more_folds_than_a_class_has_rows(data):
+    (Xtr, ytr, ids), (Xva, yva, _) = data["train"], data["val_select"]
+    fewest = int(np.bincount(ytr).min())
+    smallest = int(np.argmin(np.bincount(ytr)))
+    for k in (fewest + 1, len(ytr) + 1, 10_000):
+        with pytest.raises(ConfigError, match=rf"--oof-folds {k} is more than the {fewest} training images of class "
+                                              rf"{smallest}: pass --oof-folds <= {fewest}"):
+            out_of_fold(Xtr, ytr, ids, Xva, yva, HeadConfig(), FAST, k=k)
+    with pytest.raises(ConfigError, match="--oof-folds must be >= 2, got 1"):
+        out_of_fold(Xtr, ytr, ids, Xva, yva, HeadConfig(), FAST, k=1)
 
 
 def test_lbfgs_refuses_heads_it_cannot_fit():

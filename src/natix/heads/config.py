@@ -82,9 +82,22 @@ class HeadConfig:
                               f"attn_hidden={self.attn_hidden}, k={self.k}, depth={self.depth}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0 <= self.gate_alpha <= 1 or self.gate_lambda < 0:
-            raise ConfigError(f"gate alpha must be in [0, 1] and gate lambda >= 0, got alpha={self.gate_alpha}, "
-                              f"lambda={self.gate_lambda}")
+        if not 0 <= self.gate_alpha <= 1:
+            raise ConfigError(f"gate alpha must be in [0, 1], got {self.gate_alpha}")
+        if not (np.isfinite(self.gate_lambda) and self.gate_lambda >= 0):
+            raise ConfigError(f"gate lambda must be a finite number >= 0, got {self.gate_lambda}")
+
+    def check_views(self, n_views: int) -> None:
+        """Refuse an aggregator that pools more views than the features have (topk with k > V)."""
+        if self.k > n_views and self.agg_takes_k:
+            raise ConfigError(f"--k {self.k} is more than the {n_views} views of the features: pass --k <= {n_views}")
+
+    @property
+    def agg_takes_k(self) -> bool:
+        """Whether the aggregator reads `k` (built-in topk without importing torch; a plugin by its constructor)."""
+        if self.agg in BUILTIN_AGGREGATORS:
+            return self.agg == "topk"
+        return "k" in self.agg_kwargs()
 
     def build(self, dim: int, n_views: int):
         """The torch `ViewModel` of this config."""
@@ -148,11 +161,12 @@ class TrainConfig:
         check_device(self.device)
         if self.batch_size < 0 or self.max_epochs < 1 or self.max_iter < 1 or self.eval_every < 1:
             raise ConfigError("batch size must be >= 0, and max epochs, max iter and eval every >= 1")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if (self.patience is not None and self.patience < 1) or self.weight_decay < 0:
-            raise ConfigError(f"patience must be >= 1 and weight decay >= 0, got patience={self.patience}, "
-                              f"weight_decay={self.weight_decay}")
+        if self.lr is not None and not (np.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be >= 1, got {self.patience}")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
         l2 = tuple(float(v) for v in self.l2)
         if not l2 or any(not np.isfinite(v) or v < 0 for v in l2):
             raise ConfigError(f"l2 must be one or more finite values >= 0, got {self.l2}")

@@ -33,6 +33,7 @@ def fit_heads(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val
         raise ConfigError(f"features must be [N, V, D] with the same V and D, got {X_train.shape} and {X_val.shape}")
     if len(X_train) != len(y_train) or len(X_val) != len(y_val):
         raise ConfigError("features and labels have different numbers of rows")
+    head.check_views(X_train.shape[1])
     if train.engine(head) == "lbfgs":
         from natix.heads.linear import fit_view_linear
 
@@ -92,6 +93,21 @@ def fold_ids(ids, labels, k: int, seed: int = 0) -> np.ndarray:
     return folds
 
 
+def check_oof_folds(k: int, y_train) -> None:
+    """Refuse `k` cross-fitting folds unless 2 <= k <= the training rows of each class.
+
+    Folds are stratified: with more folds than rows of a class some fold models would hold out
+    none of that class, and some folds would be empty.
+    """
+    if k < 2:
+        raise ConfigError(f"--oof-folds must be >= 2, got {k}")
+    classes, counts = np.unique(np.asarray(y_train), return_counts=True)
+    if len(counts) and k > counts.min():
+        fewest = int(counts.min())
+        raise ConfigError(f"--oof-folds {k} is more than the {fewest} training images of class "
+                          f"{classes[counts.argmin()]}: pass --oof-folds <= {fewest}")
+
+
 def out_of_fold(X_train, y_train, ids_train, X_val, y_val, head: HeadConfig, train: TrainConfig,
                 k: int) -> dict[str, np.ndarray]:
     """Cross-fitted predictions for every training row from a model that did not see it.
@@ -99,8 +115,7 @@ def out_of_fold(X_train, y_train, ids_train, X_val, y_val, head: HeadConfig, tra
     View-linear heads fit the k fold models as members of one L-BFGS run; other heads one
     after another (fold f uses seed ``train.seed + 1000 (f + 1)``).
     """
-    if k < 2:
-        raise ConfigError(f"--oof-folds must be >= 2, got {k}")
+    check_oof_folds(k, y_train)
     folds = fold_ids(ids_train, y_train, k, seed=train.seed)
     if train.engine(head) == "lbfgs":
         from natix.heads.linear import fit_view_linear
