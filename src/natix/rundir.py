@@ -183,13 +183,27 @@ class Run:
         return float(np.mean(labels == 1))
 
 
-def check_out(out, *, base=None) -> Path:
-    """Refuse an output directory that exists, is not empty and is not a natix run (or is `base`)."""
+def check_out(out, *, base=None, run: bool = True) -> Path:
+    """Refuse an output directory that cannot be created or written, that is `base`, or (with
+    `run`) that exists, is not empty and is not a natix run. Nothing is created.
+
+    ``run=False`` accepts any directory (for outputs such as a cascade's folder, which a rerun
+    replaces file by file).
+    """
     out = Path(out)
     if base is not None and out.resolve() == Path(base).resolve():
         raise ConfigError(f"out '{out}' is the base run: pass a new directory")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
+    if run and out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise ConfigError(f"run directory '{out}' exists and is not a natix run: pass a new --out")
+    # The nearest existing folder decides: `out` itself, or the ancestor it would be created in.
+    existing = out.absolute()
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create '{out}': '{existing}' is not a directory: pass an --out in a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write '{out}': '{existing}' is not writable: pass an --out in a writable "
+                          "directory")
     return out
 
 

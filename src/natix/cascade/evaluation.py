@@ -23,9 +23,10 @@ from natix.cascade.router import Router
 from natix.cascade.stages import ExternalStage, as_external, as_stage, join_stages, load_stage
 from natix.errors import ConfigError, DataError
 from natix.jsonio import write_atomic, write_json
+from natix.rundir import check_out
 
-__all__ = ["CURVE_POINTS", "calibration_report", "cascade_run", "deferral_table", "evaluate_cascade",
-           "write_cascade"]
+__all__ = ["CURVE_POINTS", "calibration_report", "cascade_run", "check_distinct_stages", "deferral_table",
+           "evaluate_cascade", "write_cascade"]
 
 CURVE_POINTS = 101  # stage-1 confidence quantiles sampled for the curve's table and plot
 
@@ -136,7 +137,9 @@ def evaluate_cascade(stage_runs: Sequence, router, *, stage3=None) -> dict:
     ``predictions`` (numpy ``ids``, ``labels``, ``prob``, ``stage``; not JSON).
     """
     check_is_fitted(router, "thresholds_")
-    stages = join_stages([as_stage(s) for s in stage_runs])
+    stages = [as_stage(s) for s in stage_runs]
+    check_distinct_stages([s["run"] for s in stages])
+    stages = join_stages(stages)
     if len(stages) < 2 and stage3 is None:
         raise ConfigError("a cascade needs at least two stages: pass two runs, or one run and stage3")
     external = None if stage3 is None else as_external(stage3)
@@ -162,6 +165,17 @@ def evaluate_cascade(stage_runs: Sequence, router, *, stage3=None) -> dict:
         "curve": deferral_table(y, probs[0], test[0]["confidence"], probs[1]) if len(stages) >= 2 else None,
         "predictions": {"ids": ids, "labels": y, "prob": prob, "stage": stage},
     }
+
+
+def check_distinct_stages(runs: Sequence) -> None:
+    """Refuse a run that appears twice among the stages (a cascade of a run with itself defers for nothing)."""
+    seen: dict[Path, int] = {}
+    for k, run in enumerate(runs, start=1):
+        where = Path(run).resolve()
+        if where in seen:
+            raise ConfigError(f"--stage{seen[where]} and --stage{k} are the same run '{Path(runs[seen[where] - 1])}': "
+                              f"pass a different (stronger) run as stage {k}")
+        seen[where] = k
 
 
 def calibration_report(router, n_calib: int, *, external: bool) -> dict:
@@ -220,12 +234,13 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
     """
     router = Router(target_risk=target_risk, delta=delta, budget=budget)
     router.check_params()  # option errors before any file is read
+    check_distinct_stages([stage1, stage2])
+    out = check_out(out if out is not None else Path(stage1) / "cascade", run=False)
     external = None if stage3 is None else as_external(stage3)
     stages = join_stages([load_stage(stage1), load_stage(stage2)])
     router.fit([s["val_calib"] for s in stages] + ([None] if external is not None else []))
     result = evaluate_cascade(stages, router, stage3=external)
     calibration = calibration_report(router, len(stages[0]["val_calib"]["ids"]), external=external is not None)
-    out = Path(out) if out is not None else Path(stage1) / "cascade"
     document = write_cascade(
         out, result, router=router, calibration=calibration,
         sources=[str(Path(stage1)), str(Path(stage2))] + ([external.name] if external is not None else []),
