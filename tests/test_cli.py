@@ -195,3 +195,97 @@ def test_config_file_supplies_defaults_and_flags_win(setup, tmp_path):
     assert "unknown option(s) viewz" in _one_line_error(run("--config", cfg, "extract", data), 2)
     cfg.write_text("extrakt: {}\n")
     assert "unknown command 'extrakt'" in _one_line_error(run("--config", cfg, "extract", data), 2)
+
+
+# --------------------------------------------------------------------------- numbers and the config file
+
+
+@pytest.mark.parametrize("kind, value, why", [
+    (dict(min=1, integer=True), "0", "'0' is out of range: pass an integer >= 1"),
+    (dict(min=1, integer=True), "-2", "'-2' is out of range: pass an integer >= 1"),
+    (dict(min=1, integer=True), "2.5", "'2.5' is not an integer: pass an integer >= 1"),
+    (dict(min=1, integer=True), True, "'True' is not an integer"),
+    (dict(min=0, min_open=True), "nan", "'nan' is not a finite number: pass a number > 0"),
+    (dict(min=0, min_open=True), "inf", "'inf' is not a finite number"),
+    (dict(min=0, min_open=True), "-inf", "'-inf' is not a finite number"),
+    (dict(min=0, min_open=True), "1e400", "'1e400' is not a finite number"),
+    (dict(min=0, min_open=True), "0", "'0' is out of range: pass a number > 0"),
+    (dict(min=0, max=1, max_open=True), "1", "'1' is out of range: pass a number in [0, 1)"),
+    (dict(min=0, max=1, min_open=True, max_open=True), 0.0, "'0.0' is out of range: pass a number in (0, 1)"),
+    (dict(max=0.5), "0.75", "'0.75' is out of range: pass a number <= 0.5"),
+    (dict(), "abc", "'abc' is not a number: pass a finite number"),
+    (dict(), float("nan"), "'nan' is not a finite number"),
+], ids=lambda v: str(v))
+def test_number_refuses_non_finite_and_out_of_range_values(kind, value, why):
+    import click
+
+    from natix.cli.common import Number
+
+    with pytest.raises(click.BadParameter) as info:
+        Number(**kind).convert(value, None, None)
+    assert why in info.value.format_message()
+
+
+@pytest.mark.parametrize("kind, value, expected", [
+    (dict(min=1, integer=True), "3", 3),
+    (dict(min=1, integer=True), 3, 3),
+    (dict(integer=True), 3.0, 3),  # a YAML config file may write 3.0
+    (dict(integer=True), " -7 ", -7),
+    (dict(min=0, max=1), "1", 1.0),
+    (dict(min=0, min_open=True), "1e-4", 1e-4),
+    (dict(), -2.5, -2.5),
+])
+def test_number_converts_values_in_range(kind, value, expected):
+    from natix.cli.common import Number
+
+    got = Number(**kind).convert(value, None, None)
+    assert got == expected and type(got) is type(expected)
+
+
+def test_numbers_takes_comma_separated_or_listed_values():
+    import click
+
+    from natix.cli.common import Number, Numbers
+
+    four = Numbers(Number(min=0, max=1, min_open=True), count=4, what="four fractions", example="0.6,0.1,0.15,0.15")
+    assert four.convert("0.6, 0.1,0.15,0.15", None, None) == (0.6, 0.1, 0.15, 0.15)
+    assert four.convert([0.6, 0.1, 0.15, 0.15], None, None) == (0.6, 0.1, 0.15, 0.15)
+    for bad, why in (("a,b", "'a,b' is not four fractions: pass e.g. 0.6,0.1,0.15,0.15"),
+                     ("0.6,0.1,0.15", "'0.6,0.1,0.15' is not four fractions"),
+                     ("", "'' is not four fractions"),
+                     ("nan,0.1,0.15,0.15", "'nan' is not a finite number in 'nan,0.1,0.15,0.15': pass four fractions, "
+                                           "each a number in (0, 1]"),
+                     ("0.6,0.1,0.15,x", "'x' is not a number in '0.6,0.1,0.15,x'"),
+                     ("0.6,0,0.15,0.25", "'0' is out of range in '0.6,0,0.15,0.25'")):
+        with pytest.raises(click.BadParameter) as info:
+            four.convert(bad, None, None)
+        assert why in info.value.format_message(), info.value.format_message()
+    some = Numbers(Number(min=0), what="comma-separated numbers", example="1e-3,1e-2")
+    assert some.convert("1e-3,1", None, None) == (1e-3, 1.0) and some.convert(2, None, None) == (2.0,)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("extract: 5\n", "'extract' in the config file must be a mapping of option names to values"),
+    ("fit-head: [1, 2]\n", "'fit-head' in the config file must be a mapping of option names to values"),
+    ("cache: 5\n", "'cache' in the config file must be a mapping of command names"),
+    ("cache: {verify: 3}\n", "'cache verify' in the config file must be a mapping of option names"),
+    ("cache: {verify: {bogus: 1}}\n", "unknown option(s) bogus for 'cache verify' in config file"),
+    ("cache: {nosuch: {}}\n", "unknown command 'cache nosuch' in config file"),
+    ("fit-head: {5: 1}\n", "unknown option(s) 5 for 'fit-head'"),
+    ("5: {}\n", "unknown command '5' in config file"),
+    ("[1, 2]\n", "the config file must be a mapping of command names"),
+], ids=["extract-5", "list", "group-5", "sub-3", "sub-option", "sub-command", "int-option", "int-command", "top"])
+def test_a_bad_config_file_is_one_usage_line(tmp_path, text, match):
+    cfg = tmp_path / "natix.yaml"
+    cfg.write_text(text)
+    line = _one_line_error(run("--config", cfg, "cache", "ls", "--cache", tmp_path / "c"), 2)
+    assert match in line, line
+    assert not (tmp_path / "c").exists()
+
+
+def test_config_file_defaults_of_a_sub_command(tmp_path):
+    cfg = tmp_path / "natix.yaml"
+    cfg.write_text(f"cache: {{ls: {{cache: {tmp_path / 'root'}, json: true}}}}\n")
+    r = run("--config", cfg, "cache", "ls")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == []

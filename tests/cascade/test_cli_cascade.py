@@ -88,9 +88,50 @@ def test_tune_gatekeeper_threads_reach_torch_and_change_no_result(cli_runs, tmp_
 
 
 @pytest.mark.parametrize("command", ["fit-failure", "tune-gatekeeper"])
-def test_negative_threads_is_a_one_line_error(cli_runs, tmp_path, command):
+def test_negative_threads_is_a_one_line_usage_error(cli_runs, tmp_path, command):
     out = ["--out", str(tmp_path / "out")] if command == "tune-gatekeeper" else []
     r = CliRunner().invoke(cli, [command, str(cli_runs / "stage1"), "--threads", "-1", *out])
-    assert r.exit_code == 1 and r.output.count("\n") == 1
-    assert "threads must be an integer >= 0, got -1: pass 0 (every available core)" in r.output
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "'-1' is out of range: pass an integer >= 0" in r.output and "--threads" in r.output
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def _one_line_error(result, code):
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("stage2", ["stage1", "stage1/", "stage2/../stage1"])
+def test_cascade_refuses_the_same_run_as_both_stages(cli_runs, stage2):
+    out = cli_runs / "same-run"
+    r = CliRunner().invoke(cli, ["cascade", "--stage1", str(cli_runs / "stage1"), "--stage2", str(cli_runs / stage2),
+                                 "--budget", "0.2", "--out", str(out)])
+    line = _one_line_error(r, 1)
+    assert f"--stage1 and --stage2 are the same run '{cli_runs / 'stage1'}'" in line, line
+    assert not out.exists()
+
+
+def test_cascade_out_that_cannot_be_created(cli_runs, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = CliRunner().invoke(cli, ["cascade", "--stage1", str(cli_runs / "stage1"), "--stage2", str(cli_runs / "stage2"),
+                                 "--budget", "0.2", "--out", str(blocker / "c")])
+    assert f"cannot create '{blocker / 'c'}': '{blocker}' is not a directory" in _one_line_error(r, 1)
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("cascade", "--target-risk", "nan"), ("cascade", "--target-risk", "0"), ("cascade", "--delta", "inf"),
+    ("cascade", "--budget", "1"), ("fit-failure", "--seed", "0.5"), ("fit-failure", "--threads", "-1"),
+    ("tune-gatekeeper", "--alpha", "0.5,nan"), ("tune-gatekeeper", "--alpha", "0,0.5"),
+    ("tune-gatekeeper", "--epochs", "0"), ("tune-gatekeeper", "--threads", "-1"),
+])
+def test_cascade_numeric_options_are_checked_at_parse_time(cli_runs, tmp_path, command, option, value):
+    out = tmp_path / "out"
+    where = (["--stage1", str(cli_runs / "stage1"), "--stage2", str(cli_runs / "stage2")] if command == "cascade"
+             else [str(cli_runs / "stage1")])
+    extra = [] if command == "fit-failure" else ["--out", str(out)]
+    line = _one_line_error(CliRunner().invoke(cli, [command, *where, *extra, option, value]), 2)
+    assert f"'{option}'" in line and f"'{value}'" in line, line
+    assert not out.exists()

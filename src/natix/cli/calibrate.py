@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from natix.cli.common import echo_json
+from natix.cli.common import LEVEL, Number, echo_json
 from natix.cli.group import cli, library_errors
 
 
@@ -42,11 +42,12 @@ def calibration_summary(res) -> str:
 @click.option("--exit", "exit_rule", default=None,
               help="A registered exit rule: ltt, crc, scrc (certified), budget (defer at most --budget, no "
                    "guarantee), or your own; none: no deferral.")
-@click.option("--alpha", default=0.1, show_default=True, help="Risk level of the guarantee.")
-@click.option("--delta", default=0.1, show_default=True, help="Failure probability (LTT, SCRC).")
-@click.option("--target-fnr", type=float, default=None, help="Pick the decision threshold for this FNR.")
-@click.option("--acceptance", default=0.8, show_default=True, help="SCRC: target acceptance rate.")
-@click.option("--budget", default=0.2, show_default=True,
+@click.option("--alpha", type=LEVEL, default=0.1, show_default=True, help="Risk level of the guarantee.")
+@click.option("--delta", type=LEVEL, default=0.1, show_default=True, help="Failure probability (LTT, SCRC).")
+@click.option("--target-fnr", type=Number(min=0, max=1, max_open=True), default=None,
+              help="Pick the decision threshold for this FNR.")
+@click.option("--acceptance", type=LEVEL, default=0.8, show_default=True, help="SCRC: target acceptance rate.")
+@click.option("--budget", type=LEVEL, default=0.2, show_default=True,
               help="--exit budget: largest fraction of the calibration images deferred.")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from natix.cli.common import comma_floats, echo_json, echo_result
+from natix.cli.common import COUNT, LEVEL, SEED, THREADS, Number, Numbers, echo_json, echo_result
 from natix.cli.group import cli, library_errors
 
 FAILURE_COLUMNS = ("auroc_f", "fpr_at_95_tpr", "augrc")
+# Gatekeeper alphas weigh the cross-entropy on correct answers: (0, 1].
+ALPHAS = Numbers(Number(min=0, max=1, min_open=True), what="comma-separated Gatekeeper alphas", example="0.1,0.5,0.9")
 
 
 def failure_table(run, model: str, res: dict) -> str:
@@ -24,8 +26,8 @@ def failure_table(run, model: str, res: dict) -> str:
 @cli.command("fit-failure")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--model", type=click.Choice(["xgboost", "mlp"]), default="xgboost", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--threads", default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--threads", type=THREADS, default=0, show_default=True,
               help="CPU threads (torch, BLAS and XGBoost); 0 = every available core.")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
@@ -50,13 +52,13 @@ def gatekeeper_table(run, rows: list[dict]) -> str:
 
 @cli.command("tune-gatekeeper")
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--alpha", "alphas", default="0.1,0.3,0.5,0.7,0.9", show_default=True,
+@click.option("--alpha", "alphas", type=ALPHAS, default="0.1,0.3,0.5,0.7,0.9", show_default=True,
               help="Comma-separated Gatekeeper alphas (weight of CE on correct answers).")
 @click.option("--stage2", type=click.Path(file_okay=False), default=None, help="A stronger run, for s_d.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for the tuned runs "
               "[default: RUN-gatekeeper].")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--threads", default=0, show_default=True,
+@click.option("--epochs", type=COUNT, default=30, show_default=True)
+@click.option("--threads", type=THREADS, default=0, show_default=True,
               help="CPU threads (torch and BLAS); 0 = every available core.")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
@@ -64,9 +66,8 @@ def tune_gatekeeper(run, alphas, stage2, out, epochs, threads, as_json) -> None:
     """Fine-tune a run's head with the Gatekeeper loss for each alpha; save each as a new run."""
     from natix.cascade.gatekeeper import tune_gatekeeper_grid
 
-    values = comma_floats(alphas, "--alpha", "0.1,0.5,0.9")
     out = out or f"{str(run).rstrip('/')}-gatekeeper"
-    rows = tune_gatekeeper_grid(run, out, values, stage2=stage2, epochs=epochs, threads=threads)
+    rows = tune_gatekeeper_grid(run, out, alphas, stage2=stage2, epochs=epochs, threads=threads)
     echo_result(as_json, rows, lambda rows: gatekeeper_table(run, rows))
 
 
@@ -89,9 +90,9 @@ def cascade_text(res: dict) -> str:
 @click.option("--stage1", required=True, type=click.Path(file_okay=False), help="Cheap run (always runs).")
 @click.option("--stage2", required=True, type=click.Path(file_okay=False), help="Stronger run.")
 @click.option("--stage3", default=None, help="External model as module:function (images -> probabilities).")
-@click.option("--target-risk", type=float, default=None, help="Certified selective risk per stage (LTT).")
-@click.option("--delta", default=0.1, show_default=True, help="LTT failure probability.")
-@click.option("--budget", type=float, default=None, help="Max fraction deferred past each stage (best reward).")
+@click.option("--target-risk", type=LEVEL, default=None, help="Certified selective risk per stage (LTT).")
+@click.option("--delta", type=LEVEL, default=0.1, show_default=True, help="LTT failure probability.")
+@click.option("--budget", type=LEVEL, default=None, help="Max fraction deferred past each stage (best reward).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="[default: STAGE1/cascade]")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors

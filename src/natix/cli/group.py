@@ -52,24 +52,48 @@ def load_config(ctx: click.Context, _param, value):
         data = yaml.safe_load(Path(value).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise click.BadParameter(f"cannot read config file ({exc}): pass a readable YAML file") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter("the config file must be a mapping of command names to option defaults")
-    group = ctx.command
-    for cmd_name, opts in data.items():
-        cmd = group.commands.get(cmd_name) if isinstance(group, click.Group) else None
-        if cmd is None:
-            raise click.BadParameter(f"unknown command '{cmd_name}' in config file: use one of "
-                                     f"{', '.join(sorted(group.commands))}")
-        if isinstance(cmd, click.Group):
-            continue
-        names = _flag_names(cmd)
-        bad = sorted(k for k in (opts or {}) if k not in names)
-        if bad:
-            raise click.BadParameter(f"unknown option(s) {', '.join(bad)} for '{cmd_name}' in config file: "
-                                     f"use {', '.join(sorted(k for k in names if '_' not in k))}")
-        data[cmd_name] = {names[k]: v for k, v in (opts or {}).items()}
-    ctx.default_map = data
+    ctx.default_map = _group_defaults(ctx.command, data, "")
     return value
+
+
+def _group_defaults(group: click.Group, entries, path: str) -> dict:
+    """A config file's entries for the commands of `group` (reached by `path`), keyed as click keys them."""
+    if not isinstance(entries, dict):
+        where = f"'{path}' in the config file" if path else "the config file"
+        raise click.BadParameter(f"{where} must be a mapping of command names to option defaults, got "
+                                 f"{_shown(entries)}")
+    defaults = {}
+    for name, opts in entries.items():
+        cmd = group.commands.get(name) if isinstance(name, str) else None
+        where = f"{path} {name}".strip()
+        if cmd is None:
+            raise click.BadParameter(f"unknown command '{where}' in config file: use one of "
+                                     f"{', '.join(sorted(group.commands))}")
+        opts = {} if opts is None else opts
+        if isinstance(cmd, click.Group):
+            defaults[name] = _group_defaults(cmd, opts, where)
+        else:
+            defaults[name] = _command_defaults(cmd, opts, where)
+    return defaults
+
+
+def _command_defaults(cmd: click.Command, opts, where: str) -> dict:
+    """A config file's option defaults for `cmd`, keyed by parameter name; unknown flags are an error."""
+    if not isinstance(opts, dict):
+        raise click.BadParameter(f"'{where}' in the config file must be a mapping of option names to values, got "
+                                 f"{_shown(opts)}: write one 'option: value' per line under '{where.split()[-1]}:'")
+    names = _flag_names(cmd)
+    bad = sorted(str(k) for k in opts if k not in names)
+    if bad:
+        raise click.BadParameter(f"unknown option(s) {', '.join(bad)} for '{where}' in config file: "
+                                 f"use {', '.join(sorted(k for k in names if '_' not in k))}")
+    return {names[k]: v for k, v in opts.items()}
+
+
+def _shown(value) -> str:
+    """A config value for an error line: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class OneLineErrors(click.Group):

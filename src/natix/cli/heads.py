@@ -5,46 +5,55 @@ from __future__ import annotations
 import click
 
 from natix.cli.calibrate import calibration_summary
-from natix.cli.common import comma_floats, comma_names, echo_json, echo_result
+from natix.cli.common import COUNT, LEVEL, SEED, THREADS, Number, Numbers, comma_names, echo_json, echo_result
 from natix.cli.group import cli, library_errors
 
 TABLE_METRICS = ("n", "accuracy", "mcc", "auroc", "nll", "ece", "augrc", "natix_reward")
 TABLE_SPLITS = ("train", "val_select", "val_calib", "val_test", "train_oof")
+RATE = Number(min=0, max=1, max_open=True)  # dropout
+L2 = Numbers(Number(min=0), what="comma-separated L2 penalties", example="1e-3,1e-2")
+RATIOS = Numbers(Number(min=0, max=1, min_open=True), count=4, what="four comma-separated fractions",
+                 example="0.6,0.1,0.15,0.15")
 
 
 def head_options(fn):
     """Options shared by fit-head and ablate: the model's hyperparameters and the training."""
     opts = [
-        click.option("--hidden", default=256, show_default=True, help="MLP width."),
-        click.option("--depth", default=1, show_default=True, help="MLP hidden layers."),
-        click.option("--dropout", default=0.1, show_default=True),
-        click.option("--k", "topk", default=2, show_default=True, help="Views averaged by the topk aggregator."),
+        click.option("--hidden", type=COUNT, default=256, show_default=True, help="MLP width."),
+        click.option("--depth", type=Number(min=0, integer=True), default=1, show_default=True,
+                     help="MLP hidden layers."),
+        click.option("--dropout", type=RATE, default=0.1, show_default=True),
+        click.option("--k", "topk", type=COUNT, default=2, show_default=True,
+                     help="Views averaged by the topk aggregator (at most the views of the cache)."),
         click.option("--view-embedding/--no-view-embedding", default=False, show_default=True,
                      help="Learned view-position embedding."),
-        click.option("--view-dropout", default=0.0, show_default=True, help="Training-time view dropout."),
-        click.option("--coverage", default=0.8, show_default=True, help="Gate policy: target coverage."),
+        click.option("--view-dropout", type=RATE, default=0.0, show_default=True, help="Training-time view dropout."),
+        click.option("--coverage", type=Number(min=0, max=1, min_open=True), default=0.8, show_default=True,
+                     help="Gate policy: target coverage."),
         click.option("--optimizer", type=click.Choice(["auto", "lbfgs", "adamw"]), default="auto", show_default=True,
                      help="auto: full-batch L-BFGS (numpy) for linear heads on global/mean/max/topk, AdamW otherwise."),
-        click.option("--l2", default="1e-4,1e-3,1e-2,1e-1,1", show_default=True,
+        click.option("--l2", type=L2, default="1e-4,1e-3,1e-2,1e-1,1", show_default=True,
                      help="L-BFGS: L2 penalties tried together; the best on val_select is kept."),
-        click.option("--lr", type=float, default=None, help="AdamW learning rate [default: 1e-2 for linear heads, "
-                     "1e-3 for mlp]."),
-        click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay."),
-        click.option("--batch-size", default=256, show_default=True, help="AdamW batch; 0 = full batch."),
-        click.option("--max-epochs", default=100, show_default=True, help="AdamW epochs."),
-        click.option("--patience", type=int, default=None,
+        click.option("--lr", type=Number(min=0, min_open=True), default=None,
+                     help="AdamW learning rate [default: 1e-2 for linear heads, 1e-3 for mlp]."),
+        click.option("--weight-decay", type=Number(min=0), default=1e-4, show_default=True,
+                     help="AdamW weight decay."),
+        click.option("--batch-size", type=Number(min=0, integer=True), default=256, show_default=True,
+                     help="AdamW batch; 0 = full batch."),
+        click.option("--max-epochs", type=COUNT, default=100, show_default=True, help="AdamW epochs."),
+        click.option("--patience", type=COUNT, default=None,
                      help="Epochs (AdamW) or iterations (L-BFGS) without improvement on val_select "
                           "[default: 2 epochs, 8 iterations]."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
                      help="AdamW training forward; auto = bf16 autocast where the CPU/GPU multiplies bf16 natively."),
-        click.option("--threads", default=0, show_default=True,
+        click.option("--threads", type=THREADS, default=0, show_default=True,
                      help="CPU threads (torch and BLAS); 0 = every available core, divided by --jobs."),
         click.option("--stop-metric", type=click.Choice(["nll", "mcc"]), default="nll", show_default=True,
                      help="Early stopping on val_select."),
         click.option("--class-weights", is_flag=True, help="Weight classes to equal total weight."),
-        click.option("--ratios", default="0.6,0.1,0.15,0.15", show_default=True,
+        click.option("--ratios", type=RATIOS, default="0.6,0.1,0.15,0.15", show_default=True,
                      help="train,val_select,val_calib,val_test fractions."),
-        click.option("--split-seed", default=0, show_default=True),
+        click.option("--split-seed", type=SEED, default=0, show_default=True),
         click.option("--device", default="cpu", show_default=True),
     ]
     for opt in reversed(opts):
@@ -59,24 +68,12 @@ def head_configs(head, agg, policy, seed, o):
     hc = HeadConfig(head=head, agg=agg, policy=policy, hidden=o["hidden"], depth=o["depth"], dropout=o["dropout"],
                     k=o["topk"], view_embedding=o["view_embedding"], view_dropout=o["view_dropout"],
                     coverage=o["coverage"])
-    tc = TrainConfig(optimizer=o["optimizer"], l2=comma_floats(o["l2"], "--l2", "1e-3,1e-2"), lr=o["lr"],
+    tc = TrainConfig(optimizer=o["optimizer"], l2=o["l2"], lr=o["lr"],
                      weight_decay=o["weight_decay"], batch_size=o["batch_size"], max_epochs=o["max_epochs"],
                      patience=o["patience"], stop_metric=o["stop_metric"], class_weights=o["class_weights"], seed=seed,
                      device=o["device"], threads=o["threads"], precision=o["precision"])
     tc.engine(hc)  # an optimizer that cannot fit this head fails before any data is read
     return hc, tc
-
-
-def split_ratios(text: str) -> tuple[float, ...]:
-    """`--ratios` as four numbers (the library checks that they are fractions summing to 1)."""
-    try:
-        ratios = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        ratios = ()
-    if len(ratios) != 4:
-        raise click.BadParameter(f"'{text}' is not four comma-separated fractions, e.g. 0.6,0.1,0.15,0.15",
-                                 param_hint="--ratios")
-    return ratios
 
 
 def metrics_table(metrics: dict) -> str:
@@ -104,14 +101,6 @@ def fit_summary(r, head_name: str, seed: int, policy: str) -> str:
                       metrics_table(r.metrics)])
 
 
-def check_scrc_levels(alpha: float, delta: float, acceptance: float) -> None:
-    """Refuse SCRC levels outside (0, 1) before any training."""
-    from natix.calibrate.checks import unit_open
-
-    for value, name in ((alpha, "alpha"), (delta, "delta"), (acceptance, "acceptance")):
-        unit_open(value, name)
-
-
 @cli.command("fit-head")
 @click.argument("features", type=click.Path(dir_okay=False))
 @click.option("--head", default="linear", show_default=True, help="linear or mlp.")
@@ -119,13 +108,14 @@ def check_scrc_levels(alpha: float, delta: float, acceptance: float) -> None:
               help="global, mean, max, topk, attention, gated-attention.")
 @click.option("--policy", default="softmax", show_default=True,
               help="softmax, gate, or scrc (softmax head + Platt + SCRC exit).")
-@click.option("--alpha", default=0.1, show_default=True, help="scrc: risk level.")
-@click.option("--delta", default=0.1, show_default=True, help="scrc: failure probability.")
-@click.option("--acceptance", default=0.8, show_default=True, help="scrc: target acceptance rate.")
+@click.option("--alpha", type=LEVEL, default=0.1, show_default=True, help="scrc: risk level.")
+@click.option("--delta", type=LEVEL, default=0.1, show_default=True, help="scrc: failure probability.")
+@click.option("--acceptance", type=LEVEL, default=0.8, show_default=True, help="scrc: target acceptance rate.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), help="Reuse a splits.json.")
-@click.option("--oof-folds", default=0, show_default=True, help="Cross-fit K models for out-of-fold train predictions.")
+@click.option("--oof-folds", type=Number(min=0, integer=True), default=0, show_default=True,
+              help="Cross-fit K models for out-of-fold train predictions (0: off; at most the rows of a class).")
 @click.option("--json", "as_json", is_flag=True)
 @head_options
 @library_errors
@@ -134,11 +124,9 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
     """Train a head on a feature cache and write a run directory."""
     from natix.heads.runs import fit_run
 
-    scrc = policy == "scrc"  # train a softmax head, then calibrate and certify with SCRC
-    if scrc:
-        check_scrc_levels(alpha, delta, acceptance)
+    scrc = policy == "scrc"  # train a softmax head, then calibrate and certify with SCRC (levels checked at parse)
     hc, tc = head_configs(head, agg, "softmax" if scrc else policy, seed, o)
-    r = fit_run(features, out, head=hc, train=tc, splits_path=splits_path, ratios=split_ratios(o["ratios"]),
+    r = fit_run(features, out, head=hc, train=tc, splits_path=splits_path, ratios=o["ratios"],
                 split_seed=o["split_seed"], oof_folds=oof_folds)
     cal = None
     if scrc:
@@ -188,9 +176,9 @@ def evaluate(run, split, as_json) -> None:
 @click.option("--head", "heads", default="linear,mlp", show_default=True)
 @click.option("--agg", "aggs", default="global,mean,max,attention", show_default=True)
 @click.option("--policy", "policies", default="softmax,gate", show_default=True)
-@click.option("--seeds", default=3, show_default=True)
+@click.option("--seeds", type=COUNT, default=3, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--jobs", default=1, show_default=True, help="Arms trained in parallel processes.")
+@click.option("--jobs", type=COUNT, default=1, show_default=True, help="Arms trained in parallel processes.")
 @click.option("--metric", default="mcc", show_default=True, help="Sort and compare by this metric.")
 @click.option("--baseline", default=None, help="Arm to compare against, e.g. linear/mean/softmax [default: first].")
 @click.option("-q", "--quiet", is_flag=True)
@@ -203,5 +191,5 @@ def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, 
     hc, tc = head_configs("linear", "mean", "softmax", 0, o)
     board = run_ablate(features, out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
                        seeds=seeds, metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
-                       ratios=split_ratios(o["ratios"]), split_seed=o["split_seed"], progress=not quiet)
+                       ratios=o["ratios"], split_seed=o["split_seed"], progress=not quiet)
     click.echo(board.markdown)
