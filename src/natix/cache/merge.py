@@ -111,6 +111,12 @@ def check_shape(old: FeatureCache | None, spec: CacheSpec) -> None:
                          f"makes [N, {v}, {d}]: move the file away")
 
 
+def check_parts(parts: list[Path], spec: CacheSpec) -> None:
+    """Read every part whole (CRC-checked, one in memory at a time) before anything is merged."""
+    for part in parts:
+        read_part(part, shape=(len(spec.view_table), spec.dim))
+
+
 def write_merged(tmp: Path, rows: MergedRows, old: FeatureCache | None, parts: list[Path], spec: CacheSpec, *,
                  block: int) -> None:
     """Pass 2: write the merged cache file `tmp`: features, then rows, views, failures and attributes."""
@@ -198,8 +204,9 @@ def _write_tables(f, rows: MergedRows, view_table: list[dict]) -> None:
 def merge_into(tmp: Path, old: FeatureCache | None, parts: list[Path], spec: CacheSpec,
                updates: dict[str, tuple[str, int, str]], *, block: int) -> MergedRows:
     """Write the merge of `old` (or nothing), `parts` and metadata `updates` to `tmp`; return its rows."""
+    check_shape(old, spec)
+    check_parts(parts, spec)
     rows = collect_rows(old, parts)
     apply_updates(rows, updates)
-    check_shape(old, spec)
     write_merged(tmp, rows, old, parts, spec, block=block)
     return rows

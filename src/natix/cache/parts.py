@@ -7,7 +7,11 @@ fsync'ed, renamed, the folder fsync'ed); a merge folds the parts into a new cach
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +71,76 @@ def write_part(parts: Path, seq: int, features: np.ndarray, rows: Rows,
     return final
 
 
-def read_part(part: Path, *, features: bool = True) -> dict:
-    """A part's arrays; with `features=False` only the small ones (npz members load lazily)."""
+# Members of a part file and the dtype kind and rank of each (U: str, i: integer, f: float).
+MEMBERS = {"features": ("f", 3), "ids": ("U", 1), "paths": ("U", 1), "labels": ("i", 1), "groups": ("U", 1),
+           "sizes": ("i", 2), "fail_ids": ("U", 1), "fail_paths": ("U", 1), "fail_reasons": ("U", 1)}
+# What a damaged zip or .npy member can raise while it is read (each member's CRC-32 is checked).
+_DAMAGE = (OSError, EOFError, ValueError, KeyError, NotImplementedError, OverflowError, struct.error,
+           zipfile.BadZipFile, zlib.error)
+
+
+def read_part(part: Path, *, features: bool = True, shape: tuple[int, int] | None = None) -> dict:
+    """A part's arrays, checked; with `features=False` only the small ones.
+
+    Every member is read whole, so zip's CRC-32 catches a flipped byte before its .npy header
+    is trusted. `shape` is the ``(V, D)`` the part's features must have (read from the .npy
+    header alone when `features` is False). A damaged file raises a one-line `CacheError`
+    naming it and the fix.
+    """
     try:
-        with np.load(part, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files if features or k != "features"}
-    except (OSError, ValueError) as exc:
-        raise CacheError(f"part file '{part}' is unreadable ({exc}): delete it and rerun") from None
+        with zipfile.ZipFile(part) as zf:
+            arrays = {k: _npy(zf.read(f"{k}.npy")) for k in MEMBERS if features or k != "features"}
+            header = ((arrays["features"].shape, arrays["features"].dtype) if features else
+                      _npy_header(zf, "features.npy"))
+    except _DAMAGE as exc:
+        raise damaged_part(part, str(exc) or type(exc).__name__) from None
+    problem = _structure_problem(arrays, *header)
+    if problem is None and shape is not None and tuple(header[0][1:]) != tuple(shape):
+        problem = f"it holds [n, {header[0][1]}, {header[0][2]}] features, this cache [N, {shape[0]}, {shape[1]}]"
+    if problem is not None:
+        raise damaged_part(part, problem)
+    return arrays
+
+
+def damaged_part(part: Path, reason: str) -> CacheError:
+    """The one-line error for a part file that cannot be merged."""
+    reason = " ".join(reason.split())
+    return CacheError(f"part file '{part}' is damaged ({reason}): delete it and rerun (its images are extracted "
+                      "again; the cache and the other finished chunks are kept)")
+
+
+def _npy(raw: bytes) -> np.ndarray:
+    """One .npy member, from bytes whose CRC zip has already checked; never unpickles."""
+    return np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+
+
+def _npy_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype in a .npy member's header, without reading its data."""
+    with zf.open(name) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{name} has .npy format version {version}")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+    return tuple(shape), np.dtype(dtype)
+
+
+def _structure_problem(arrays: dict, feature_shape: tuple[int, ...], feature_dtype: np.dtype) -> str | None:
+    """What is wrong with the members of a part, or None."""
+    found = {k: (v.shape, v.dtype) for k, v in arrays.items()}
+    found["features"] = (feature_shape, feature_dtype)
+    for name, (kind, ndim) in MEMBERS.items():
+        shape, dtype = found[name]
+        if len(shape) != ndim or dtype.kind != kind:
+            return f"member {name} has shape {shape} and dtype {dtype}"
+    n = feature_shape[0]
+    for name in ("ids", "paths", "labels", "groups", "sizes"):
+        if found[name][0][0] != n:
+            return f"{name} has {found[name][0][0]} rows, features {n}"
+    if found["sizes"][0][1] != 2:
+        return f"sizes has shape {found['sizes'][0]}"
+    if not len(arrays["fail_ids"]) == len(arrays["fail_paths"]) == len(arrays["fail_reasons"]):
+        return "the failure lists disagree in length"
+    if not np.isin(arrays["labels"], (-1, 0, 1)).all():
+        return "labels outside {-1, 0, 1}"
+    return None

@@ -10,7 +10,9 @@ import numpy as np
 
 from natix.cache.fingerprint import fingerprint
 from natix.cache.layout import ROW_FIELDS, STEM_LEN, pending_parts
+from natix.cache.parts import read_part
 from natix.cache.reader import FeatureCache
+from natix.errors import CacheError
 
 
 def features_digest(cache: FeatureCache, block: int = 4096) -> str:
@@ -58,6 +60,11 @@ def _verify(path: Path, cache: FeatureCache) -> dict:
         problems.append("features checksum differs from the one recorded at write time (corruption)")
     checked.append("features checksum")
     pending = pending_parts(path)
+    for part in pending:
+        try:
+            read_part(part, shape=(v, d))
+        except CacheError as exc:
+            problems.append(str(exc))
     if pending:
         problems.append(f"{len(pending)} finished chunk(s) of an interrupted run are not merged yet: "
                         "rerun the same `natix extract` to merge them")

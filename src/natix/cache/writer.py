@@ -168,7 +168,7 @@ class CacheWriter:
 
     def _absorb_part(self, part: Path) -> None:
         """Take the done ids, row metadata and failures of a finished part of an interrupted run."""
-        meta = read_part(part, features=False)
+        meta = read_part(part, features=False, shape=(len(self.view_table), self.dim))
         self.done_ids.update(meta["ids"].tolist())
         for i, p, lab, g in zip(meta["ids"].tolist(), meta["paths"].tolist(), meta["labels"].tolist(),
                                 meta["groups"].tolist()):
