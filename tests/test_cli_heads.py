@@ -604,3 +604,10 @@ def test_check_out_refuses_a_directory_it_cannot_write(tmp_path, monkeypatch):
         check_out(ro)
     assert check_out(tmp_path / "new" / "run") == tmp_path / "new" / "run"  # to be created: fine
     assert not (tmp_path / "new").exists()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=re.escape(f"'{tmp_path / 'dangling'}' is not a directory")):
+        check_out(tmp_path / "dangling" / "run")
+    (tmp_path / "file").write_text("")
+    assert check_out(tmp_path / "existing-folder-is-fine", run=False)
+    with pytest.raises(ConfigError, match=re.escape(f"cannot create '{tmp_path / 'file'}'")):
+        check_out(tmp_path / "file", run=False)
