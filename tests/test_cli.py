@@ -224,7 +224,10 @@ def test_config_file_supplies_defaults_and_flags_win(setup, tmp_path):
     (dict(max=0.5), "0.75", "'0.75' is out of range: pass a number <= 0.5"),
     (dict(), "abc", "'abc' is not a number: pass a finite number"),
     (dict(), float("nan"), "'nan' is not a finite number"),
-], ids=lambda v: str(v))
+    (dict(), 10**400, "is not a finite number"),
+    (dict(integer=True), "inf", "'inf' is not a finite number: pass an integer"),
+    (dict(max=10, integer=True), 10**400, "is out of range: pass an integer <= 10"),
+], ids=lambda v: str(v)[:40])
 def test_number_refuses_non_finite_and_out_of_range_values(kind, value, why):
     import click
 
@@ -243,6 +246,8 @@ def test_number_refuses_non_finite_and_out_of_range_values(kind, value, why):
     (dict(min=0, max=1), "1", 1.0),
     (dict(min=0, min_open=True), "1e-4", 1e-4),
     (dict(), -2.5, -2.5),
+    (dict(), 3, 3.0),
+    (dict(integer=True), str(10**30), 10**30),
 ])
 def test_number_converts_values_in_range(kind, value, expected):
     from natix.cli.common import Number

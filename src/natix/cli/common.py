@@ -58,7 +58,7 @@ class Number(click.ParamType):
         x = self._parse(value)
         if x is None:
             return None, f"'{value}' is not {'an integer' if self.integer else 'a number'}"
-        if not math.isfinite(x):
+        if isinstance(x, float) and not math.isfinite(x):
             return None, f"'{value}' is not a finite number"
         low = self.min is not None and (x <= self.min if self.min_open else x < self.min)
         high = self.max is not None and (x >= self.max if self.max_open else x > self.max)
@@ -67,7 +67,7 @@ class Number(click.ParamType):
         return x, None
 
     def _parse(self, value) -> int | float | None:
-        """`value` as a number (an int for integer options); None when it is not one."""
+        """`value` as an int (integer options) or a float; None when it is not one."""
         if isinstance(value, bool):
             return None
         x = value
@@ -80,9 +80,14 @@ class Number(click.ParamType):
                     x = float(text)  # "nan", "inf", "2.5", "1e3" for an integer option
                 except ValueError:
                     return None
-        if self.integer and math.isfinite(x):
-            return int(x) if x == int(x) else None
-        return x
+        if self.integer:
+            if isinstance(x, float) and math.isfinite(x):
+                return int(x) if x.is_integer() else None
+            return x  # an int, or NaN/±inf for check() to name
+        try:
+            return float(x)
+        except OverflowError:  # an int beyond float range
+            return math.inf
 
     def convert(self, value, param, ctx):
         x, why = self.check(value)
