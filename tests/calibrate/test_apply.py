@@ -103,7 +103,7 @@ def test_cli_calibrate_report_and_scrc_policy(run_dir, tmp_path):
     r = runner.invoke(cli, ["calibrate", str(run_dir), "--json"])
     assert json.loads(r.output)["calibration"]["method"] == "platt"
     r = runner.invoke(cli, ["calibrate", str(run_dir), "--exit", "ltt", "--alpha", "2"])
-    assert r.exit_code == 1 and r.output.count("\n") == 1 and "alpha must be in (0, 1)" in r.output
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "'2' is out of range: pass a number in (0, 1)" in r.output
     r = runner.invoke(cli, ["report", str(run_dir), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0 and "4 plots" in r.output
     cache = next((run_dir.parent / "cache").glob("*.h5"))
@@ -154,7 +154,9 @@ def test_json_outputs_are_strict_and_levels_are_checked(run_dir):
     json.loads((run_dir / "thresholds.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     for flag, value in (("--alpha", "nan"), ("--delta", "inf"), ("--acceptance", "-3")):
         r = runner.invoke(cli, ["calibrate", str(run_dir), flag, value])
-        assert r.exit_code == 1 and r.output.count("\n") == 1 and "must be in (0, 1)" in r.output
+        # refused while the options are parsed (exit 2), before the run is read
+        assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+        assert "is not a finite number" in r.output or "out of range: pass a number in (0, 1)" in r.output
 
 
 def test_scrc_bound_is_reported_on_the_quantity_it_certifies(run_dir):
