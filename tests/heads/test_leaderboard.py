@@ -149,3 +149,15 @@ def test_written_header_says_what_the_ci_and_delta_are(tmp_path, seeds):
         assert float(csv_rows[r["arm"]]["mcc_ci_low"]) == pytest.approx(r["mcc_ci"][0])
     js = json.loads((tmp_path / "leaderboard.json").read_text())
     assert [r["ci_method"] for r in js["rows"]] == ["bca"] * 4
+
+
+def test_ablate_refuses_an_out_it_cannot_write_before_any_training(tmp_path, monkeypatch):
+    from natix.cache.synthetic import make_synthetic_cache
+    from natix.errors import ConfigError
+    from natix.heads import ablate as ablate_module
+
+    cache = make_synthetic_cache(tmp_path / "cache", n=60, n_views=2, dim=4, seed=0)
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(ablate_module, "load_dataset", lambda *_: pytest.fail("read the cache"))
+    with pytest.raises(ConfigError, match="'.*file' is not a directory: pass an --out in a directory"):
+        ablate_module.ablate(cache, tmp_path / "file" / "x")

@@ -28,7 +28,7 @@ from natix.errors import ConfigError
 from natix.heads.runs import Dataset, load_dataset, resolve_splits
 from natix.heads.splits import DEFAULT_RATIOS
 from natix.jsonio import write_json
-from natix.rundir import confidence
+from natix.rundir import check_out, confidence
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     train_cfg = dataclasses.replace(train_cfg, threads=threads)  # every fit inside a job keeps to its share
     for arm in arms:  # an optimizer that does not fit an arm fails here, before any training
         train_cfg.engine(dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy))
+    check_out(out, run=False)  # an --out that cannot be written fails before any training
     data = data or load_dataset(features)
     splits = resolve_splits(data, ratios=ratios, seed=split_seed)
     rows = splits.rows(data.ids)
