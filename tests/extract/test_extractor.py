@@ -1,5 +1,6 @@
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -456,3 +457,28 @@ def test_resume_reports_no_spurious_metadata_updates(demo_images, tiny_backbone,
     monkeypatch.setattr(store.os, "replace", real_replace)
     r = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
     assert (r.resumed, r.metadata_updates) == (12, 0)
+
+
+def test_a_full_disk_at_the_merge_is_one_line_and_the_rerun_resumes(demo_images, tiny_backbone, tmp_path,
+                                                                    monkeypatch):
+    from collections import namedtuple
+
+    from click.testing import CliRunner
+
+    from natix.cli import cli
+
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(1 << 40, 1 << 40, 100_000))
+    args = ["extract", str(demo_images), "--backbone", str(tiny_backbone), "--views", "1", "--batch-size", "4",
+            "--workers", "0", "--quiet", "--cache", str(tmp_path / "c")]
+    r = CliRunner().invoke(cli, args)
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert re.fullmatch(rf"Error: no space left while merging into {tmp_path / 'c'}: free \d+ MB and rerun; "
+                        "finished chunks are kept", lines[0]), lines[0]
+    assert len(list((tmp_path / "c").glob("*.parts/part-*.npz"))) == 3  # finished chunks are kept
+    assert not [p for p in (tmp_path / "c").iterdir() if p.suffix == ".h5" or ".tmp-" in p.name]
+    monkeypatch.undo()
+    again = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c",
+                    options=FAST)
+    assert (again.resumed, again.extracted) == (12, 0) and verify_cache(again.cache_file)["ok"]

@@ -3,13 +3,16 @@
 Two passes keep memory at one block or one part: metadata first (:func:`collect_rows`), then
 features streamed part by part (:func:`write_merged`). Old rows are checked against their
 recorded checksum while they are copied, so a corrupt cache is refused rather than
-re-checksummed. The caller writes to a temporary name and swaps it in (see `CacheWriter.commit`).
+re-checksummed. Every part is read whole and checked before anything is written, and the
+merged size is reserved on disk first (:mod:`natix.cache.space`). The caller writes to a
+temporary name and swaps it in (see `CacheWriter.commit`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from natix.cache.fingerprint import canonical_json
 from natix.cache.layout import FORMAT, utc_now
 from natix.cache.parts import read_part
 from natix.cache.reader import FeatureCache
+from natix.cache.space import is_no_space, no_space, release_after_full_disk, reserve, size_bound
 from natix.errors import CacheError
 
 
@@ -117,35 +121,69 @@ def check_parts(parts: list[Path], spec: CacheSpec) -> None:
         read_part(part, shape=(len(spec.view_table), spec.dim))
 
 
+def merged_size(rows: MergedRows, spec: CacheSpec) -> int:
+    """An upper bound on the bytes of the merged file of `rows` (what :func:`reserve` sets aside)."""
+    n = len(rows.ids)
+    text = sum(len(t.encode()) for t in rows.paths) + sum(len(t.encode()) for t in rows.groups)
+    text += sum(len(p.encode()) + len(r.encode()) for p, r in rows.failures.values())
+    return size_bound(n_rows=n, row_bytes=len(spec.view_table) * spec.dim * spec.store_dtype.itemsize,
+                      chunk_rows=_chunk_rows(n, spec), text_bytes=text, n_records=len(rows.failures))
+
+
 def write_merged(tmp: Path, rows: MergedRows, old: FeatureCache | None, parts: list[Path], spec: CacheSpec, *,
-                 block: int) -> None:
-    """Pass 2: write the merged cache file `tmp`: features, then rows, views, failures and attributes."""
+                 block: int, size: int) -> None:
+    """Pass 2: fill the reserved file `tmp` (`size` bytes): features, then rows, views, failures, attributes.
+
+    A full disk met anyway (see :mod:`natix.cache.space`) becomes the one-line no-space error.
+    """
     import h5py
 
+    f = h5py.File(tmp, "r+")
+    try:
+        _fill(f, rows, old, parts, spec, block=block)
+        f.close()
+    except (OSError, RuntimeError) as exc:
+        if not is_no_space(exc):
+            f.close()
+            raise
+        release_after_full_disk(f)
+        raise no_space(tmp.parent, size - shutil.disk_usage(tmp.parent).free) from None
+    except BaseException:
+        f.close()
+        raise
+
+
+def _fill(f, rows: MergedRows, old: FeatureCache | None, parts: list[Path], spec: CacheSpec, *, block: int) -> None:
+    """Write the features, tables and attributes of the merged file into the open HDF5 file `f`."""
     created = old.attrs.get("created") if old is not None else utc_now()
     digest = hashlib.sha256()
-    with h5py.File(tmp, "w") as f:
-        ds = _features_dataset(f, len(rows.ids), spec)
-        _copy_old_features(ds, old, digest, spec, block=block)
-        _copy_part_features(ds, rows, parts, digest, spec)
-        _write_tables(f, rows, spec.view_table)
-        f.attrs["format"] = FORMAT
-        f.attrs["fingerprint"] = spec.fingerprint
-        f.attrs["identity"] = canonical_json(spec.identity)
-        f.attrs["source"] = json.dumps(spec.source)
-        f.attrs["natix_version"] = __version__
-        f.attrs["created"] = created
-        f.attrs["updated"] = utc_now()
-        f.attrs["features_sha256"] = digest.hexdigest()
+    ds = _features_dataset(f, len(rows.ids), spec)
+    _copy_old_features(ds, old, digest, spec, block=block)
+    _copy_part_features(ds, rows, parts, digest, spec)
+    write_tables(f, rows, spec.view_table)
+    f.attrs["format"] = FORMAT
+    f.attrs["fingerprint"] = spec.fingerprint
+    f.attrs["identity"] = canonical_json(spec.identity)
+    f.attrs["source"] = json.dumps(spec.source)
+    f.attrs["natix_version"] = __version__
+    f.attrs["created"] = created
+    f.attrs["updated"] = utc_now()
+    f.attrs["features_sha256"] = digest.hexdigest()
+    # Flush while `ds` is alive: a full disk then raises here, not in a dataset's finalizer.
+    f.flush()
+
+
+def _chunk_rows(n: int, spec: CacheSpec) -> int:
+    """Rows per HDF5 chunk of the features: about 1 MiB."""
+    row_bytes = max(1, len(spec.view_table) * spec.dim * spec.store_dtype.itemsize)
+    return max(1, min(n, (1 << 20) // row_bytes)) if n else 1
 
 
 def _features_dataset(f, n: int, spec: CacheSpec):
     """The ``[n, V, D]`` features dataset, chunked at about 1 MiB of rows."""
-    v, d, dtype = len(spec.view_table), spec.dim, spec.store_dtype
-    row_bytes = max(1, v * d * dtype.itemsize)
-    chunk_rows = max(1, min(n, (1 << 20) // row_bytes)) if n else 1
-    return f.create_dataset("features", shape=(n, v, d), dtype=dtype,
-                            chunks=(chunk_rows, v, max(d, 1)) if n and d else None)
+    v, d = len(spec.view_table), spec.dim
+    return f.create_dataset("features", shape=(n, v, d), dtype=spec.store_dtype,
+                            chunks=(_chunk_rows(n, spec), v, max(d, 1)) if n and d else None)
 
 
 def _copy_old_features(ds, old: FeatureCache | None, digest, spec: CacheSpec, *, block: int) -> None:
@@ -179,7 +217,7 @@ def _copy_part_features(ds, rows: MergedRows, parts: list[Path], digest, spec: C
     assert pos == len(rows.ids), (pos, len(rows.ids))
 
 
-def _write_tables(f, rows: MergedRows, view_table: list[dict]) -> None:
+def write_tables(f, rows: MergedRows, view_table: list[dict]) -> None:
     """The row metadata, the view table and the failures."""
     import h5py
 
@@ -208,5 +246,7 @@ def merge_into(tmp: Path, old: FeatureCache | None, parts: list[Path], spec: Cac
     check_parts(parts, spec)
     rows = collect_rows(old, parts)
     apply_updates(rows, updates)
-    write_merged(tmp, rows, old, parts, spec, block=block)
+    size = merged_size(rows, spec)
+    reserve(tmp, size)
+    write_merged(tmp, rows, old, parts, spec, block=block, size=size)
     return rows
