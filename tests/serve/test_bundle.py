@@ -3,7 +3,6 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,35 +13,9 @@ from natix.errors import BackboneError, ConfigError, DataError
 from natix.heads.runs import fit_run
 from natix.heads.train import HeadConfig, TrainConfig
 from natix.serve import export_bundle, load_bundle
+from natix.serve.schema import served_calibration
 
 SPLITS = ("train", "val_select", "val_calib", "val_test")
-
-
-
-@pytest.fixture(scope="module")
-def served(demo_images, tiny_backbone, tmp_path_factory):
-    """Demo images → cache → attention run → a plain bundle, then Platt → a calibrated bundle."""
-    from natix.cache.store import open_cache
-    from natix.config import RunOptions
-    from natix.extract.extractor import extract
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("serve")
-    res = extract(demo_images, str(tiny_backbone), cache_root=root / "cache",
-                  options=RunOptions(batch_size=4, workers=0, progress=False))
-    run = root / "run"
-    fit_run(res.cache_file, run, head=HeadConfig(agg="attention"), train=TrainConfig(max_epochs=5),
-            ratios=(0.25, 0.25, 0.25, 0.25))
-    plain = export_bundle(run, root / "plain")
-    calibrate_run(run, method="platt")
-    calibrated = export_bundle(run, root / "calibrated")
-    with open_cache(res.cache_file) as cache:
-        X = cache.features(None, dtype=None)
-        path_of = dict(zip(cache.ids, cache.paths))
-    torch.set_num_threads(old)
-    return SimpleNamespace(root=root, run=run, plain=plain, calibrated=calibrated, X=X, path_of=path_of,
-                           paths=[path_of[i] for i in sorted(path_of)], cache_ids=sorted(path_of))
 
 
 def stored(run: Path, name: str) -> dict:
@@ -299,6 +272,8 @@ def test_calibration_from_json_rebuilds_what_calibrate_run_applied(synthetic_run
     fn = calibration_from_json(cal, thresholds=thr)
     p, q = stored(synthetic_run, "val_test")["prob"], stored(synthetic_run, "val_test_calibrated")["prob"]
     np.testing.assert_array_equal(fn(p), q)
+    served = served_calibration({"calibration": cal, "thresholds": thr}, "stages[0]")  # passes the bundle's probe
+    np.testing.assert_array_equal(served(p), q)
     assert fn(np.array([])).shape == (0,)
 
 
@@ -316,15 +291,6 @@ def test_calibration_from_json_refuses_damaged_input(synthetic_run):
 
 
 # --------------------------------------------------------------------------- cascades
-
-
-@pytest.fixture(scope="module")
-def cascade_dir(chain):
-    """The shared two-stage runs (global view → 10-view attention) with a budgeted cascade."""
-    from natix.cascade.evaluation import cascade_run
-
-    cascade_run(stage1=chain / "s1", stage2=chain / "s2", budget=0.5, out=chain / "casc-bundle")
-    return chain
 
 
 def test_cascade_bundle_reproduces_the_cascade_and_refuses_a_tampered_stage(cascade_dir, tmp_path):
@@ -371,7 +337,7 @@ def test_cascade_bundle_with_an_external_third_stage(cascade_dir, tmp_path, monk
     out = tmp_path / "casc3"
     cascade_run(stage1=cascade_dir / "s1", stage2=cascade_dir / "s2", stage3="oracle_mod:classify", budget=0.5,
                 out=out)
-    bundle = load_bundle(export_bundle(out, tmp_path / "b3"))
+    bundle = load_bundle(export_bundle(out, tmp_path / "b3"), external="oracle_mod:classify")
     with np.load(out / "cascade_predictions.npz") as z:
         ids, prob, stage = z["ids"], z["prob"], z["stage"]
     [h5] = (cascade_dir / "c1").glob("*.h5")
@@ -386,19 +352,9 @@ def test_cascade_bundle_with_an_external_third_stage(cascade_dir, tmp_path, monk
 # --------------------------------------------------------------------------- format and strict JSON
 
 
-def _rewrite(b: Path, edit) -> None:
-    """Apply `edit` to the manifest and give it a consistent digest (a deliberate, not a damaged, change)."""
-    from natix.serve.manifest import digest
-
-    m = json.loads((b / "manifest.json").read_text())
-    edit(m)
-    m["manifest_sha256"] = digest(m)
-    (b / "manifest.json").write_text(json.dumps(m))
-
-
-def test_a_bundle_of_another_format_version_is_refused_with_the_fix(served, tmp_path):
+def test_a_bundle_of_another_format_version_is_refused_with_the_fix(served, tmp_path, rewrite):
     b = tampered_copy(served.plain, tmp_path / "bundle")
-    _rewrite(b, lambda m: m.update(format="natix-bundle/2"))
+    rewrite(b, lambda m: m.update(format="natix-bundle/2"))
     with pytest.raises(DataError, match="has format 'natix-bundle/2', not natix-bundle/1: re-export the bundle") as info:
         load_bundle(b)
     assert "\n" not in str(info.value)
@@ -412,7 +368,7 @@ def test_a_manifest_with_a_bare_nan_is_not_json(served, tmp_path):
         load_bundle(b)
 
 
-def test_an_infinite_router_threshold_round_trips_as_the_string_inf(cascade_dir, tmp_path):
+def test_an_infinite_router_threshold_round_trips_as_the_string_inf(cascade_dir, tmp_path, rewrite):
     casc = tmp_path / "cascade"
     casc.mkdir()
     doc = json.loads((cascade_dir / "casc-bundle" / "cascade.json").read_text())
@@ -429,8 +385,9 @@ def test_an_infinite_router_threshold_round_trips_as_the_string_inf(cascade_dir,
         paths = list(c.paths[:3])
     _, stage = bundle.predict_proba(paths, return_stage=True)
     np.testing.assert_array_equal(stage, [1, 1, 1])
-    _rewrite(out, lambda m: m["router"].update(thresholds=["abc"]))
-    with pytest.raises(DataError, match="router threshold 'abc', not a number: re-export the bundle"):
+    rewrite(out, lambda m: m["router"].update(thresholds=["abc"]))
+    with pytest.raises(DataError, match="router.thresholds \\(entry 0: 'abc' is not a number, 'inf' or '-inf'\\): "
+                                        "re-export the bundle"):
         load_bundle(out)
     doc["router"]["thresholds"] = [None]
     (casc / "cascade.json").write_text(json.dumps(doc))

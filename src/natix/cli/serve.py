@@ -13,12 +13,15 @@ from natix.cli.group import cli, library_errors
 @cli.command("export")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@click.option("--sign-key", type=click.Path(dir_okay=False), default=None,
+              help="Key file (>= 16 bytes): sign the manifest with HMAC-SHA256, for bundles that travel.")
 @library_errors
-def export(run, out) -> None:
+def export(run, out, sign_key) -> None:
     """Export a run (head, calibration, thresholds, failure predictor) as a servable bundle."""
     from natix.serve.export import export_bundle
 
-    click.echo(f"bundle written to {export_bundle(run, out)}")
+    written = export_bundle(run, out, sign_key=sign_key)
+    click.echo(f"bundle written to {written}{' (signed)' if sign_key else ''}")
 
 
 def image_files(paths) -> list[Path]:
@@ -42,15 +45,20 @@ def image_files(paths) -> list[Path]:
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--backbone", default=None, help="Where the bundle's backbone weights are now (same hash).")
+@click.option("--stage3", default=None,
+              help="The cascade's external stage as module:function; must be the one the bundle declares.")
+@click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
+              help="Key file: refuse the bundle unless it was signed with this key (natix export --sign-key).")
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
-def predict(bundle, paths, backbone, batch_size, as_json) -> None:
+def predict(bundle, paths, backbone, stage3, verify_key, batch_size, as_json) -> None:
     """Probability of roadwork for each image (files or folders), through the bundle."""
     from natix.serve.bundle import load_bundle
 
     files = image_files(paths)
     quiet_transformers()
-    probs = load_bundle(bundle, backbone=backbone).predict_proba(files, batch_size=batch_size)
+    served = load_bundle(bundle, backbone=backbone, external=stage3, verify_key=verify_key)
+    probs = served.predict_proba(files, batch_size=batch_size)
     rows = [{"path": f, "probability": float(p)} for f, p in zip(files, probs)]
     echo_result(as_json, rows, lambda rows: "\n".join(f"{r['probability']:.6f}  {r['path']}" for r in rows))

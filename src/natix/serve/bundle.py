@@ -3,7 +3,8 @@
 A bundle directory holds JSON and safetensors only (nothing pickled)::
 
     manifest.json              format, natix version, stages, prior, the sha256 of every other
-                               file, and its own digest (of its canonical JSON without the digest)
+                               file, its own digest (of its canonical JSON without the digest)
+                               and, when exported with a key, its HMAC-SHA256 signature
     stage0_head.safetensors    the head's weights (a copy of the run's model.safetensors)
     stage0_failure.safetensors the run's failure predictor, when it has one
 
@@ -20,13 +21,19 @@ bundle whose weights moved loads with ``load_bundle(path, backbone=NEW_PATH)``.
 A cascade directory (written by :func:`natix.cascade.evaluation.cascade_run`, it holds
 ``cascade.json``) exports to a cascade bundle: one stage entry per run stage (files
 ``stage{k}_head.safetensors``, ``stage{k}_failure.safetensors``, k = 0, 1, ...), an optional last
-entry ``{"external": "module:function"}`` for an external stage, and a ``router`` entry
+entry ``{"external": "module:function"}`` declaring an external stage (imported only when the
+caller names it: ``load_bundle(..., external=...)``, ``natix predict --stage3``), and a ``router`` entry
 ``{"mode", "thresholds", "confidence"}``. Serving routes as the router was fitted: on each run
 stage's RAW probability and confidence (:func:`natix.metrics.confidence`); the stages'
 calibration maps are kept in the manifest but not applied, since the thresholds were chosen on
 uncalibrated probabilities.
 
-The pieces: :mod:`natix.serve.manifest` (format, schema, digest, verified reading),
+Hashes detect damage, not malice: every manifest field is checked against its schema and range
+on load (:mod:`natix.serve.schema`), and a bundle that travels can be signed and verified
+(:mod:`natix.serve.manifest`).
+
+The pieces: :mod:`natix.serve.manifest` (format, digest, signature, verified reading),
+:mod:`natix.serve.schema` (every field's type and range),
 :mod:`natix.serve.export` (writing), :mod:`natix.serve.inputs` (what counts as an image),
 :mod:`natix.serve.stage` (one stage: featurizer, head, calibration).
 """
@@ -40,9 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from natix import metrics as M
-from natix.errors import ConfigError, DataError, DecodeError
+from natix.errors import ConfigError, DecodeError
 from natix.serve.inputs import as_list, check_input, decode, describe
-from natix.serve.manifest import read_manifest, thresholds
+from natix.serve.manifest import read_key, read_manifest, thresholds
+from natix.serve.schema import SERVED_PRECISIONS, external_spec
 from natix.serve.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -198,7 +206,8 @@ def _per_stage(value, name: str, n: int) -> list:
 
 
 def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = None,
-                adapter: str | None = None, device: str = "cpu", precision: str | None = None) -> Bundle:
+                adapter: str | None = None, device: str = "cpu", precision: str | None = None,
+                external=None, verify_key=None) -> Bundle:
     """Load and verify a bundle written by :func:`natix.serve.export.export_bundle`.
 
     Parameters
@@ -212,30 +221,58 @@ def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = N
     device : "cpu", "cuda[:N]" or "auto".
     precision : "fp32" or "bf16"; default: the precision the cache was extracted in, which
         reproduces its features.
+    external : the external last stage of a cascade bundle, as ``"module:function"`` or a
+        callable ``images -> probabilities``; it must be the one the manifest declares (a
+        callable by its ``module:qualname``). A bundle never imports code its caller did not
+        name: loading a bundle that declares an external stage without `external` is refused.
+    verify_key : bytes, or the path of a key file: refuse the bundle unless its manifest is
+        signed with this key (``export_bundle(..., sign_key=...)``). Without it a signed or
+        unsigned bundle loads; its hashes detect damage, not malice.
 
-    Raises `DataError` for a missing or altered file and `BackboneError` for weights that are not
-    the bundle's (checked per stage). A cascade bundle's external stage is imported here
-    (`ConfigError` when it cannot be).
+    Raises `DataError` for a missing or altered file, a field outside its schema or range, or a
+    missing or wrong signature; `BackboneError` for weights that are not the bundle's (checked
+    per stage); `ConfigError` for an `external` that is missing, not the declared one, or cannot
+    be imported.
     """
     from natix.extract.featurizer import resolve_device
 
     path = Path(path)
-    manifest, blobs = read_manifest(path)
-    if not manifest["stages"]:
-        raise DataError(f"bundle '{path}' has no stages: re-export it with natix export")
-    if precision is not None and precision not in ("fp32", "bf16"):
-        raise ConfigError(f"unknown precision '{precision}': pass fp32 or bf16 (or nothing for the bundle's own)")
+    key = None if verify_key is None else read_key(verify_key, option="verify_key")
+    if precision is not None and precision not in SERVED_PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}': pass {' or '.join(SERVED_PRECISIONS)} (or nothing for "
+                          "the bundle's own)")
+    manifest, blobs = read_manifest(path, verify_key=key)
+    named = _named_external(external, external_spec(manifest), path)
     run_stages = [st for st in manifest["stages"] if "external" not in st]
     n = len(run_stages)
     where = zip(_per_stage(backbone, "backbone", n), _per_stage(checkpoint, "checkpoint", n),
                 _per_stage(adapter, "adapter", n))
     dev = resolve_device(device)
-    stages = [Stage.load(st, blobs, dev, backbone=b, checkpoint=c, adapter=a, precision=precision)
-              for st, (b, c, a) in zip(run_stages, where)]
-    external = None
-    if n < len(manifest["stages"]):
-        from natix.cascade.stages import ExternalStage, load_callable
+    stages = [Stage.load(st, blobs, dev, where=f"stages[{k}]", backbone=b, checkpoint=c, adapter=a,
+                         precision=precision)
+              for k, (st, (b, c, a)) in enumerate(zip(run_stages, where))]
+    if named is None:
+        return Bundle(path, manifest, stages)
+    from natix.cascade.stages import as_external  # the caller named it: import it now
 
-        spec = manifest["stages"][-1]["external"]
-        external = ExternalStage(load_callable(spec), name=spec)
-    return Bundle(path, manifest, stages, external=external)
+    return Bundle(path, manifest, stages, external=as_external(named))
+
+
+def _named_external(external, declared: str | None, path: Path):
+    """`external` once it is checked to be the stage the manifest declares (None when there is none);
+    a ``module:function`` spec is not imported here."""
+    from natix.cascade.stages import as_external
+
+    if declared is None:
+        if external is not None:
+            raise ConfigError(f"bundle '{path}' has no external stage: drop external= (natix predict --stage3)")
+        return None
+    if external is None:
+        raise ConfigError(f"bundle '{path}' ends in the external stage '{declared}', which runs only when named: "
+                          f"pass load_bundle(..., external='{declared}') or natix predict --stage3 {declared}")
+    # A callable (or ExternalStage) is already imported by the caller; it is named by its module:qualname.
+    name = external if isinstance(external, str) else as_external(external).name
+    if name != declared:
+        raise ConfigError(f"external stage '{name}' is not the bundle's '{declared}': pass external='{declared}' "
+                          f"(natix predict --stage3 {declared}), or re-export the cascade with that stage")
+    return external

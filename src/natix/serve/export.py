@@ -16,7 +16,8 @@ from pathlib import Path
 from natix import __version__, jsonio
 from natix.errors import ConfigError, DataError
 from natix.rundir import Run
-from natix.serve.manifest import FORMAT, MANIFEST, as_threshold, is_bundle, manifest_bytes, sha256
+from natix.serve.manifest import FORMAT, MANIFEST, is_bundle, manifest_bytes, read_key, sha256
+from natix.serve.schema import as_threshold, is_external_spec
 from natix.serve.stage import build_head
 
 __all__ = ["export_bundle"]
@@ -24,21 +25,26 @@ __all__ = ["export_bundle"]
 _IDENTITY_KEYS = ("backbone", "views", "preprocess", "precision", "store_dtype")
 
 
-def export_bundle(path, out) -> Path:
+def export_bundle(path, out, *, sign_key=None) -> Path:
     """Freeze a run directory, or a cascade directory (one holding ``cascade.json``), into the
     bundle directory `out`; returns `out`.
 
     The runs' caches must still exist (their identities say how images become features). `out` is
     written next to itself and swapped in whole, so an existing bundle there is replaced only
     once the new one is complete; any other non-empty directory is refused.
+
+    `sign_key` (bytes, or the path of a key file; at least 16 bytes) signs the manifest with
+    HMAC-SHA256, which ``load_bundle(..., verify_key=...)`` checks (:mod:`natix.serve.manifest`).
+    A cascade's external stage is recorded by name, never imported here.
     """
     path, out = Path(path), Path(out)
+    key = None if sign_key is None else read_key(sign_key, option="sign_key")
     if (path / "cascade.json").is_file():
-        return _export_cascade(path, out)
+        return _export_cascade(path, out, key)
     run = Run(path)
     stage, files = _stage_entry(run, 0, out=out)
     manifest = _manifest(stages=[stage], prior=run.prior(), files=files, source_run=str(path.resolve()))
-    return _write_bundle(out, manifest, files)
+    return _write_bundle(out, manifest, files, key)
 
 
 def _manifest(*, stages: list, prior: float, files: dict[str, bytes], **sources) -> dict:
@@ -49,8 +55,8 @@ def _manifest(*, stages: list, prior: float, files: dict[str, bytes], **sources)
             "files": {name: sha256(data) for name, data in sorted(files.items())}}
 
 
-def _write_bundle(out: Path, manifest: dict, files: dict[str, bytes]) -> Path:
-    _write_dir(out, {**files, MANIFEST: manifest_bytes(manifest)})
+def _write_bundle(out: Path, manifest: dict, files: dict[str, bytes], key: bytes | None) -> Path:
+    _write_dir(out, {**files, MANIFEST: manifest_bytes(manifest, sign_key=key)})
     return out
 
 
@@ -71,7 +77,7 @@ def _stage_entry(run: Run, k: int, *, out: Path) -> tuple[dict, dict[str, bytes]
     _check_out(out)
     head = {"config": cfg["head"], "dim": int(cfg["cache"]["dim"]), "n_views": int(cfg["cache"]["n_views"]),
             "view_names": cfg["cache"].get("view_names")}
-    build_head(head, head_bytes, where=f"run '{run.path}'")  # refuse now what could not load later
+    build_head(head, head_bytes, where=f"run '{run.path}'", fix="refit the run with natix fit-head")  # refuse now
     calibration, thresholds = run.calibration()
     if calibration is not None:
         calibration_from_json(calibration, thresholds=thresholds)
@@ -124,7 +130,7 @@ def _cache_identity(run: Run) -> tuple[dict, dict]:
     return identity, source
 
 
-def _export_cascade(cascade: Path, out: Path) -> Path:
+def _export_cascade(cascade: Path, out: Path, key: bytes | None) -> Path:
     """A cascade directory → a cascade bundle: one stage entry per run, an optional last
     ``{"external": "module:function"}`` entry, and the router (mode, thresholds, confidence)."""
     _check_out(out)
@@ -147,7 +153,7 @@ def _export_cascade(cascade: Path, out: Path) -> Path:
                          source_runs=[str(r.path.resolve()) for r in runs])
     manifest["router"] = {"mode": str(mode), "thresholds": thresholds,
                           "confidence": [str(c) for c in confidence[:len(runs)]]}
-    return _write_bundle(out, manifest, files)
+    return _write_bundle(out, manifest, files, key)
 
 
 def _read_cascade(doc_file: Path) -> tuple[str, list, list, list[float]]:
@@ -175,16 +181,14 @@ def _threshold(value) -> float:
 
 
 def _cascade_stages(sources: list) -> tuple[list[Run], str | None]:
-    """The run stages of a cascade and its external last stage ('module:function'), if any."""
-    from natix.cascade.stages import load_callable
-
+    """The run stages of a cascade and its external last stage ('module:function'), if any; the
+    external stage is checked by name only: the file does not decide what code runs here."""
     runs, external = [], None
     for i, src in enumerate(sources):
         run = _as_run(src) if external is None else None
         if run is not None:
             runs.append(run)
-        elif i == len(sources) - 1 and i > 0 and isinstance(src, str) and src.count(":") == 1:
-            load_callable(src)  # refuse now what could not load later
+        elif i == len(sources) - 1 and i > 0 and is_external_spec(src):
             external = src
         else:
             raise DataError(f"cascade stage {i + 1} '{src}' is neither a run directory nor a last external "

@@ -1,35 +1,39 @@
-"""The bundle manifest: format, schema, digest, and reading a bundle's files with every hash checked.
+"""The bundle manifest: format, digest, optional signature, and reading a bundle with every hash checked.
 
 ``manifest.json`` is strict JSON written by :mod:`natix.jsonio` (a router threshold of inf is the
 string ``"inf"``). Its digest is the sha256 of its canonical JSON (:func:`natix.jsonio.canonical`)
-without the digest field, so an edited manifest is refused; every other file of the bundle is
+without the digest field, so a damaged manifest is refused; every other file of the bundle is
 listed with its sha256.
+
+Hashes detect damage, not malice: whoever can write the bundle can recompute them. A bundle that
+travels can be signed: ``export_bundle(..., sign_key=KEY)`` adds ``"signature": {"alg":
+"hmac-sha256", "value": HEX}``, an HMAC-SHA256 with the key over the canonical JSON of the
+manifest without its digest and signature, and ``load_bundle(..., verify_key=KEY)`` refuses a
+bundle whose signature is missing or does not match. A key is bytes, or a file whose bytes are
+the key (at least 16 of them). Every field is also checked against its schema on load
+(:mod:`natix.serve.schema`), signed or not.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
-import math
+import os
 from pathlib import Path
 
 from natix import jsonio
-from natix.errors import DataError
+from natix.errors import ConfigError, DataError
+from natix.serve.schema import MANIFEST, as_threshold, check_manifest
 
-__all__ = ["DIGEST_KEY", "FORMAT", "MANIFEST", "as_threshold", "check_fields", "digest", "is_bundle", "manifest_bytes",
-           "read_manifest", "sha256", "thresholds"]
+__all__ = ["DIGEST_KEY", "FORMAT", "MANIFEST", "MIN_KEY_BYTES", "SIGNATURE_KEY", "digest", "is_bundle",
+           "manifest_bytes", "read_key", "read_manifest", "sha256", "signature", "thresholds"]
 
 FORMAT = "natix-bundle/1"
-MANIFEST = "manifest.json"
 DIGEST_KEY = "manifest_sha256"
-
-_FIELDS = {"prior": (int, float), "stages": list, "files": dict}
-_STAGE_FIELDS = {"backbone": dict, "extractor_version": int, "recipe": dict, "preprocess": dict, "pool": str,
-                 "precision": str, "store_dtype": str, "head": dict, "head_file": str,
-                 "calibration": (dict, type(None)), "thresholds": (dict, type(None))}
-_ROUTER_FIELDS = {"mode": str, "thresholds": list, "confidence": list}
-_BACKBONE_FIELDS = {"spec": str, "checkpoint": (str, type(None)), "adapter": (str, type(None)),
-                    "weights_sha256": str, "adapter_sha256": (str, type(None)), "identity": dict}
+SIGNATURE_KEY = "signature"
+MIN_KEY_BYTES = 16
+_ALG = "hmac-sha256"
 _REEXPORT = "re-export the bundle with this natix"
 
 
@@ -42,9 +46,38 @@ def digest(manifest: dict) -> str:
     return sha256(jsonio.canonical({k: v for k, v in manifest.items() if k != DIGEST_KEY}))
 
 
-def manifest_bytes(manifest: dict) -> bytes:
-    """manifest.json's content: `manifest` with its digest added, as strict JSON."""
+def signature(manifest: dict, key: bytes) -> dict:
+    """The signature entry of `manifest`: HMAC-SHA256 with `key` over its canonical JSON without
+    its digest and signature."""
+    signed = jsonio.canonical({k: v for k, v in manifest.items() if k not in (DIGEST_KEY, SIGNATURE_KEY)})
+    return {"alg": _ALG, "value": hmac.new(key, signed, hashlib.sha256).hexdigest()}
+
+
+def manifest_bytes(manifest: dict, *, sign_key: bytes | None = None) -> bytes:
+    """manifest.json's content: `manifest` with its signature (with `sign_key`) and digest added."""
+    manifest = dict(manifest)
+    if sign_key is not None:
+        manifest[SIGNATURE_KEY] = signature(manifest, sign_key)
     return (jsonio.dumps({**manifest, DIGEST_KEY: digest(manifest)}) + "\n").encode()
+
+
+def read_key(key, *, option: str) -> bytes:
+    """The bytes of a signing key given as bytes or as the path of a key file (`option` names the
+    argument in messages); a one-line `ConfigError` for anything else or a key under 16 bytes."""
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        data = bytes(key)
+    elif isinstance(key, (str, os.PathLike)):
+        try:
+            data = Path(key).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"key file '{key}' cannot be read ({exc.strerror or exc}): pass {option} an "
+                              "existing key file") from None
+    else:
+        raise ConfigError(f"{option} is a {type(key).__name__}: pass bytes or a key file's path")
+    if len(data) < MIN_KEY_BYTES:
+        raise ConfigError(f"{option} holds {len(data)} bytes: a key needs at least {MIN_KEY_BYTES} bytes, e.g. "
+                          "a file made with `head -c 32 /dev/urandom > bundle.key`")
+    return data
 
 
 def is_bundle(path: Path) -> bool:
@@ -59,9 +92,10 @@ def _strict(constant: str):
     raise ValueError(f"{constant} is not JSON")
 
 
-def read_manifest(path: Path) -> tuple[dict, dict[str, bytes]]:
-    """The manifest of bundle directory `path` and the bytes of every file it lists, all hashes
-    verified; a one-line `DataError` naming the file otherwise."""
+def read_manifest(path: Path, *, verify_key: bytes | None = None) -> tuple[dict, dict[str, bytes]]:
+    """The manifest of bundle directory `path` and the bytes of every file it lists: format, digest,
+    signature (with `verify_key`), every field and every file hash checked; a one-line `DataError`
+    naming the file or field otherwise."""
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise DataError(f"'{path}' is not a natix bundle (no {MANIFEST}): pass a directory written by natix export")
@@ -75,8 +109,23 @@ def read_manifest(path: Path) -> tuple[dict, dict[str, bytes]]:
     if manifest.get(DIGEST_KEY) != digest(manifest):
         raise DataError(f"bundle file {MANIFEST} was altered (its digest does not match its content): re-export "
                         "the bundle")
-    check_fields(manifest)
+    if verify_key is not None:
+        _verify(manifest, verify_key, path)
+    check_manifest(manifest)
     return manifest, {name: _read_file(path, name, want) for name, want in manifest["files"].items()}
+
+
+def _verify(manifest: dict, key: bytes, path: Path) -> None:
+    """Refuse a manifest that is unsigned or whose signature is not `key`'s over its content."""
+    sig = manifest.get(SIGNATURE_KEY)
+    if sig is None:
+        raise DataError(f"bundle '{path}' is not signed but a verify key was given: export it with "
+                        "natix export --sign-key FILE (export_bundle(..., sign_key=...))")
+    value = sig.get("value") if isinstance(sig, dict) else None
+    if (not isinstance(sig, dict) or sig.get("alg") != _ALG or not isinstance(value, str)
+            or not hmac.compare_digest(value, signature(manifest, key)["value"])):
+        raise DataError(f"bundle '{path}' signature does not match the verify key: it was changed after signing "
+                        "or signed with another key; re-export it with natix export --sign-key FILE")
 
 
 def _read_file(path: Path, name: str, want: str) -> bytes:
@@ -94,50 +143,6 @@ def _read_file(path: Path, name: str, want: str) -> bytes:
         raise DataError(f"bundle file {name} was altered (sha256 {got[:12]}, the manifest says {want[:12]}): "
                         "re-export the bundle or restore the file")
     return data
-
-
-def _check(obj: dict, fields: dict, where: str) -> None:
-    for key, kind in fields.items():
-        if not isinstance(obj.get(key), kind):
-            raise DataError(f"bundle file {MANIFEST} has no valid {where}{key}: {_REEXPORT}")
-
-
-def check_fields(manifest: dict) -> None:
-    """Refuse a manifest (with a valid digest) that lacks a field this natix reads."""
-    _check(manifest, _FIELDS, "")
-    stages = manifest["stages"]
-    for i, stage in enumerate(stages):
-        if not isinstance(stage, dict):
-            raise DataError(f"bundle file {MANIFEST} has no valid stages[{i}]: {_REEXPORT}")
-        if "external" in stage:
-            if i == 0 or i != len(stages) - 1 or not isinstance(stage["external"], str):
-                raise DataError(f"bundle file {MANIFEST} has an invalid external stages[{i}] (only the last stage "
-                                "may be external, as 'module:function'): re-export the bundle")
-            continue
-        _check(stage, _STAGE_FIELDS, f"stages[{i}].")
-        _check(stage["backbone"], _BACKBONE_FIELDS, f"stages[{i}].backbone.")
-        if stage["head_file"] not in manifest["files"]:
-            raise DataError(f"bundle file {MANIFEST} does not list the head file {stage['head_file']}: re-export the bundle")
-    if len(stages) > 1 or "router" in manifest:
-        router = manifest.get("router")
-        _check(router if isinstance(router, dict) else {}, _ROUTER_FIELDS, "router.")
-        n_runs = sum("external" not in st for st in stages)
-        if len(router["thresholds"]) != len(stages) - 1 or len(router["confidence"]) != n_runs:
-            raise DataError(f"bundle file {MANIFEST} has {len(router['thresholds'])} router thresholds and "
-                            f"{len(router['confidence'])} confidences for {len(stages)} stages: re-export the bundle")
-        bad = [t for t in router["thresholds"] if as_threshold(t) is None]
-        if bad:
-            raise DataError(f"bundle file {MANIFEST} has router threshold {bad[0]!r}, not a number: re-export the bundle")
-
-
-def as_threshold(value) -> float | None:
-    """A router threshold as jsonio writes it (a number, "inf" or "-inf") as a float; None for
-    anything else, NaN included."""
-    try:
-        t = jsonio.number(value)
-    except DataError:
-        return None
-    return None if math.isnan(t) else t
 
 
 def thresholds(manifest: dict) -> list[float] | None:

@@ -16,6 +16,7 @@ import numpy as np
 from natix import jsonio
 from natix import metrics as M
 from natix.errors import BackboneError, DataError, NatixError
+from natix.serve.schema import bad_field, served_calibration
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ FORWARD_IMAGES = 32  # images per backbone forward of a stage (halved on CUDA ou
 _SERVED_PREPROCESS = {"resize": "squash", "sampler": "bilinear-antialias-uint8", "decode": "pil-rgb-exif"}
 
 
-def build_head(head: dict, data: bytes, *, where: str):
-    """The head model of a stage entry, weights loaded strictly, in eval mode."""
+def build_head(head: dict, data: bytes, *, where: str, fix: str):
+    """The head model of a stage entry, weights loaded strictly, in eval mode; a `DataError` naming
+    `where` and `fix` when it does not load."""
     from safetensors.torch import load as load_safetensors
 
     from natix.heads.train import HeadConfig
@@ -37,7 +39,7 @@ def build_head(head: dict, data: bytes, *, where: str):
         model.load_state_dict(load_safetensors(data), strict=True)
     except (TypeError, KeyError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"the head of {where} does not load ({first}): refit the run with natix fit-head") from None
+        raise DataError(f"the head of {where} does not load ({first}): {fix}") from None
     return model.eval()
 
 
@@ -72,9 +74,6 @@ def _recipe_and_preprocess(stage: dict):
         recipe, preprocess = ViewRecipe.from_identity(stage["recipe"]), Preprocess.from_identity(ident)
     except NatixError as exc:
         raise DataError(f"bundle {exc}") from None
-    if recipe.n_views != stage["head"]["n_views"]:
-        raise DataError(f"bundle recipe has {recipe.n_views} views but the head expects "
-                        f"{stage['head']['n_views']}: re-export the bundle")
     return recipe, preprocess
 
 
@@ -107,21 +106,18 @@ class Stage:
         return self.featurizer.device
 
     @classmethod
-    def load(cls, stage: dict, blobs: dict[str, bytes], device, *, backbone=None, checkpoint=None, adapter=None,
-             precision: str | None = None) -> Stage:
-        """The stage of manifest entry `stage` on `device`; `precision` None: the cache's own."""
+    def load(cls, stage: dict, blobs: dict[str, bytes], device, *, where: str, backbone=None, checkpoint=None,
+             adapter=None, precision: str | None = None) -> Stage:
+        """The stage of checked manifest entry `stage` (named `where` in messages, e.g. "stages[0]")
+        on `device`; `precision` None: the cache's own."""
         from natix.cache.fingerprint import EXTRACTOR_VERSION
-        from natix.calibrate.apply import calibration_from_json
         from natix.extract.featurizer import Featurizer
 
         if stage["extractor_version"] != EXTRACTOR_VERSION:
             raise DataError(f"bundle features come from extractor version {stage['extractor_version']}, this natix "
                             f"extracts version {EXTRACTOR_VERSION}: re-extract, refit and re-export with this natix")
         recipe, preprocess = _recipe_and_preprocess(stage)
-        head = build_head(stage["head"], blobs[stage["head_file"]], where="the bundle")
-        calibrate = None
-        if stage["calibration"] is not None:
-            calibrate = calibration_from_json(stage["calibration"], thresholds=stage["thresholds"])
+        calibrate = served_calibration(stage, where)
         model = _load_backbone(stage, backbone=backbone, checkpoint=checkpoint, adapter=adapter)
         precision = precision or stage["precision"]
         if precision != stage["precision"]:
@@ -129,6 +125,10 @@ class Stage:
                      precision, stage["precision"])
         featurizer = Featurizer(model, recipe, preprocess, device=device, precision=precision,
                                 store_dtype=stage["store_dtype"], batch_size=FORWARD_IMAGES)
+        if featurizer.dim != stage["head"]["dim"]:
+            raise bad_field(f"{where}.head.dim", f"{stage['head']['dim']}, but the backbone gives {featurizer.dim}")
+        head = build_head(stage["head"], blobs[stage["head_file"]], where=f"bundle {where}",
+                          fix="re-export the bundle with this natix")
         return cls(featurizer=featurizer, head=head.to(featurizer.device), calibrate=calibrate)
 
     def features(self, images: list[np.ndarray]) -> np.ndarray:
