@@ -424,3 +424,200 @@ def test_decode_pil_refuses_truncation_and_the_pixel_budget() -> None:
     with pytest.raises(DecodeError, match="64x64 = 4,096 pixels exceeds the 4,095-pixel limit"):
         decode_pil(_noise(), max_pixels=4095)
     assert decode_pil(_noise(), max_pixels=4096).shape == (64, 64, 3)
+
+
+# --- JPEGs that libjpeg decodes with a warning (grey-filled or garbled) -----------------------
+
+
+def _photo_jpeg(**options) -> bytes:
+    """A 256×256 noise JPEG: every MCU carries data, so any cut lands inside the scan."""
+    return _encode(_noise(256, 256), "JPEG", quality=90, **options)
+
+
+def _cut_with_eoi(fraction: float, **options) -> bytes:
+    """The first `fraction` of a JPEG with an EOI marker appended: it looks complete."""
+    data = _photo_jpeg(**options)
+    return data[: int(len(data) * fraction)] + b"\xff\xd9"
+
+
+def _zeroed_mid_scan() -> bytes:
+    data = bytearray(_photo_jpeg())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)
+    return bytes(data)
+
+
+LIBJPEG_WARNS = [
+    pytest.param(lambda: _cut_with_eoi(0.30), "premature end of data segment", id="cut-30%-plus-eoi"),
+    pytest.param(lambda: _cut_with_eoi(0.60), "premature end of data segment", id="cut-60%-plus-eoi"),
+    pytest.param(lambda: _cut_with_eoi(0.95), "premature end of data segment", id="cut-95%-plus-eoi"),
+    pytest.param(lambda: _cut_with_eoi(0.60, progressive=True), "the file ends before its last scan",
+                 id="progressive-cut-60%-plus-eoi"),
+    pytest.param(_zeroed_mid_scan, "extraneous bytes|premature end|bad Huffman code", id="zeroed-mid-scan"),
+]
+
+
+@pytest.mark.parametrize("fast_jpeg", [True, False], ids=["torchvision", "pil"])
+@pytest.mark.parametrize(("build", "match"), LIBJPEG_WARNS)
+def test_jpeg_that_libjpeg_warns_about_is_a_failure(build, match, fast_jpeg, capfd) -> None:
+    """libjpeg pads a truncated scan with grey and only prints a warning: that is a failure here,
+    with libjpeg's reason, and nothing reaches the process's stderr."""
+    data = build()
+    assert Image.open(io.BytesIO(data)).size == (256, 256)  # the header is intact
+    with pytest.raises(DecodeError, match=rf"^corrupt JPEG data: .*({match})"):
+        decode_image(data, fast_jpeg=fast_jpeg)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_good_jpeg_decodes_silently_after_a_corrupt_one(capfd) -> None:
+    with pytest.raises(DecodeError):
+        decode_image(_cut_with_eoi(0.5))
+    good = _photo_jpeg()
+    np.testing.assert_array_equal(decode_image(good), decode_image(good, fast_jpeg=False))
+    assert capfd.readouterr().err == ""
+
+
+def test_other_output_to_stderr_still_reaches_it_while_jpegs_decode(capfd) -> None:
+    """The libjpeg check listens to the process's stderr for a moment; what others write there
+    meanwhile is passed on, not swallowed or taken for a warning."""
+    import os
+    import threading
+
+    stop = threading.Event()
+    written = []
+
+    def chatter() -> None:
+        while not stop.is_set() and len(written) < 2000:
+            line = f"other {len(written)}\n"
+            os.write(2, line.encode())
+            written.append(line)
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    try:
+        good, bad = _photo_jpeg(), _cut_with_eoi(0.5)
+        for _ in range(20):
+            assert decode_image(good).shape == (256, 256, 3)
+            with pytest.raises(DecodeError, match="premature end of data segment"):
+                decode_image(bad)
+    finally:
+        stop.set()
+        thread.join()
+    err = capfd.readouterr().err
+    assert sorted(err.splitlines(keepends=True)) == sorted(written)
+    assert "Corrupt JPEG" not in err
+
+
+def test_threads_decoding_jpegs_each_get_their_own_verdict() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    good, bad = _photo_jpeg(), _cut_with_eoi(0.6)
+    expected = decode_image(good, fast_jpeg=False)
+
+    def one(k: int) -> str:
+        try:
+            out = decode_image(good if k % 2 else bad, fast_jpeg=bool(k % 3))
+        except DecodeError as exc:
+            return str(exc)
+        return "same" if np.array_equal(out, expected) else "different"
+
+    with ThreadPoolExecutor(4) as pool:
+        verdicts = list(pool.map(one, range(64)))
+    assert verdicts[1::2] == ["same"] * 32
+    assert all(v.startswith("corrupt JPEG data: premature end") for v in verdicts[::2])
+
+
+def _progressive_scan_cuts() -> list[bytes]:
+    """A progressive JPEG cut at each of its scan boundaries, EOI appended: libjpeg shows the
+    scans that are there (a blurred image) without a warning."""
+    data = _photo_jpeg(progressive=True)
+    starts = [k for k in range(len(data) - 1) if data[k:k + 2] == b"\xff\xda"]
+    assert len(starts) >= 6
+    return [data[:k] + b"\xff\xd9" for k in starts[1:]]
+
+
+@pytest.mark.parametrize("fast_jpeg", [True, False], ids=["torchvision", "pil"])
+def test_progressive_jpeg_cut_between_scans_is_a_failure(fast_jpeg, capfd) -> None:
+    for cut in _progressive_scan_cuts():
+        with pytest.raises(DecodeError, match=r"^corrupt JPEG data: the file ends before its last scan"):
+            decode_image(cut, fast_jpeg=fast_jpeg)
+    assert capfd.readouterr().err == ""
+    whole = _photo_jpeg(progressive=True)
+    np.testing.assert_array_equal(decode_image(whole), decode_image(whole, fast_jpeg=False))
+
+
+def _mpo(cut: float | None = None) -> bytes:
+    """A two-frame MPO (what many phones write); decoding keeps the first frame."""
+    first, second = _noise(120, 160), _noise(64, 64)
+    data = _encode(first, "MPO", save_all=True, append_images=[second], quality=90)
+    return data if cut is None else data[: int(len(data) * cut)] + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("fast_jpeg", [True, False], ids=["torchvision", "pil"])
+def test_mpo_is_checked_as_a_jpeg(fast_jpeg, capfd) -> None:
+    assert Image.open(io.BytesIO(_mpo())).format == "MPO"
+    out = decode_image(_mpo(), fast_jpeg=fast_jpeg)
+    np.testing.assert_array_equal(out, np.asarray(Image.open(io.BytesIO(_mpo())).convert("RGB")))
+    with pytest.raises(DecodeError, match="^corrupt JPEG data: premature end of data segment"):
+        decode_image(_mpo(cut=0.3), fast_jpeg=fast_jpeg)
+    assert capfd.readouterr().err == ""
+
+
+def _marker(code: int, payload: bytes = b"") -> bytes:
+    return bytes([0xFF, code]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _sequential(scans: list[list[int]]) -> bytes:
+    """Markers of a 3-component sequential JPEG with one scan per list of component ids; each
+    scan's entropy data is a stand-in (markers are all the check reads)."""
+    sof = bytes([8, 0, 16, 0, 16, 3]) + b"".join(bytes([c, 0x11, 0]) for c in (1, 2, 3))
+    body = b""
+    for ids in scans:
+        sos = bytes([len(ids)]) + b"".join(bytes([c, 0]) for c in ids) + bytes([0, 63, 0])
+        body += _marker(0xDA, sos) + b"\x12\x34\xff\x00\x56\xff\xd0\x78"  # stuffing and RST0 inside
+    return b"\xff\xd8" + _marker(0xC0, sof) + body + b"\xff\xd9"
+
+
+def test_check_jpeg_scans_wants_every_component_of_a_multi_scan_jpeg() -> None:
+    from natix.data.decode import check_jpeg_scans
+
+    check_jpeg_scans(_sequential([[1, 2, 3]]))  # interleaved: done at its scan
+    check_jpeg_scans(_sequential([[1], [2], [3]]))  # one scan per component
+    check_jpeg_scans(_sequential([[1], [2, 3]]))
+    for scans in ([[1]], [[1], [2]], [[2, 3]], []):
+        with pytest.raises(DecodeError, match="ends before its last scan"):
+            check_jpeg_scans(_sequential(scans))
+    check_jpeg_scans(_sequential([[1]])[:30])  # cut inside a segment: left to libjpeg
+
+
+def test_without_torchvision_jpeg_decoder_pil_decodes_and_the_scan_check_stays(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)  # as where torchvision dropped its codecs
+    good = _photo_jpeg()
+    np.testing.assert_array_equal(decode_image(good), np.asarray(Image.open(io.BytesIO(good))))
+    with pytest.raises(DecodeError, match="ends before its last scan"):
+        decode_image(_progressive_scan_cuts()[0])
+
+
+def _decode_verdicts(payloads: list[bytes]) -> list[str]:
+    verdicts = []
+    for data in payloads:
+        try:
+            verdicts.append(str(decode_image(data).shape))
+        except DecodeError as exc:
+            verdicts.append(str(exc))
+    return verdicts
+
+
+def test_a_forked_child_checks_jpegs_as_its_parent_does(capfd) -> None:
+    """DataLoader workers are forked after the parent has decoded: the child keeps its own check."""
+    import multiprocessing
+
+    payloads = [_photo_jpeg(), _cut_with_eoi(0.5), _zeroed_mid_scan()]
+    here = _decode_verdicts(payloads)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        there = pool.apply(_decode_verdicts, (payloads,))
+    assert there == here
+    assert here[0] == "(256, 256, 3)" and all(v.startswith("corrupt JPEG data") for v in here[1:])
+    assert capfd.readouterr().err == ""

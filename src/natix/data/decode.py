@@ -1,21 +1,52 @@
 """Image decoding: bytes → RGB uint8 array, strictly.
 
 Strict means: the whole file is decoded (a truncated JPEG is an error, never a grey-padded
-image), EXIF orientation is applied, every PIL mode becomes 3-channel 8-bit RGB with
-16-bit and float data rescaled rather than clipped, transparency is composited over white,
-and images above a pixel budget are refused before their pixels are allocated.
+image; so is a JPEG that libjpeg decodes with a corrupt-data warning, or whose scans stop
+early), EXIF orientation is applied, every PIL mode becomes 3-channel 8-bit RGB with 16-bit
+and float data rescaled rather than clipped, transparency is composited over white, and images
+above a pixel budget are refused before their pixels are allocated.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import io
+import logging
+import os
+import re
+import tempfile
+import threading
 import warnings
 
 import numpy as np
 
 from natix.errors import DecodeError
 
+log = logging.getLogger(__name__)
+
 MAX_PIXELS = 100_000_000  # 100 MP; far above any camera frame, far below a decompression bomb
+
+# libjpeg's warnings (its JWRN_* messages). It decodes on after each one, padding what is missing
+# with grey or decoding garbage, and only prints the first to the process's stderr: to us each is
+# a failure. The list tells its lines from anything else written to stderr meanwhile.
+_LIBJPEG_WARNING = re.compile(
+    r"(?:Corrupt JPEG data: |Warning: )?((?:premature end of data segment|\d+ extraneous bytes before marker"
+    r"|bad Huffman code|bad arithmetic code|found marker 0x[0-9a-f]+ instead of RST\d|bad ICC marker"
+    r"|Premature end of JPEG file|Invalid SOS parameters for sequential JPEG"
+    r"|Inconsistent progression sequence for component|Unknown Adobe color transform code"
+    r"|unknown JFIF revision number|Application transferred too many scanlines).*)"
+)
+# One thread at a time may point file descriptor 2 elsewhere; the scratch file that catches
+# what is printed meanwhile is kept per process (pid → (descriptor, inode)).
+_STDERR_LOCK = threading.Lock()
+_SCRATCH: dict[int, tuple[int, int]] = {}
+
+_JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a JPEG with more frames after it (many phones write it)
+_SEQUENTIAL_SOF, _PROGRESSIVE_SOF = (0xC0, 0xC1, 0xC9), (0xC2, 0xCA)  # the frames libjpeg decodes
+_ALL_COEFFICIENTS = (1 << 64) - 1
+# Where a scan's entropy-coded data ends: 0xFF followed by neither stuffing (00), RSTn nor fill.
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, fast_jpeg: bool = True) -> np.ndarray:
@@ -23,8 +54,11 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, fast_jpeg: bool =
 
     JPEGs go through torchvision's libjpeg-turbo decoder (about 1.6x faster than PIL on
     1080p frames and pixel-identical to PIL's, which the tests check); everything else, and
-    `fast_jpeg=False`, through PIL (:func:`decode_pil`). Raises `DecodeError` with a short
-    reason for anything that is not a complete image.
+    `fast_jpeg=False`, through PIL (:func:`decode_pil`). Every JPEG is checked the same way on
+    both paths: its scans must cover the whole image (:func:`check_jpeg_scans`), and libjpeg
+    must decode it without a warning (PIL's decoder silences those, so with `fast_jpeg=False`
+    torchvision's decode is the check and PIL's gives the pixels). Raises `DecodeError` with a
+    short reason for anything that is not a complete image.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -36,9 +70,12 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, fast_jpeg: bool =
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             _check_budget(*im.size, max_pixels)
-            if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK") and fast_jpeg:
+            if im.format in _JPEG_FORMATS and im.mode in ("RGB", "L", "CMYK"):
+                check_jpeg_scans(data)
+                # torchvision's decode is also the check for libjpeg's warnings, which PIL's
+                # decoder silences: with fast_jpeg=False it only checks, and PIL decodes.
                 arr = _decode_jpeg(data)
-                if arr is not None:
+                if arr is not None and fast_jpeg:
                     return arr
             if im.format == "PNG":
                 # load() skips IDAT checksums; verify() checks every chunk's CRC (on a copy,
@@ -60,7 +97,9 @@ def decode_pil(im, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
     The pixel budget is checked before the pixels are loaded (a lazily opened file decodes
     here, so truncation surfaces here), EXIF orientation is applied, and every mode becomes
-    RGB as :func:`decode_image` makes it. Raises `DecodeError` with a short reason.
+    RGB as :func:`decode_image` makes it. Raises `DecodeError` with a short reason. The encoded
+    bytes are not at hand here, so a JPEG damaged inside its scan decodes as PIL pads it:
+    :func:`decode_image` is the strict path.
     """
     from PIL import ImageOps
 
@@ -73,6 +112,57 @@ def decode_pil(im, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return _to_rgb(ImageOps.exif_transpose(im))
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
+
+
+def check_jpeg_scans(data: bytes) -> None:
+    """Raise `DecodeError` when a JPEG's scans end before every component is complete.
+
+    libjpeg shows a progressive JPEG cut between two of its scans (or a multi-scan sequential
+    one that lost a component's scan) as a blurred or grey image, without a warning. The markers
+    tell: every coefficient of every component needs a scan that brings it to full precision
+    (successive approximation ``Al = 0``). Only marker segments are read; entropy-coded data is
+    skipped, and a baseline JPEG is done at its first scan. Anything unparsable is left to libjpeg.
+    """
+    components, done, progressive, pos = (), {}, False, 2
+    try:
+        while pos + 4 <= len(data) and data[pos] == 0xFF:
+            code = data[pos + 1]
+            if code == 0xD9:  # EOI
+                break
+            if code == 0xFF or code == 0x01 or 0xD0 <= code <= 0xD7:  # fill byte, TEM, RSTn: no length
+                pos += 1 if code == 0xFF else 2
+                continue
+            end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            segment = data[pos + 4:end]
+            if code in _SEQUENTIAL_SOF or code in _PROGRESSIVE_SOF:
+                progressive = code in _PROGRESSIVE_SOF
+                components = tuple(segment[6 + 3 * i] for i in range(segment[5]))
+            if code == 0xDA:  # SOS
+                _mark_scan(segment, progressive, done)
+                if components and all(done.get(c) == _ALL_COEFFICIENTS for c in components):
+                    return
+                found = _MARKER_AFTER_SCAN.search(data, end)
+                if found is None:
+                    break
+                end = found.start()
+            pos = end
+    except IndexError:  # a segment cut short: libjpeg reports it
+        return
+    if components and not all(done.get(c) == _ALL_COEFFICIENTS for c in components):
+        raise DecodeError("corrupt JPEG data: the file ends before its last scan (truncated)")
+
+
+def _mark_scan(sos: bytes, progressive: bool, done: dict) -> None:
+    """Record in `done` (component id → bit mask of coefficients) what a scan completes."""
+    n = sos[0]
+    ids = [sos[1 + 2 * i] for i in range(n)]
+    start, stop, approx = sos[1 + 2 * n], sos[2 + 2 * n], sos[3 + 2 * n]
+    if progressive and approx & 0x0F:  # not yet the last bit of these coefficients
+        return
+    # A sequential scan carries every coefficient of its components, whatever Ss/Se say.
+    mask = ((1 << (stop + 1)) - 1) ^ ((1 << start) - 1) if progressive else _ALL_COEFFICIENTS
+    for c in ids:
+        done[c] = done.get(c, 0) | mask
 
 
 def _check_budget(w: int, h: int, max_pixels: int) -> None:
@@ -95,7 +185,8 @@ def _jpeg_decoder():
 
 
 def _decode_jpeg(data: bytes) -> np.ndarray | None:
-    """Whole-file JPEG decode with EXIF orientation; raises on truncation or corruption.
+    """Whole-file JPEG decode with EXIF orientation; raises on truncation, corruption and any
+    libjpeg warning.
 
     Returns None when torchvision has no JPEG decoder (the caller then uses PIL).
     """
@@ -103,17 +194,103 @@ def _decode_jpeg(data: bytes) -> np.ndarray | None:
 
     decoder = _jpeg_decoder()
     if decoder is None:
+        _warn_no_libjpeg_check()
         return None
     decode_jpeg, rgb = decoder
-    try:
+    tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+    def decode():
+        # Inside the stderr lock, so that threads do not undo each other's warning filters.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=rgb,
-                              apply_exif_orientation=True)
+            return decode_jpeg(tensor, mode=rgb, apply_exif_orientation=True)
+
+    try:
+        chw, printed = _capture_stderr(decode)
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[0].rsplit(", ", 1)[-1]  # drop the C++ source location
         raise DecodeError(f"corrupt or truncated image: {reason}") from None
+    _raise_on_libjpeg_warning(printed)
     return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+
+
+def _capture_stderr(call):
+    """Run `call` with file descriptor 2 pointed at a scratch file; returns (result, text written).
+
+    libjpeg reports warnings only by printing them to the C stderr, so this is where they can be
+    seen. A lock keeps threads from swapping the descriptor under each other; other threads' text
+    that lands in the scratch file meanwhile is passed on by the caller.
+    """
+    with _STDERR_LOCK:
+        sink = _scratch_fd()
+        try:
+            try:
+                saved = os.dup(2)
+            except OSError:  # no stderr at all: give it one for the call, close it again after
+                saved = None
+            os.dup2(sink, 2)
+            try:
+                result = call()
+            finally:
+                if saved is None:
+                    os.close(2)
+                else:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+            size = os.fstat(sink).st_size
+            printed = os.pread(sink, size, 0) if size else b""
+        finally:
+            os.ftruncate(sink, 0)
+    return result, printed
+
+
+def _scratch_fd() -> int:
+    """This process's scratch file for `_capture_stderr` (call with the lock held).
+
+    Nameless and opened for appending, so each write lands whole at the end, whichever thread
+    wrote it. Kept open, as making one costs as much as the rest of the check; made anew in a
+    forked child (which shares its parent's descriptors) and when the descriptor no longer
+    names the file made (someone closed it), so that no other file is ever truncated.
+    """
+    fd, inode = _SCRATCH.get(os.getpid(), (-1, -1))
+    try:
+        if fd >= 0 and os.fstat(fd).st_ino == inode:
+            return fd
+    except OSError:
+        pass
+    if hasattr(os, "memfd_create"):  # Linux: in memory, no disk
+        fd = os.memfd_create("natix-stderr")
+    else:
+        with tempfile.TemporaryFile() as fh:
+            fd = os.dup(fh.fileno())
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    _SCRATCH[os.getpid()] = (fd, os.fstat(fd).st_ino)
+    return fd
+
+
+def _raise_on_libjpeg_warning(printed: bytes) -> None:
+    """Raise DecodeError for the first libjpeg warning in `printed`; pass other lines on to stderr."""
+    reasons, others = [], []
+    for line in printed.splitlines(keepends=True):
+        match = _LIBJPEG_WARNING.fullmatch(line.decode("utf-8", "replace").rstrip("\n"))
+        if match:
+            reasons.append(match.group(1))
+        else:
+            others.append(line)
+    if others:
+        try:
+            os.write(2, b"".join(others))
+        except OSError:  # stderr closed: there was nowhere to show them anyway
+            pass
+    if reasons:
+        raise DecodeError(f"corrupt JPEG data: {reasons[0][0].lower()}{reasons[0][1:]}")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_libjpeg_check() -> None:
+    """Said once per process: without torchvision's decoder, libjpeg's warnings cannot be seen."""
+    log.warning("this torchvision has no JPEG decoder: JPEGs are decoded by PIL, which cannot tell a JPEG "
+                "whose scan is truncated or damaged from a good one (a torchvision with io.decode_jpeg restores the check)")
 
 
 def _to_rgb(im) -> np.ndarray:
