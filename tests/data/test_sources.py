@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def test_csv_manifest_with_relative_absolute_paths_labels_and_groups(
     # Relative paths resolve against the manifest's folder, not the working directory.
     monkeypatch.chdir(tmp_path / "elsewhere")
 
-    records = discover(manifest)
+    records = discover(manifest, allow_outside=True)  # `outside` is not under the manifest's folder
 
     by_path = {r.path: (r.label, r.group) for r in records}
     assert by_path == {
@@ -219,6 +220,91 @@ def test_jsonl_manifest_with_bom(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_bytes(b'\xef\xbb\xbf{"path": "a.jpg", "label": "roadwork"}\n')
     assert _triples(discover(manifest), tmp_path) == [("a.jpg", 1, None)]
+
+
+# --- symbolic links --------------------------------------------------------------------------
+
+
+def _links(root: Path) -> dict[str, Path]:
+    """A good image, a link to it, a dangling link, a link to itself and two links to each other."""
+    good = _img(root / "good.jpg")
+    (root / "to-good.jpg").symlink_to(good)
+    (root / "dangling.jpg").symlink_to(root / "gone.jpg")
+    (root / "self.jpg").symlink_to(root / "self.jpg")
+    (root / "ping.png").symlink_to(root / "pong.png")
+    (root / "pong.png").symlink_to(root / "ping.png")
+    return {p.name: p for p in root.iterdir()}
+
+
+@pytest.mark.parametrize("layout", ["plain", "class-folders"])
+def test_broken_symlinks_are_listed_and_hash_as_unreadable(tmp_path: Path, layout: str) -> None:
+    """A dangling or looping link is an image the user meant to have: it is listed, and hashing
+    reports why it cannot be read, so extraction records it as a failure instead of dropping it."""
+    folder = tmp_path / ("roadwork" if layout == "class-folders" else "")
+    links = _links(folder)
+    records = discover(tmp_path)
+    assert [r.path.name for r in records] == ["dangling.jpg", "good.jpg", "ping.png", "pong.png", "self.jpg",
+                                              "to-good.jpg"]
+    ids = dict(zip((r.path.name for r in records), hash_files([r.path for r in records])))
+    assert ids["good.jpg"] == ids["to-good.jpg"] == hash_bytes(PNG)
+    assert isinstance(ids["dangling.jpg"], OSError)
+    assert ids["dangling.jpg"].strerror == f"broken symbolic link to '{links['dangling.jpg'].readlink()}'"
+    for name in ("self.jpg", "ping.png", "pong.png"):
+        assert isinstance(ids[name], OSError)
+        assert ids[name].strerror.startswith("broken symbolic link to '")
+        assert "loop" in ids[name].strerror
+
+
+def test_a_folder_of_broken_symlinks_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert [r.path.name for r in discover(tmp_path)] == ["a.jpg"]
+
+
+def test_manifest_row_naming_a_broken_symlink_says_so(tmp_path: Path) -> None:
+    _img(tmp_path / "a.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "gone.jpg")
+    manifest = _write(tmp_path / "m.csv", "path\na.jpg\nb.jpg\n")
+    with pytest.raises(DataError, match=r"names 1 missing file\(s\) \(first: line 3 'b\.jpg', a broken symbolic link"):
+        discover(manifest)
+
+
+# --- manifest paths outside the manifest's folder ---------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["dotdot", "absolute", "dotdot-inside-out"])
+def test_manifest_paths_outside_its_folder_need_allow_outside(tmp_path: Path, form: str) -> None:
+    data = tmp_path / "data"
+    _img(data / "in.jpg")
+    secret = _img(tmp_path / "private" / "key.png")
+    raw = {"dotdot": "../private/key.png", "absolute": str(secret),
+           "dotdot-inside-out": "sub/../../private/key.png"}[form]
+    (data / "sub").mkdir()
+    manifest = _write(data / "labels.csv", f"path,label\nin.jpg,1\n{raw},0\n")
+
+    for source in (manifest, data):
+        with pytest.raises(DataError, match=rf"names 1 path\(s\) outside its folder \(first: line 3 '{re.escape(raw)}'\)"
+                                            r".*--allow-outside") as info:
+            discover(source)
+        assert "\n" not in str(info.value)
+    records = discover(manifest, allow_outside=True)
+    assert sorted(r.path.name for r in records) == ["in.jpg", "key.png"]
+
+
+def test_manifest_paths_that_stay_inside_are_fine(tmp_path: Path) -> None:
+    _img(tmp_path / "a" / "x.jpg")
+    _img(tmp_path / "y.jpg")
+    manifest = _write(tmp_path / "m.csv", f"path\na/../a/x.jpg\n./y.jpg\n{tmp_path / 'a' / 'x.jpg'}\n")
+    assert len(discover(manifest)) == 3
+
+
+def test_outside_paths_are_refused_before_they_are_looked_at(tmp_path: Path) -> None:
+    """Refused whether or not the file exists: the refusal tells nothing about what is outside."""
+    _img(tmp_path / "data" / "a.jpg")
+    manifest = _write(tmp_path / "data" / "m.csv", "path\na.jpg\n../nope.jpg\n")
+    with pytest.raises(DataError, match="outside its folder"):
+        discover(manifest)
+    with pytest.raises(DataError, match="missing file"):
+        discover(manifest, allow_outside=True)
 
 
 # --- bad sources -----------------------------------------------------------------------------

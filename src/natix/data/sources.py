@@ -2,12 +2,15 @@
 
 Every source becomes a sorted list of `ImageRecord`s. Labels are 1 (roadwork), 0 (no
 roadwork) or None (unknown, allowed for inference). A folder that holds a `labels.csv`,
-`manifest.csv` or `manifest.jsonl` is read as that manifest.
+`manifest.csv` or `manifest.jsonl` is read as that manifest. A manifest names files under its
+own folder unless the caller allows more (`allow_outside`): a manifest that came with a data set
+should not be able to make natix read any file the user can read.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import logging
@@ -35,20 +38,23 @@ class ImageRecord:
     group: str | None = None
 
 
-def discover(source: str | os.PathLike) -> list[ImageRecord]:
+def discover(source: str | os.PathLike, *, allow_outside: bool = False) -> list[ImageRecord]:
     """Resolve a folder or manifest into records sorted by path.
 
+    A folder's images include its broken symbolic links (dangling or looping): they are files
+    the user meant to have, and :func:`hash_files` says why they cannot be read.
+    `allow_outside` lets a manifest name files outside its own folder (see :func:`read_manifest`).
     Raises `DataError` when the source is missing, empty, or its manifest is wrong.
     """
     root = Path(source)
     if not root.exists():
         raise DataError(f"data path '{root}' does not exist: pass a folder of images or a CSV/JSONL manifest")
     if root.is_file():
-        records = read_manifest(root)
+        records = read_manifest(root, allow_outside=allow_outside)
     else:
         manifest = next((root / n for n in MANIFEST_NAMES if (root / n).is_file()), None)
         if manifest is not None:
-            records = read_manifest(manifest)
+            records = read_manifest(manifest, allow_outside=allow_outside)
         else:
             records = _read_folder(root)
     if not records:
@@ -73,16 +79,27 @@ def _read_folder(root: Path) -> list[ImageRecord]:
 
 
 def images_below(root: Path) -> list[Path]:
-    """Image files below `root`, recursively, skipping hidden entries."""
+    """Image files below `root`, recursively, skipping hidden entries.
+
+    Broken symbolic links (dangling, or a loop) with an image suffix are listed too, so that
+    reading them fails with a reason rather than the image silently missing.
+    """
     return sorted(p for p in root.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or _is_broken_link(p))
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def read_manifest(path: Path) -> list[ImageRecord]:
+def _is_broken_link(p: Path) -> bool:
+    """A symbolic link whose target cannot be reached (missing, or the links loop)."""
+    return p.is_symlink() and not p.exists()
+
+
+def read_manifest(path: Path, *, allow_outside: bool = False) -> list[ImageRecord]:
     """Read a CSV (header with `path`, optional `label`, `group`) or JSONL manifest.
 
-    Paths are relative to the manifest's folder unless absolute.
+    Paths are relative to the manifest's folder unless absolute. A path that leaves that folder
+    (``..`` or an absolute path elsewhere; symbolic links inside the folder are not followed for
+    this) is refused, before it is looked at, unless `allow_outside`.
     """
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".json"):
@@ -95,7 +112,7 @@ def read_manifest(path: Path) -> list[ImageRecord]:
         ) from None
     except csv.Error as exc:
         raise DataError(f"manifest '{path}' is not a readable CSV ({exc}): check its quoting") from None
-    records, missing = [], []
+    records = []
     for line, row in rows:
         raw = row.get("path")
         if raw is None or str(raw).strip() == "":
@@ -105,16 +122,37 @@ def read_manifest(path: Path) -> list[ImageRecord]:
         label = _parse_label(row.get("label"), path, line)
         group = row.get("group")
         group = None if group is None or str(group).strip() == "" else str(group).strip()
-        if not p.is_file():
-            missing.append((line, raw))
-        records.append(ImageRecord(p, label, group))
-    if missing:
-        line, raw = missing[0]
+        records.append((line, raw, ImageRecord(p, label, group)))
+    if not allow_outside:
+        _refuse_outside(path, records)
+    _refuse_missing(path, records)
+    return [record for _, _, record in records]
+
+
+def _refuse_outside(manifest: Path, rows: list) -> None:
+    """DataError for (line, raw path, record) rows whose path leaves the manifest's folder."""
+    folder = os.path.abspath(manifest.parent)  # abspath: normalised, links not followed
+    outside = [(line, raw) for line, raw, r in rows
+               if os.path.commonpath([folder, os.path.abspath(r.path)]) != folder]
+    if outside:
+        line, raw = outside[0]
         raise DataError(
-            f"manifest '{path}' names {len(missing)} missing file(s) (first: line {line} '{raw}'): "
+            f"manifest '{manifest}' names {len(outside)} path(s) outside its folder (first: line {line} '{raw}'): "
+            f"move those images under {folder}, or pass --allow-outside (allow_outside=True) if you trust "
+            "the manifest"
+        )
+
+
+def _refuse_missing(manifest: Path, rows: list) -> None:
+    """DataError for (line, raw path, record) rows that name no file."""
+    missing = [(line, raw, r.path) for line, raw, r in rows if not r.path.is_file()]
+    if missing:
+        line, raw, p = missing[0]
+        what = ", a broken symbolic link" if p.is_symlink() else ""
+        raise DataError(
+            f"manifest '{manifest}' names {len(missing)} missing file(s) (first: line {line} '{raw}'{what}): "
             "fix the paths (relative to the manifest's folder) or remove those rows"
         )
-    return records
 
 
 def _csv_rows(path: Path):
@@ -165,7 +203,11 @@ def hash_bytes(data: bytes) -> str:
 
 
 def hash_files(paths: list[Path], *, threads: int = 4) -> list[str | Exception]:
-    """Content id of each file, or the `OSError` that prevented reading it (order kept)."""
+    """Content id of each file, or the `OSError` that prevented reading it (order kept).
+
+    A broken symbolic link's error says so (``broken symbolic link to 'TARGET'``, plus
+    ``(the links form a loop)`` for a loop) in its `strerror`.
+    """
 
     def one(p: Path):
         try:
@@ -175,7 +217,19 @@ def hash_files(paths: list[Path], *, threads: int = 4) -> list[str | Exception]:
                     h.update(block)
             return h.hexdigest()
         except OSError as exc:
-            return exc
+            return _broken_link_error(p, exc) or exc
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         return list(pool.map(one, paths))
+
+
+def _broken_link_error(p: Path, exc: OSError) -> OSError | None:
+    """An OSError naming the target when `p` is a broken symbolic link, else None."""
+    if exc.errno not in (errno.ENOENT, errno.ELOOP) or not _is_broken_link(p):
+        return None
+    try:
+        target = os.readlink(p)
+    except OSError:
+        return None
+    loop = " (the links form a loop)" if exc.errno == errno.ELOOP else ""
+    return OSError(exc.errno, f"broken symbolic link to '{target}'{loop}", str(p))
