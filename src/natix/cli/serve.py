@@ -59,6 +59,8 @@ def predict(bundle, paths, backbone, stage3, verify_key, batch_size, as_json) ->
     files = image_files(paths)
     quiet_transformers()
     served = load_bundle(bundle, backbone=backbone, external=stage3, verify_key=verify_key)
-    probs = served.predict_proba(files, batch_size=batch_size)
-    rows = [{"path": f, "probability": float(p)} for f, p in zip(files, probs)]
-    echo_result(as_json, rows, lambda rows: "\n".join(f"{r['probability']:.6f}  {r['path']}" for r in rows))
+    probs, stage = served.predict_proba(files, batch_size=batch_size, return_stage=True)
+    # "prior": the image could not be answered (not decoded): its answer is the bundle's prior.
+    rows = [{"path": f, "probability": float(p), "prior": bool(k < 0)} for f, p, k in zip(files, probs, stage)]
+    echo_result(as_json, rows, lambda rows: "\n".join(
+        f"{r['probability']:.6f}  {r['path']}" + ("  (prior: not decoded)" if r["prior"] else "") for r in rows))

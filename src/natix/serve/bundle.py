@@ -66,6 +66,9 @@ class Bundle:
     ``calibrate``), ``prior`` (the answer for an image that cannot be decoded: the fraction of
     positives in the (first) run's training labels), ``device`` and ``thresholds`` (a cascade's
     router thresholds, one per stage but the last; None for a single-stage bundle).
+
+    Threads may share a bundle and the images they pass: each stage's backbone runs one call at a
+    time, and a PIL image is read into a private array under a lock (:mod:`natix.serve.inputs`).
     """
 
     def __init__(self, path: Path, manifest: dict, stages: list[Stage], *, external=None):

@@ -2,11 +2,17 @@
 
 Each is decoded as `natix extract` decodes files (:mod:`natix.data.decode`), so an image passed
 in any of these forms gives the same features.
+
+A PIL image belongs to the caller, who may share it between threads, and PIL decodes lazily: the
+first ``load()`` reads the file into the object itself, which is not safe from two threads at
+once. So a PIL image is read under a lock, one at a time, into a private array, and anything PIL
+raises on it (whatever state the caller's object is in) fails that image only.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +24,7 @@ from natix.errors import DataError, DecodeError
 __all__ = ["as_list", "check_input", "decode", "describe"]
 
 _ENCODED = (bytes, bytearray, memoryview)
+_CALLERS_PIL = threading.Lock()  # guards the caller's PIL objects, which PIL's lazy load() mutates
 
 
 def _is_pil(item) -> bool:
@@ -39,7 +46,18 @@ def decode(item) -> np.ndarray:
     if isinstance(item, np.ndarray):
         # torch.from_numpy wants positive strides and a writable buffer
         return item if item.flags.c_contiguous and item.flags.writeable else np.array(item, order="C")
-    return decode_pil(item)
+    return _decode_callers_pil(item)
+
+
+def _decode_callers_pil(im) -> np.ndarray:
+    """A private ``[H, W, 3]`` uint8 copy of the caller's PIL image, read under the lock."""
+    with _CALLERS_PIL:
+        try:
+            return decode_pil(im)
+        except DecodeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a caller's object in any state is one bad image, not a failed call
+            raise DecodeError(f"PIL cannot read this image ({type(exc).__name__}: {exc})") from None
 
 
 def check_input(i: int, item) -> None:

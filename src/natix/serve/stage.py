@@ -9,7 +9,8 @@ refuses weights whose hashes differ from the bundle's.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -100,6 +101,9 @@ class Stage:
     featurizer: object  # natix.extract.Featurizer
     head: object
     calibrate: object  # p (n,) → q (n,), or None
+    # The featurizer reuses its input buffers (and halves its batch on out-of-memory) from call to
+    # call, so threads sharing a bundle take turns on it; the head and calibration hold no state.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def device(self):
@@ -136,7 +140,8 @@ class Stage:
         whose features overflow the store dtype gets inf entries (the caller answers the prior)."""
         from natix.extract.featurizer import as_chw
 
-        return self.featurizer.features([as_chw(a) for a in images])
+        with self._lock:
+            return self.featurizer.features([as_chw(a) for a in images])
 
     def raw(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Uncalibrated P(roadwork) ``(n,)`` of features ``[n, V, D]`` and the routing confidence
