@@ -482,3 +482,94 @@ def test_a_full_disk_at_the_merge_is_one_line_and_the_rerun_resumes(demo_images,
     again = extract(demo_images, str(tiny_backbone), recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c",
                     options=FAST)
     assert (again.resumed, again.extracted) == (12, 0) and verify_cache(again.cache_file)["ok"]
+
+
+def test_a_no_work_rerun_verifies_the_cache_before_saying_all_is_well(demo_images, tiny_backbone, tmp_path, caplog):
+    import h5py
+
+    kwargs = dict(recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    r = extract(demo_images, str(tiny_backbone), **kwargs)
+    with h5py.File(r.cache_file, "r+") as f:
+        f["features"][2, 0, 0] += 1  # bit rot
+    before = r.cache_file.read_bytes()
+    with pytest.raises(CacheError, match=rf"cache file '{r.cache_file}' is damaged \(features checksum differs.*\): "
+                                         rf"see `natix cache verify {r.cache_file}`; move it away") as info:
+        extract(demo_images, str(tiny_backbone), **kwargs)
+    assert "\n" not in str(info.value) and r.cache_file.read_bytes() == before
+    with caplog.at_level("WARNING", logger="natix.extract.extractor"):
+        again = extract(demo_images, str(tiny_backbone), verify=False, **kwargs)
+    assert not again.model_work and not again.verified and r.cache_file.read_bytes() == before
+    assert any("not verifying the features checksum" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize("damage", ["label of 7", "inverted labels", "edited path", "renamed view"])
+def test_a_no_work_rerun_repairs_what_the_source_knows(demo_images, tiny_backbone, tmp_path, damage):
+    import h5py
+
+    kwargs = dict(recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    r = extract(demo_images, str(tiny_backbone), **kwargs)
+    want = open_cache(r.cache_file)
+    want_labels, want_paths = want.labels.copy(), want.paths.copy()
+    want.close()
+    with h5py.File(r.cache_file, "r+") as f:
+        if damage == "label of 7":
+            f["labels"][3] = 7
+        elif damage == "inverted labels":
+            f["labels"][...] = 1 - f["labels"][()]
+        elif damage == "edited path":
+            f["paths"][0] = "/elsewhere.jpg"
+        else:
+            f["views/name"][0] = "tampered"
+    again = extract(demo_images, str(tiny_backbone), **kwargs)
+    assert not again.model_work and again.repaired == (("views",) if damage == "renamed view" else ("labels",))
+    assert verify_cache(r.cache_file)["ok"]
+    with open_cache(r.cache_file) as c:
+        np.testing.assert_array_equal(c.labels, want_labels)
+        np.testing.assert_array_equal(c.paths, want_paths)
+        assert c.view_names == ["global"]
+    quiet = extract(demo_images, str(tiny_backbone), **kwargs)
+    assert quiet.repaired == () and quiet.verified
+
+
+def test_damaged_labels_of_images_the_source_no_longer_lists_are_refused(demo_images, tiny_backbone, tmp_path):
+    import h5py
+
+    data = _copy_images(demo_images, tmp_path / "data")
+    kwargs = dict(recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    r = extract(data, str(tiny_backbone), **kwargs)
+    with h5py.File(r.cache_file, "r+") as f:
+        f["labels"][...] = 1 - f["labels"][()]
+    lines = (data / "labels.csv").read_text().splitlines()
+    (data / lines[-1].split(",")[0]).unlink()
+    (data / "labels.csv").write_text("\n".join(lines[:-1]) + "\n")
+    before = r.cache_file.read_bytes()
+    with pytest.raises(CacheError, match=r"is damaged \(labels, paths or groups differ from their checksum\) and 1 of "
+                                         r"its images are not in this source.*natix cache verify"):
+        extract(data, str(tiny_backbone), **kwargs)
+    assert r.cache_file.read_bytes() == before
+
+
+def test_cli_extract_says_what_it_verified_and_repaired(demo_images, tiny_backbone, tmp_path):
+    import h5py
+    from click.testing import CliRunner
+
+    from natix.cli import cli
+
+    args = ["extract", str(demo_images), "--backbone", str(tiny_backbone), "--views", "1", "--batch-size", "4",
+            "--workers", "0", "--quiet", "--cache", str(tmp_path / "c")]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    [cache_file] = (tmp_path / "c").glob("*.h5")
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and "no model work: every image is already in the cache, checksum verified" in r.output
+    with h5py.File(cache_file, "r+") as f:
+        f["labels"][0] = 7
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0 and "repaired  labels, paths and groups from the image source" in r.output, r.output
+    r = CliRunner().invoke(cli, [*args, "--skip-checksum"])
+    assert r.exit_code == 0 and "checksum not verified (--skip-checksum)" in r.output, r.output
+    with h5py.File(cache_file, "r+") as f:
+        f["features"][0, 0, 0] += 1
+    r = CliRunner().invoke(cli, args)
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and "natix cache verify" in lines[0], r.output

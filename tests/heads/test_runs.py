@@ -221,6 +221,87 @@ def test_load_dataset_keeps_labeled_rows_in_stored_dtype(cache):
     assert data.view_names[0] == "global"
 
 
+def _damage_h5(path, name, index, value):
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f[name][index] = value
+
+
+def _nan_under_a_recomputed_checksum(path):
+    import h5py
+
+    from natix.cache.store import features_digest, open_cache
+
+    _damage_h5(path, "features", (0, 0, 0), np.nan)
+    with open_cache(path) as c:
+        digest = features_digest(c)
+    with h5py.File(path, "r+") as f:
+        f.attrs["features_sha256"] = digest
+
+
+def _invert(path):
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f["labels"][...] = 1 - f["labels"][()]
+
+
+def _duplicate_id(path):
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        ids = f["ids"][()]
+        ids[3] = ids[2]
+        f["ids"][...] = ids
+
+
+TRAINING_DAMAGE = {
+    "flipped feature": (lambda p: _damage_h5(p, "features", (5, 1, 2), 42), "features checksum differs"),
+    "NaN feature": (_nan_under_a_recomputed_checksum, "NaN or inf"),
+    "label of 7": (lambda p: _damage_h5(p, "labels", 4, 7), r"labels outside \{-1, 0, 1\}"),
+    "inverted labels": (_invert, "labels, paths or groups differ from their checksum"),
+    "duplicate id": (_duplicate_id, "image ids are not unique"),
+    "renamed view": (lambda p: _damage_h5(p, "views/name", 0, "x"), "view table differs"),
+}
+
+
+@pytest.mark.parametrize("kind", TRAINING_DAMAGE)
+def test_load_dataset_refuses_a_damaged_cache_in_one_line(tmp_path, kind):
+    from natix.errors import CacheError
+
+    path = make_synthetic_cache(tmp_path, n=60, n_views=2, dim=4)
+    damage, says = TRAINING_DAMAGE[kind]
+    damage(path)
+    with pytest.raises(CacheError, match=rf"cache file '{path}' is damaged \(.*{says}.*\): see `natix cache verify "
+                                         rf"{path}`") as info:
+        load_dataset(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CacheError, match="is damaged"):
+        fit_run(path, tmp_path / "run", head=HEAD, train=TRAIN)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_load_dataset_can_skip_the_features_checksum_and_says_so(tmp_path, caplog):
+    from natix.errors import CacheError
+
+    path = make_synthetic_cache(tmp_path, n=60, n_views=2, dim=4)
+    clean = load_dataset(path)
+    _damage_h5(path, "features", (5, 1, 2), 42)
+    with caplog.at_level("WARNING", logger="natix.heads.runs"):
+        data = load_dataset(path, verify=False)
+    assert any("not verifying the features checksum" in m and str(path) in m for m in caplog.messages)
+    assert data.X.shape == clean.X.shape
+    run = fit_run(path, tmp_path / "run", head=HEAD, train=TRAIN, verify=False)
+    assert (run.out / "config.json").is_file()
+    # What stays checked without the checksum: labels, ids, the view table, finiteness of labeled rows.
+    for kind in ("NaN feature", "label of 7", "inverted labels", "duplicate id"):
+        path = make_synthetic_cache(tmp_path / kind, n=60, n_views=2, dim=4)
+        TRAINING_DAMAGE[kind][0](path)
+        with pytest.raises(CacheError, match="is damaged"):
+            load_dataset(path, verify=False)
+
+
 # --------------------------------------------------------------------------- split metrics
 
 

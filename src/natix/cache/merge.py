@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from natix import __version__
+from natix.cache.checksum import CHECKSUM_VERSION, attribute, table_digests
 from natix.cache.fingerprint import canonical_json
 from natix.cache.layout import FORMAT, utc_now
 from natix.cache.parts import read_part
@@ -65,15 +66,16 @@ class MergedRows:
         self.failures[(image_id, path if not image_id else "")] = (path, reason)
 
 
-def collect_rows(old: FeatureCache | None, parts: list[Path]) -> MergedRows:
-    """Pass 1: the old file's rows, then each part's rows whose id is not in yet; all failures."""
+def collect_rows(old: FeatureCache | None, parts: list[Path], *, old_failures: bool = True) -> MergedRows:
+    """Pass 1: the old file's rows, then each part's rows whose id is not in yet; all failures
+    (the old file's only when `old_failures`: damaged ones are dropped and found again)."""
     rows = MergedRows()
     if old is not None:
         rows.n_old = len(old)
         for i, p, lab, g, sz in zip(old.ids.tolist(), old.paths.tolist(), old.labels.astype(int).tolist(),
                                     old.groups.tolist(), old.sizes):
             rows.add(i, p, lab, g, tuple(map(int, sz)))
-        for fl in old.failures:
+        for fl in old.failures if old_failures else ():
             rows.add_failure(fl["id"], fl["path"], fl["reason"])
     seen = set(rows.ids)
     for part in parts:
@@ -161,6 +163,10 @@ def _fill(f, rows: MergedRows, old: FeatureCache | None, parts: list[Path], spec
     _copy_old_features(ds, old, digest, spec, block=block)
     _copy_part_features(ds, rows, parts, digest, spec)
     write_tables(f, rows, spec.view_table)
+    digests = {"features": digest.hexdigest(), **table_digests(
+        ids=rows.ids, sizes=rows.sizes, labels=rows.labels, paths=rows.paths, groups=rows.groups,
+        views=[(t["name"], t["box"], t["flip"]) for t in spec.view_table],
+        failures=[(k[0], *rows.failures[k]) for k in sorted(rows.failures)])}
     f.attrs["format"] = FORMAT
     f.attrs["fingerprint"] = spec.fingerprint
     f.attrs["identity"] = canonical_json(spec.identity)
@@ -168,7 +174,9 @@ def _fill(f, rows: MergedRows, old: FeatureCache | None, parts: list[Path], spec
     f.attrs["natix_version"] = __version__
     f.attrs["created"] = created
     f.attrs["updated"] = utc_now()
-    f.attrs["features_sha256"] = digest.hexdigest()
+    f.attrs["checksum_version"] = CHECKSUM_VERSION
+    for part, value in digests.items():
+        f.attrs[attribute(part)] = value
     # Flush while `ds` is alive: a full disk then raises here, not in a dataset's finalizer.
     f.flush()
 
@@ -187,19 +195,22 @@ def _features_dataset(f, n: int, spec: CacheSpec):
 
 
 def _copy_old_features(ds, old: FeatureCache | None, digest, spec: CacheSpec, *, block: int) -> None:
-    """Copy the old file's features block by block, checking them against their recorded checksum."""
+    """Copy the old file's features block by block, checking them against their recorded checksum
+    and for NaN or inf (which a recomputed checksum would hide)."""
     if old is None or not len(old):
         return
     check = hashlib.sha256()
-    start = 0
+    start, finite = 0, True
     for blk in old.blocks(block):
         check.update(blk.tobytes())
         digest.update(blk.tobytes())
+        finite = finite and bool(np.isfinite(blk).all())
         ds[start:start + len(blk)] = blk
         start += len(blk)
-    if check.hexdigest() != old.attrs.get("features_sha256"):
+    if check.hexdigest() != old.attrs.get("features_sha256") or not finite:
+        what = "no longer match their checksum" if finite else "contain NaN or inf"
         raise CacheError(
-            f"cache file '{spec.path}' is corrupt (its features no longer match their checksum): "
+            f"cache file '{spec.path}' is corrupt (its features {what}): see `natix cache verify {spec.path}`; "
             f"move it away (mv {spec.path} {spec.path}.broken) and rerun; finished chunks are kept"
         )
 
@@ -240,11 +251,15 @@ def write_tables(f, rows: MergedRows, view_table: list[dict]) -> None:
 
 
 def merge_into(tmp: Path, old: FeatureCache | None, parts: list[Path], spec: CacheSpec,
-               updates: dict[str, tuple[str, int, str]], *, block: int) -> MergedRows:
-    """Write the merge of `old` (or nothing), `parts` and metadata `updates` to `tmp`; return its rows."""
+               updates: dict[str, tuple[str, int, str]], *, block: int, old_failures: bool = True) -> MergedRows:
+    """Write the merge of `old` (or nothing), `parts` and metadata `updates` to `tmp`; return its rows.
+
+    The caller has checked the old file's tables (:func:`natix.cache.verify.table_problems`);
+    its features are checked here while they are copied.
+    """
     check_shape(old, spec)
     check_parts(parts, spec)
-    rows = collect_rows(old, parts)
+    rows = collect_rows(old, parts, old_failures=old_failures)
     apply_updates(rows, updates)
     size = merged_size(rows, spec)
     reserve(tmp, size)

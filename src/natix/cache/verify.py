@@ -1,30 +1,141 @@
-"""End-to-end checks of a finished cache file (`natix cache verify`)."""
+"""Checks of a finished cache file: for `natix cache verify`, for training, and before a merge.
+
+Two kinds of check, by cost. :func:`table_problems` reads only the small tables (structure,
+ids, labels, view table, failures and their checksums). :func:`feature_problems` reads every
+feature once (finite values, the features checksum). :func:`read_checked` does the second
+while it gathers the rows a training run needs, so verifying costs no extra pass.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from natix.cache.checksum import PARTS, attribute, blocks_digest, checksum_version, covered, table_digests
 from natix.cache.fingerprint import fingerprint
 from natix.cache.layout import ROW_FIELDS, STEM_LEN, pending_parts
 from natix.cache.parts import read_part
 from natix.cache.reader import FeatureCache
 from natix.errors import CacheError
 
+# Damage the image source can undo: labels, paths and groups come from its listing, the view
+# table from the view recipe, and failures are found again by trying the images.
+REPAIRABLE = frozenset({"labels", "views", "failures"})
+_HEX = np.zeros(256, dtype=bool)
+_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
+_DIGEST_TEXT = {"ids": "ids or image sizes differ from their checksum",
+                "labels": "labels, paths or groups differ from their checksum",
+                "views": "view table differs from its checksum",
+                "failures": "failures differ from their checksum"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One kind of damage: the part of the file it is in (see :data:`natix.cache.checksum.PARTS`,
+    or ``structure``) and what is wrong, in words."""
+
+    part: str
+    text: str
+
 
 def features_digest(cache: FeatureCache, block: int = 4096) -> str:
     """SHA-256 of the stored features' bytes in row order (what a writer records as ``features_sha256``)."""
-    h = hashlib.sha256()
-    for blk in cache.blocks(block):
+    return blocks_digest(cache.blocks(block))
+
+
+def table_problems(cache: FeatureCache) -> list[Problem]:
+    """What is wrong with everything but the features (cheap: small arrays, already in memory)."""
+    problems = []
+    n, v, _ = cache.shape
+    if fingerprint(cache.identity) != cache.fingerprint:
+        problems.append(Problem("structure", f"stored fingerprint {cache.fingerprint[:16]} does not match its "
+                                             f"identity ({fingerprint(cache.identity)[:16]})"))
+    problems += [Problem("structure", f"{name} has {len(getattr(cache, name))} rows, features have {n}")
+                 for name in ROW_FIELDS if len(getattr(cache, name)) != n]
+    if len(cache.views) != v:
+        problems.append(Problem("structure", f"view table has {len(cache.views)} views, features have {v}"))
+    if problems:
+        return problems  # the other checks assume aligned rows
+    if len(np.unique(cache.ids)) != n:
+        problems.append(Problem("ids", "image ids are not unique"))
+    if not np.isin(cache.labels, (-1, 0, 1)).all():
+        problems.append(Problem("labels", "labels outside {-1, 0, 1}"))
+    if checksum_version(cache.attrs) >= 2:
+        recorded = {part: cache.attrs.get(attribute(part)) for part in _DIGEST_TEXT}
+        problems += [Problem(part, _DIGEST_TEXT[part]) for part, digest in stored_digests(cache).items()
+                     if digest != recorded[part]]
+    return problems
+
+
+def _hex_digests(ids: np.ndarray) -> bool:
+    """Whether every id is 64 lowercase hex digits (what `natix extract` writes; synthetic caches may differ)."""
+    raw = np.asarray(ids).astype("S64")
+    return bool((np.char.str_len(raw) == 64).all() and _HEX[raw.view(np.uint8)].all())
+
+
+def stored_digests(cache: FeatureCache) -> dict[str, str]:
+    """The table digests of what `cache` holds now (compare with its ``*_sha256`` attributes)."""
+    return table_digests(ids=cache.ids.tolist(), sizes=cache.sizes.tolist(), labels=cache.labels.tolist(),
+                         paths=cache.paths.tolist(), groups=cache.groups.tolist(),
+                         views=[(x.name, x.box, x.flip) for x in cache.views],
+                         failures=[(fl["id"], fl["path"], fl["reason"]) for fl in cache.failures])
+
+
+def feature_problems(cache: FeatureCache, block: int = 4096) -> list[Problem]:
+    """What is wrong with the features: NaN or inf, or a checksum that no longer matches (one full read)."""
+    return _scan(cache, None, block)[1]
+
+
+def read_checked(cache: FeatureCache, rows: np.ndarray, *, block: int = 4096) -> np.ndarray:
+    """Features ``[len(rows), V, D]`` (stored dtype) of sorted `rows`, read in the same pass that checks
+    the features checksum; damage raises the one-line error of :func:`damage_error`."""
+    out, problems = _scan(cache, np.asarray(rows, dtype=np.int64), block)
+    if problems:
+        raise damage_error(cache.path, problems)
+    return out
+
+
+def _scan(cache: FeatureCache, rows: np.ndarray | None, block: int) -> tuple[np.ndarray | None, list[Problem]]:
+    """One pass over the features: their digest, whether they are finite, and the `rows` asked for."""
+    h, finite, out = hashlib.sha256(), True, None
+    if rows is not None:
+        out = np.empty((len(rows),) + tuple(cache.shape[1:]), dtype=cache.dtype)
+        bounds = np.searchsorted(rows, np.arange(0, len(cache) + block, block))
+    for k, blk in enumerate(cache.blocks(block)):
         h.update(blk.tobytes())
-    return h.hexdigest()
+        finite = finite and bool(np.isfinite(blk).all())
+        if rows is not None:
+            lo, hi = bounds[k], bounds[k + 1]
+            out[lo:hi] = blk[rows[lo:hi] - k * block]
+    problems = [] if finite else [Problem("features", "features contain NaN or inf")]
+    if h.hexdigest() != cache.attrs.get("features_sha256"):
+        problems.append(Problem("features", "features checksum differs from the one recorded at write time "
+                                            "(corruption)"))
+    return out, problems
+
+
+def damage_error(path: Path, problems: list[Problem], *, note: str = "") -> CacheError:
+    """The one-line error for a damaged cache file: the first problem, where to see all, the fix and a `note`."""
+    first = problems[0]
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    if all(p.part in REPAIRABLE for p in problems):
+        fix = ("rerun `natix extract` on the cache's full image source to restore them, or move it away "
+               f"(mv {path} {path}.broken) and re-extract")
+    else:
+        fix = f"move it away (mv {path} {path}.broken) and rerun `natix extract` to rebuild it"
+    return CacheError(f"cache file '{path}' is damaged ({first.text}{more}): see `natix cache verify {path}`; {fix}"
+                      + (f"; {note}" if note else ""))
 
 
 def verify_cache(path: str | os.PathLike) -> dict:
-    """Check a cache file end to end. Returns ``{"ok": bool, "problems": [...], "checked": [...]}``."""
+    """Check a cache file end to end.
+
+    Returns ``{"ok": bool, "problems": [...], "checked": [...], "images", "views", "dim"}``.
+    """
     path = Path(path)
     with FeatureCache(path) as cache:  # raises a CacheError for unreadable or foreign files
         return _verify(path, cache)
@@ -32,33 +143,14 @@ def verify_cache(path: str | os.PathLike) -> dict:
 
 def _verify(path: Path, cache: FeatureCache) -> dict:
     """The checks of `verify_cache` on an open cache."""
-    problems, checked = [], []
-    fp = fingerprint(cache.identity)
-    if fp != cache.fingerprint:
-        problems.append(f"stored fingerprint {cache.fingerprint[:16]} does not match its identity ({fp[:16]})")
-    checked.append("fingerprint matches identity")
+    n, v, d = cache.shape
+    problems = [p.text for p in table_problems(cache) + feature_problems(cache)]
+    if not _hex_digests(cache.ids):
+        problems.append("some image ids are not SHA-256 hex digests")
     if not path.name.startswith(cache.fingerprint[:STEM_LEN]):
         problems.append(f"file name does not start with its fingerprint {cache.fingerprint[:STEM_LEN]}")
-    n, v, d = cache.shape
-    for name in ROW_FIELDS:
-        if len(getattr(cache, name)) != n:
-            problems.append(f"{name} has {len(getattr(cache, name))} rows, features have {n}")
-    checked.append("row counts agree")
-    if len(cache.views) != v:
-        problems.append(f"view table has {len(cache.views)} views, features have {v}")
-    if len(set(cache.ids)) != n:
-        problems.append("image ids are not unique")
-    if not all(len(i) == 64 and all(c in "0123456789abcdef" for c in i) for i in cache.ids):
-        problems.append("some image ids are not SHA-256 hex digests")
-    checked.append("ids unique")
-    if not set(np.unique(cache.labels)) <= {-1, 0, 1}:
-        problems.append("labels outside {-1, 0, 1}")
-    if not all(np.isfinite(blk).all() for blk in cache.blocks()):
-        problems.append("features contain NaN or inf")
-    checked.append("features finite")
-    if features_digest(cache) != cache.attrs.get("features_sha256"):
-        problems.append("features checksum differs from the one recorded at write time (corruption)")
-    checked.append("features checksum")
+    checked = ["fingerprint matches identity", "row counts agree", "ids unique", "labels in {-1, 0, 1}",
+               "features finite", covered(checksum_version(cache.attrs))]
     pending = pending_parts(path)
     for part in pending:
         try:
@@ -69,3 +161,7 @@ def _verify(path: Path, cache: FeatureCache) -> dict:
         problems.append(f"{len(pending)} finished chunk(s) of an interrupted run are not merged yet: "
                         "rerun the same `natix extract` to merge them")
     return {"ok": not problems, "problems": problems, "checked": checked, "images": n, "views": v, "dim": d}
+
+
+__all__ = ["PARTS", "REPAIRABLE", "Problem", "damage_error", "feature_problems", "features_digest", "read_checked",
+           "stored_digests", "table_problems", "verify_cache"]

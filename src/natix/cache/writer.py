@@ -22,6 +22,7 @@ from natix.cache.layout import cache_path, ensure_writable, fsync_dir, parts_dir
 from natix.cache.merge import CacheSpec, merge_into
 from natix.cache.parts import Rows, part_number, read_part, write_part
 from natix.cache.reader import FeatureCache
+from natix.cache.verify import REPAIRABLE, Problem, damage_error, feature_problems, table_problems
 from natix.errors import CacheError, CacheLockedError, FingerprintMismatchError
 
 
@@ -106,6 +107,8 @@ class CacheWriter:
         self.resumed_parts = 0
         self._next_part = 0
         self._meta_updates: dict[str, tuple[str, int, str]] = {}
+        self._listed: set[str] = set()  # cached ids whose path/label/group the source gave this run
+        self._repairs: set[str] = set()  # damaged parts of the file the next commit rewrites
         self._new_rows = 0
         self._new_failures: list[tuple[str, str, str]] = []
 
@@ -182,6 +185,7 @@ class CacheWriter:
     # -- writing
     def set_metadata(self, image_id: str, path: str, label: int, group: str) -> None:
         """Record the current path/label/group of an image already in the cache."""
+        self._listed.add(image_id)
         if self.rows_meta.get(image_id) != (path, label, group):
             self._meta_updates[image_id] = (path, label, group)
 
@@ -209,7 +213,41 @@ class CacheWriter:
     def needs_commit(self) -> bool:
         """Whether `commit` would change the cache file."""
         return bool(self._new_rows or self._new_failures or self._meta_updates or self.resumed_parts
-                    or not self.path.exists())
+                    or self._repairs or not self.path.exists())
+
+    def audit(self, *, checksum: bool = True) -> list[str]:
+        """Check the cache file before saying it is well; call after the source's `set_metadata` calls.
+
+        Damage the source can undo (labels, paths and groups of images it lists, the view table,
+        failures) is scheduled for the next commit and returned by part name; other damage raises
+        a one-line `CacheError`. With `checksum`, and when no commit would re-check them anyway,
+        the features are read once to check their checksum and finiteness.
+        """
+        if not self.path.exists():
+            return []
+        with FeatureCache(self.path) as cache:
+            self._repairs = self._repairable(table_problems(cache))
+            if checksum and not self.needs_commit():
+                problems = feature_problems(cache)
+                if problems:
+                    raise damage_error(self.path, problems, note="finished chunks are kept")
+        return sorted(self._repairs)
+
+    def _repairable(self, problems: list[Problem]) -> set[str]:
+        """The damaged parts a commit can rewrite from the source; raise for any other damage."""
+        hard = [p for p in problems if p.part not in REPAIRABLE]
+        if hard:
+            raise damage_error(self.path, hard, note="finished chunks are kept")
+        labels = [p for p in problems if p.part == "labels"]
+        unlisted = len(self.in_file - self._listed)
+        if labels and unlisted:
+            raise CacheError(
+                f"cache file '{self.path}' is damaged ({labels[0].text}) and {unlisted} of its images are not in "
+                f"this source to restore them from: see `natix cache verify {self.path}`; extract from its full "
+                f"image source again, or move it away (mv {self.path} {self.path}.broken) and rerun; finished chunks "
+                "are kept"
+            )
+        return {p.part for p in problems}
 
     def commit(self, *, block: int = 4096) -> Path:
         """Merge the cache file and all parts into a new file and swap it in atomically.
@@ -232,7 +270,9 @@ class CacheWriter:
         spec = CacheSpec(self.path, self.identity, self.fingerprint, self.source, self.view_table, self.dim,
                          self.store_dtype)
         try:
-            merged = merge_into(tmp, old, pending_parts(self.path), spec, self._meta_updates, block=block)
+            repairs = self._repairable(table_problems(old)) if old is not None else set()
+            merged = merge_into(tmp, old, pending_parts(self.path), spec, self._meta_updates, block=block,
+                                old_failures="failures" not in repairs)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -252,6 +292,7 @@ class CacheWriter:
                                                                   merged.groups)}
         self.in_file = set(merged.ids)
         self._meta_updates.clear()
+        self._repairs = set()
         self._new_rows = 0
         self._new_failures = []
         self.resumed_parts = 0

@@ -47,6 +47,11 @@ def demo_backbone(out: str, seed: int, hidden_size: int, layers: int) -> None:
 # --------------------------------------------------------------------------- extract
 
 
+# What `natix extract` restores of a damaged cache, by part (see natix.cache.checksum.PARTS).
+REPAIRED = {"labels": "labels, paths and groups from the image source", "views": "the view table from the recipe",
+            "failures": "the failure list (failed images are tried again)"}
+
+
 def extract_summary(r: dict) -> str:
     """The lines `natix extract` prints for an `ExtractResult`'s values."""
     lines = [f"cache     {r['cache_file']}  (fingerprint {r['fingerprint'][:16]})",
@@ -55,11 +60,14 @@ def extract_summary(r: dict) -> str:
              "failures"]
     if r["metadata_updates"]:
         lines.append(f"metadata  {r['metadata_updates']} cached images got a new path/label/group")
+    if r["repaired"]:
+        lines.append(f"repaired  {' and '.join(REPAIRED[p] for p in r['repaired'])} (the cache was damaged)")
     if r["model_work"]:
         lines.append(f"speed     {r['images_per_s']:.1f} images/s, {r['images_per_s'] * r['n_views']:.0f} views/s "
                      f"on {r['device']} ({r['precision']}, batch {r['batch_size']}); {r['seconds']:.1f} s in all")
     else:
-        lines.append(f"no model work: every image is already in the cache ({r['seconds']:.1f} s)")
+        checked = "checksum verified" if r["verified"] else "checksum not verified (--skip-checksum)"
+        lines.append(f"no model work: every image is already in the cache, {checked} ({r['seconds']:.1f} s)")
     lines.append(f"features  [N, {r['n_views']}, {r['dim']}]")
     return "\n".join(lines)
 
@@ -85,11 +93,15 @@ def extract_summary(r: dict) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the backbone (CUDA).")
 @click.option("--retry-failures", is_flag=True, help="Decode again images that failed before.")
+@click.option("--skip-checksum", is_flag=True,
+              help="When nothing is extracted, do not re-read the features to check their checksum (huge caches); "
+                   "the tables are still checked.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @library_errors
 def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
-            precision, cache_root, batch_size, workers, device, compile_, retry_failures, quiet, as_json) -> None:
+            precision, cache_root, batch_size, workers, device, compile_, retry_failures, skip_checksum, quiet,
+            as_json) -> None:
     """Extract per-view features of every image in DATA (folder or CSV/JSONL manifest)."""
     from natix.config import RunOptions, ViewRecipe
     from natix.extract.extractor import extract as run_extract
@@ -100,7 +112,7 @@ def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size
     quiet_transformers()
     r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
                     checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
-                    compile=compile_, retry_failures=retry_failures)
+                    compile=compile_, retry_failures=retry_failures, verify=not skip_checksum)
     echo_result(as_json, {**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work}, extract_summary)
 
 

@@ -60,6 +60,8 @@ class ExtractResult:
     device: str
     precision: str
     batch_size: int  # images per step the run settled on (halved after CUDA OOM)
+    verified: bool = True  # the cache's features were checked against their checksum (read or merged)
+    repaired: tuple[str, ...] = ()  # damaged parts of the cache rewritten from the source (see natix.cache.checksum)
 
     @property
     def model_work(self) -> bool:
@@ -235,13 +237,16 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
             pool: str = "cls", store_dtype: str = "float16", precision: str = "auto",
             checkpoint: str | None = None, adapter: str | None = None, cache_root=None,
             options: RunOptions = RunOptions(), compile: bool = False,
-            retry_failures: bool = False) -> ExtractResult:
+            retry_failures: bool = False, verify: bool = True) -> ExtractResult:
     """Extract per-view features of every image in `source` into the fingerprinted cache.
 
     Only images whose content is not yet in the cache go through the model; an identical
     rerun does no model work. Images that failed to decode are skipped while their bytes are
-    unchanged, unless `retry_failures`. Returns what was done. Raises `NatixError` subclasses for
-    bad input, before anything is written.
+    unchanged, unless `retry_failures`. The cache file is checked before any work: labels,
+    paths and groups the source lists and the view table are repaired, other damage raises; a
+    run that would not rewrite the cache also checks its features checksum, unless `verify` is
+    False. Returns what was done. Raises `NatixError` subclasses for bad input, before anything
+    is written.
     """
     import torch  # noqa: F401 - loaded before the clock starts, as the speed reported is the work's
 
@@ -262,6 +267,10 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
     source_info = {"backbone": backbone, "checkpoint": checkpoint, "adapter": adapter}
     with CacheWriter(root, identity, table, dim=model.dim, store_dtype=store_dtype, source=source_info) as writer:
         plan = _plan(records, ids, writer, retry_failures)
+        repaired = tuple(writer.audit(checksum=verify and not plan.todo))
+        if repaired:
+            log.warning("cache %s: repairing its damaged %s from the image source and the view recipe",
+                        writer.path, " and ".join(repaired))
         metadata_updates = writer.pending_metadata
         recorded = _record_unreadable(writer, plan.unreadable, recipe.n_views, model.dim, store_dtype)
         extracted, failed, step = 0, 0, options.batch_size
@@ -270,6 +279,10 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
                                     store_dtype=store_dtype, batch_size=options.batch_size, compile=compile)
             extracted, failed = _run(plan.todo, featurizer, writer, options)
             step = featurizer.batch_size
+        verified = verify or writer.needs_commit()  # a merge checks the old features as it copies them
+        if not verified:
+            log.warning("not verifying the features checksum of %s (verify=False): its tables were checked",
+                        writer.path)
         if writer.needs_commit():
             writer.commit()
     return ExtractResult(
@@ -278,6 +291,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
         failed=failed + len(plan.unreadable), known_failures=plan.known_failures,
         metadata_updates=metadata_updates, n_views=recipe.n_views, dim=model.dim,
         seconds=time.perf_counter() - t0, device=str(device), precision=precision, batch_size=step,
+        verified=verified, repaired=repaired,
     )
 
 

@@ -9,6 +9,7 @@ What a run directory holds, and the one reader and writer of it, is :mod:`natix.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -19,8 +20,11 @@ import numpy as np
 from natix import metrics as M
 from natix import rundir
 from natix.cache.store import open_cache
+from natix.cache.verify import Problem, damage_error, read_checked, table_problems
 from natix.errors import ConfigError, DataError
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
+
+log = logging.getLogger(__name__)
 
 # Metrics `evaluate_run` gives a bootstrap CI.
 CI_METRICS = ("accuracy", "mcc", "auroc", "nll")
@@ -39,14 +43,30 @@ class Dataset:
     view_names: list[str]
 
 
-def load_dataset(path: str | Path) -> Dataset:
-    """Read the labeled rows of a cache file (features stay float16 if stored so)."""
+def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
+    """Read the labeled rows of a cache file (features stay float16 if stored so), checked for training.
+
+    Always checked (cheap): structure, unique ids, labels in {-1, 0, 1}, the checksums of ids,
+    labels and the view table, and finite features in the labeled rows. With `verify` the features
+    checksum too, in the same pass that reads the rows; ``verify=False`` skips it for huge caches
+    and says so in a log line. Damage raises a one-line `CacheError` naming `natix cache verify`.
+    """
     with open_cache(path) as cache:
+        problems = table_problems(cache)
+        if problems:
+            raise damage_error(cache.path, problems)
         labeled = np.flatnonzero(cache.labels >= 0)
         if len(labeled) == 0:
             raise DataError(f"cache '{path}' has no labeled images: extract from a source with labels "
                             "(class folders or a manifest with a label column)")
-        X = cache.features(labeled, dtype=None)
+        if verify:
+            X = read_checked(cache, labeled)
+        else:
+            log.warning("not verifying the features checksum of %s (verify=False): ids, labels, the view table "
+                        "and finite features of the labeled rows are still checked", cache.path)
+            X = cache.features(labeled, dtype=None)
+        if not np.isfinite(X).all():
+            raise damage_error(cache.path, [Problem("features", "features of labeled images contain NaN or inf")])
         return Dataset(Path(path), cache.fingerprint, cache.ids[labeled], cache.labels[labeled].astype(np.int64),
                        cache.groups[labeled], X, cache.view_names)
 
@@ -67,11 +87,12 @@ class RunResult:
 
 
 def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DEFAULT_RATIOS,
-            split_seed: int = 0, oof_folds: int = 0, data: Dataset | None = None) -> RunResult:
+            split_seed: int = 0, oof_folds: int = 0, data: Dataset | None = None, verify: bool = True) -> RunResult:
     """Fit a head on a cache and write the run directory `out` (see :mod:`natix.rundir`).
 
     Returns the metrics it wrote. View-linear heads (see `natix.heads.config`) never import
-    torch on this path. `out` may be new, empty, or an earlier run (replaced whole).
+    torch on this path. `out` may be new, empty, or an earlier run (replaced whole). The cache
+    is checked as :func:`load_dataset` does; ``verify=False`` skips its features checksum.
     """
     from natix.heads.config import HeadConfig, TrainConfig, limit_threads
 
@@ -81,7 +102,7 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
         raise ConfigError(f"--oof-folds must be 0 (off) or >= 2, got {oof_folds}")
     t0 = time.perf_counter()
     out = rundir.check_out(out)
-    data = data or load_dataset(features)
+    data = data or load_dataset(features, verify=verify)
     splits = resolve_splits(data, splits_path=splits_path, ratios=ratios, seed=split_seed)
     rows = splits.rows(data.ids)
     with limit_threads(train.threads):
