@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -621,3 +623,82 @@ def test_a_forked_child_checks_jpegs_as_its_parent_does(capfd) -> None:
     assert there == here
     assert here[0] == "(256, 256, 3)" and all(v.startswith("corrupt JPEG data") for v in here[1:])
     assert capfd.readouterr().err == ""
+
+
+# --- files too large for any image within the pixel limit ------------------------------------
+
+
+def test_file_cap_follows_the_pixel_limit() -> None:
+    from natix.data.decode import max_file_bytes
+
+    # 16-bit RGBA, the widest pixel a supported format stores raw, is 8 bytes; plus 16 MiB of metadata.
+    assert max_file_bytes() == 8 * MAX_PIXELS + (16 << 20) == 816_777_216
+    assert max_file_bytes(1000) == 8000 + (16 << 20)
+
+
+def test_a_huge_junk_file_is_refused_before_it_is_read(tmp_path) -> None:
+    import tracemalloc
+
+    from natix.data.decode import read_image
+
+    junk = tmp_path / "junk.jpg"
+    with open(junk, "wb") as fh:
+        fh.write(_photo_jpeg()[:600])  # a JPEG's start, then 1 GiB of nothing (sparse: no disk used)
+        fh.truncate(1 << 30)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(DecodeError, match=r"^file is 1,073,741,824 bytes, above the 816,777,216-byte cap "
+                                              r"for an image within the 100,000,000-pixel limit"):
+            read_image(junk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 0.5
+    assert peak < 1 << 20
+
+
+def test_read_image_returns_the_bytes_and_passes_os_errors_on(tmp_path) -> None:
+    from natix.data.decode import read_image
+
+    data = _photo_jpeg()
+    (tmp_path / "a.jpg").write_bytes(data)
+    assert read_image(tmp_path / "a.jpg") == data
+    with pytest.raises(FileNotFoundError):  # the extractor retries these next run
+        read_image(tmp_path / "missing.jpg")
+    with pytest.raises(IsADirectoryError):
+        read_image(tmp_path)
+
+
+def test_a_file_that_grows_past_the_cap_while_read_is_refused(tmp_path) -> None:
+    from natix.data.decode import max_file_bytes, read_image
+
+    fifo = tmp_path / "stream.jpg"  # reports size 0, then delivers more than the cap
+    os.mkfifo(fifo)
+    cap = max_file_bytes(1)
+    writer = threading.Thread(target=lambda: _feed(fifo, cap + 1000))
+    writer.start()
+    try:
+        with pytest.raises(DecodeError, match=rf"^file is more than {cap:,} bytes, above the {cap:,}-byte cap"):
+            read_image(fifo, max_pixels=1)
+    finally:
+        writer.join()
+
+
+def _feed(path, n: int) -> None:
+    try:
+        with open(path, "wb") as fh:
+            fh.write(bytes(n))
+    except BrokenPipeError:  # the reader stopped at the cap
+        pass
+
+
+def test_decode_image_refuses_bytes_above_the_cap_before_decoding() -> None:
+    from natix.data.decode import max_file_bytes
+
+    cap = max_file_bytes(64)
+    png = _encode(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG")
+    padded = png + bytes(cap - len(png))  # trailing bytes after IEND: PIL ignores them
+    assert decode_image(padded, max_pixels=64).shape == (8, 8, 3)
+    with pytest.raises(DecodeError, match=rf"^file is {cap + 1:,} bytes, above the {cap:,}-byte cap"):
+        decode_image(padded + b"\x00", max_pixels=64)

@@ -4,7 +4,8 @@ Strict means: the whole file is decoded (a truncated JPEG is an error, never a g
 image; so is a JPEG that libjpeg decodes with a corrupt-data warning, or whose scans stop
 early), EXIF orientation is applied, every PIL mode becomes 3-channel 8-bit RGB with 16-bit
 and float data rescaled rather than clipped, transparency is composited over white, and images
-above a pixel budget are refused before their pixels are allocated.
+above a pixel budget are refused before their pixels are allocated (and files larger than any
+image within that budget before they are read).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from natix.errors import DecodeError
 log = logging.getLogger(__name__)
 
 MAX_PIXELS = 100_000_000  # 100 MP; far above any camera frame, far below a decompression bomb
+# The file-size cap per pixel of that budget: 16-bit RGBA (or CMYK, or 64-bit float grey) is the
+# widest pixel a format we decode stores, 8 bytes raw; compression only makes files smaller, so
+# this is already 2.7x a raw 8-bit RGB frame of the largest size. Plus room for metadata (EXIF,
+# ICC, XMP, thumbnails).
+FILE_BYTES_PER_PIXEL = 8
+FILE_METADATA_BYTES = 16 << 20
 
 # libjpeg's warnings (its JWRN_* messages). It decodes on after each one, padding what is missing
 # with grey or decoding garbage, and only prints the first to the process's stderr: to us each is
@@ -64,6 +71,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, fast_jpeg: bool =
 
     if not data:
         raise DecodeError("empty file")
+    _check_file_size(len(data), max_pixels)
     try:
         with warnings.catch_warnings():
             # Our own pixel budget below replaces PIL's warning; keep PIL's hard limit too.
@@ -112,6 +120,46 @@ def decode_pil(im, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return _to_rgb(ImageOps.exif_transpose(im))
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
+
+
+def max_file_bytes(max_pixels: int = MAX_PIXELS) -> int:
+    """The largest file an image within `max_pixels` can be: 8 bytes a pixel plus 16 MiB."""
+    return FILE_BYTES_PER_PIXEL * max_pixels + FILE_METADATA_BYTES
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> bytes:
+    """The bytes of an image file, refused before they are read when there are too many.
+
+    A file larger than :func:`max_file_bytes` cannot hold an image within `max_pixels`, so
+    `DecodeError` says so without reading it (a junk file of 1 GB would otherwise be read whole
+    into memory). At most one byte past the cap is ever read, even from a file that grows
+    meanwhile. `OSError` (missing, unreadable) is passed on: it is the caller's to retry.
+    """
+    cap = max_file_bytes(max_pixels)
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        _check_file_size(size, max_pixels)
+        parts, total, block = [], 0, size + 1  # one read for a file that keeps its size
+        while total <= cap:
+            want = min(block, cap + 1 - total)
+            parts.append(fh.read(want))
+            total += len(parts[-1])
+            if len(parts[-1]) < want:  # a buffered read stops short only at the end of the file
+                break
+            block = 1 << 20
+    if total > cap:
+        _check_file_size(total, max_pixels, grew=True)
+    return b"".join(parts)  # a single part is returned as is, not copied
+
+
+def _check_file_size(size: int, max_pixels: int, *, grew: bool = False) -> None:
+    cap = max_file_bytes(max_pixels)
+    if size > cap:
+        what = f"more than {cap:,}" if grew else f"{size:,}"
+        raise DecodeError(f"file is {what} bytes, above the {cap:,}-byte cap for an image within the "
+                          f"{max_pixels:,}-pixel limit ({FILE_BYTES_PER_PIXEL} bytes a pixel plus "
+                          f"{FILE_METADATA_BYTES >> 20} MiB of metadata): it is no image natix decodes; leave it "
+                          "out or re-encode it")
 
 
 def check_jpeg_scans(data: bytes) -> None:
