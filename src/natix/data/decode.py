@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 
 MAX_PIXELS = 100_000_000  # 100 MP; far above any camera frame, far below a decompression bomb
 # The file-size cap per pixel of that budget: 16-bit RGBA (or CMYK, or 64-bit float grey) is the
-# widest pixel a format we decode stores, 8 bytes raw; compression only makes files smaller, so
-# this is already 2.7x a raw 8-bit RGB frame of the largest size. Plus room for metadata (EXIF,
-# ICC, XMP, thumbnails).
+# widest pixel a format we decode stores, 8 bytes raw (compressed pixels are smaller but for
+# pathological cases), and already 2.7x a raw 8-bit RGB frame of the largest size. Plus room for
+# metadata (EXIF, ICC, XMP, thumbnails).
 FILE_BYTES_PER_PIXEL = 8
 FILE_METADATA_BYTES = 16 << 20
 
