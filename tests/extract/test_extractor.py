@@ -573,3 +573,40 @@ def test_cli_extract_says_what_it_verified_and_repaired(demo_images, tiny_backbo
     r = CliRunner().invoke(cli, args)
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert r.exit_code == 1 and len(lines) == 1 and "natix cache verify" in lines[0], r.output
+
+
+def test_identical_bytes_with_conflicting_labels_are_recorded_and_warned(demo_images, tiny_backbone, tmp_path,
+                                                                         caplog):
+    from click.testing import CliRunner
+
+    from natix.cli import cli
+
+    data = _copy_images(demo_images, tmp_path / "data")
+    lines = (data / "labels.csv").read_text().splitlines()
+    name, label = lines[3].split(",")
+    shutil.copy(data / name, data / "copy.jpg")
+    (data / "labels.csv").write_text("\n".join([*lines, f"copy.jpg,{1 - int(label)}"]) + "\n")
+    kwargs = dict(recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    with caplog.at_level("WARNING", logger="natix.extract.extractor"):
+        r = extract(data, str(tiny_backbone), **kwargs)
+    assert r.conflicts == 1 and r.extracted == 12
+    assert any("conflicting labels" in m and "copy.jpg" in m and "held out of every split" in m
+               for m in caplog.messages), caplog.messages
+    image_id = hashlib.sha256((data / name).read_bytes()).hexdigest()
+    with open_cache(r.cache_file) as c:  # every listing, in the source's order (copy.jpg sorts first)
+        assert c.conflicts == [{"id": image_id, "path": str(data / "copy.jpg"), "label": 1 - int(label)},
+                               {"id": image_id, "path": str(data / name), "label": int(label)}]
+    assert verify_cache(r.cache_file)["ok"]
+    info = CliRunner().invoke(cli, ["cache", "info", str(r.cache_file)])
+    assert info.exit_code == 0 and "conflicts    1 image listed with conflicting labels" in info.output
+    assert f"copy.jpg ({1 - int(label)})" in info.output
+    from natix.heads.runs import load_dataset
+
+    assert load_dataset(r.cache_file).held_out == {image_id}
+    inode = r.cache_file.stat().st_ino
+    again = extract(data, str(tiny_backbone), **kwargs)  # the same listing: nothing to rewrite
+    assert again.conflicts == 1 and r.cache_file.stat().st_ino == inode
+    (data / "labels.csv").write_text("\n".join([*lines, f"copy.jpg,{label}"]) + "\n")  # fixed in the source
+    fixed = extract(data, str(tiny_backbone), **kwargs)
+    assert fixed.conflicts == 0 and open_cache(r.cache_file).conflicts == []
+    assert load_dataset(r.cache_file).held_out == frozenset()

@@ -302,6 +302,38 @@ def test_load_dataset_can_skip_the_features_checksum_and_says_so(tmp_path, caplo
             load_dataset(path, verify=False)
 
 
+def _conflicted_cache(root, n=80):
+    """A labeled cache in which two images were listed twice with opposite labels."""
+    identity = {"extractor_version": 0, "test": "conflicts"}
+    table = [{"name": "global", "box": [0.0, 0.0, 1.0, 1.0], "flip": False}]
+    ids = [f"{i:064x}" for i in range(n)]
+    rng = np.random.default_rng(0)
+    with CacheWriter(root, identity, table, dim=4) as w:
+        w.add_part(rng.standard_normal((n, 1, 4)).astype(np.float16),
+                   Rows(ids, [f"/img/{i}.jpg" for i in range(n)], [i % 2 for i in range(n)], [""] * n,
+                        [(10, 10)] * n), [])
+        w.set_conflicts(ids, {ids[0]: [("/img/0.jpg", 0), ("/img/copy-0.jpg", 1)],
+                              ids[7]: [("/img/7.jpg", 1), ("/img/copy-7.jpg", 0)]})
+        return w.commit(), {ids[0], ids[7]}
+
+
+def test_images_with_conflicting_labels_are_held_out_of_every_split(tmp_path):
+    path, conflicted = _conflicted_cache(tmp_path)
+    data = load_dataset(path)
+    assert data.held_out == frozenset(conflicted) and len(data.ids) == 80
+    splits = resolve_splits(data, ratios=(0.5, 0.2, 0.15, 0.15))
+    assert not conflicted & {i for v in splits.ids.values() for i in v}
+    assert sum(len(v) for v in splits.ids.values()) == 78
+    # A split file made before the conflict was known names one of them: refused with the fix.
+    from natix.heads.splits import make_splits
+
+    stale = make_splits(data.ids, data.labels, ratios=(0.5, 0.2, 0.15, 0.15), fingerprint=data.fingerprint)
+    stale.save(tmp_path / "splits.json")
+    with pytest.raises(DataError, match=r"split file .* puts 2 image\(s\) listed with conflicting labels .*drop "
+                                        r"--splits"):
+        resolve_splits(data, splits_path=tmp_path / "splits.json")
+
+
 # --------------------------------------------------------------------------- split metrics
 
 

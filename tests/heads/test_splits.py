@@ -160,3 +160,22 @@ def test_bad_ratios(ratios):
     ids, labels = _data(n=100)
     with pytest.raises(ConfigError, match="ratios must be four positive fractions summing to 1"):
         make_splits(ids, labels, ratios=ratios)
+
+
+def test_held_out_images_are_in_no_split_and_the_others_do_not_move():
+    ids, labels = _data(n=400)
+    held = set(ids[[3, 50, 51, 399]].tolist())
+    s = make_splits(ids, labels, exclude=held)
+    assigned = _assignment(s)
+    assert not held & set(assigned)
+    assert len(assigned) == 400 - len(held)
+    before = _assignment(make_splits(ids, labels))
+    assert sum(before[i] != k for i, k in assigned.items()) < 20  # holding out four images moves few others
+
+
+def test_a_held_out_image_leaves_its_group_to_the_others():
+    ids, labels = _data(n=400)
+    groups = np.array([f"g{i // 4}" for i in range(400)], dtype=object)
+    s = make_splits(ids, labels, groups, exclude={ids[0]})
+    where = _assignment(s)
+    assert ids[0] not in where and len({where[i] for i in ids[1:4]}) == 1

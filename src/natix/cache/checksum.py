@@ -5,7 +5,7 @@ says what was damaged and whether the image source can repair it::
 
     features_sha256   the features, row by row in the stored dtype
     ids_sha256        image ids and image sizes (what the image bytes decide)
-    labels_sha256     labels, paths and groups (what the source listing decides)
+    labels_sha256     labels, paths, groups and label conflicts (what the source listing decides)
     views_sha256      the view table (what the view recipe decides)
     failures_sha256   the recorded failures
 
@@ -23,7 +23,7 @@ import numpy as np
 
 CHECKSUM_VERSION = 2
 # The parts of a version-2 file, each with its digest attribute and what it covers (for messages).
-PARTS = {"features": "features", "ids": "ids, sizes", "labels": "labels, paths, groups", "views": "view table",
+PARTS = {"features": "features", "ids": "ids, sizes", "labels": "labels, paths, groups, conflicts", "views": "view table",
          "failures": "failures"}
 
 
@@ -53,16 +53,18 @@ def blocks_digest(blocks: Iterable[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def table_digests(*, ids, sizes, labels, paths, groups, views, failures) -> dict[str, str]:
+def table_digests(*, ids, sizes, labels, paths, groups, conflicts, views, failures) -> dict[str, str]:
     """The digests of everything but the features, from plain values as written or as read back.
 
-    `views` holds ``(name, box, flip)`` per view, `failures` ``(id, path, reason)`` per failure,
-    `sizes` ``(height, width)`` per row. Values are normalised (ints, floats, str) first, so the
-    writer's lists and the reader's arrays give the same digests.
+    `conflicts` holds ``(id, path, label)`` per listing of an image listed with conflicting
+    labels, `views` ``(name, box, flip)`` per view, `failures` ``(id, path, reason)`` per
+    failure, `sizes` ``(height, width)`` per row. Values are normalised (ints, floats, str)
+    first, so the writer's lists and the reader's arrays give the same digests.
     """
     return {
         "ids": _digest([[str(i) for i in ids], [[int(h), int(w)] for h, w in sizes]]),
-        "labels": _digest([[int(x) for x in labels], [str(p) for p in paths], [str(g) for g in groups]]),
+        "labels": _digest([[int(x) for x in labels], [str(p) for p in paths], [str(g) for g in groups],
+                           [[str(i), str(p), int(x)] for i, p, x in conflicts]]),
         "views": _digest([[str(n), [float(b) for b in box], bool(fl)] for n, box, fl in views]),
         "failures": _digest([[str(i), str(p), str(r)] for i, p, r in failures]),
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,17 @@ from natix.cache.parts import read_part
 from natix.cache.reader import FeatureCache
 from natix.cache.space import is_no_space, no_space, release_after_full_disk, reserve, size_bound
 from natix.errors import CacheError
+
+# image id → its listings ((path, label), in source order) when the source gives its bytes conflicting labels
+Conflicts = dict[str, tuple[tuple[str, int], ...]]
+
+
+def grouped_conflicts(listings: Iterable[tuple[str, str, int]]) -> Conflicts:
+    """``(id, path, label)`` listings (as a file stores them) grouped by image id, in order."""
+    out: dict[str, tuple[tuple[str, int], ...]] = {}
+    for image_id, path, label in listings:
+        out[image_id] = (*out.get(image_id, ()), (str(path), int(label)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class MergedRows:
     take: list[list[int]] = field(default_factory=list)  # per part, the rows it contributes (first id wins)
     # (id, path when id is "") → (path, reason); a later record of the same failure wins
     failures: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    # (id, path, label) per listing of an image listed with conflicting labels, by id
+    conflicts: list[tuple[str, str, int]] = field(default_factory=list)
 
     def add(self, image_id: str, path: str, label: int, group: str, size: tuple[int, int]) -> None:
         self.ids.append(image_id)
@@ -128,8 +142,10 @@ def merged_size(rows: MergedRows, spec: CacheSpec) -> int:
     n = len(rows.ids)
     text = sum(len(t.encode()) for t in rows.paths) + sum(len(t.encode()) for t in rows.groups)
     text += sum(len(p.encode()) + len(r.encode()) for p, r in rows.failures.values())
+    text += sum(len(p.encode()) for _, p, _ in rows.conflicts)
     return size_bound(n_rows=n, row_bytes=len(spec.view_table) * spec.dim * spec.store_dtype.itemsize,
-                      chunk_rows=_chunk_rows(n, spec), text_bytes=text, n_records=len(rows.failures))
+                      chunk_rows=_chunk_rows(n, spec), text_bytes=text,
+                      n_records=len(rows.failures) + len(rows.conflicts))
 
 
 def write_merged(tmp: Path, rows: MergedRows, old: FeatureCache | None, parts: list[Path], spec: CacheSpec, *,
@@ -165,6 +181,7 @@ def _fill(f, rows: MergedRows, old: FeatureCache | None, parts: list[Path], spec
     write_tables(f, rows, spec.view_table)
     digests = {"features": digest.hexdigest(), **table_digests(
         ids=rows.ids, sizes=rows.sizes, labels=rows.labels, paths=rows.paths, groups=rows.groups,
+        conflicts=rows.conflicts,
         views=[(t["name"], t["box"], t["flip"]) for t in spec.view_table],
         failures=[(k[0], *rows.failures[k]) for k in sorted(rows.failures)])}
     f.attrs["format"] = FORMAT
@@ -248,19 +265,28 @@ def write_tables(f, rows: MergedRows, view_table: list[dict]) -> None:
     fg.create_dataset("ids", data=np.array([k[0] for k in keys], dtype="S64"))
     fg.create_dataset("paths", data=np.array([rows.failures[k][0] for k in keys], dtype=object), dtype=str_dt)
     fg.create_dataset("reasons", data=np.array([rows.failures[k][1] for k in keys], dtype=object), dtype=str_dt)
+    cg = f.create_group("conflicts")
+    cg.create_dataset("ids", data=np.array([c[0] for c in rows.conflicts], dtype="S64"))
+    cg.create_dataset("paths", data=np.array([c[1] for c in rows.conflicts], dtype=object), dtype=str_dt)
+    cg.create_dataset("labels", data=np.array([c[2] for c in rows.conflicts], dtype=np.int8))
 
 
 def merge_into(tmp: Path, old: FeatureCache | None, parts: list[Path], spec: CacheSpec,
-               updates: dict[str, tuple[str, int, str]], *, block: int, old_failures: bool = True) -> MergedRows:
-    """Write the merge of `old` (or nothing), `parts` and metadata `updates` to `tmp`; return its rows.
+               updates: dict[str, tuple[str, int, str]], conflicts: Conflicts, *, block: int,
+               old_failures: bool = True) -> MergedRows:
+    """Write the merge of `old` (or nothing), `parts`, metadata `updates` and label `conflicts` to `tmp`;
+    return its rows.
 
     The caller has checked the old file's tables (:func:`natix.cache.verify.table_problems`);
-    its features are checked here while they are copied.
+    its features are checked here while they are copied. Conflicts of images without a row
+    (failed or gone) are dropped.
     """
     check_shape(old, spec)
     check_parts(parts, spec)
     rows = collect_rows(old, parts, old_failures=old_failures)
     apply_updates(rows, updates)
+    have = set(rows.ids)
+    rows.conflicts = [(i, p, x) for i in sorted(conflicts) if i in have for p, x in conflicts[i]]
     size = merged_size(rows, spec)
     reserve(tmp, size)
     write_merged(tmp, rows, old, parts, spec, block=block, size=size)

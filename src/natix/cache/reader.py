@@ -67,6 +67,10 @@ class FeatureCache:
             fl = f["failures"]
             self.failures = [{"id": i, "path": p, "reason": r} for i, p, r in
                              zip(fl["ids"][()].astype(str), _strings(fl["paths"][()]), _strings(fl["reasons"][()]))]
+            cf = f.get("conflicts")  # absent in files written before conflicts were recorded
+            self.conflicts = [] if cf is None else [
+                {"id": i, "path": p, "label": int(x)}
+                for i, p, x in zip(cf["ids"][()].astype(str).tolist(), _strings(cf["paths"][()]), cf["labels"][()])]
         except CacheError:
             if f is not None:
                 f.close()
@@ -102,6 +106,11 @@ class FeatureCache:
     @property
     def dim(self) -> int:
         return self.shape[2]
+
+    @property
+    def conflict_ids(self) -> frozenset[str]:
+        """Images whose identical bytes the source listed with conflicting labels (held out of every split)."""
+        return frozenset(c["id"] for c in self.conflicts)
 
     @property
     def view_names(self) -> list[str]:

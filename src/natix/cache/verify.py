@@ -28,7 +28,7 @@ REPAIRABLE = frozenset({"labels", "views", "failures"})
 _HEX = np.zeros(256, dtype=bool)
 _HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
 _DIGEST_TEXT = {"ids": "ids or image sizes differ from their checksum",
-                "labels": "labels, paths or groups differ from their checksum",
+                "labels": "labels, paths or groups differ from their checksum",  # or the label conflicts
                 "views": "view table differs from its checksum",
                 "failures": "failures differ from their checksum"}
 
@@ -81,6 +81,7 @@ def stored_digests(cache: FeatureCache) -> dict[str, str]:
     """The table digests of what `cache` holds now (compare with its ``*_sha256`` attributes)."""
     return table_digests(ids=cache.ids.tolist(), sizes=cache.sizes.tolist(), labels=cache.labels.tolist(),
                          paths=cache.paths.tolist(), groups=cache.groups.tolist(),
+                         conflicts=[(c["id"], c["path"], c["label"]) for c in cache.conflicts],
                          views=[(x.name, x.box, x.flip) for x in cache.views],
                          failures=[(fl["id"], fl["path"], fl["reason"]) for fl in cache.failures])
 

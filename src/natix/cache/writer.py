@@ -13,13 +13,14 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from natix.cache.fingerprint import fingerprint
 from natix.cache.layout import cache_path, ensure_writable, fsync_dir, parts_dir, pending_parts, utc_now
-from natix.cache.merge import CacheSpec, merge_into
+from natix.cache.merge import CacheSpec, Conflicts, grouped_conflicts, merge_into
 from natix.cache.parts import Rows, part_number, read_part, write_part
 from natix.cache.reader import FeatureCache
 from natix.cache.verify import REPAIRABLE, Problem, damage_error, feature_problems, table_problems
@@ -109,6 +110,8 @@ class CacheWriter:
         self._meta_updates: dict[str, tuple[str, int, str]] = {}
         self._listed: set[str] = set()  # cached ids whose path/label/group the source gave this run
         self._repairs: set[str] = set()  # damaged parts of the file the next commit rewrites
+        self.conflicts: Conflicts = {}  # recorded in the cache file
+        self._conflicts: Conflicts | None = None  # what the next commit records (None: keep the file's)
         self._new_rows = 0
         self._new_failures: list[tuple[str, str, str]] = []
 
@@ -163,6 +166,7 @@ class CacheWriter:
         self.in_file = set(cache.ids.tolist())
         for i, p, lab, g in zip(cache.ids, cache.paths, cache.labels, cache.groups):
             self.rows_meta[i] = (p, int(lab), g)
+        self.conflicts = grouped_conflicts((c["id"], c["path"], c["label"]) for c in cache.conflicts)
         for fail in cache.failures:
             if fail["id"]:
                 self.failed_ids[fail["id"]] = fail["reason"]
@@ -189,6 +193,19 @@ class CacheWriter:
         if self.rows_meta.get(image_id) != (path, label, group):
             self._meta_updates[image_id] = (path, label, group)
 
+    def set_conflicts(self, listed: Iterable[str], conflicts: dict[str, list[tuple[str, int]]]) -> None:
+        """Record which of the images `listed` by the source it gives conflicting labels, with their
+        listings ``(path, label)``; conflicts of images it does not list stay as recorded."""
+        listed = set(listed)
+        keep = {i: v for i, v in self.conflicts.items() if i not in listed}
+        self._conflicts = {**keep, **{i: tuple((str(p), int(x)) for p, x in v) for i, v in conflicts.items()}}
+
+    def _conflicts_change(self) -> bool:
+        """Whether the conflicts to record differ from the file's, for images that have rows."""
+        if self._conflicts is None:
+            return False
+        return {i: v for i, v in self._conflicts.items() if i in self.done_ids} != self.conflicts
+
     def add_part(self, features: np.ndarray, rows: Rows, failures: list[tuple[str, str, str]]) -> Path:
         """Durably write one chunk: features ``[n, V, D]`` with their rows, plus failures.
 
@@ -213,7 +230,7 @@ class CacheWriter:
     def needs_commit(self) -> bool:
         """Whether `commit` would change the cache file."""
         return bool(self._new_rows or self._new_failures or self._meta_updates or self.resumed_parts
-                    or self._repairs or not self.path.exists())
+                    or self._repairs or self._conflicts_change() or not self.path.exists())
 
     def audit(self, *, checksum: bool = True) -> list[str]:
         """Check the cache file before saying it is well; call after the source's `set_metadata` calls.
@@ -271,8 +288,9 @@ class CacheWriter:
                          self.store_dtype)
         try:
             repairs = self._repairable(table_problems(old)) if old is not None else set()
-            merged = merge_into(tmp, old, pending_parts(self.path), spec, self._meta_updates, block=block,
-                                old_failures="failures" not in repairs)
+            conflicts = self.conflicts if self._conflicts is None else self._conflicts
+            merged = merge_into(tmp, old, pending_parts(self.path), spec, self._meta_updates, conflicts,
+                                block=block, old_failures="failures" not in repairs)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -291,6 +309,8 @@ class CacheWriter:
         self.rows_meta = {i: (p, lab, g) for i, p, lab, g in zip(merged.ids, merged.paths, merged.labels,
                                                                   merged.groups)}
         self.in_file = set(merged.ids)
+        self.conflicts = grouped_conflicts(merged.conflicts)
+        self._conflicts = None
         self._meta_updates.clear()
         self._repairs = set()
         self._new_rows = 0

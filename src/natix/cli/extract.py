@@ -60,6 +60,9 @@ def extract_summary(r: dict) -> str:
              "failures"]
     if r["metadata_updates"]:
         lines.append(f"metadata  {r['metadata_updates']} cached images got a new path/label/group")
+    if r["conflicts"]:
+        lines.append(f"conflicts {r['conflicts']} images listed with conflicting labels: held out of every split "
+                     "(natix cache info lists them)")
     if r["repaired"]:
         lines.append(f"repaired  {' and '.join(REPAIRED[p] for p in r['repaired'])} (the cache was damaged)")
     if r["model_work"]:
@@ -159,7 +162,8 @@ def cache_description(c) -> dict:
     return {"path": str(c.path), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
             "dim": c.dim, "dtype": str(c.dtype),
             "labels": {"roadwork": labels.get(1, 0), "no_roadwork": labels.get(0, 0), "unknown": labels.get(-1, 0)},
-            "failures": len(c.failures), "natix_version": c.attrs.get("natix_version"),
+            "failures": len(c.failures), "conflicts": len(c.conflict_ids), "conflict_list": c.conflicts,
+            "natix_version": c.attrs.get("natix_version"),
             "created": c.attrs.get("created"), "updated": c.attrs.get("updated"), "source": c.source,
             "identity": c.identity, "view_table": [{"name": v.name, "box": v.box, "flip": v.flip} for v in c.views],
             "failure_list": c.failures}
@@ -185,6 +189,15 @@ def cache_text(info: dict, shown_failures: int = 10) -> str:
     lines += [f"  {fl['path']}: {fl['reason']}" for fl in info["failure_list"][:shown_failures]]
     if info["failures"] > shown_failures:
         lines.append(f"  ... {info['failures'] - shown_failures} more (use --json)")
+    if info["conflicts"]:
+        lines.append(f"conflicts    {info['conflicts']} image{'s' if info['conflicts'] > 1 else ''} listed with "
+                     "conflicting labels (held out of every split)")
+        listings: dict[str, list[str]] = {}
+        for c in info["conflict_list"]:
+            listings.setdefault(c["id"], []).append(f"{c['path']} ({c['label']})")
+        lines += [f"  {i[:12]}: {', '.join(v)}" for i, v in list(listings.items())[:shown_failures]]
+        if len(listings) > shown_failures:
+            lines.append(f"  ... {len(listings) - shown_failures} more (use --json)")
     return "\n".join(lines)
 
 

@@ -61,6 +61,7 @@ class ExtractResult:
     precision: str
     batch_size: int  # images per step the run settled on (halved after CUDA OOM)
     verified: bool = True  # the cache's features were checked against their checksum (read or merged)
+    conflicts: int = 0  # images the source lists with conflicting labels (held out of every split)
     repaired: tuple[str, ...] = ()  # damaged parts of the cache rewritten from the source (see natix.cache.checksum)
 
     @property
@@ -187,6 +188,7 @@ class _Plan:
     todo: list = field(default_factory=list)  # (record, id) to run through the model
     unreadable: list = field(default_factory=list)  # (id, path, reason) of files that cannot be read
     seen: dict = field(default_factory=dict)  # id → first record with those bytes
+    also: dict = field(default_factory=dict)  # id → later records with the same bytes
     already: int = 0
     resumed: int = 0
     known_failures: int = 0
@@ -202,7 +204,7 @@ def _plan(records, ids, writer: CacheWriter, retry_failures: bool) -> _Plan:
         elif isinstance(image_id, Exception):
             plan.unreadable.append(("", str(rec.path), f"cannot read file: {image_id.strerror or image_id}"))
         elif image_id in plan.seen:
-            continue  # the same bytes under a second path: one row, the first path
+            plan.also.setdefault(image_id, []).append(rec)  # the same bytes again: one row, the first path
         elif image_id in writer.done_ids:
             plan.seen[image_id] = rec
             if image_id in writer.in_file:
@@ -217,6 +219,26 @@ def _plan(records, ids, writer: CacheWriter, retry_failures: bool) -> _Plan:
             else:
                 plan.todo.append((rec, image_id))
     return plan
+
+
+def _conflicts(plan: _Plan) -> dict[str, list[tuple[str, int]]]:
+    """Images whose identical bytes the source lists with different known labels: id → (path, label) listings."""
+    out = {}
+    for image_id, later in plan.also.items():
+        listings = [(str(r.path), _label(r)) for r in [plan.seen[image_id], *later]]
+        if len({label for _, label in listings if label >= 0}) > 1:
+            out[image_id] = listings
+    return out
+
+
+def _warn_conflicts(conflicts: dict[str, list[tuple[str, int]]]) -> None:
+    """Say once per run that some images are listed with conflicting labels, with an example."""
+    if conflicts:
+        listings = next(iter(conflicts.values()))
+        example = " and ".join(f"{p} (label {x})" for p, x in listings[:2])
+        log.warning("%d image(s) are listed with conflicting labels (e.g. %s hold the same bytes): recorded in the "
+                    "cache and held out of every split; fix their labels in the source and rerun (natix cache info "
+                    "lists them)", len(conflicts), example)
 
 
 def _label(rec) -> int:
@@ -267,6 +289,9 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
     source_info = {"backbone": backbone, "checkpoint": checkpoint, "adapter": adapter}
     with CacheWriter(root, identity, table, dim=model.dim, store_dtype=store_dtype, source=source_info) as writer:
         plan = _plan(records, ids, writer, retry_failures)
+        conflicts = _conflicts(plan)
+        writer.set_conflicts(plan.seen, conflicts)
+        _warn_conflicts(conflicts)
         repaired = tuple(writer.audit(checksum=verify and not plan.todo))
         if repaired:
             log.warning("cache %s: repairing its damaged %s from the image source and the view recipe",
@@ -291,7 +316,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
         failed=failed + len(plan.unreadable), known_failures=plan.known_failures,
         metadata_updates=metadata_updates, n_views=recipe.n_views, dim=model.dim,
         seconds=time.perf_counter() - t0, device=str(device), precision=precision, batch_size=step,
-        verified=verified, repaired=repaired,
+        verified=verified, repaired=repaired, conflicts=len(conflicts),
     )
 
 

@@ -41,6 +41,7 @@ class Dataset:
     groups: np.ndarray
     X: np.ndarray  # [N, V, D]
     view_names: list[str]
+    held_out: frozenset[str] = frozenset()  # ids listed with conflicting labels: in no split
 
 
 def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
@@ -67,15 +68,23 @@ def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
             X = cache.features(labeled, dtype=None)
         if not np.isfinite(X).all():
             raise damage_error(cache.path, [Problem("features", "features of labeled images contain NaN or inf")])
-        return Dataset(Path(path), cache.fingerprint, cache.ids[labeled], cache.labels[labeled].astype(np.int64),
-                       cache.groups[labeled], X, cache.view_names)
+        ids = cache.ids[labeled]
+        return Dataset(Path(path), cache.fingerprint, ids, cache.labels[labeled].astype(np.int64),
+                       cache.groups[labeled], X, cache.view_names, held_out=cache.conflict_ids & set(ids.tolist()))
 
 
 def resolve_splits(data: Dataset, *, splits_path=None, ratios=DEFAULT_RATIOS, seed: int = 0) -> Splits:
-    """Load a split file (checked against the cache) or make the default splits."""
+    """Load a split file (checked against the cache) or make the default splits; images listed with
+    conflicting labels are in no split."""
     if splits_path:
-        return Splits.load(splits_path, fingerprint=data.fingerprint)
-    return make_splits(data.ids, data.labels, data.groups, ratios=ratios, seed=seed, fingerprint=data.fingerprint)
+        splits = Splits.load(splits_path, fingerprint=data.fingerprint)
+        held = data.held_out & {i for ids in splits.ids.values() for i in ids}
+        if held:
+            raise DataError(f"split file '{splits_path}' puts {len(held)} image(s) listed with conflicting labels in "
+                            "a split (natix cache info lists them): drop --splits to make splits without them")
+        return splits
+    return make_splits(data.ids, data.labels, data.groups, ratios=ratios, seed=seed, fingerprint=data.fingerprint,
+                       exclude=data.held_out)
 
 
 @dataclass(frozen=True)

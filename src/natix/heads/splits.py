@@ -3,7 +3,8 @@
 Within each label, units (images, or groups when the data has a group column) are ordered by
 ``sha256(seed:unit)`` and cut at the cumulative ratios, so the assignment is stratified,
 reproducible, independent of row order, and mostly stable when the dataset grows: a new image
-does not move the others. A group never straddles two splits. Unlabeled rows are left out.
+does not move the others. A group never straddles two splits. Unlabeled rows are left out, and
+so are images held out by the caller (listed with conflicting labels).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _key(seed: int, unit: str) -> str:
 
 
 def make_splits(ids, labels, groups=None, *, ratios=DEFAULT_RATIOS, seed: int = 0, fingerprint: str = "",
-                min_per_class: int = 1) -> Splits:
+                min_per_class: int = 1, exclude=()) -> Splits:
     """Assign labeled images to the four splits.
 
     Parameters
@@ -84,6 +85,8 @@ def make_splits(ids, labels, groups=None, *, ratios=DEFAULT_RATIOS, seed: int = 
     ids : ``[N]`` image ids; labels : ``[N]`` in {-1, 0, 1} (-1 rows are skipped);
     groups : ``[N]`` group names ("" = none) or None; ratios : four fractions summing to 1.
     min_per_class : every split must receive at least this many images of each class.
+    exclude : ids held out of every split (images listed with conflicting labels); the rest of
+        a held-out image's group is assigned as usual.
     """
     ratios = tuple(float(r) for r in ratios)
     if len(ratios) != 4 or any(r <= 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
@@ -92,7 +95,7 @@ def make_splits(ids, labels, groups=None, *, ratios=DEFAULT_RATIOS, seed: int = 
     ids = np.asarray(ids).astype(str)
     labels = np.asarray(labels)
     groups = np.asarray(groups, dtype=object) if groups is not None else np.full(len(ids), "", dtype=object)
-    labeled = labels >= 0
+    labeled = (labels >= 0) & ~np.isin(ids, np.asarray(list(exclude), dtype=str))
     grouped = bool(np.any(groups[labeled] != ""))
     # A unit is a group (when given) or a single image; its stratum is its majority label.
     units: dict[str, list[int]] = {}
