@@ -196,3 +196,50 @@ def test_folding_the_normalisation_into_the_patch_embedding_is_exact(kind, tiny_
     conv = (folded.model.embeddings.patch_embeddings if kind == "transformers" else folded.model.patch_embed.proj)
     ref_conv = (ref.model.embeddings.patch_embeddings if kind == "transformers" else ref.model.patch_embed.proj)
     torch.testing.assert_close(conv.weight * 255 * torch.tensor(std).view(1, 3, 1, 1), ref_conv.weight)
+
+
+# --------------------------------------------------------------------------- Hub ids without a Hub
+
+
+@pytest.fixture
+def dead_hub(monkeypatch):
+    """A Hub endpoint that refuses connections at once (port 9 of this machine), not in offline mode."""
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "unreachable"])
+def test_an_uncached_hub_id_fails_fast_once_naming_the_backbone_option(dead_hub, monkeypatch, capfd, offline):
+    import time
+
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(BackboneError, match="neither a local directory nor in the Hub cache, and "
+                                            f"{'HF_HUB_OFFLINE is set' if offline else 'the Hub .* is unreachable'}"
+                                            ".*: pass --backbone PATH") as info:
+        load_backbone("natix-tests/no-such-model")
+    assert time.monotonic() - start < 10 and "\n" not in str(info.value)
+    assert "Retrying" not in capfd.readouterr().err  # one try, no back-off
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("models/tiny", ("", "models/tiny")),
+    ("/abs/model", ("", "/abs/model")),
+    ("transformers:models/tiny", ("transformers:", "models/tiny")),
+    ("facebook/dinov3-vitl16-pretrain-lvd1689m", ("", "facebook/dinov3-vitl16-pretrain-lvd1689m")),
+    ("timm:local-dir:models/t", ("timm:local-dir:", "models/t")),
+    ("timm:hf-hub:org/name", None),
+    ("timm:vit_small_patch16_dinov3", None),
+])
+def test_spec_path_names_the_local_path_inside_a_spec(spec, expected):
+    from natix.extract.backbones import spec_path
+
+    assert spec_path(spec) == expected
+    if expected:
+        assert expected[0] + expected[1] == spec

@@ -157,15 +157,19 @@ def test_other_backbone_weights_are_refused(served, tmp_path):
         load_bundle(served.plain, backbone=str(other))
 
 
-def test_moved_backbone_weights_load_with_an_override(served, tiny_backbone, tmp_path):
-    from natix.serve.manifest import digest
-
+def test_moved_backbone_weights_load_with_an_override(served, tiny_backbone, tmp_path, rewrite):
     b = tampered_copy(served.plain, tmp_path / "bundle")
-    m = json.loads((b / "manifest.json").read_text())
-    m["stages"][0]["backbone"]["spec"] = str(tmp_path / "gone" / "model")
-    m["manifest_sha256"] = digest(m)  # a consistent manifest whose weights have moved away
-    (b / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BackboneError, match="backbone=PATH"):
+    gone = str(tmp_path / "gone" / "model")
+
+    def moved_away(m):  # a consistent manifest whose weights have moved away
+        m["stages"][0]["backbone"].update(spec=gone, local={"spec": {"absolute": gone, "relative": "../gone/model"},
+                                                            "checkpoint": None, "adapter": None})
+    rewrite(b, moved_away)
+    with pytest.raises(BackboneError, match="is not at '.*gone/model' nor at '.*gone/model': pass --backbone PATH "
+                                            "\\(load_bundle\\(\\.\\.\\., backbone=PATH\\)\\)"):
+        load_bundle(b)
+    rewrite(b, lambda m: m["stages"][0]["backbone"].pop("local"))  # as bundles were written before
+    with pytest.raises(BackboneError, match="pass --backbone PATH, or load_bundle\\(\\.\\.\\., backbone=PATH\\)"):
         load_bundle(b)
     moved = shutil.copytree(tiny_backbone, tmp_path / "moved")
     expected = load_bundle(served.plain).predict_proba(served.paths)

@@ -133,6 +133,9 @@ def _set(*keys, value):
     (_set("stages", 0, "surprise", value=1), "stages\\[0\\].surprise"),
     (_set("surprise", value=1), "surprise"),
     (_set("files", "stage0_head.safetensors", value="not a hash"), "files"),
+    (_set("stages", 0, "backbone", "local", "spec", value={"absolute": "not/absolute", "relative": None}),
+     "stages\\[0\\].backbone.local.spec"),
+    (_set("stages", 0, "backbone", "local", "spec", value="/a/path"), "stages\\[0\\].backbone.local.spec"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_a_manifest_field_out_of_schema_or_range_is_refused(served, tmp_path, rewrite, edit, field):
     b = shutil.copytree(served.calibrated, tmp_path / "bundle")

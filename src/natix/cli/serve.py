@@ -45,6 +45,8 @@ def image_files(paths) -> list[Path]:
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--backbone", default=None, help="Where the bundle's backbone weights are now (same hash).")
+@click.option("--checkpoint", default=None, help="Where the bundle's timm checkpoint file is now (same hash).")
+@click.option("--adapter", default=None, help="Where the bundle's PEFT adapter directory is now (same hash).")
 @click.option("--stage3", default=None,
               help="The cascade's external stage as module:function; must be the one the bundle declares.")
 @click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
@@ -52,13 +54,14 @@ def image_files(paths) -> list[Path]:
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
-def predict(bundle, paths, backbone, stage3, verify_key, batch_size, as_json) -> None:
+def predict(bundle, paths, backbone, checkpoint, adapter, stage3, verify_key, batch_size, as_json) -> None:
     """Probability of roadwork for each image (files or folders), through the bundle."""
     from natix.serve.bundle import load_bundle
 
     files = image_files(paths)
     quiet_transformers()
-    served = load_bundle(bundle, backbone=backbone, external=stage3, verify_key=verify_key)
+    served = load_bundle(bundle, backbone=backbone, checkpoint=checkpoint, adapter=adapter, external=stage3,
+                         verify_key=verify_key)
     probs, stage = served.predict_proba(files, batch_size=batch_size, return_stage=True)
     # "prior": the image could not be answered (not decoded): its answer is the bundle's prior.
     rows = [{"path": f, "probability": float(p), "prior": bool(k < 0)} for f, p, k in zip(files, probs, stage)]

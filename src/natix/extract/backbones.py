@@ -8,7 +8,9 @@ Spec grammar for ``--backbone``:
 
 - ``facebook/dinov3-vitl16-pretrain-lvd1689m``: a Hub id, loaded with ``DINOv3ViTModel``
   (gated on the Hub: accept the licence, ``huggingface-cli login``, or download once and
-  pass the directory);
+  pass the directory). It loads from the local Hub cache when it is there; otherwise the Hub
+  is tried once, without retries: offline (``HF_HUB_OFFLINE=1``) or with the Hub unreachable,
+  an uncached id fails at once naming the ``--backbone PATH`` fix;
 - ``/path/to/dir``: a local directory saved with ``save_pretrained`` (config.json + weights);
 - ``timm:vit_large_patch16_dinov3``: a timm architecture, pretrained weights from the Hub,
   or from ``--checkpoint FILE`` (.safetensors, or a torch checkpoint read with
@@ -30,6 +32,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +151,19 @@ def split_spec(spec: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def spec_path(spec: str) -> tuple[str, str] | None:
+    """The local path a ``--backbone`` spec may name, as ``(prefix, path)`` with ``spec == prefix + path``:
+    the transformers loader's directory (``DIR``, ``transformers:DIR``) or timm's ``timm:local-dir:DIR``;
+    None for timm names and ``timm:hf-hub:``. A transformers spec is returned whether or not the
+    directory exists (``org/name`` may be a Hub id); the caller checks."""
+    kind, what = split_spec(spec)
+    if kind == "timm" and what.startswith("local-dir:"):
+        return spec[: len(spec) - len(what) + len("local-dir:")], what[len("local-dir:"):]
+    if kind != "transformers":
+        return None
+    return spec[: len(spec) - len(what)], what
+
+
 def load_backbone(name: str, *, checkpoint: str | None = None, adapter: str | None = None,
                   pool: str = "cls"):
     """Load a frozen backbone in eval mode on CPU.
@@ -208,19 +224,24 @@ def load_transformers(name: str, *, checkpoint: str | None) -> LoadedModel:
                 "facebook/dinov3-vitl16-pretrain-lvd1689m, nor timm:<model>: check the spelling"
             )
     where = str(path) if local else name
+    offline = None if local else _hub_offline()  # None: the Hub answered, else why it is not used
     try:
-        config = AutoConfig.from_pretrained(where)
+        config = AutoConfig.from_pretrained(where, local_files_only=offline is not None)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if offline is not None:
+            raise BackboneError(f"backbone '{name}' is neither a local directory nor in the Hub cache, and {offline}: "
+                                "pass --backbone PATH with a local copy (download it once where the Hub is reachable)"
+                                ) from None
         hint = ("the directory needs a config.json written by save_pretrained" if local else
-                "the Hub is unreachable or the repo is gated: download it once (accept the licence, "
-                "`huggingface-cli login`) and pass the local directory")
+                "the repo may be gated or misspelled: download it once (accept the licence, `huggingface-cli "
+                "login`) and pass --backbone PATH with the local directory")
         raise BackboneError(f"cannot load backbone '{name}' ({first}): {hint}") from None
     if config.model_type != "dinov3_vit":
         raise BackboneError(f"backbone '{name}' is a '{config.model_type}' model, not DINOv3 ViT: pass a "
                             "dinov3 ViT checkpoint, or timm:<model> for other architectures")
     try:
-        model = DINOv3ViTModel.from_pretrained(where, config=config)
+        model = DINOv3ViTModel.from_pretrained(where, config=config, local_files_only=offline is not None)
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise BackboneError(f"cannot load weights of backbone '{name}' ({first}): re-download or re-save it") from None
@@ -233,6 +254,26 @@ def load_transformers(name: str, *, checkpoint: str | None) -> LoadedModel:
     arch = {k: v for k, v in config.to_dict().items() if k in own and k not in _CONFIG_NOISE}
     return LoadedModel(model=model, arch=arch, n_prefix=1 + int(config.num_register_tokens),
                        width=int(config.hidden_size), tokens=_hf_tokens, patch_embed="embeddings.patch_embeddings")
+
+
+def _hub_offline() -> str | None:
+    """Why the Hub is not to be used (offline mode, or it did not answer one quick request), or None.
+
+    One request without retries: the Hub client's own back-off spends about 30 seconds on a
+    machine without network before failing, and then the same for the weights.
+    """
+    from huggingface_hub import constants, get_session
+
+    flags = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+             if os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")]
+    if flags or constants.HF_HUB_OFFLINE:
+        return f"{(flags or ['HF_HUB_OFFLINE'])[0]} is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)  # any HTTP answer means it is reachable
+    except Exception as exc:  # noqa: BLE001 - every way of not connecting means the same here
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        return f"the Hub ({constants.ENDPOINT}) is unreachable ({reason})"
+    return None
 
 
 @register_loader("timm")

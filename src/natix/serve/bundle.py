@@ -15,8 +15,10 @@ dtype. Loading checks every file hash and the backbone's weight hash and builds 
 :class:`natix.extract.Featurizer` that filled the cache, so a bundle either answers exactly as the
 run did on its cache or refuses to load with a one-line error.
 
-The backbone weights are not copied: they are large, often gated, and identified by hash. A
-bundle whose weights moved loads with ``load_bundle(path, backbone=NEW_PATH)``.
+The backbone weights are not copied: they are large, often gated, and identified by hash. Local
+paths are recorded absolute and relative to the bundle (:mod:`natix.serve.location`), so a bundle
+loads from any folder and after moving together with its backbone; a bundle whose weights moved
+elsewhere loads with ``load_bundle(path, backbone=NEW_PATH)`` (``natix predict --backbone``).
 
 A cascade directory (written by :func:`natix.cascade.evaluation.cascade_run`, it holds
 ``cascade.json``) exports to a cascade bundle: one stage entry per run stage (files
@@ -251,7 +253,7 @@ def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = N
     where = zip(_per_stage(backbone, "backbone", n), _per_stage(checkpoint, "checkpoint", n),
                 _per_stage(adapter, "adapter", n))
     dev = resolve_device(device)
-    stages = [Stage.load(st, blobs, dev, where=f"stages[{k}]", backbone=b, checkpoint=c, adapter=a,
+    stages = [Stage.load(st, blobs, dev, where=f"stages[{k}]", root=path, backbone=b, checkpoint=c, adapter=a,
                          precision=precision)
               for k, (st, (b, c, a)) in enumerate(zip(run_stages, where))]
     if named is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from natix import __version__, jsonio
 from natix.errors import ConfigError, DataError
 from natix.rundir import Run
+from natix.serve.location import record
 from natix.serve.manifest import FORMAT, MANIFEST, is_bundle, manifest_bytes, read_key, sha256
 from natix.serve.schema import as_threshold, is_external_spec
 from natix.serve.stage import build_head
@@ -87,9 +88,9 @@ def _stage_entry(run: Run, k: int, *, out: Path) -> tuple[dict, dict[str, bytes]
     if failure is not None:
         files[failure_name] = failure[1]
     bb = identity["backbone"]
+    typed = {"spec": source["backbone"], "checkpoint": source.get("checkpoint"), "adapter": source.get("adapter")}
     stage = {
-        "backbone": {"spec": source["backbone"], "checkpoint": source.get("checkpoint"),
-                     "adapter": source.get("adapter"), "weights_sha256": bb["weights_sha256"],
+        "backbone": {**typed, "local": record(typed, out), "weights_sha256": bb["weights_sha256"],
                      "adapter_sha256": (bb.get("adapter") or {}).get("weights_sha256"), "identity": bb},
         "extractor_version": identity["extractor_version"],
         "recipe": identity["views"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -189,8 +190,12 @@ def _check_local(local, where: str) -> None:
         return
     _fields(local, where, {}, {key: _optional(_OBJ) for key in ("spec", "checkpoint", "adapter")})
     for key, location in local.items():
-        if location is not None:
-            _fields(location, f"{where}.{key}", _LOCATION)
+        if location is None:
+            continue
+        _fields(location, f"{where}.{key}", _LOCATION)
+        relative = location["relative"]
+        if not Path(location["absolute"]).is_absolute() or (relative is not None and Path(relative).is_absolute()):
+            raise bad_field(f"{where}.{key}", "'absolute' must be an absolute path and 'relative' a relative one")
 
 
 def _check_router(manifest: dict) -> None:

@@ -8,15 +8,18 @@ refuses weights whose hashes differ from the bundle's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from natix import jsonio
 from natix import metrics as M
 from natix.errors import BackboneError, DataError, NatixError
+from natix.serve.location import KEYS, candidates
 from natix.serve.schema import bad_field, served_calibration
 
 log = logging.getLogger(__name__)
@@ -78,20 +81,25 @@ def _recipe_and_preprocess(stage: dict):
     return recipe, preprocess
 
 
-def _load_backbone(stage: dict, *, backbone, checkpoint, adapter):
-    """The stage's backbone from the given paths (default: the recorded ones), hashes checked."""
+def _load_backbone(stage: dict, root: Path, *, backbone, checkpoint, adapter):
+    """The stage's backbone from the given paths, else from where the bundle at `root` recorded
+    them (:mod:`natix.serve.location`: each place in turn), hashes checked."""
     from natix.extract.backbones import load_backbone
 
-    spec = stage["backbone"]
-    try:
-        model, ident = load_backbone(backbone or spec["spec"], checkpoint=checkpoint or spec["checkpoint"],
-                                     adapter=adapter or spec["adapter"], pool=stage["pool"])
-    except BackboneError as exc:
-        if backbone or checkpoint or adapter:
-            raise
-        raise BackboneError(f"{exc} (if the bundle's weights moved, pass load_bundle(..., backbone=PATH))") from None
-    check_backbone(ident, spec)
-    return model
+    entry = stage["backbone"]
+    given = {"spec": backbone, "checkpoint": checkpoint, "adapter": adapter}
+    first = None
+    for spec, ckpt, adp in itertools.product(*(candidates(entry, root, key, given[key]) for key in KEYS)):
+        try:
+            model, ident = load_backbone(spec, checkpoint=ckpt, adapter=adp, pool=stage["pool"])
+            check_backbone(ident, entry)
+            return model
+        except BackboneError as exc:
+            first = first or exc
+    fix = "pass --backbone PATH"
+    if any(given.values()) or fix in str(first):
+        raise first
+    raise BackboneError(f"{first} (if the bundle's weights moved, {fix}, or load_bundle(..., backbone=PATH))") from None
 
 
 @dataclass
@@ -110,10 +118,10 @@ class Stage:
         return self.featurizer.device
 
     @classmethod
-    def load(cls, stage: dict, blobs: dict[str, bytes], device, *, where: str, backbone=None, checkpoint=None,
-             adapter=None, precision: str | None = None) -> Stage:
+    def load(cls, stage: dict, blobs: dict[str, bytes], device, *, where: str, root: Path, backbone=None,
+             checkpoint=None, adapter=None, precision: str | None = None) -> Stage:
         """The stage of checked manifest entry `stage` (named `where` in messages, e.g. "stages[0]")
-        on `device`; `precision` None: the cache's own."""
+        of the bundle at `root` on `device`; `precision` None: the cache's own."""
         from natix.cache.fingerprint import EXTRACTOR_VERSION
         from natix.extract.featurizer import Featurizer
 
@@ -122,7 +130,7 @@ class Stage:
                             f"extracts version {EXTRACTOR_VERSION}: re-extract, refit and re-export with this natix")
         recipe, preprocess = _recipe_and_preprocess(stage)
         calibrate = served_calibration(stage, where)
-        model = _load_backbone(stage, backbone=backbone, checkpoint=checkpoint, adapter=adapter)
+        model = _load_backbone(stage, root, backbone=backbone, checkpoint=checkpoint, adapter=adapter)
         precision = precision or stage["precision"]
         if precision != stage["precision"]:
             log.info("serving in %s while the cache was extracted in %s: features differ slightly from the cache",
