@@ -40,3 +40,11 @@ def test_export_then_predict_reproduces_the_run(chain, tmp_path):
     (tmp_path / "bundle" / "stage0_head.safetensors").write_bytes(b"tampered")
     r = CliRunner().invoke(cli, ["predict", str(tmp_path / "bundle"), paths[0]])
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "stage0_head.safetensors" in r.output
+
+
+def test_predict_refuses_a_batch_size_below_one_before_loading(tmp_path):
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"x")
+    for bad in ("0", "-2", "nan"):
+        r = CliRunner().invoke(cli, ["predict", str(tmp_path / "no-bundle"), str(image), "--batch-size", bad])
+        assert r.exit_code == 2 and "--batch-size" in r.output and "Traceback" not in r.output, r.output

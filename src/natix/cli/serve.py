@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from natix.cli.common import echo_result, quiet_transformers
+from natix.cli.common import COUNT, echo_result, quiet_transformers
 from natix.cli.group import cli, library_errors
 
 
@@ -51,7 +51,7 @@ def image_files(paths) -> list[Path]:
               help="The cascade's external stage as module:function; must be the one the bundle declares.")
 @click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
               help="Key file: refuse the bundle unless it was signed with this key (natix export --sign-key).")
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--batch-size", type=COUNT, default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
 def predict(bundle, paths, backbone, checkpoint, adapter, stage3, verify_key, batch_size, as_json) -> None:
