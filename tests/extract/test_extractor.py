@@ -610,3 +610,56 @@ def test_identical_bytes_with_conflicting_labels_are_recorded_and_warned(demo_im
     fixed = extract(data, str(tiny_backbone), **kwargs)
     assert fixed.conflicts == 0 and open_cache(r.cache_file).conflicts == []
     assert load_dataset(r.cache_file).held_out == frozenset()
+
+
+def test_images_in_source_counts_unreadable_files_on_every_run(demo_images, tiny_backbone, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(demo_images, data)
+    (data / "labels.csv").unlink()
+    shutil.copy(demo_images / "img_00001.jpg", os.fsdecode(bytes(data) + b"/bad\xff.jpg"))
+    import natix.extract.extractor as ex
+
+    real = ex.hash_files
+
+    def unreadable(paths, **kw):
+        return [PermissionError(13, "Permission denied") if Path(p).name == "img_00005.jpg" else h
+                for p, h in zip(paths, real(paths, **kw))]
+
+    monkeypatch.setattr(ex, "hash_files", unreadable)
+    kwargs = dict(recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    first = extract(data, str(tiny_backbone), **kwargs)
+    again = extract(data, str(tiny_backbone), **kwargs)
+    assert first.images == again.images == 13  # 11 decodable, one unreadable, one name that is not UTF-8
+    assert (first.extracted, again.extracted) == (11, 0)
+    assert first.failed == again.failed == 2
+
+
+def _tree(root):
+    """Every entry under `root` with what a write would change."""
+    return {p.relative_to(root): (p.is_dir(), p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(root.rglob("*"))}
+
+
+def test_a_no_work_extract_runs_on_a_read_only_cache_directory(demo_images, tiny_backbone, tmp_path, monkeypatch):
+    import natix.cache.writer as writer_module
+    from natix.extract.featurizer import Featurizer
+
+    data = _copy_images(demo_images, tmp_path / "data")
+    (data / "labels.csv").unlink()
+    extra = data / "img_00011.jpg"
+    extra.rename(tmp_path / "later.jpg")
+    kwargs = dict(recipe=ViewRecipe(n_views=1), cache_root=tmp_path / "c", options=FAST)
+    extract(data, str(tiny_backbone), **kwargs)
+    (tmp_path / "c" / "other.parts").mkdir()  # another cache's leftovers are not ours to touch
+    before = _tree(tmp_path / "c")
+    # A read-only folder (root can write anywhere, so the probe is what says so); any write shows in the tree.
+    monkeypatch.setattr(writer_module, "writable_problem", lambda root: "Read-only file system")
+    r = extract(data, str(tiny_backbone), **kwargs)
+    assert (r.already_cached, r.extracted, r.model_work, r.verified) == (11, 0, False, True)
+    assert _tree(tmp_path / "c") == before
+    (tmp_path / "later.jpg").rename(extra)  # now there is work: refused before the model runs
+    monkeypatch.setattr(Featurizer, "forward", lambda *a: pytest.fail("model work on a read-only cache"))
+    with pytest.raises(CacheError, match=r"cache directory '.*' is not writable \(Read-only file system\): pass "
+                                         r"--cache DIR"):
+        extract(data, str(tiny_backbone), **kwargs)
+    assert _tree(tmp_path / "c") == before

@@ -36,6 +36,17 @@ def pending_parts(cache_file: Path) -> list[Path]:
     return sorted(parts.glob("part-*.npz")) if parts.is_dir() else []
 
 
+def remove_empty_parts(cache_file: Path) -> None:
+    """Remove the parts folder of `cache_file` when a kill left it empty; call only under a lock
+    that keeps writers out (a writer may be about to fill it)."""
+    folder = parts_dir(cache_file)
+    if folder.is_dir() and not any(folder.iterdir()):
+        try:
+            folder.rmdir()
+        except OSError:  # a read-only folder, or a file that appeared meanwhile: leave it
+            return
+
+
 def utc_now() -> str:
     """The time now (UTC, seconds), as the store records it."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -50,15 +61,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def ensure_writable(root: Path) -> None:
-    """Create `root` and prove a file can be written there, or raise a `CacheError`."""
+def writable_problem(root: Path) -> str | None:
+    """Why no file can be written in `root` (created if missing), or None when one can."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".natix-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise CacheError(
-            f"cache directory '{root}' is not writable ({exc.strerror or exc}): "
-            "pass --cache DIR or set NATIX_CACHE to a writable folder"
-        ) from None
+        return str(exc.strerror or exc)
+    return None
+
+
+def not_writable(root: Path, reason: str) -> CacheError:
+    """The one-line error for a cache directory that cannot be written."""
+    return CacheError(f"cache directory '{root}' is not writable ({reason}): pass --cache DIR or set NATIX_CACHE "
+                      "to a writable folder")
+
+
+def ensure_writable(root: Path) -> None:
+    """Create `root` and prove a file can be written there, or raise a `CacheError`."""
+    reason = writable_problem(root)
+    if reason is not None:
+        raise not_writable(root, reason)

@@ -14,7 +14,8 @@ the old cache plus whole parts, and the next run skips the images those parts al
 Readers only ever open the cache file, so they never see half a chunk.
 
 This module is the store's public face; the pieces live in :mod:`~natix.cache.layout` (paths),
-:mod:`~natix.cache.reader`, :mod:`~natix.cache.parts`, :mod:`~natix.cache.merge`,
+:mod:`~natix.cache.reader`, :mod:`~natix.cache.parts`, :mod:`~natix.cache.merge` (with
+:mod:`~natix.cache.space` and :mod:`~natix.cache.checksum`), :mod:`~natix.cache.lock`,
 :mod:`~natix.cache.writer` and :mod:`~natix.cache.verify`.
 """
 
@@ -24,10 +25,11 @@ import os
 from pathlib import Path
 
 from natix.cache.layout import FORMAT, STEM_LEN, cache_path, ensure_writable
+from natix.cache.lock import CacheLock
 from natix.cache.parts import Rows
 from natix.cache.reader import FeatureCache, ViewInfo, list_caches, open_cache
 from natix.cache.verify import features_digest, verify_cache
-from natix.cache.writer import CacheLock, CacheWriter
+from natix.cache.writer import CacheWriter
 
 __all__ = ["FORMAT", "STEM_LEN", "CacheLock", "CacheWriter", "FeatureCache", "Rows", "ViewInfo", "cache_path",
            "ensure_writable", "features_digest", "list_caches", "open_cache", "resolve_cache_root", "verify_cache"]

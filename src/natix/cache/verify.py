@@ -17,7 +17,8 @@ import numpy as np
 
 from natix.cache.checksum import PARTS, attribute, blocks_digest, checksum_version, covered, table_digests
 from natix.cache.fingerprint import fingerprint
-from natix.cache.layout import ROW_FIELDS, STEM_LEN, pending_parts
+from natix.cache.layout import ROW_FIELDS, STEM_LEN, pending_parts, remove_empty_parts
+from natix.cache.lock import CacheLock, describe
 from natix.cache.parts import read_part
 from natix.cache.reader import FeatureCache
 from natix.errors import CacheError
@@ -135,7 +136,8 @@ def damage_error(path: Path, problems: list[Problem], *, note: str = "") -> Cach
 def verify_cache(path: str | os.PathLike) -> dict:
     """Check a cache file end to end.
 
-    Returns ``{"ok": bool, "problems": [...], "checked": [...], "images", "views", "dim"}``.
+    Returns ``{"ok": bool, "problems": [...], "checked": [...], "notes": [...], "images", "views", "dim"}``;
+    notes are not problems (a run in progress, say).
     """
     path = Path(path)
     with FeatureCache(path) as cache:  # raises a CacheError for unreadable or foreign files
@@ -152,16 +154,24 @@ def _verify(path: Path, cache: FeatureCache) -> dict:
         problems.append(f"file name does not start with its fingerprint {cache.fingerprint[:STEM_LEN]}")
     checked = ["fingerprint matches identity", "row counts agree", "ids unique", "labels in {-1, 0, 1}",
                "features finite", covered(checksum_version(cache.attrs))]
-    pending = pending_parts(path)
+    notes = []
+    with CacheLock(path).probe() as writer:
+        pending = pending_parts(path)
+        if writer is None:
+            remove_empty_parts(path)  # a kill's leftover; the probe keeps writers out meanwhile
     for part in pending:
         try:
             read_part(part, shape=(v, d))
         except CacheError as exc:
             problems.append(str(exc))
-    if pending:
+    if writer is not None:
+        notes.append(f"being written by {describe(writer)}: a run in progress holds {len(pending)} finished "
+                     "chunk(s) not merged yet; verify again when it is done")
+    elif pending:
         problems.append(f"{len(pending)} finished chunk(s) of an interrupted run are not merged yet: "
                         "rerun the same `natix extract` to merge them")
-    return {"ok": not problems, "problems": problems, "checked": checked, "images": n, "views": v, "dim": d}
+    return {"ok": not problems, "problems": problems, "checked": checked, "notes": notes, "images": n, "views": v,
+            "dim": d}
 
 
 __all__ = ["PARTS", "REPAIRABLE", "Problem", "damage_error", "feature_problems", "features_digest", "read_checked",

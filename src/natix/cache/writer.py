@@ -8,76 +8,28 @@ deleted.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import socket
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from natix.cache.fingerprint import fingerprint
-from natix.cache.layout import cache_path, ensure_writable, fsync_dir, parts_dir, pending_parts, utc_now
+from natix.cache.layout import (
+    cache_path,
+    fsync_dir,
+    not_writable,
+    parts_dir,
+    pending_parts,
+    remove_empty_parts,
+    writable_problem,
+)
+from natix.cache.lock import CacheLock, describe
 from natix.cache.merge import CacheSpec, Conflicts, grouped_conflicts, merge_into
 from natix.cache.parts import Rows, part_number, read_part, write_part
 from natix.cache.reader import FeatureCache
 from natix.cache.verify import REPAIRABLE, Problem, damage_error, feature_problems, table_problems
 from natix.errors import CacheError, CacheLockedError, FingerprintMismatchError
-
-
-class CacheLock:
-    """An exclusive, non-blocking writer lock on a cache file (released by the OS on death)."""
-
-    def __init__(self, cache_file: Path):
-        self.path = cache_file.with_name(cache_file.name + ".lock")
-        self._fd = None
-
-    def acquire(self) -> None:
-        import fcntl
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-            except (ValueError, OSError):
-                holder = {}
-            os.close(fd)
-            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
-                   if holder else "another process")
-            raise CacheLockedError(
-                f"cache '{self.path.with_suffix('')}' is being written by {who}: "
-                "wait for that run to finish or stop it, then rerun"
-            ) from None
-        info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(),
-                           "argv": sys.argv[:8]}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info, 0)
-        self._fd = fd
-
-    @property
-    def fd(self) -> int | None:
-        """The locked descriptor; forked children must close it or they keep the lock alive."""
-        return self._fd
-
-    def release(self) -> None:
-        import fcntl
-
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 class CacheWriter:
@@ -100,6 +52,7 @@ class CacheWriter:
         self.path = cache_path(self.root, self.fingerprint)
         self.parts = parts_dir(self.path)
         self._lock = CacheLock(self.path)
+        self.read_only: CacheError | None = None  # set when the folder cannot be written: what a write raises
         self.done_ids: set[str] = set()
         self.failed_ids: dict[str, str] = {}
         self.path_failures: dict[str, str] = {}  # files that could not be read: retried every run
@@ -117,7 +70,19 @@ class CacheWriter:
 
     # -- lifecycle
     def __enter__(self):
-        ensure_writable(self.root)
+        reason = writable_problem(self.root)
+        if reason is not None and not self.path.is_file():
+            raise not_writable(self.root, reason)
+        if reason is not None:
+            # Read-only: enough to find that nothing needs writing. A live writer elsewhere still
+            # counts; any write (a chunk, a merge) raises `read_only`.
+            self.read_only = not_writable(self.root, reason)
+            with self._lock.probe() as holder:
+                if holder is not None:
+                    raise CacheLockedError(f"cache '{self.path}' is being written by {describe(holder)}: wait for "
+                                           "that run to finish or stop it, then rerun")
+                self._load_state()
+            return self
         self._lock.acquire()
         try:
             self._load_state()
@@ -128,6 +93,11 @@ class CacheWriter:
 
     def __exit__(self, *exc):
         self._lock.release()
+
+    def require_writable(self) -> None:
+        """Raise the not-writable error when the cache folder is read-only (before work that must be kept)."""
+        if self.read_only is not None:
+            raise self.read_only
 
     @property
     def lock_fd(self) -> int | None:
@@ -147,11 +117,13 @@ class CacheWriter:
                 ) from None
             with cache:
                 self._absorb(cache)
-        for stale in self.root.glob(self.path.name + ".tmp-*"):
-            stale.unlink()  # a merge that was killed before its rename; the parts still hold its rows
-        if self.parts.is_dir():
-            for tmp in self.parts.glob("*.tmp"):
-                tmp.unlink()
+        if self.read_only is None:
+            for stale in self.root.glob(self.path.name + ".tmp-*"):
+                stale.unlink()  # a merge that was killed before its rename; the parts still hold its rows
+            if self.parts.is_dir():
+                for tmp in self.parts.glob("*.tmp"):
+                    tmp.unlink()
+                remove_empty_parts(self.path)
         for part in pending_parts(self.path):
             self._absorb_part(part)
 
@@ -212,6 +184,7 @@ class CacheWriter:
         `failures` holds ``(id, path, reason)``; id is "" when the file could not be read.
         Safe to call from one background thread.
         """
+        self.require_writable()
         n = len(rows.ids)
         assert features.shape == (n, len(self.view_table), self.dim), (features.shape, n)
         seq = self._next_part
@@ -273,6 +246,7 @@ class CacheWriter:
         streamed part by part. Old rows are checked against the recorded checksum while they
         are copied, so a corrupt cache is refused rather than re-checksummed.
         """
+        self.require_writable()
         try:
             return self._commit(block)
         except OSError as exc:
@@ -304,8 +278,7 @@ class CacheWriter:
         # The merged file is durable; only now may the parts go.
         for part in pending_parts(self.path):
             part.unlink()
-        with contextlib.suppress(OSError):
-            self.parts.rmdir()
+        remove_empty_parts(self.path)
         self.rows_meta = {i: (p, lab, g) for i, p, lab, g in zip(merged.ids, merged.paths, merged.labels,
                                                                   merged.groups)}
         self.in_file = set(merged.ids)

@@ -218,10 +218,12 @@ def cache_info(file, as_json) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @library_errors
 def cache_verify(file) -> None:
-    """Check a cache file: fingerprint, row counts, ids, finite values, checksum."""
+    """Check a cache file: fingerprint, row counts, ids, labels, finite values, checksums, unmerged chunks."""
     from natix.cache.store import verify_cache
 
     report = verify_cache(file)
+    for note in report["notes"]:
+        click.echo(f"note: {note}", err=True)
     if report["ok"]:
         click.echo(f"ok: {report['images']} images x {report['views']} views x {report['dim']} dims; "
                    f"checked {', '.join(report['checked'])}")

@@ -245,14 +245,12 @@ def _label(rec) -> int:
     return -1 if rec.label is None else rec.label
 
 
-def _record_unreadable(writer: CacheWriter, unreadable: list, n_views: int, dim: int, store_dtype: str) -> int:
+def _record_unreadable(writer: CacheWriter, unreadable: list, n_views: int, dim: int, store_dtype: str) -> None:
     """Record unreadable files, except those already recorded with the same reason (they are
-    retried every run, and recording the same reason again would only rewrite the cache);
-    returns how many were recorded."""
+    retried every run, and recording the same reason again would only rewrite the cache)."""
     new = [u for u in unreadable if writer.path_failures.get(u[1]) != u[2]]
     if new:
         writer.add_part(np.zeros((0, n_views, dim), dtype=store_dtype), Rows([], [], [], [], []), new)
-    return len(new)
 
 
 def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preprocess: Preprocess = Preprocess(),
@@ -280,7 +278,8 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
     precision = resolve_precision(precision, device)
     records = discover(source)
     root = resolve_cache_root(cache_root)
-    ensure_writable(root)
+    if not root.is_dir():
+        ensure_writable(root)  # a new folder: refuse before loading the backbone (an existing one may be read-only)
     ids = hash_files([r.path for r in records])
 
     model, bb_ident = load_backbone(backbone, checkpoint=checkpoint, adapter=adapter, pool=pool)
@@ -297,9 +296,10 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
             log.warning("cache %s: repairing its damaged %s from the image source and the view recipe",
                         writer.path, " and ".join(repaired))
         metadata_updates = writer.pending_metadata
-        recorded = _record_unreadable(writer, plan.unreadable, recipe.n_views, model.dim, store_dtype)
+        _record_unreadable(writer, plan.unreadable, recipe.n_views, model.dim, store_dtype)
         extracted, failed, step = 0, 0, options.batch_size
         if plan.todo:
+            writer.require_writable()
             featurizer = Featurizer(model, recipe, preprocess, device=device, precision=precision,
                                     store_dtype=store_dtype, batch_size=options.batch_size, compile=compile)
             extracted, failed = _run(plan.todo, featurizer, writer, options)
@@ -311,7 +311,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
         if writer.needs_commit():
             writer.commit()
     return ExtractResult(
-        cache_file=writer.path, fingerprint=writer.fingerprint, images=len(plan.seen) + recorded,
+        cache_file=writer.path, fingerprint=writer.fingerprint, images=len(plan.seen) + len(plan.unreadable),
         already_cached=plan.already, resumed=plan.resumed, extracted=extracted,
         failed=failed + len(plan.unreadable), known_failures=plan.known_failures,
         metadata_updates=metadata_updates, n_views=recipe.n_views, dim=model.dim,
