@@ -160,3 +160,18 @@ def test_read_checked_returns_the_rows_asked_for(tmp_path, block):
     _set(path, "features", (8, 1, 2), 5)
     with open_cache(path) as c, pytest.raises(CacheError, match="features checksum differs"):
         read_checked(c, np.array([0]), block=block)
+
+
+def test_cli_verify_refuses_in_one_line_that_lists_every_problem(tmp_path):
+    from click.testing import CliRunner
+
+    from natix.cli import cli
+
+    path = _write(tmp_path)
+    _duplicate_id(path)
+    _set(path, "labels", 2, 7)
+    r = CliRunner().invoke(cli, ["cache", "verify", str(path)])
+    lines = r.output.splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"Error: {path} failed verification (4 problems): image ids are not unique; ")
+    assert "labels outside {-1, 0, 1}" in lines[0]

@@ -228,6 +228,6 @@ def cache_verify(file) -> None:
         click.echo(f"ok: {report['images']} images x {report['views']} views x {report['dim']} dims; "
                    f"checked {', '.join(report['checked'])}")
         return
-    for p in report["problems"]:
-        click.echo(f"problem: {p}", err=True)
-    raise click.ClickException(f"{file} failed verification ({len(report['problems'])} problem(s))")
+    n = len(report["problems"])
+    raise click.ClickException(f"{file} failed verification ({n} problem{'s' if n > 1 else ''}): "
+                               + "; ".join(report["problems"]))
