@@ -44,10 +44,7 @@ class CacheLock:
                 holder = _holder(fd)
                 if holder or time.monotonic() > deadline:  # a writer (it says who), or a probe that lingers
                     os.close(fd)
-                    raise CacheLockedError(
-                        f"cache '{self.path.with_suffix('')}' is being written by {describe(holder)}: "
-                        "wait for that run to finish or stop it, then rerun"
-                    ) from None
+                    raise locked(self.path.with_suffix(""), holder) from None
                 time.sleep(0.01)
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(),
                            "argv": sys.argv[:8]}).encode()
@@ -110,6 +107,12 @@ class CacheLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def locked(cache_file: Path, holder: dict | None) -> CacheLockedError:
+    """The one-line error for a cache file that a live writer holds."""
+    return CacheLockedError(f"cache '{cache_file}' is being written by {describe(holder)}: wait for that run to "
+                            "finish or stop it, then rerun")
 
 
 def describe(holder: dict | None) -> str:

@@ -24,12 +24,12 @@ from natix.cache.layout import (
     remove_empty_parts,
     writable_problem,
 )
-from natix.cache.lock import CacheLock, describe
+from natix.cache.lock import CacheLock, locked
 from natix.cache.merge import CacheSpec, Conflicts, grouped_conflicts, merge_into
 from natix.cache.parts import Rows, part_number, read_part, write_part
 from natix.cache.reader import FeatureCache
 from natix.cache.verify import REPAIRABLE, Problem, damage_error, feature_problems, table_problems
-from natix.errors import CacheError, CacheLockedError, FingerprintMismatchError
+from natix.errors import CacheError, FingerprintMismatchError
 
 
 class CacheWriter:
@@ -38,6 +38,8 @@ class CacheWriter:
     Use as a context manager: it takes the writer lock, checks that an existing cache file
     holds the same fingerprint, and loads what is already done (cache rows, parts of an
     interrupted run, known failures). `add_part` makes a chunk durable; `commit` merges.
+    In a folder that cannot be written, an existing cache opens read-only (no lock taken, only
+    checked): enough to find there is nothing to do; any write raises the not-writable error.
     """
 
     def __init__(self, root: str | os.PathLike, identity: dict, view_table: list[dict], *, dim: int,
@@ -79,8 +81,7 @@ class CacheWriter:
             self.read_only = not_writable(self.root, reason)
             with self._lock.probe() as holder:
                 if holder is not None:
-                    raise CacheLockedError(f"cache '{self.path}' is being written by {describe(holder)}: wait for "
-                                           "that run to finish or stop it, then rerun")
+                    raise locked(self.path, holder)
                 self._load_state()
             return self
         self._lock.acquire()
