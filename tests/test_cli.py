@@ -69,7 +69,7 @@ def test_python_dash_m_runs_the_cli():
 
 
 @pytest.mark.parametrize("args, match", [
-    (["extract", "x", "--backbone", "b", "--views", "abc"], "'abc' is not a valid integer"),
+    (["extract", "x", "--backbone", "b", "--views", "abc"], "'abc' is not an integer: pass an integer >= 1"),
     (["extract", "x"], "Missing option '--backbone'"),
     (["extract", "x", "--backbone", "b", "--pool", "gem"], "'gem' is not one of"),
     (["extract", "x", "--backbone", "b", "--no-such-flag"], "No such option"),

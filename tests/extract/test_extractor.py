@@ -663,3 +663,34 @@ def test_a_no_work_extract_runs_on_a_read_only_cache_directory(demo_images, tiny
                                          r"--cache DIR"):
         extract(data, str(tiny_backbone), **kwargs)
     assert _tree(tmp_path / "c") == before
+
+
+def test_a_file_too_large_for_any_image_is_a_failure_without_being_read(demo_images, tiny_backbone, tmp_path,
+                                                                        cache_root, monkeypatch):
+    from natix.data.decode import max_file_bytes
+
+    data = _copy_images(demo_images, tmp_path / "data")
+    with open(data / "img_00000.jpg", "r+b") as fh:  # sparse: no disk is used
+        fh.truncate(max_file_bytes() + 1)
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} read whole")
+                        if self.stat().st_size > max_file_bytes() else read_bytes(self))
+    r = extract(data, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert (r.extracted, r.failed) == (11, 1)
+    [failure] = open_cache(r.cache_file).failures
+    assert Path(failure["path"]).name == "img_00000.jpg" and "bytes" in failure["reason"]
+
+
+def test_manifest_paths_outside_its_folder_need_allow_outside(demo_images, tiny_backbone, tmp_path, cache_root):
+    from natix.errors import ConfigError
+
+    images = _copy_images(demo_images, tmp_path / "images")
+    (tmp_path / "lists").mkdir()
+    rows = (images / "labels.csv").read_text().splitlines()
+    manifest = tmp_path / "lists" / "m.csv"
+    manifest.write_text("\n".join([rows[0]] + [f"../images/{line}" for line in rows[1:]]) + "\n")
+    with pytest.raises((ConfigError, DataError), match="outside"):
+        extract(manifest, str(tiny_backbone), cache_root=cache_root, options=FAST)
+    assert not cache_root.exists() or not any(cache_root.glob("*.h5"))
+    r = extract(manifest, str(tiny_backbone), cache_root=cache_root, options=FAST, allow_outside=True)
+    assert r.extracted == 12

@@ -438,3 +438,12 @@ def test_refitting_a_run_removes_what_the_old_model_derived(cache, tmp_path):
     fit_run(cache, out, head=HEAD, train=TRAIN)
     assert not (out / "calibration.json").exists() and not (out / "report").exists()
     assert not (out / "predictions" / "train_oof.npz").exists() and (out / "predictions" / "val_test.npz").exists()
+
+
+def test_too_many_oof_folds_are_refused_before_the_main_fit(cache, tmp_path, monkeypatch):
+    from natix.heads import runs
+
+    monkeypatch.setattr(runs, "_fit_and_predict", lambda *a, **k: pytest.fail("fitted before refusing"))
+    with pytest.raises(ConfigError, match="--oof-folds 1000 is more than the"):
+        fit_run(cache, tmp_path / "run", oof_folds=1000)
+    assert not (tmp_path / "run").exists()

@@ -179,3 +179,9 @@ def test_a_held_out_image_leaves_its_group_to_the_others():
     s = make_splits(ids, labels, groups, exclude={ids[0]})
     where = _assignment(s)
     assert ids[0] not in where and len({where[i] for i in ids[1:4]}) == 1
+
+
+@pytest.mark.parametrize("bad", [(float("nan"), 0.1, 0.15, 0.15), (float("inf"), 0.1, 0.15, 0.15)])
+def test_non_finite_ratios_are_refused(bad):
+    with pytest.raises(ConfigError, match="four positive fractions"):
+        make_splits(["a", "b"], [0, 1], ratios=bad)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from natix.cli.common import echo_result, quiet_transformers
+from natix.cli.common import COUNT, SEED, Number, echo_result, quiet_transformers
 from natix.cli.group import cli, library_errors
 
 CACHE_HELP = "Cache directory  [default: $NATIX_CACHE, else ./.natix-cache]"
@@ -18,8 +18,8 @@ CACHE_HELP = "Cache directory  [default: $NATIX_CACHE, else ./.natix-cache]"
 
 @cli.command("demo-data")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--n", default=200, show_default=True, help="Number of images.")
-@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same bytes).")
+@click.option("--n", type=COUNT, default=200, show_default=True, help="Number of images.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed (same seed, same bytes).")
 @library_errors
 def demo_data(out: str, n: int, seed: int) -> None:
     """Write a synthetic street-scene image set with labels.csv into OUT."""
@@ -31,9 +31,9 @@ def demo_data(out: str, n: int, seed: int) -> None:
 
 @cli.command("demo-backbone")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True)
-@click.option("--hidden-size", default=32, show_default=True)
-@click.option("--layers", default=2, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--hidden-size", type=COUNT, default=32, show_default=True)
+@click.option("--layers", type=COUNT, default=2, show_default=True)
 @library_errors
 def demo_backbone(out: str, seed: int, hidden_size: int, layers: int) -> None:
     """Save a tiny randomly initialised DINOv3 ViT to OUT (for demos and tests)."""
@@ -81,30 +81,32 @@ def extract_summary(r: dict) -> str:
               help="Hub id, local directory (save_pretrained), or timm:<model>.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights file for a timm:<model> backbone.")
 @click.option("--adapter", type=click.Path(file_okay=False), help="PEFT LoRA/DoRA adapter directory (merged).")
-@click.option("--views", type=int, default=10, show_default=True, help="1 (global), 10 (+tiles), 20 (+flips).")
-@click.option("--grid", type=int, default=3, show_default=True, help="Tiles per side.")
-@click.option("--overlap", type=float, default=0.125, show_default=True, help="Tile overlap fraction in [0, 1).")
-@click.option("--view-size", type=int, default=224, show_default=True, help="Global view side (multiple of 16).")
-@click.option("--tile-size", type=int, default=None, help="Tile side (multiple of 16)  [default: view size]")
+@click.option("--views", type=COUNT, default=10, show_default=True, help="1 (global), 10 (+tiles), 20 (+flips).")
+@click.option("--grid", type=COUNT, default=3, show_default=True, help="Tiles per side.")
+@click.option("--overlap", type=Number(min=0, max=1, max_open=True), default=0.125, show_default=True, help="Tile overlap fraction in [0, 1).")
+@click.option("--view-size", type=COUNT, default=224, show_default=True, help="Global view side (multiple of 16).")
+@click.option("--tile-size", type=COUNT, default=None, help="Tile side (multiple of 16)  [default: view size]")
 @click.option("--pool", type=click.Choice(["cls", "cls+mean"]), default="cls", show_default=True)
 @click.option("--store-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA, fp32 on CPU (part of the cache identity).")
 @click.option("--cache", "cache_root", type=click.Path(file_okay=False), help=CACHE_HELP)
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per model step.")
-@click.option("--workers", type=int, default=2, show_default=True, help="Decoding processes.")
+@click.option("--batch-size", type=COUNT, default=32, show_default=True, help="Images per model step.")
+@click.option("--workers", type=Number(min=0, integer=True), default=2, show_default=True, help="Decoding processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the backbone (CUDA).")
 @click.option("--retry-failures", is_flag=True, help="Decode again images that failed before.")
 @click.option("--skip-checksum", is_flag=True,
               help="When nothing is extracted, do not re-read the features to check their checksum (huge caches); "
                    "the tables are still checked.")
+@click.option("--allow-outside", is_flag=True,
+              help="Let a manifest name images outside its folder (for a manifest you trust).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @library_errors
 def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
-            precision, cache_root, batch_size, workers, device, compile_, retry_failures, skip_checksum, quiet,
-            as_json) -> None:
+            precision, cache_root, batch_size, workers, device, compile_, retry_failures, skip_checksum,
+            allow_outside, quiet, as_json) -> None:
     """Extract per-view features of every image in DATA (folder or CSV/JSONL manifest)."""
     from natix.config import RunOptions, ViewRecipe
     from natix.extract.extractor import extract as run_extract
@@ -115,7 +117,8 @@ def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size
     quiet_transformers()
     r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
                     checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
-                    compile=compile_, retry_failures=retry_failures, verify=not skip_checksum)
+                    compile=compile_, retry_failures=retry_failures, verify=not skip_checksum,
+                    allow_outside=allow_outside)
     echo_result(as_json, {**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work}, extract_summary)
 
 

@@ -55,6 +55,9 @@ def head_options(fn):
                      help="train,val_select,val_calib,val_test fractions."),
         click.option("--split-seed", type=SEED, default=0, show_default=True),
         click.option("--device", default="cpu", show_default=True),
+        click.option("--skip-checksum", is_flag=True,
+                     help="Do not re-read the cache's features to check their checksum (huge caches); ids, labels, "
+                          "the view table and finiteness are still checked."),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -127,7 +130,7 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
     scrc = policy == "scrc"  # train a softmax head, then calibrate and certify with SCRC (levels checked at parse)
     hc, tc = head_configs(head, agg, "softmax" if scrc else policy, seed, o)
     r = fit_run(features, out, head=hc, train=tc, splits_path=splits_path, ratios=o["ratios"],
-                split_seed=o["split_seed"], oof_folds=oof_folds)
+                split_seed=o["split_seed"], oof_folds=oof_folds, verify=not o["skip_checksum"])
     cal = None
     if scrc:
         from natix.calibrate.apply import calibrate_run
@@ -191,5 +194,6 @@ def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, 
     hc, tc = head_configs("linear", "mean", "softmax", 0, o)
     board = run_ablate(features, out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
                        seeds=seeds, metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
-                       ratios=o["ratios"], split_seed=o["split_seed"], progress=not quiet)
+                       ratios=o["ratios"], split_seed=o["split_seed"], progress=not quiet,
+                       verify=not o["skip_checksum"])
     click.echo(board.markdown)

@@ -26,7 +26,7 @@ import numpy as np
 from natix.cache.fingerprint import EXTRACTOR_VERSION
 from natix.cache.store import CacheWriter, Rows, ensure_writable, resolve_cache_root
 from natix.config import Preprocess, RunOptions, ViewRecipe
-from natix.data.decode import decode_image
+from natix.data.decode import decode_image, read_image
 from natix.data.sources import discover, hash_bytes, hash_files
 from natix.errors import DecodeError, NatixError
 from natix.extract.featurizer import (
@@ -128,9 +128,11 @@ class _ImageSet:
     def __getitem__(self, k):
         record, image_id = self.items[k]
         try:
-            data = Path(record.path).read_bytes()
+            data = read_image(record.path)
         except OSError as exc:
             return k, _Transient(f"cannot read file: {exc.strerror or exc}")
+        except DecodeError as exc:  # larger than any image within the pixel limit
+            return k, str(exc)
         if hash_bytes(data) != image_id:
             return k, _Transient("file changed while extracting: rerun extract")
         try:
@@ -257,7 +259,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
             pool: str = "cls", store_dtype: str = "float16", precision: str = "auto",
             checkpoint: str | None = None, adapter: str | None = None, cache_root=None,
             options: RunOptions = RunOptions(), compile: bool = False,
-            retry_failures: bool = False, verify: bool = True) -> ExtractResult:
+            retry_failures: bool = False, verify: bool = True, allow_outside: bool = False) -> ExtractResult:
     """Extract per-view features of every image in `source` into the fingerprinted cache.
 
     Only images whose content is not yet in the cache go through the model; an identical
@@ -265,7 +267,8 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
     unchanged, unless `retry_failures`. The cache file is checked before any work: labels,
     paths and groups the source lists and the view table are repaired, other damage raises; a
     run that would not rewrite the cache also checks its features checksum, unless `verify` is
-    False. Returns what was done. Raises `NatixError` subclasses for bad input, before anything
+    False. Manifest paths outside the manifest's folder are refused unless `allow_outside`.
+    Returns what was done. Raises `NatixError` subclasses for bad input, before anything
     is written.
     """
     import torch  # noqa: F401 - loaded before the clock starts, as the speed reported is the work's
@@ -276,7 +279,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
     check_store_dtype(store_dtype)
     device = resolve_device(options.device)
     precision = resolve_precision(precision, device)
-    records = discover(source)
+    records = discover(source, allow_outside=allow_outside)
     root = resolve_cache_root(cache_root)
     if not root.is_dir():
         ensure_writable(root)  # a new folder: refuse before loading the backbone (an existing one may be read-only)

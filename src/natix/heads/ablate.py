@@ -123,10 +123,12 @@ def job_threads(jobs: int, threads: int) -> int:
 def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softmax",), seeds: int = 1,
            metric: str = "mcc", baseline: str | None = None, jobs: int = 1, head_cfg=None, train_cfg=None,
            ratios=DEFAULT_RATIOS, split_seed: int = 0, n_boot: int = 1000, progress: bool = True,
-           data: Dataset | None = None) -> Leaderboard:
+           data: Dataset | None = None, verify: bool = True) -> Leaderboard:
     """Train every arm and write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.json`` into `out`.
 
     Returns the :class:`Leaderboard` it wrote (rows sorted by `metric`, best first, and the markdown).
+    The cache is checked as :func:`natix.heads.runs.load_dataset` does (``verify=False`` skips its
+    features checksum).
     """
     from natix.heads.config import HeadConfig, TrainConfig
 
@@ -151,7 +153,7 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     for arm in arms:  # an optimizer that does not fit an arm fails here, before any training
         train_cfg.engine(dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy))
     check_out(out, run=False)  # an --out that cannot be written fails before any training
-    data = data or load_dataset(features)
+    data = data or load_dataset(features, verify=verify)
     splits = resolve_splits(data, ratios=ratios, seed=split_seed)
     rows = splits.rows(data.ids)
     y = data.labels[rows["val_test"]]

@@ -22,6 +22,7 @@ from natix import rundir
 from natix.cache.store import open_cache
 from natix.cache.verify import Problem, damage_error, read_checked, table_problems
 from natix.errors import ConfigError, DataError
+from natix.heads.fitting import check_oof_folds
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     data = data or load_dataset(features, verify=verify)
     splits = resolve_splits(data, splits_path=splits_path, ratios=ratios, seed=split_seed)
     rows = splits.rows(data.ids)
+    if oof_folds:  # refused before the main fit, not after it
+        check_oof_folds(oof_folds, data.labels[rows["train"]])
     with limit_threads(train.threads):
         fitted, preds = _fit_and_predict(data, rows, head, train, oof_folds)
     predictions = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def make_splits(ids, labels, groups=None, *, ratios=DEFAULT_RATIOS, seed: int = 
         a held-out image's group is assigned as usual.
     """
     ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 4 or any(r <= 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+    if len(ratios) != 4 or not all(r > 0 and math.isfinite(r) for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
         raise ConfigError(f"split ratios must be four positive fractions summing to 1, got {ratios}: "
                           "pass e.g. --ratios 0.6,0.1,0.15,0.15")
     ids = np.asarray(ids).astype(str)

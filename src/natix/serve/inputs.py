@@ -14,11 +14,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
-from natix.data.decode import decode_image, decode_pil
+from natix.data.decode import decode_image, decode_pil, read_image
 from natix.errors import DataError, DecodeError
 
 __all__ = ["as_list", "check_input", "decode", "describe"]
@@ -37,7 +36,7 @@ def decode(item) -> np.ndarray:
     """One input → ``[H, W, 3]`` uint8, as the extractor decodes files; raises DecodeError per image."""
     if isinstance(item, (str, os.PathLike)):
         try:
-            data = Path(item).read_bytes()
+            data = read_image(item)
         except OSError as exc:
             raise DecodeError(f"cannot read file: {exc.strerror or exc}") from None
         return decode_image(data)
