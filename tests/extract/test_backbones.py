@@ -201,16 +201,6 @@ def test_folding_the_normalisation_into_the_patch_embedding_is_exact(kind, tiny_
 # --------------------------------------------------------------------------- Hub ids without a Hub
 
 
-@pytest.fixture
-def dead_hub(monkeypatch):
-    """A Hub endpoint that refuses connections at once (port 9 of this machine), not in offline mode."""
-    from huggingface_hub import constants
-
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
 
 
 @pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "unreachable"])

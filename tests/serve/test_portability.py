@@ -15,18 +15,6 @@ from natix.errors import BackboneError
 from natix.serve import load_bundle
 
 
-@pytest.fixture
-def dead_hub(monkeypatch):
-    """A Hub endpoint that refuses connections at once (port 9 of this machine), not in offline mode."""
-    from huggingface_hub import constants
-
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
-
-
 def make_project(root: Path, demo_images: Path, tiny_backbone: Path) -> Path:
     """A folder with models/tiny, a cache extracted with the relative spec 'models/tiny', a run and
     its bundle, every command run from inside the folder (paths as a user types them)."""
