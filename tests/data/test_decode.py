@@ -702,3 +702,56 @@ def test_decode_image_refuses_bytes_above_the_cap_before_decoding() -> None:
     assert decode_image(padded, max_pixels=64).shape == (8, 8, 3)
     with pytest.raises(DecodeError, match=rf"^file is {cap + 1:,} bytes, above the {cap:,}-byte cap"):
         decode_image(padded + b"\x00", max_pixels=64)
+
+
+def test_other_output_to_stderr_is_kept_when_the_decode_itself_fails(capfd) -> None:
+    import os
+    import threading
+
+    stop = threading.Event()
+    written = []
+
+    def chatter() -> None:
+        while not stop.is_set() and len(written) < 2000:
+            line = f"other {len(written)}\n"
+            os.write(2, line.encode())
+            written.append(line)
+
+    thread = threading.Thread(target=chatter)
+    thread.start()
+    try:
+        good = _photo_jpeg()
+        for _ in range(20):
+            with pytest.raises(DecodeError):
+                decode_image(good[: len(good) // 2])  # no end marker: the decoder itself raises
+    finally:
+        stop.set()
+        thread.join()
+    assert sorted(capfd.readouterr().err.splitlines(keepends=True)) == sorted(written)
+
+
+def test_a_child_forked_while_another_thread_decodes_can_decode() -> None:
+    """The child of a fork inherits the capture's lock as it was: taken, if a thread held it."""
+    import os
+    import time
+
+    from natix.data import decode as decode_module
+
+    good = _photo_jpeg()
+    with decode_module._STDERR_LOCK:  # as a thread in the middle of a capture would hold it
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ok = decode_image(good).shape == (256, 256, 3)
+            finally:
+                os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung on the inherited lock")

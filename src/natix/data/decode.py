@@ -48,6 +48,24 @@ _LIBJPEG_WARNING = re.compile(
 # what is printed meanwhile is kept per process (pid → (descriptor, inode)).
 _STDERR_LOCK = threading.Lock()
 _SCRATCH: dict[int, tuple[int, int]] = {}
+_SAVED_STDERR: list[int | None] = [None]  # the real stderr while a capture holds descriptor 2
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread captured stderr inherits the taken lock and the scratch
+    file as its stderr: give it a free lock and its real stderr back."""
+    global _STDERR_LOCK
+    _STDERR_LOCK = threading.Lock()
+    if _SAVED_STDERR[0] is not None:
+        try:
+            os.dup2(_SAVED_STDERR[0], 2)
+        except OSError:
+            pass
+        _SAVED_STDERR[0] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a JPEG with more frames after it (many phones write it)
 _SEQUENTIAL_SOF, _PROGRESSIVE_SOF = (0xC0, 0xC1, 0xC9), (0xC2, 0xCA)  # the frames libjpeg decodes
@@ -269,6 +287,7 @@ def _capture_stderr(call):
     seen. A lock keeps threads from swapping the descriptor under each other; other threads' text
     that lands in the scratch file meanwhile is passed on by the caller.
     """
+    failure, result = None, None
     with _STDERR_LOCK:
         sink = _scratch_fd()
         try:
@@ -277,9 +296,13 @@ def _capture_stderr(call):
             except OSError:  # no stderr at all: give it one for the call, close it again after
                 saved = None
             os.dup2(sink, 2)
+            _SAVED_STDERR[0] = saved
             try:
                 result = call()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, once stderr is whole again
+                failure = exc
             finally:
+                _SAVED_STDERR[0] = None
                 if saved is None:
                     os.close(2)
                 else:
@@ -289,6 +312,9 @@ def _capture_stderr(call):
             printed = os.pread(sink, size, 0) if size else b""
         finally:
             os.ftruncate(sink, 0)
+    if failure is not None:
+        _pass_on(_split_warnings(printed)[1])  # what other threads printed meanwhile is not lost
+        raise failure
     return result, printed
 
 
@@ -316,8 +342,8 @@ def _scratch_fd() -> int:
     return fd
 
 
-def _raise_on_libjpeg_warning(printed: bytes) -> None:
-    """Raise DecodeError for the first libjpeg warning in `printed`; pass other lines on to stderr."""
+def _split_warnings(printed: bytes) -> tuple[list[str], list[bytes]]:
+    """libjpeg's warnings in `printed` (their text) and every other line (as printed)."""
     reasons, others = [], []
     for line in printed.splitlines(keepends=True):
         match = _LIBJPEG_WARNING.fullmatch(line.decode("utf-8", "replace").rstrip("\n"))
@@ -325,11 +351,22 @@ def _raise_on_libjpeg_warning(printed: bytes) -> None:
             reasons.append(match.group(1))
         else:
             others.append(line)
-    if others:
+    return reasons, others
+
+
+def _pass_on(lines: list[bytes]) -> None:
+    """Write lines another thread printed during a capture to the real stderr."""
+    if lines:
         try:
-            os.write(2, b"".join(others))
+            os.write(2, b"".join(lines))
         except OSError:  # stderr closed: there was nowhere to show them anyway
             pass
+
+
+def _raise_on_libjpeg_warning(printed: bytes) -> None:
+    """Raise DecodeError for the first libjpeg warning in `printed`; pass other lines on to stderr."""
+    reasons, others = _split_warnings(printed)
+    _pass_on(others)
     if reasons:
         raise DecodeError(f"corrupt JPEG data: {reasons[0][0].lower()}{reasons[0][1:]}")
 
