@@ -175,3 +175,16 @@ def test_cli_verify_refuses_in_one_line_that_lists_every_problem(tmp_path):
     assert r.exit_code == 1 and len(lines) == 1, r.output
     assert lines[0].startswith(f"Error: {path} failed verification (4 problems): image ids are not unique; ")
     assert "labels outside {-1, 0, 1}" in lines[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_reads_the_exponent_bits(dtype, bad):
+    from natix.cache.verify import all_finite
+
+    x = np.linspace(-60000, 60000, 1001, dtype=np.float64).astype(dtype)
+    assert all_finite(x) and all_finite(x[:0])
+    y = x.copy()
+    y[500] = bad
+    assert not all_finite(y) and not all_finite(y[::-1])  # a non-contiguous view too
+    assert all_finite(np.arange(5)) and not all_finite(np.array([1.0, np.nan]))

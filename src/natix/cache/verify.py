@@ -108,16 +108,37 @@ def _scan(cache: FeatureCache, rows: np.ndarray | None, block: int) -> tuple[np.
         out = np.empty((len(rows),) + tuple(cache.shape[1:]), dtype=cache.dtype)
         bounds = np.searchsorted(rows, np.arange(0, len(cache) + block, block))
     for k, blk in enumerate(cache.blocks(block)):
-        h.update(blk.tobytes())
-        finite = finite and bool(np.isfinite(blk).all())
+        h.update(np.ascontiguousarray(blk))  # the buffer itself: no copy
+        finite = finite and all_finite(blk)
         if rows is not None:
             lo, hi = bounds[k], bounds[k + 1]
-            out[lo:hi] = blk[rows[lo:hi] - k * block]
+            if hi - lo == len(blk):  # every row of the block (the common case): a plain copy
+                out[lo:hi] = blk
+            else:
+                out[lo:hi] = blk[rows[lo:hi] - k * block]
     problems = [] if finite else [Problem("features", "features contain NaN or inf")]
     if h.hexdigest() != cache.attrs.get("features_sha256"):
         problems.append(Problem("features", "features checksum differs from the one recorded at write time "
                                             "(corruption)"))
     return out, problems
+
+
+_EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000),
+             np.dtype(np.float64): (np.uint64, 0x7FF0000000000000)}
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of a float array is finite: no exponent field is all ones (NaN, inf).
+
+    Reads the bits as integers, which is several times faster than `np.isfinite` on float16.
+    """
+    x = np.asarray(x)
+    if x.size == 0:
+        return True
+    if x.dtype not in _EXPONENT:
+        return bool(np.isfinite(x).all())
+    uint, mask = _EXPONENT[x.dtype]
+    return int((np.ascontiguousarray(x).view(uint) & mask).max()) != mask
 
 
 def damage_error(path: Path, problems: list[Problem], *, note: str = "") -> CacheError:
@@ -174,5 +195,5 @@ def _verify(path: Path, cache: FeatureCache) -> dict:
             "dim": d}
 
 
-__all__ = ["PARTS", "REPAIRABLE", "Problem", "damage_error", "feature_problems", "features_digest", "read_checked",
+__all__ = ["PARTS", "REPAIRABLE", "Problem", "all_finite", "damage_error", "feature_problems", "features_digest", "read_checked",
            "stored_digests", "table_problems", "verify_cache"]

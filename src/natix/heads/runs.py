@@ -20,7 +20,7 @@ import numpy as np
 from natix import metrics as M
 from natix import rundir
 from natix.cache.store import open_cache
-from natix.cache.verify import Problem, damage_error, read_checked, table_problems
+from natix.cache.verify import Problem, all_finite, damage_error, read_checked, table_problems
 from natix.errors import ConfigError, DataError
 from natix.heads.fitting import check_oof_folds
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
@@ -61,14 +61,14 @@ def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
         if len(labeled) == 0:
             raise DataError(f"cache '{path}' has no labeled images: extract from a source with labels "
                             "(class folders or a manifest with a label column)")
-        if verify:
+        if verify:  # also checks that every feature is finite, in the same pass
             X = read_checked(cache, labeled)
         else:
             log.warning("not verifying the features checksum of %s (verify=False): ids, labels, the view table "
                         "and finite features of the labeled rows are still checked", cache.path)
             X = cache.features(labeled, dtype=None)
-        if not np.isfinite(X).all():
-            raise damage_error(cache.path, [Problem("features", "features of labeled images contain NaN or inf")])
+            if not all_finite(X):
+                raise damage_error(cache.path, [Problem("features", "features of labeled images contain NaN or inf")])
         ids = cache.ids[labeled]
         return Dataset(Path(path), cache.fingerprint, ids, cache.labels[labeled].astype(np.int64),
                        cache.groups[labeled], X, cache.view_names, held_out=cache.conflict_ids & set(ids.tolist()))
