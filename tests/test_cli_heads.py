@@ -611,3 +611,11 @@ def test_check_out_refuses_a_directory_it_cannot_write(tmp_path, monkeypatch):
     assert check_out(tmp_path / "existing-folder-is-fine", run=False)
     with pytest.raises(ConfigError, match=re.escape(f"cannot create '{tmp_path / 'file'}'")):
         check_out(tmp_path / "file", run=False)
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "1e308"), ("--weight-decay", "1e308"), ("--hidden", "1000000000000"),
+                                         ("--depth", "100")])
+def test_absurd_sizes_and_rates_are_refused_at_parse_time(cache, tmp_path, flag, value):
+    line = _one_line_error(run("fit-head", cache, "--head", "mlp", flag, value, "--out", tmp_path / "run"), 2)
+    assert f"'{value}' is out of range" in line, line
+    assert not (tmp_path / "run").exists()

@@ -72,3 +72,15 @@ def test_one_line_refusals(tmp_path):
         Run(tmp_path / "run").predictions("train_oof")
     with pytest.raises(DataError, match="it has: train, val_calib, val_select, val_test"):
         Run(tmp_path / "run").predictions("nope")
+
+
+def test_a_file_system_that_refuses_the_write_is_one_line(tmp_path, monkeypatch):
+    import natix.rundir as rundir
+
+    def refuse(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rundir, "write_predictions", refuse)
+    with pytest.raises(DataError, match=r"cannot write run directory '.*run' \(No space left on device\): pass an --out"):
+        _write(tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()

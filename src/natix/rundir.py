@@ -237,9 +237,18 @@ def write_run(out, *, config: dict, state: dict[str, np.ndarray], splits, predic
     predictor, calibrated predictions, report) are removed first. Metrics are
     :func:`natix.metrics.split_metrics` of each split's ``prob`` and :func:`confidence`.
     """
+    out = check_out(out)
+    try:
+        return _write_run_files(out, config, state, splits, predictions, extra)
+    except OSError as exc:  # a file system that refuses what check_out could not foresee (full, read-only, /proc)
+        raise DataError(f"cannot write run directory '{out}' ({exc.strerror or exc}): pass an --out on a writable "
+                        "file system with free space") from None
+
+
+def _write_run_files(out: Path, config: dict, state: dict, splits, predictions: dict, extra: dict | None) -> dict:
+    """The steps of :func:`write_run` once `out` is checked."""
     from safetensors.numpy import save
 
-    out = check_out(out)
     for name in DERIVED:
         (out / name).unlink(missing_ok=True)
     for path in sorted((out / "predictions").glob("*.npz")):

@@ -279,3 +279,16 @@ def test_ablate_gives_each_job_its_share(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch", raising=False)  # a parent that has not started torch
     assert job_threads(1, 0) == 8 and job_threads(2, 0) == 4 and job_threads(3, 0) == 2
     assert job_threads(2, 3) == 3
+
+
+def test_adamw_divergence_is_one_line_naming_the_fix():
+    from natix.errors import ConfigError
+    from natix.heads.config import HeadConfig, TrainConfig
+    from natix.heads.fitting import fit_heads
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 2, 4)).astype(np.float32)
+    y = (X[:, 0, 0] > 0).astype(np.int64)
+    with pytest.raises(ConfigError, match="training diverged: the loss became .*: lower --lr or --weight-decay"):
+        fit_heads(X, y, X, y, HeadConfig(head="mlp", agg="mean"),
+                  TrainConfig(optimizer="adamw", lr=1e30, max_epochs=3, threads=1))

@@ -92,7 +92,7 @@ def extract_summary(r: dict) -> str:
               help="auto: bf16 autocast on CUDA, fp32 on CPU (part of the cache identity).")
 @click.option("--cache", "cache_root", type=click.Path(file_okay=False), help=CACHE_HELP)
 @click.option("--batch-size", type=COUNT, default=32, show_default=True, help="Images per model step.")
-@click.option("--workers", type=Number(min=0, integer=True), default=2, show_default=True, help="Decoding processes.")
+@click.option("--workers", type=Number(min=0, max=256, integer=True), default=2, show_default=True, help="Decoding processes.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the backbone (CUDA).")
 @click.option("--retry-failures", is_flag=True, help="Decode again images that failed before.")

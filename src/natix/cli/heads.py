@@ -19,8 +19,9 @@ RATIOS = Numbers(Number(min=0, max=1, min_open=True), count=4, what="four comma-
 def head_options(fn):
     """Options shared by fit-head and ablate: the model's hyperparameters and the training."""
     opts = [
-        click.option("--hidden", type=COUNT, default=256, show_default=True, help="MLP width."),
-        click.option("--depth", type=Number(min=0, integer=True), default=1, show_default=True,
+        click.option("--hidden", type=Number(min=1, max=65536, integer=True), default=256, show_default=True,
+                     help="MLP width."),
+        click.option("--depth", type=Number(min=0, max=64, integer=True), default=1, show_default=True,
                      help="MLP hidden layers."),
         click.option("--dropout", type=RATE, default=0.1, show_default=True),
         click.option("--k", "topk", type=COUNT, default=2, show_default=True,
@@ -34,9 +35,9 @@ def head_options(fn):
                      help="auto: full-batch L-BFGS (numpy) for linear heads on global/mean/max/topk, AdamW otherwise."),
         click.option("--l2", type=L2, default="1e-4,1e-3,1e-2,1e-1,1", show_default=True,
                      help="L-BFGS: L2 penalties tried together; the best on val_select is kept."),
-        click.option("--lr", type=Number(min=0, min_open=True), default=None,
+        click.option("--lr", type=Number(min=0, max=10, min_open=True), default=None,
                      help="AdamW learning rate [default: 1e-2 for linear heads, 1e-3 for mlp]."),
-        click.option("--weight-decay", type=Number(min=0), default=1e-4, show_default=True,
+        click.option("--weight-decay", type=Number(min=0, max=100), default=1e-4, show_default=True,
                      help="AdamW weight decay."),
         click.option("--batch-size", type=Number(min=0, integer=True), default=256, show_default=True,
                      help="AdamW batch; 0 = full batch."),

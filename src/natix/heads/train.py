@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from natix import metrics as M
+from natix.errors import ConfigError
 from natix.heads.config import FittedHead, HeadConfig, TrainConfig, limit_threads
 from natix.heads.fitting import fit_heads, fold_ids, out_of_fold
 from natix.heads.linear import feature_stats, standardised_inputs
@@ -156,6 +157,9 @@ def _step(m: _Member, batch, head: HeadConfig, train: TrainConfig, amp) -> None:
                         enabled=amp is not None):
         out = m.model(xb, mask, standardised=True)
     loss = training_loss({k: (t.float() if t is not None else None) for k, t in out.items()}, yb, wb, head)
+    if not torch.isfinite(loss):
+        raise ConfigError(f"training diverged: the loss became {loss.item()} (lr {m.opt.param_groups[0]['lr']:g}, "
+                          f"weight decay {m.opt.param_groups[0]['weight_decay']:g}): lower --lr or --weight-decay")
     m.opt.zero_grad(set_to_none=True)
     loss.backward()
     m.opt.step()
