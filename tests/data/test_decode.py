@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
@@ -482,29 +483,12 @@ def test_a_good_jpeg_decodes_silently_after_a_corrupt_one(capfd) -> None:
 def test_other_output_to_stderr_still_reaches_it_while_jpegs_decode(capfd) -> None:
     """The libjpeg check listens to the process's stderr for a moment; what others write there
     meanwhile is passed on, not swallowed or taken for a warning."""
-    import os
-    import threading
-
-    stop = threading.Event()
-    written = []
-
-    def chatter() -> None:
-        while not stop.is_set() and len(written) < 2000:
-            line = f"other {len(written)}\n"
-            os.write(2, line.encode())
-            written.append(line)
-
-    thread = threading.Thread(target=chatter)
-    thread.start()
-    try:
+    with _chatter() as written:
         good, bad = _photo_jpeg(), _cut_with_eoi(0.5)
         for _ in range(20):
             assert decode_image(good).shape == (256, 256, 3)
             with pytest.raises(DecodeError, match="premature end of data segment"):
                 decode_image(bad)
-    finally:
-        stop.set()
-        thread.join()
     err = capfd.readouterr().err
     assert sorted(err.splitlines(keepends=True)) == sorted(written)
     assert "Corrupt JPEG" not in err
@@ -704,7 +688,9 @@ def test_decode_image_refuses_bytes_above_the_cap_before_decoding() -> None:
         decode_image(padded + b"\x00", max_pixels=64)
 
 
-def test_other_output_to_stderr_is_kept_when_the_decode_itself_fails(capfd) -> None:
+@contextlib.contextmanager
+def _chatter():
+    """A thread writing numbered lines to the process's stderr (fd 2) meanwhile; yields what it wrote."""
     import os
     import threading
 
@@ -720,13 +706,18 @@ def test_other_output_to_stderr_is_kept_when_the_decode_itself_fails(capfd) -> N
     thread = threading.Thread(target=chatter)
     thread.start()
     try:
+        yield written
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_other_output_to_stderr_is_kept_when_the_decode_itself_fails(capfd) -> None:
+    with _chatter() as written:
         good = _photo_jpeg()
         for _ in range(20):
             with pytest.raises(DecodeError):
                 decode_image(good[: len(good) // 2])  # no end marker: the decoder itself raises
-    finally:
-        stop.set()
-        thread.join()
     assert sorted(capfd.readouterr().err.splitlines(keepends=True)) == sorted(written)
 
 
