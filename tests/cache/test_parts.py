@@ -118,3 +118,16 @@ def test_every_flipped_byte_of_a_part_is_caught_or_harmless(tmp_path):
         else:
             assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want), offset
         part.write_bytes(good)
+
+
+@pytest.mark.parametrize("field, offset, bit", [("compression method", 10, 0x63), ("encryption flag", 8, 0x01)])
+def test_a_zip_directory_that_lies_about_a_member_is_caught(tmp_path, field, offset, bit):
+    """A member's central directory entry claims a compression method natix never writes, or
+    encryption alone (a RuntimeError asking for a password, before the encryption check)."""
+    _, (part, _) = _cache_and_parts(tmp_path)
+    data = bytearray(part.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first central directory entry
+    data[entry + offset] ^= bit
+    part.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=f"part file '.*' is damaged .*{'compression' if 'method' in field else 'encrypted'}"):
+        read_part(part)

@@ -75,6 +75,8 @@ def write_part(parts: Path, seq: int, features: np.ndarray, rows: Rows,
 MEMBERS = {"features": ("f", 3), "ids": ("U", 1), "paths": ("U", 1), "labels": ("i", 1), "groups": ("U", 1),
            "sizes": ("i", 2), "fail_ids": ("U", 1), "fail_paths": ("U", 1), "fail_reasons": ("U", 1)}
 # What a damaged zip or .npy member can raise while it is read (each member's CRC-32 is checked).
+# zipfile reports a directory field it cannot honour (a zip version, compression method or flag
+# that damage made up) with NotImplementedError: here that is damage, not missing code.
 _DAMAGE = (OSError, EOFError, ValueError, KeyError, NotImplementedError, OverflowError, struct.error,
            zipfile.BadZipFile, zlib.error)
 
@@ -89,6 +91,7 @@ def read_part(part: Path, *, features: bool = True, shape: tuple[int, int] | Non
     """
     try:
         with zipfile.ZipFile(part) as zf:
+            _check_members(zf)
             arrays = {k: _npy(zf.read(f"{k}.npy")) for k in MEMBERS if features or k != "features"}
             header = ((arrays["features"].shape, arrays["features"].dtype) if features else
                       _npy_header(zf, "features.npy"))
@@ -100,6 +103,14 @@ def read_part(part: Path, *, features: bool = True, shape: tuple[int, int] | Non
     if problem is not None:
         raise damaged_part(part, problem)
     return arrays
+
+
+def _check_members(zf: zipfile.ZipFile) -> None:
+    """Refuse a member the zip directory calls encrypted (natix never encrypts): zipfile would ask
+    for a password with a RuntimeError, which no other damage raises."""
+    for info in zf.infolist():
+        if info.flag_bits & 0x1:
+            raise ValueError(f"member {info.filename} claims to be encrypted")
 
 
 def damaged_part(part: Path, reason: str) -> CacheError:
