@@ -180,7 +180,7 @@ def test_cli_verify_refuses_in_one_line_that_lists_every_problem(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_all_finite_reads_the_exponent_bits(dtype, bad):
-    from natix.cache.verify import all_finite
+    from natix.cache.checksum import all_finite
 
     x = np.linspace(-60000, 60000, 1001, dtype=np.float64).astype(dtype)
     assert all_finite(x) and all_finite(x[:0])

@@ -49,8 +49,26 @@ def blocks_digest(blocks: Iterable[np.ndarray]) -> str:
     """SHA-256 of stored feature blocks in row order (C-contiguous, stored dtype)."""
     h = hashlib.sha256()
     for blk in blocks:
-        h.update(np.ascontiguousarray(blk).tobytes())
+        h.update(np.ascontiguousarray(blk))  # the buffer itself: no copy
     return h.hexdigest()
+
+
+_EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000),
+             np.dtype(np.float64): (np.uint64, 0x7FF0000000000000)}
+
+
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every value of a float array is finite: no exponent field is all ones (NaN, inf).
+
+    Reads the bits as integers, which is several times faster than `np.isfinite` on float16.
+    """
+    x = np.asarray(x)
+    if x.size == 0:
+        return True
+    if x.dtype not in _EXPONENT:
+        return bool(np.isfinite(x).all())
+    uint, mask = _EXPONENT[x.dtype]
+    return int((np.ascontiguousarray(x).view(uint) & mask).max()) != mask
 
 
 def table_digests(*, ids, sizes, labels, paths, groups, conflicts, views, failures) -> dict[str, str]:

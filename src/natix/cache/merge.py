@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from natix import __version__
-from natix.cache.checksum import CHECKSUM_VERSION, attribute, table_digests
+from natix.cache.checksum import CHECKSUM_VERSION, all_finite, attribute, table_digests
 from natix.cache.fingerprint import canonical_json
 from natix.cache.layout import FORMAT, utc_now
 from natix.cache.parts import read_part
@@ -219,9 +219,10 @@ def _copy_old_features(ds, old: FeatureCache | None, digest, spec: CacheSpec, *,
     check = hashlib.sha256()
     start, finite = 0, True
     for blk in old.blocks(block):
-        check.update(blk.tobytes())
-        digest.update(blk.tobytes())
-        finite = finite and bool(np.isfinite(blk).all())
+        buf = np.ascontiguousarray(blk)  # hashed as its buffer: no copy
+        check.update(buf)
+        digest.update(buf)
+        finite = finite and all_finite(blk)
         ds[start:start + len(blk)] = blk
         start += len(blk)
     if check.hexdigest() != old.attrs.get("features_sha256") or not finite:
@@ -240,7 +241,7 @@ def _copy_part_features(ds, rows: MergedRows, parts: list[Path], digest, spec: C
             continue
         feats = read_part(part)["features"][take].astype(spec.store_dtype, copy=False)
         ds[pos:pos + len(take)] = feats
-        digest.update(np.ascontiguousarray(feats).tobytes())
+        digest.update(np.ascontiguousarray(feats))
         pos += len(take)
     assert pos == len(rows.ids), (pos, len(rows.ids))
 

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from natix.cache.checksum import PARTS, attribute, blocks_digest, checksum_version, covered, table_digests
+from natix.cache.checksum import (
+    PARTS,
+    all_finite,
+    attribute,
+    blocks_digest,
+    checksum_version,
+    covered,
+    table_digests,
+)
 from natix.cache.fingerprint import fingerprint
 from natix.cache.layout import ROW_FIELDS, STEM_LEN, pending_parts, remove_empty_parts
 from natix.cache.lock import CacheLock, describe
@@ -123,24 +131,6 @@ def _scan(cache: FeatureCache, rows: np.ndarray | None, block: int) -> tuple[np.
     return out, problems
 
 
-_EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000),
-             np.dtype(np.float64): (np.uint64, 0x7FF0000000000000)}
-
-
-def all_finite(x: np.ndarray) -> bool:
-    """Whether every value of a float array is finite: no exponent field is all ones (NaN, inf).
-
-    Reads the bits as integers, which is several times faster than `np.isfinite` on float16.
-    """
-    x = np.asarray(x)
-    if x.size == 0:
-        return True
-    if x.dtype not in _EXPONENT:
-        return bool(np.isfinite(x).all())
-    uint, mask = _EXPONENT[x.dtype]
-    return int((np.ascontiguousarray(x).view(uint) & mask).max()) != mask
-
-
 def damage_error(path: Path, problems: list[Problem], *, note: str = "") -> CacheError:
     """The one-line error for a damaged cache file: the first problem, where to see all, the fix and a `note`."""
     first = problems[0]
@@ -195,5 +185,5 @@ def _verify(path: Path, cache: FeatureCache) -> dict:
             "dim": d}
 
 
-__all__ = ["PARTS", "REPAIRABLE", "Problem", "all_finite", "damage_error", "feature_problems", "features_digest", "read_checked",
+__all__ = ["PARTS", "REPAIRABLE", "Problem", "damage_error", "feature_problems", "features_digest", "read_checked",
            "stored_digests", "table_problems", "verify_cache"]

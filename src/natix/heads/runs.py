@@ -19,8 +19,9 @@ import numpy as np
 
 from natix import metrics as M
 from natix import rundir
+from natix.cache.checksum import all_finite
 from natix.cache.store import open_cache
-from natix.cache.verify import Problem, all_finite, damage_error, read_checked, table_problems
+from natix.cache.verify import Problem, damage_error, read_checked, table_problems
 from natix.errors import ConfigError, DataError
 from natix.heads.fitting import check_oof_folds
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
