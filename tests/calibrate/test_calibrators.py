@@ -334,10 +334,10 @@ def test_reward_objective(small_shifted):
     for k in (1, 32):
         est = DecisionThreshold(objective="reward", max_candidates=k).fit(p, y)
         assert 0 < est.threshold_ < 1
-        assert est.score_ == pytest.approx(M.natix_reward_windows(y, est.transform(p))[1])
+        assert est.score_ == pytest.approx(M.ordered_rewards(y, est.transform(p))[1])
         # "decide at 0.5" is always among the candidates, so re-centring never scores worse.
-        assert est.score_ >= M.natix_reward_windows(y, p)[1]
-    assert est.score_ > M.natix_reward_windows(y, p)[1]  # on shifted scores it helps
+        assert est.score_ >= M.ordered_rewards(y, p)[1]
+    assert est.score_ > M.ordered_rewards(y, p)[1]  # on shifted scores it helps
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_cascade_run_writes_strict_json_and_the_curve(runs, tmp_path):
     assert doc["mode"] == "certified" and doc["router"]["target_risk"] == 0.1
     assert doc["stages"] == [str(runs["stage1"]), str(runs["stage2"])]
     assert len(doc["router"]["thresholds"]) == 1
-    assert {"accuracy", "mcc", "natix_reward", "deferral"} <= set(doc["metrics"])
+    assert {"accuracy", "mcc", "reward_ordered", "deferral"} <= set(doc["metrics"])
     assert doc["metrics"]["accuracy"] == pytest.approx(res["accuracy"])
     assert doc["compute"]["expected_gflops"] is None and "synthetic" in doc["per_stage"][0]["compute_note"]
     assert "LTT" in doc["calibration"]["procedure"]

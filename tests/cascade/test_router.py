@@ -119,9 +119,9 @@ def test_budget_holds_on_calibration_and_beats_stage1_alone(runs):
     assert stage.mean() <= 0.3
     y = c1["labels"]
     joint = router.predict_proba([c1["prob"], c2["prob"]])
-    reward = M.natix_reward_windows(y, joint)[1]
+    reward = M.ordered_rewards(y, joint)[1]
     assert reward == pytest.approx(router.reward_calib_)
-    assert reward >= M.natix_reward_windows(y, c1["prob"])[1]
+    assert reward >= M.ordered_rewards(y, c1["prob"])[1]
 
 
 def test_budget_is_spent_when_stage2_is_perfect_and_saved_when_it_is_useless():

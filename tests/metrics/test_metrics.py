@@ -167,7 +167,7 @@ def test_natix_reward_mixed_hand_case():
     # last 10 all correct; MCC over all 12: tp=4 tn=6 fp=0 fn=2 -> 24 / sqrt(4*6*6*8)
     expected_mcc = 24 / np.sqrt(4 * 6 * 6 * 8)
     assert M.natix_reward(y, p) == pytest.approx((0.5 * expected_mcc + 0.5) ** 3)
-    rewards, mean = M.natix_reward_windows(y, p)
+    rewards, mean = M.ordered_rewards(y, p)
     assert rewards.shape == (12,)
     assert rewards[0] == 0.0  # one wrong answer: accuracy 0, MCC 0
     assert rewards[-1] == pytest.approx(M.natix_reward(y, p))
@@ -179,7 +179,7 @@ def test_natix_reward_uses_only_the_last_windows():
     p = np.where(y == 1, 0.9, 0.1)
     p[:50] = 1 - p[:50]  # the first 50 answers are wrong, outside the last 100
     assert M.natix_reward(y, p) == pytest.approx(1.0)
-    rewards, _ = M.natix_reward_windows(y, p)
+    rewards, _ = M.ordered_rewards(y, p)
     assert rewards[99] < 1.0  # at step 100 the wrong answers are still in the MCC window
     # a single wrong answer 11 steps back leaves accuracy at 1, 10 steps back does not
     q = np.where(y == 1, 0.9, 0.1)
@@ -190,11 +190,11 @@ def test_natix_reward_uses_only_the_last_windows():
     assert M.natix_reward(y, q) < r
 
 
-def test_natix_reward_windows_matches_a_naive_loop(rng):
+def test_ordered_rewards_matches_a_naive_loop(rng):
     y = rng.integers(0, 2, 130)
     p = rng.random(130)
     p[rng.random(130) < 0.05] = -1.0
-    rewards, _ = M.natix_reward_windows(y, p)
+    rewards, _ = M.ordered_rewards(y, p)
     for t in (1, 7, 10, 11, 99, 100, 101, 130):
         yy, pp = y[max(0, t - 100) : t], p[max(0, t - 100) : t]
         dec = np.where((pp >= 0) & (pp <= 1), np.round(pp), 1 - yy)

@@ -35,7 +35,7 @@ __all__ = ["EXITS", "METHODS", "SUMMARY_METRICS", "CalibrationMap", "Calibration
 
 METHODS = tuple(CALIBRATORS)
 # The val_test metrics calibrate_run reports before and after calibration.
-SUMMARY_METRICS = ("ece", "nll", "brier", "mcc", "accuracy", "natix_reward")
+SUMMARY_METRICS = ("ece", "nll", "brier", "mcc", "accuracy", "reward_ordered")
 
 
 def certify_fold(ids: np.ndarray, seed: int = 0) -> np.ndarray:

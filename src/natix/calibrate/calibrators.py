@@ -44,7 +44,7 @@ from natix.calibrate.checks import (
 )
 from natix.calibrate.state import StateError, Stateful, state_number, state_vector
 from natix.errors import ConfigError, DataError
-from natix.metrics import natix_reward_windows, predictions
+from natix.metrics import ordered_rewards, predictions
 from natix.metrics.inputs import mcc_from_counts
 from natix.registry import Registry
 
@@ -417,7 +417,7 @@ class DecisionThreshold(BinaryCalibrator):
     ----------
     objective : {"mcc", "reward", "fnr"}, default="mcc"
         ``"mcc"``: maximise the Matthews correlation over all candidates (exact, one sweep).
-        ``"reward"``: maximise the mean NATIX reward ``natix_reward_windows(y, transform(p))[1]``
+        ``"reward"``: maximise the mean NATIX reward ``ordered_rewards(y, transform(p))[1]``
         with ``y`` in the order given (pass calibration data in a shuffled, arrival-like order).
         The reward is a windowed, order-dependent quantity that costs O(n) per candidate, so only
         ``max_candidates`` candidates evenly spaced in rank are scored, plus the MCC-optimal one
@@ -498,7 +498,7 @@ class DecisionThreshold(BinaryCalibrator):
         k_half = int(np.searchsorted(values, 0.5, side="right")) - 1  # same decisions as p > 0.5
         spaced = np.linspace(0, m - 1, min(int(self.max_candidates), m)).round().astype(np.int64)
         ks = np.unique(np.concatenate([spaced, [k_mcc, min(k_half, m - 1)]]))
-        rewards = np.array([natix_reward_windows(y, recentre(p, float(candidates[k])))[1] for k in ks])
+        rewards = np.array([ordered_rewards(y, recentre(p, float(candidates[k])))[1] for k in ks])
         j = _closest_to_half(candidates[ks], rewards)
         return int(ks[j]), rewards[j]
 

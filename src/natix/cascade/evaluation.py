@@ -59,7 +59,7 @@ def deferral_table(labels, prob1, confidence1, prob2, *, n_points: int = CURVE_P
 
 
 def _scores(y: np.ndarray, p: np.ndarray) -> dict:
-    return {"accuracy": M.accuracy(y, p), "mcc": M.mcc(y, p), "natix_reward": M.natix_reward_windows(y, p)[1]}
+    return {"accuracy": M.accuracy(y, p), "mcc": M.mcc(y, p), "reward_ordered": M.ordered_rewards(y, p)[1]}
 
 
 def _image_paths(stage: dict, ids: np.ndarray) -> list[str]:
@@ -129,7 +129,7 @@ def evaluate_cascade(stage_runs: Sequence, router, *, stage3=None) -> dict:
 
     Returns
     -------
-    dict: ``n``, ``accuracy``, ``mcc``, ``natix_reward`` (mean over the windows, val_test in its
+    dict: ``n``, ``accuracy``, ``mcc``, ``reward_ordered`` (mean over the windows, val_test in its
     stored order), ``thresholds``, ``stages`` (per stage: source, reach, answered, accuracy on
     the answered samples, the run's own scores alone, GFLOPs), ``deferral`` (fraction reaching
     each stage), ``compute`` (expected GFLOPs per image, None when a reached stage's compute is
@@ -215,7 +215,7 @@ def write_cascade(out: Path, result: dict, *, router, calibration: dict, sources
     doc = {"mode": router.mode_,
            "router": {**router.get_params(), "thresholds": router.thresholds_},
            "stages": sources, "confidence": confidences, "calibration": calibration,
-           "metrics": {k: result[k] for k in ("split", "n", "accuracy", "mcc", "natix_reward", "deferral")},
+           "metrics": {k: result[k] for k in ("split", "n", "accuracy", "mcc", "reward_ordered", "deferral")},
            "per_stage": result["stages"], "compute": result["compute"],
            "s_d": result["curve"]["s_d"], "files": files}
     write_json(out / "cascade.json", doc)

@@ -31,7 +31,7 @@ Thresholds (:class:`Router`), in one of two modes:
     Among the thresholds that respect the budget (``-inf``, the quantiles of the arrivals'
     confidence up to the budget, and the largest threshold that fits the budget exactly), the
     one whose joint answers have the highest mean NATIX reward (:func:`natix.metrics.
-    natix_reward_windows`, calibration rows in their stored order) wins; ties go to the smaller
+    ordered_rewards`, calibration rows in their stored order) wins; ties go to the smaller
     deferral. With three stages that all have calibration data, (tau_1, tau_2) are searched
     jointly, each stage's budget applied to that stage's arrivals. An external last stage has no
     calibration data: the thresholds before it are chosen as if the stage in front of it
@@ -188,7 +188,7 @@ class Router(BaseEstimator):
         else:
             self._fit_budget(stages, y, float(self.budget))
         self.reach_calib_ = self._reach([s[1] if s else None for s in stages], np.arange(len(y)))
-        self.reward_stage1_calib_ = M.natix_reward_windows(y, stages[0][0])[1]
+        self.reward_stage1_calib_ = M.ordered_rewards(y, stages[0][0])[1]
         return self
 
     def _reach(self, confidences, rows) -> list[float]:
@@ -248,7 +248,7 @@ class Router(BaseEstimator):
             if k == K - 1:  # the last stage answers what reaches it
                 a = answers.copy()
                 a[rows] = p[rows]
-                reward = M.natix_reward_windows(y, a)[1]
+                reward = M.ordered_rewards(y, a)[1]
                 if reward > best["reward"]:  # strict: ties keep the smaller deferral (searched first)
                     best.update(reward=reward, thresholds=list(thresholds))
                 return
@@ -264,7 +264,7 @@ class Router(BaseEstimator):
                 search(k + 1, rows[~keep], thresholds + [tau], a)
 
         def search_last(thresholds: list, answers: np.ndarray) -> None:
-            reward = M.natix_reward_windows(y, answers)[1]
+            reward = M.ordered_rewards(y, answers)[1]
             if reward > best["reward"]:
                 best.update(reward=reward, thresholds=list(thresholds))
 

@@ -80,7 +80,7 @@ def cascade_text(res: dict) -> str:
         f"cascade ({res['mode']}) -> {res['out']}/cascade.json, cascade_curve.csv, cascade_curve.png",
         f"thresholds per stage: {res['thresholds']}",
         f"val_test ({res['n']} images; fractions): accuracy {res['accuracy']:.4f}, MCC {res['mcc']:.4f}, "
-        f"NATIX reward {res['natix_reward']:.4f}",
+        f"NATIX reward {res['reward_ordered']:.4f}",
         "reaching stage 2, 3, ...: " + ", ".join(f"{d:.4f}" for d in res["deferral"]),
         f"compute per image: {compute}",
         f"guarantee: {res['calibration']['guarantee']}"])

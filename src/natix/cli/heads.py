@@ -8,7 +8,7 @@ from natix.cli.calibrate import calibration_summary
 from natix.cli.common import COUNT, LEVEL, SEED, THREADS, Number, Numbers, comma_names, echo_json, echo_result
 from natix.cli.group import cli, library_errors
 
-TABLE_METRICS = ("n", "accuracy", "mcc", "auroc", "nll", "ece", "augrc", "natix_reward")
+TABLE_METRICS = ("n", "accuracy", "mcc", "auroc", "nll", "ece", "augrc", "reward_ordered")
 TABLE_SPLITS = ("train", "val_select", "val_calib", "val_test", "train_oof")
 RATE = Number(min=0, max=1, max_open=True)  # dropout
 L2 = Numbers(Number(min=0), what="comma-separated L2 penalties", example="1e-3,1e-2")

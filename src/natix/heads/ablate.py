@@ -32,7 +32,7 @@ from natix.rundir import check_out, confidence
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ("auroc", "mcc", "accuracy", "nll", "ece", "augrc", "natix_reward")
+TABLE_METRICS = ("auroc", "mcc", "accuracy", "nll", "ece", "augrc", "reward_ordered")
 # Metrics with a leaderboard CI. Binned ECE is left out: resampled rows bias it upward, so its
 # bootstrap interval can miss the row's own value.
 CI_METRICS = {"auroc": M.auroc, "mcc": M.mcc, "accuracy": M.accuracy, "nll": M.nll, "brier": M.brier,

@@ -292,7 +292,7 @@ def _binned(y_true, y_prob, n_bins, strategy: str) -> tuple[np.ndarray, np.ndarr
 # --------------------------------------------------------------------------------------------
 
 
-def natix_reward_windows(
+def ordered_rewards(
     y_true, y_prob, *, mcc_window: int = 100, acc_window: int = 10
 ) -> tuple[np.ndarray, float]:
     """NATIX validator reward after every step of a sequence of answers.
@@ -346,7 +346,7 @@ def natix_reward_windows(
 
 def natix_reward(y_true, y_prob, *, mcc_window: int = 100, acc_window: int = 10) -> float:
     """NATIX validator reward after the whole sequence: the last entry of
-    :func:`natix_reward_windows` (MCC over the last 100 answers, accuracy over the last 10).
+    :func:`ordered_rewards` (MCC over the last 100 answers, accuracy over the last 10).
 
     Parameters
     ----------
@@ -358,7 +358,7 @@ def natix_reward(y_true, y_prob, *, mcc_window: int = 100, acc_window: int = 10)
     -------
     float in [0, 1]
     """
-    rewards, _ = natix_reward_windows(y_true, y_prob, mcc_window=mcc_window, acc_window=acc_window)
+    rewards, _ = ordered_rewards(y_true, y_prob, mcc_window=mcc_window, acc_window=acc_window)
     return float(rewards[-1])
 
 

@@ -18,7 +18,7 @@ _METRICS = {
     "auroc": (C.auroc, False), "auprc": (C.auprc, False), "nll": (C.nll, False), "brier": (C.brier, False),
     "ece": (C.ece, False), "ece_mass": (lambda y, p: C.ece(y, p, strategy="quantile"), False),
     "aurc": (S.aurc, True), "augrc": (S.augrc, True), "e_augrc": (S.e_augrc, True), "auroc_f": (S.auroc_failure, True),
-    "natix_reward": (lambda y, p: C.natix_reward_windows(y, p)[1], False),
+    "reward_ordered": (lambda y, p: C.ordered_rewards(y, p)[1], False),
 }
 METRIC_NAMES = tuple(_METRICS)
 LOWER_IS_BETTER = frozenset({"nll", "brier", "ece", "ece_mass", "aurc", "augrc", "e_augrc"})
