@@ -4,7 +4,8 @@ Version 2 (``checksum_version = 2``) records one SHA-256 per part of the file, s
 says what was damaged and whether the image source can repair it::
 
     features_sha256   the features, row by row in the stored dtype
-    ids_sha256        image ids and image sizes (what the image bytes decide)
+    ids_sha256        row ids and image sizes (what the image bytes decide), and in a challenge
+                      cache each draw's record
     labels_sha256     labels, paths, groups and label conflicts (what the source listing decides)
     views_sha256      the view table (what the view recipe decides)
     failures_sha256   the recorded failures
@@ -71,16 +72,18 @@ def all_finite(x: np.ndarray) -> bool:
     return int((np.ascontiguousarray(x).view(uint) & mask).max()) != mask
 
 
-def table_digests(*, ids, sizes, labels, paths, groups, conflicts, views, failures) -> dict[str, str]:
+def table_digests(*, ids, sizes, labels, paths, groups, conflicts, views, failures, challenge=None) -> dict[str, str]:
     """The digests of everything but the features, from plain values as written or as read back.
 
     `conflicts` holds ``(id, path, label)`` per listing of an image listed with conflicting
     labels, `views` ``(name, box, flip)`` per view, `failures` ``(id, path, reason)`` per
-    failure, `sizes` ``(height, width)`` per row. Values are normalised (ints, floats, str)
+    failure, `sizes` ``(height, width)`` per row, `challenge` (challenge caches only) each draw's
+    record, covered with the ids (the draw decides it as the bytes decide the id). Values are normalised (ints, floats, str)
     first, so the writer's lists and the reader's arrays give the same digests.
     """
     return {
-        "ids": _digest([[str(i) for i in ids], [[int(h), int(w)] for h, w in sizes]]),
+        "ids": _digest([[str(i) for i in ids], [[int(h), int(w)] for h, w in sizes],
+                        *([[str(c) for c in challenge]] if challenge is not None else [])]),
         "labels": _digest([[int(x) for x in labels], [str(p) for p in paths], [str(g) for g in groups],
                            [[str(i), str(p), int(x)] for i, p, x in conflicts]]),
         "views": _digest([[str(n), [float(b) for b in box], bool(fl)] for n, box, fl in views]),

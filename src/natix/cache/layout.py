@@ -13,11 +13,31 @@ import datetime as dt
 import os
 from pathlib import Path
 
+import numpy as np
+
 from natix.errors import CacheError
 
 STEM_LEN = 16
 FORMAT = "natix-features/1"
 ROW_FIELDS = ("ids", "paths", "labels", "groups", "sizes")
+# A challenge cache holds several draws of each image: its row ids are "<image id>:<draw>".
+DRAW_SEP = ":"
+
+
+def row_id(image_id: str, draw: int) -> str:
+    """The row id of draw `draw` of image `image_id` in a challenge cache."""
+    return f"{image_id}{DRAW_SEP}{draw}"
+
+
+def image_of(row: str) -> str:
+    """The image id of a row id (a row id without a draw is the image id itself)."""
+    return row.partition(DRAW_SEP)[0]
+
+
+def image_ids(rows) -> np.ndarray:
+    """The image id of every row id in `rows`, as a str array."""
+    rows = np.asarray(rows).astype(str)
+    return np.char.partition(rows, DRAW_SEP)[:, 0] if rows.size else rows
 
 
 def cache_path(root: str | os.PathLike, fp: str) -> Path:

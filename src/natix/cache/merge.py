@@ -22,7 +22,7 @@ import numpy as np
 from natix import __version__
 from natix.cache.checksum import CHECKSUM_VERSION, all_finite, attribute, table_digests
 from natix.cache.fingerprint import canonical_json
-from natix.cache.layout import FORMAT, utc_now
+from natix.cache.layout import FORMAT, image_of, utc_now
 from natix.cache.parts import read_part
 from natix.cache.reader import FeatureCache
 from natix.cache.space import is_no_space, no_space, release_after_full_disk, reserve, size_bound
@@ -63,18 +63,20 @@ class MergedRows:
     labels: list[int] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
+    challenge: list[str] = field(default_factory=list)  # per row, the draw's record (challenge caches only)
     take: list[list[int]] = field(default_factory=list)  # per part, the rows it contributes (first id wins)
     # (id, path when id is "") → (path, reason); a later record of the same failure wins
     failures: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # (id, path, label) per listing of an image listed with conflicting labels, by id
     conflicts: list[tuple[str, str, int]] = field(default_factory=list)
 
-    def add(self, image_id: str, path: str, label: int, group: str, size: tuple[int, int]) -> None:
-        self.ids.append(image_id)
+    def add(self, row: str, path: str, label: int, group: str, size: tuple[int, int], challenge: str = "") -> None:
+        self.ids.append(row)
         self.paths.append(path)
         self.labels.append(label)
         self.groups.append(group)
         self.sizes.append(size)
+        self.challenge.append(challenge)
 
     def add_failure(self, image_id: str, path: str, reason: str) -> None:
         self.failures[(image_id, path if not image_id else "")] = (path, reason)
@@ -86,9 +88,10 @@ def collect_rows(old: FeatureCache | None, parts: list[Path], *, old_failures: b
     rows = MergedRows()
     if old is not None:
         rows.n_old = len(old)
-        for i, p, lab, g, sz in zip(old.ids.tolist(), old.paths.tolist(), old.labels.astype(int).tolist(),
-                                    old.groups.tolist(), old.sizes):
-            rows.add(i, p, lab, g, tuple(map(int, sz)))
+        records = old.challenge.tolist() if old.challenge is not None else [""] * len(old)
+        for i, p, lab, g, sz, c in zip(old.ids.tolist(), old.paths.tolist(), old.labels.astype(int).tolist(),
+                                       old.groups.tolist(), old.sizes, records):
+            rows.add(i, p, lab, g, tuple(map(int, sz)), c)
         for fl in old.failures if old_failures else ():
             rows.add_failure(fl["id"], fl["path"], fl["reason"])
     seen = set(rows.ids)
@@ -101,7 +104,7 @@ def collect_rows(old: FeatureCache | None, parts: list[Path], *, old_failures: b
             seen.add(i)
             take.append(r)
             rows.add(i, str(meta["paths"][r]), int(meta["labels"][r]), str(meta["groups"][r]),
-                     tuple(int(x) for x in meta["sizes"][r]))
+                     tuple(int(x) for x in meta["sizes"][r]), str(meta["challenge"][r]) if "challenge" in meta else "")
         rows.take.append(take)
         for i, p, reason in zip(meta["fail_ids"].tolist(), meta["fail_paths"].tolist(),
                                 meta["fail_reasons"].tolist()):
@@ -110,15 +113,17 @@ def collect_rows(old: FeatureCache | None, parts: list[Path], *, old_failures: b
 
 
 def apply_updates(rows: MergedRows, updates: dict[str, tuple[str, int, str]]) -> None:
-    """Set the new path, label and group of cached images, then drop the failures since resolved.
+    """Set the new path, label and group of cached images (keyed by image id: every draw of a
+    challenge cache's image), then drop the failures since resolved.
 
-    An id that now has features is no longer a failure, nor is an unreadable path that was
+    An image that now has features is no longer a failure, nor is an unreadable path that was
     read since.
     """
     for r, i in enumerate(rows.ids):
+        i = image_of(i)
         if i in updates:
             rows.paths[r], rows.labels[r], rows.groups[r] = updates[i]
-    have_ids, have_paths = set(rows.ids), set(rows.paths)
+    have_ids, have_paths = set(map(image_of, rows.ids)), set(rows.paths)
     rows.failures = {k: v for k, v in rows.failures.items()
                      if not (k[0] in have_ids if k[0] else v[0] in have_paths)}
 
@@ -143,6 +148,7 @@ def merged_size(rows: MergedRows, spec: CacheSpec) -> int:
     text = sum(len(t.encode()) for t in rows.paths) + sum(len(t.encode()) for t in rows.groups)
     text += sum(len(p.encode()) + len(r.encode()) for p, r in rows.failures.values())
     text += sum(len(p.encode()) for _, p, _ in rows.conflicts)
+    text += sum(len(c.encode()) + 16 for c in rows.challenge)  # + the wider ids of challenge rows
     return size_bound(n_rows=n, row_bytes=len(spec.view_table) * spec.dim * spec.store_dtype.itemsize,
                       chunk_rows=_chunk_rows(n, spec), text_bytes=text,
                       n_records=len(rows.failures) + len(rows.conflicts))
@@ -178,10 +184,11 @@ def _fill(f, rows: MergedRows, old: FeatureCache | None, parts: list[Path], spec
     ds = _features_dataset(f, len(rows.ids), spec)
     _copy_old_features(ds, old, digest, spec, block=block)
     _copy_part_features(ds, rows, parts, digest, spec)
-    write_tables(f, rows, spec.view_table)
+    challenge = rows.challenge if "challenge" in spec.identity else None
+    write_tables(f, rows, spec.view_table, challenge)
     digests = {"features": digest.hexdigest(), **table_digests(
         ids=rows.ids, sizes=rows.sizes, labels=rows.labels, paths=rows.paths, groups=rows.groups,
-        conflicts=rows.conflicts,
+        conflicts=rows.conflicts, challenge=challenge,
         views=[(t["name"], t["box"], t["flip"]) for t in spec.view_table],
         failures=[(k[0], *rows.failures[k]) for k in sorted(rows.failures)])}
     f.attrs["format"] = FORMAT
@@ -246,13 +253,16 @@ def _copy_part_features(ds, rows: MergedRows, parts: list[Path], digest, spec: C
     assert pos == len(rows.ids), (pos, len(rows.ids))
 
 
-def write_tables(f, rows: MergedRows, view_table: list[dict]) -> None:
-    """The row metadata, the view table and the failures."""
+def write_tables(f, rows: MergedRows, view_table: list[dict], challenge: list[str] | None = None) -> None:
+    """The row metadata (with each draw's record in a challenge cache), the view table and the failures."""
     import h5py
 
     str_dt = h5py.string_dtype("utf-8")
     n = len(rows.ids)
-    f.create_dataset("ids", data=np.array(rows.ids, dtype="S64"))
+    width = max([64, *map(len, rows.ids)])  # image ids are 64 hex digits; challenge rows add ":<draw>"
+    f.create_dataset("ids", data=np.array(rows.ids, dtype=f"S{width}"))
+    if challenge is not None:
+        f.create_dataset("challenge", data=np.array(challenge, dtype=object).reshape(n), dtype=str_dt)
     f.create_dataset("paths", data=np.array(rows.paths, dtype=object), dtype=str_dt)
     f.create_dataset("labels", data=np.array(rows.labels, dtype=np.int8))
     f.create_dataset("groups", data=np.array(rows.groups, dtype=object), dtype=str_dt)
@@ -286,7 +296,7 @@ def merge_into(tmp: Path, old: FeatureCache | None, parts: list[Path], spec: Cac
     check_parts(parts, spec)
     rows = collect_rows(old, parts, old_failures=old_failures)
     apply_updates(rows, updates)
-    have = set(rows.ids)
+    have = set(map(image_of, rows.ids))
     rows.conflicts = [(i, p, x) for i in sorted(conflicts) if i in have for p, x in conflicts[i]]
     size = merged_size(rows, spec)
     reserve(tmp, size)

@@ -29,7 +29,9 @@ class Rows:
     paths: list[str]
     labels: list[int]  # -1 when unknown
     groups: list[str]  # "" when none
-    sizes: list[tuple[int, int]]  # (height, width) of the decoded source image
+    sizes: list[tuple[int, int]]  # (height, width) of the decoded image the views were cut from
+    # Challenge caches only: per row, the draw's JSON record (natix.data.challenge); None elsewhere.
+    challenge: list[str] | None = None
 
 
 def part_number(part: Path) -> int:
@@ -49,7 +51,7 @@ def write_part(parts: Path, seq: int, features: np.ndarray, rows: Rows,
     tmp = parts / f"part-{seq:06d}.tmp"
     arrays = {
         "features": features,
-        "ids": np.array(rows.ids, dtype="U64").reshape(n),
+        "ids": np.array(rows.ids, dtype=str).reshape(n),
         "paths": np.array(rows.paths, dtype=str).reshape(n),
         "labels": np.array(rows.labels, dtype=np.int8).reshape(n),
         "groups": np.array(rows.groups, dtype=str).reshape(n),
@@ -58,6 +60,8 @@ def write_part(parts: Path, seq: int, features: np.ndarray, rows: Rows,
         "fail_paths": np.array([f[1] for f in failures], dtype=str),
         "fail_reasons": np.array([f[2] for f in failures], dtype=str),
     }
+    if rows.challenge is not None:
+        arrays["challenge"] = np.array(rows.challenge, dtype=str).reshape(n)
     try:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -74,6 +78,8 @@ def write_part(parts: Path, seq: int, features: np.ndarray, rows: Rows,
 # Members of a part file and the dtype kind and rank of each (U: str, i: integer, f: float).
 MEMBERS = {"features": ("f", 3), "ids": ("U", 1), "paths": ("U", 1), "labels": ("i", 1), "groups": ("U", 1),
            "sizes": ("i", 2), "fail_ids": ("U", 1), "fail_paths": ("U", 1), "fail_reasons": ("U", 1)}
+# Members only some parts hold (challenge caches), with the same description.
+OPTIONAL = {"challenge": ("U", 1)}
 # What a damaged zip or .npy member can raise while it is read (each member's CRC-32 is checked).
 # zipfile reports a directory field it cannot honour (a zip version, compression method or flag
 # that damage made up) with NotImplementedError: here that is damage, not missing code.
@@ -93,6 +99,8 @@ def read_part(part: Path, *, features: bool = True, shape: tuple[int, int] | Non
         with zipfile.ZipFile(part) as zf:
             _check_members(zf)
             arrays = {k: _npy(zf.read(f"{k}.npy")) for k in MEMBERS if features or k != "features"}
+            names = set(zf.namelist())
+            arrays.update({k: _npy(zf.read(f"{k}.npy")) for k in OPTIONAL if f"{k}.npy" in names})
             header = ((arrays["features"].shape, arrays["features"].dtype) if features else
                       _npy_header(zf, "features.npy"))
     except _DAMAGE as exc:
@@ -140,12 +148,14 @@ def _structure_problem(arrays: dict, feature_shape: tuple[int, ...], feature_dty
     """What is wrong with the members of a part, or None."""
     found = {k: (v.shape, v.dtype) for k, v in arrays.items()}
     found["features"] = (feature_shape, feature_dtype)
-    for name, (kind, ndim) in MEMBERS.items():
+    for name, (kind, ndim) in {**MEMBERS, **OPTIONAL}.items():
+        if name not in found:
+            continue
         shape, dtype = found[name]
         if len(shape) != ndim or dtype.kind != kind:
             return f"member {name} has shape {shape} and dtype {dtype}"
     n = feature_shape[0]
-    for name in ("ids", "paths", "labels", "groups", "sizes"):
+    for name in ("ids", "paths", "labels", "groups", "sizes", *[k for k in OPTIONAL if k in found]):
         if found[name][0][0] != n:
             return f"{name} has {found[name][0][0]} rows, features {n}"
     if found["sizes"][0][1] != 2:

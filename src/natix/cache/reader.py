@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from natix.cache.layout import FORMAT, pending_parts
+from natix.cache.layout import FORMAT, image_ids, pending_parts
 from natix.errors import CacheError, ConfigError
 
 
@@ -59,6 +59,8 @@ class FeatureCache:
             self.labels = f["labels"][()]
             self.groups = _strings(f["groups"][()])
             self.sizes = f["sizes"][()]
+            # Challenge caches: each row's draw record (JSON: draw, source size, drawn parameters).
+            self.challenge = _strings(f["challenge"][()]) if "challenge" in f else None
             self.shape = tuple(f["features"].shape)
             self.dtype = np.dtype(f["features"].dtype)
             v = f["views"]
@@ -111,6 +113,28 @@ class FeatureCache:
     def conflict_ids(self) -> frozenset[str]:
         """Images whose identical bytes the source listed with conflicting labels (held out of every split)."""
         return frozenset(c["id"] for c in self.conflicts)
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """The image id of every row: the row id itself, or in a challenge cache the id without ``:<draw>``."""
+        return image_ids(self.ids) if self.challenge is not None else self.ids
+
+    @property
+    def draws(self) -> list[dict] | None:
+        """Each row's draw record in a challenge cache (``draw``, ``source_size``, ``params`` with ``level``);
+        None for a cache of plain images."""
+        if self.challenge is None:
+            return None
+        return [json.loads(c) for c in self.challenge]
+
+    @property
+    def levels(self) -> np.ndarray:
+        """The validator augmentation level (0-3) of every row; -1 where the row has none."""
+        draws = self.draws
+        if draws is None:
+            return np.full(len(self), -1, dtype=np.int8)
+        return np.array([-1 if d["params"].get("level") is None else d["params"]["level"] for d in draws],
+                        dtype=np.int8)
 
     @property
     def view_names(self) -> list[str]:

@@ -25,7 +25,7 @@ from natix.cache.checksum import (
     table_digests,
 )
 from natix.cache.fingerprint import fingerprint
-from natix.cache.layout import ROW_FIELDS, STEM_LEN, pending_parts, remove_empty_parts
+from natix.cache.layout import ROW_FIELDS, STEM_LEN, image_ids, pending_parts, remove_empty_parts
 from natix.cache.lock import CacheLock, describe
 from natix.cache.parts import read_part
 from natix.cache.reader import FeatureCache
@@ -67,6 +67,10 @@ def table_problems(cache: FeatureCache) -> list[Problem]:
                  for name in ROW_FIELDS if len(getattr(cache, name)) != n]
     if len(cache.views) != v:
         problems.append(Problem("structure", f"view table has {len(cache.views)} views, features have {v}"))
+    records = -1 if cache.challenge is None else len(cache.challenge)
+    if ("challenge" in cache.identity) != (records >= 0) or records not in (-1, n):
+        problems.append(Problem("structure", f"challenge draw records ({max(records, 0)}) do not match its identity "
+                                             f"and its {n} rows"))
     if problems:
         return problems  # the other checks assume aligned rows
     if len(np.unique(cache.ids)) != n:
@@ -82,7 +86,7 @@ def table_problems(cache: FeatureCache) -> list[Problem]:
 
 def _hex_digests(ids: np.ndarray) -> bool:
     """Whether every id is 64 lowercase hex digits (what `natix extract` writes; synthetic caches may differ)."""
-    raw = np.asarray(ids).astype("S64")
+    raw = image_ids(ids).astype("S64")
     return bool((np.char.str_len(raw) == 64).all() and _HEX[raw.view(np.uint8)].all())
 
 
@@ -92,7 +96,8 @@ def stored_digests(cache: FeatureCache) -> dict[str, str]:
                          paths=cache.paths.tolist(), groups=cache.groups.tolist(),
                          conflicts=[(c["id"], c["path"], c["label"]) for c in cache.conflicts],
                          views=[(x.name, x.box, x.flip) for x in cache.views],
-                         failures=[(fl["id"], fl["path"], fl["reason"]) for fl in cache.failures])
+                         failures=[(fl["id"], fl["path"], fl["reason"]) for fl in cache.failures],
+                         challenge=cache.challenge.tolist() if cache.challenge is not None else None)
 
 
 def feature_problems(cache: FeatureCache, block: int = 4096) -> list[Problem]:

@@ -17,6 +17,7 @@ import numpy as np
 from natix.cache.fingerprint import fingerprint
 from natix.cache.layout import (
     cache_path,
+    image_of,
     fsync_dir,
     not_writable,
     parts_dir,
@@ -55,11 +56,11 @@ class CacheWriter:
         self.parts = parts_dir(self.path)
         self._lock = CacheLock(self.path)
         self.read_only: CacheError | None = None  # set when the folder cannot be written: what a write raises
-        self.done_ids: set[str] = set()
+        self.done_ids: set[str] = set()  # row ids: image ids, or "<image id>:<draw>" in a challenge cache
         self.failed_ids: dict[str, str] = {}
         self.path_failures: dict[str, str] = {}  # files that could not be read: retried every run
-        self.rows_meta: dict[str, tuple[str, int, str]] = {}
-        self.in_file: set[str] = set()  # ids in the cache file (not in parts)
+        self.rows_meta: dict[str, tuple[str, int, str]] = {}  # image id → (path, label, group)
+        self.in_file: set[str] = set()  # image ids in the cache file (not in parts)
         self.resumed_parts = 0
         self._next_part = 0
         self._meta_updates: dict[str, tuple[str, int, str]] = {}
@@ -135,10 +136,10 @@ class CacheWriter:
                 f"cache file '{self.path}' holds fingerprint {cache.fingerprint[:16]}..., not "
                 f"{self.fingerprint[:16]}...: it was renamed or copied by hand; move it away or use another --cache"
             )
-        self.done_ids.update(cache.ids)
-        self.in_file = set(cache.ids.tolist())
-        for i, p, lab, g in zip(cache.ids, cache.paths, cache.labels, cache.groups):
-            self.rows_meta[i] = (p, int(lab), g)
+        self.done_ids.update(cache.ids.tolist())
+        self.in_file = set(cache.image_ids.tolist())
+        for i, p, lab, g in zip(cache.image_ids.tolist(), cache.paths, cache.labels, cache.groups):
+            self.rows_meta.setdefault(i, (p, int(lab), g))
         self.conflicts = grouped_conflicts((c["id"], c["path"], c["label"]) for c in cache.conflicts)
         for fail in cache.failures:
             if fail["id"]:
@@ -152,7 +153,7 @@ class CacheWriter:
         self.done_ids.update(meta["ids"].tolist())
         for i, p, lab, g in zip(meta["ids"].tolist(), meta["paths"].tolist(), meta["labels"].tolist(),
                                 meta["groups"].tolist()):
-            self.rows_meta.setdefault(i, (p, int(lab), g))
+            self.rows_meta.setdefault(image_of(i), (p, int(lab), g))
         for i, r in zip(meta["fail_ids"].tolist(), meta["fail_reasons"].tolist()):
             if i:
                 self.failed_ids[i] = r
@@ -161,7 +162,7 @@ class CacheWriter:
 
     # -- writing
     def set_metadata(self, image_id: str, path: str, label: int, group: str) -> None:
-        """Record the current path/label/group of an image already in the cache."""
+        """Record the current path/label/group of an image already in the cache (all its draws)."""
         self._listed.add(image_id)
         if self.rows_meta.get(image_id) != (path, label, group):
             self._meta_updates[image_id] = (path, label, group)
@@ -177,7 +178,8 @@ class CacheWriter:
         """Whether the conflicts to record differ from the file's, for images that have rows."""
         if self._conflicts is None:
             return False
-        return {i: v for i, v in self._conflicts.items() if i in self.done_ids} != self.conflicts
+        done = set(map(image_of, self.done_ids))
+        return {i: v for i, v in self._conflicts.items() if i in done} != self.conflicts
 
     def add_part(self, features: np.ndarray, rows: Rows, failures: list[tuple[str, str, str]]) -> Path:
         """Durably write one chunk: features ``[n, V, D]`` with their rows, plus failures.
@@ -280,9 +282,10 @@ class CacheWriter:
         for part in pending_parts(self.path):
             part.unlink()
         remove_empty_parts(self.path)
-        self.rows_meta = {i: (p, lab, g) for i, p, lab, g in zip(merged.ids, merged.paths, merged.labels,
-                                                                  merged.groups)}
-        self.in_file = set(merged.ids)
+        self.rows_meta = {}
+        for i, p, lab, g in zip(merged.ids, merged.paths, merged.labels, merged.groups):
+            self.rows_meta.setdefault(image_of(i), (p, lab, g))
+        self.in_file = set(map(image_of, merged.ids))
         self.conflicts = grouped_conflicts(merged.conflicts)
         self._conflicts = None
         self._meta_updates.clear()
