@@ -213,7 +213,7 @@ def write_predictions(out, split: str, ids, labels, pred: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{split}.tmp-{os.getpid()}.npz")
     try:
-        np.savez(tmp, ids=np.asarray(ids).astype("U64"), labels=np.asarray(labels), **pred)
+        np.savez(tmp, ids=np.asarray(ids).astype(str), labels=np.asarray(labels), **pred)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -209,7 +209,7 @@ def write_cascade(out: Path, result: dict, *, router, calibration: dict, sources
     csv_path, png_path = save_curve(result, out)
     pred = result["predictions"]
     buf = io.BytesIO()
-    np.savez(buf, ids=pred["ids"].astype("U64"), labels=pred["labels"], prob=pred["prob"], stage=pred["stage"])
+    np.savez(buf, ids=pred["ids"].astype(str), labels=pred["labels"], prob=pred["prob"], stage=pred["stage"])
     write_atomic(out / "cascade_predictions.npz", buf.getvalue())
     files = [str(out / "cascade.json"), str(csv_path), str(png_path), str(out / "cascade_predictions.npz")]
     doc = {"mode": router.mode_,

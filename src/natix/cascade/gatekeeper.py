@@ -454,7 +454,7 @@ def _tune(source: Run, out: Path, cfg: GatekeeperConfig, data, stage2) -> Gateke
         raise DataError(f"cache '{data.path}' ({data.fingerprint[:16]}) is not the cache run '{source.path}' was "
                         f"fitted on ({fp[:16]}): pass the run's cache")
     splits = Splits.load(source.splits_file, fingerprint=data.fingerprint)
-    rows = splits.rows(data.ids)
+    rows = splits.rows(data.images)
     model = _build_model(source, data)
     # Everything that can refuse the inputs runs before the (long) fine-tuning.
     test_ids, test_y = data.ids[rows["val_test"]].astype(str), data.labels[rows["val_test"]]

@@ -58,6 +58,8 @@ def extract_summary(r: dict) -> str:
              f"images    {r['images']} in source: {r['already_cached']} already cached, {r['resumed']} resumed from "
              f"an interrupted run, {r['extracted']} extracted, {r['failed']} failed, {r['known_failures']} known "
              "failures"]
+    if r["challenge"] != "clean":
+        lines.append(f"challenge {r['challenge']}: {r['draws']} draw(s) per image, one cache row each")
     if r["metadata_updates"]:
         lines.append(f"metadata  {r['metadata_updates']} cached images got a new path/label/group")
     if r["conflicts"]:
@@ -81,7 +83,8 @@ def extract_summary(r: dict) -> str:
               help="Hub id, local directory (save_pretrained), or timm:<model>.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights file for a timm:<model> backbone.")
 @click.option("--adapter", type=click.Path(file_okay=False), help="PEFT LoRA/DoRA adapter directory (merged).")
-@click.option("--views", type=COUNT, default=10, show_default=True, help="1 (global), 10 (+tiles), 20 (+flips).")
+@click.option("--views", type=COUNT, default=None,
+              help="1 (global), 10 (+tiles), 20 (+flips)  [default: 10; 1 with --challenge]")
 @click.option("--grid", type=COUNT, default=3, show_default=True, help="Tiles per side.")
 @click.option("--overlap", type=Number(min=0, max=1, max_open=True), default=0.125, show_default=True, help="Tile overlap fraction in [0, 1).")
 @click.option("--view-size", type=COUNT, default=224, show_default=True, help="Global view side (multiple of 16).")
@@ -90,6 +93,11 @@ def extract_summary(r: dict) -> str:
 @click.option("--store-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA, fp32 on CPU (part of the cache identity).")
+@click.option("--challenge", default="clean", show_default=True,
+              help="Challenge recipe each image goes through first: validator-e1, validator-e2, native or clean.")
+@click.option("--draws", type=COUNT, default=1, show_default=True, help="Challenge draws per image (rows per image).")
+@click.option("--seed", "challenge_seed", type=SEED, default=0, show_default=True,
+              help="Challenge seed: draw d of an image is fixed by the image, d and this seed.")
 @click.option("--cache", "cache_root", type=click.Path(file_okay=False), help=CACHE_HELP)
 @click.option("--batch-size", type=COUNT, default=32, show_default=True, help="Images per model step.")
 @click.option("--workers", type=Number(min=0, max=256, integer=True), default=2, show_default=True, help="Decoding processes.")
@@ -105,20 +113,21 @@ def extract_summary(r: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @library_errors
 def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
-            precision, cache_root, batch_size, workers, device, compile_, retry_failures, skip_checksum,
+            precision, challenge, draws, challenge_seed, cache_root, batch_size, workers, device, compile_, retry_failures, skip_checksum,
             allow_outside, quiet, as_json) -> None:
     """Extract per-view features of every image in DATA (folder or CSV/JSONL manifest)."""
     from natix.config import RunOptions, ViewRecipe
     from natix.extract.extractor import extract as run_extract
 
-    recipe = ViewRecipe(n_views=views, grid=grid, overlap=overlap, view_size=view_size,
+    recipe = ViewRecipe(n_views=views or (10 if challenge == "clean" else 1), grid=grid, overlap=overlap, view_size=view_size,
                         tile_size=tile_size or view_size)
     options = RunOptions(batch_size=batch_size, workers=workers, device=device, progress=not quiet)
     quiet_transformers()
     r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
                     checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
                     compile=compile_, retry_failures=retry_failures, verify=not skip_checksum,
-                    allow_outside=allow_outside)
+                    allow_outside=allow_outside, challenge=challenge, draws=draws,
+                    challenge_seed=challenge_seed)
     echo_result(as_json, {**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work}, extract_summary)
 
 

@@ -12,6 +12,7 @@ writes bitwise-identical features.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -24,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from natix.cache.fingerprint import EXTRACTOR_VERSION
+from natix.cache.layout import row_id
 from natix.cache.store import CacheWriter, Rows, ensure_writable, resolve_cache_root
 from natix.config import Preprocess, RunOptions, ViewRecipe
 from natix.data.decode import decode_image, read_image
 from natix.data.sources import discover, hash_bytes, hash_files
-from natix.errors import DecodeError, NatixError
+from natix.errors import ConfigError, DecodeError, NatixError
 from natix.extract.featurizer import (
     Featurizer,
     as_chw,
@@ -63,6 +65,8 @@ class ExtractResult:
     verified: bool = True  # the cache's features were checked against their checksum (read or merged)
     conflicts: int = 0  # images the source lists with conflicting labels (held out of every split)
     repaired: tuple[str, ...] = ()  # damaged parts of the cache rewritten from the source (see natix.cache.checksum)
+    challenge: str = "clean"  # the challenge recipe each image went through (natix.data.challenge)
+    draws: int = 1  # challenge draws per image: rows per image in the cache
 
     @property
     def model_work(self) -> bool:
@@ -74,9 +78,13 @@ class ExtractResult:
 
 
 def build_identity(backbone_ident: dict, recipe: ViewRecipe, preprocess: Preprocess, *,
-                   store_dtype: str, precision: str) -> dict:
-    """Everything that changes the features; nothing that only changes speed or paths."""
-    return {
+                   store_dtype: str, precision: str, challenge: Challenge | None = None) -> dict:
+    """Everything that changes the features; nothing that only changes speed or paths.
+
+    A challenge cache adds its challenge recipe and number of draws; a clean cache's identity
+    (and so its fingerprint) is what it was before challenges existed.
+    """
+    identity = {
         "extractor_version": EXTRACTOR_VERSION,
         "backbone": backbone_ident,
         "views": recipe.identity(),
@@ -84,6 +92,41 @@ def build_identity(backbone_ident: dict, recipe: ViewRecipe, preprocess: Preproc
         "store_dtype": store_dtype,
         "precision": precision,
     }
+    if challenge is not None:
+        identity["challenge"] = {**challenge.recipe.identity(), "draws": challenge.draws}
+    return identity
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """What a challenge cache runs every image through before its views: `draws` draws of `recipe`."""
+
+    recipe: object  # a natix.data.challenge recipe (picklable: DataLoader workers receive it)
+    draws: int
+
+    def images(self, arr: np.ndarray, image_id: str) -> list[tuple[np.ndarray, str]]:
+        """Each draw's challenge image of the decoded image `arr`, with the row's draw record (JSON)."""
+        out = []
+        for d in range(self.draws):
+            params = self.recipe.params(arr.shape[:2], image_id, d)
+            record = {"draw": d, "source_size": [int(arr.shape[0]), int(arr.shape[1])], "params": params}
+            out.append((self.recipe.apply(arr, params), json.dumps(record, sort_keys=True)))
+        return out
+
+
+def challenge_for(name: str, draws: int, seed: int) -> Challenge | None:
+    """The challenge of `name` (None for "clean", which extracts the images themselves)."""
+    from natix.data.challenge import challenge_recipe
+
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ConfigError(f"draws must be a positive integer, got {draws!r}: pass e.g. --draws 4")
+    recipe = challenge_recipe(name, seed=seed)
+    if name == "clean":
+        if draws != 1:
+            raise ConfigError(f"--draws {draws} needs a challenge recipe: pass --challenge validator-e1 (clean "
+                              "extracts each image once)")
+        return None
+    return Challenge(recipe, draws)
 
 
 class _Transient(str):
@@ -114,13 +157,18 @@ def _close_fds(fds, _worker_id=None) -> None:
 
 
 class _ImageSet:
-    """DataLoader dataset: (position, record, id) → decoded image or views, or a failure reason."""
+    """DataLoader dataset: position → the decoded image's entries, or a failure reason.
 
-    def __init__(self, items, recipe: ViewRecipe | None):
+    An entry is (image or views, size, draw record or None): one per image, or one per draw of
+    a challenge.
+    """
+
+    def __init__(self, items, recipe: ViewRecipe | None, challenge: Challenge | None = None):
         self.items = items
         # Set: build the uint8 views in the worker (CPU path), with the featurizer's view builder.
-        # Only the recipe goes to the workers: under spawn/forkserver a worker gets a pickled copy.
+        # Only the recipes go to the workers: under spawn/forkserver a worker gets a pickled copy.
         self.recipe = recipe
+        self.challenge = challenge
 
     def __len__(self):
         return len(self.items)
@@ -137,13 +185,17 @@ class _ImageSet:
             return k, _Transient("file changed while extracting: rerun extract")
         try:
             arr = decode_image(data)
+            images = [(arr, None)] if self.challenge is None else self.challenge.images(arr, image_id)
         except DecodeError as exc:
             return k, str(exc)
+        return k, [self._entry(a, record) for a, record in images]
+
+    def _entry(self, arr: np.ndarray, record: str | None):
         img = as_chw(arr)
         size = (arr.shape[0], arr.shape[1])
         if self.recipe is not None:
-            return k, ({s: v[0] for s, v in build_views([img], self.recipe).items()}, size)
-        return k, (img, size)
+            return {s: v[0] for s, v in build_views([img], self.recipe).items()}, size, record
+        return img, size, record
 
 
 def _collate(batch):
@@ -196,10 +248,17 @@ class _Plan:
     known_failures: int = 0
 
 
-def _plan(records, ids, writer: CacheWriter, retry_failures: bool) -> _Plan:
+def _plan(records, ids, writer: CacheWriter, retry_failures: bool, draws: int | None = None) -> _Plan:
     """Sort the source into cached, resumed, known failures, unreadable files and work to do;
-    cached images get their current path/label/group."""
+    cached images get their current path/label/group. With `draws` (a challenge cache) an image
+    is done when all its draws are."""
     plan = _Plan()
+
+    def done(image_id: str) -> bool:
+        if draws is None:
+            return image_id in writer.done_ids
+        return all(row_id(image_id, d) in writer.done_ids for d in range(draws))
+
     for rec, image_id in zip(records, ids):
         if not _utf8(rec.path):
             plan.unreadable.append(("", _display(rec.path), "file name is not valid UTF-8: rename the file"))
@@ -207,7 +266,7 @@ def _plan(records, ids, writer: CacheWriter, retry_failures: bool) -> _Plan:
             plan.unreadable.append(("", str(rec.path), f"cannot read file: {image_id.strerror or image_id}"))
         elif image_id in plan.seen:
             plan.also.setdefault(image_id, []).append(rec)  # the same bytes again: one row, the first path
-        elif image_id in writer.done_ids:
+        elif done(image_id):
             plan.seen[image_id] = rec
             if image_id in writer.in_file:
                 plan.already += 1
@@ -255,12 +314,19 @@ def _record_unreadable(writer: CacheWriter, unreadable: list, n_views: int, dim:
         writer.add_part(np.zeros((0, n_views, dim), dtype=store_dtype), Rows([], [], [], [], []), new)
 
 
-def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preprocess: Preprocess = Preprocess(),
+def extract(source, backbone: str, *, recipe: ViewRecipe | None = None, preprocess: Preprocess = Preprocess(),
             pool: str = "cls", store_dtype: str = "float16", precision: str = "auto",
             checkpoint: str | None = None, adapter: str | None = None, cache_root=None,
             options: RunOptions = RunOptions(), compile: bool = False,
-            retry_failures: bool = False, verify: bool = True, allow_outside: bool = False) -> ExtractResult:
+            retry_failures: bool = False, verify: bool = True, allow_outside: bool = False,
+            challenge: str = "clean", draws: int = 1, challenge_seed: int = 0) -> ExtractResult:
     """Extract per-view features of every image in `source` into the fingerprinted cache.
+
+    With a `challenge` recipe other than "clean" (see :func:`natix.data.challenge_recipe`), each
+    image is first turned into `draws` challenge images (draw d of image i is fixed by i, d and
+    `challenge_seed`), whose views are extracted as rows ``"<image id>:<d>"`` with their draw
+    records; the recipe, its seed and `draws` are part of the cache identity. `recipe` defaults to
+    the 10-view recipe, and under a challenge (224×224 images already) to the single global view.
 
     Only images whose content is not yet in the cache go through the model; an identical
     rerun does no model work. Images that failed to decode are skipped while their bytes are
@@ -277,6 +343,9 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
 
     t0 = time.perf_counter()
     check_store_dtype(store_dtype)
+    chal = challenge_for(challenge, draws, challenge_seed)
+    if recipe is None:
+        recipe = ViewRecipe() if chal is None else ViewRecipe(n_views=1)
     device = resolve_device(options.device)
     precision = resolve_precision(precision, device)
     records = discover(source, allow_outside=allow_outside)
@@ -286,11 +355,12 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
     ids = hash_files([r.path for r in records])
 
     model, bb_ident = load_backbone(backbone, checkpoint=checkpoint, adapter=adapter, pool=pool)
-    identity = build_identity(bb_ident, recipe, preprocess, store_dtype=store_dtype, precision=precision)
+    identity = build_identity(bb_ident, recipe, preprocess, store_dtype=store_dtype, precision=precision,
+                              challenge=chal)
     table = [{"name": v.name, "box": list(v.box), "flip": v.flip} for v in view_table(recipe)]
     source_info = {"backbone": backbone, "checkpoint": checkpoint, "adapter": adapter}
     with CacheWriter(root, identity, table, dim=model.dim, store_dtype=store_dtype, source=source_info) as writer:
-        plan = _plan(records, ids, writer, retry_failures)
+        plan = _plan(records, ids, writer, retry_failures, chal.draws if chal is not None else None)
         conflicts = _conflicts(plan)
         writer.set_conflicts(plan.seen, conflicts)
         _warn_conflicts(conflicts)
@@ -305,7 +375,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
             writer.require_writable()
             featurizer = Featurizer(model, recipe, preprocess, device=device, precision=precision,
                                     store_dtype=store_dtype, batch_size=options.batch_size, compile=compile)
-            extracted, failed = _run(plan.todo, featurizer, writer, options)
+            extracted, failed = _run(plan.todo, featurizer, writer, options, chal)
             step = featurizer.batch_size
         verified = verify or writer.needs_commit()  # a merge checks the old features as it copies them
         if not verified:
@@ -319,16 +389,18 @@ def extract(source, backbone: str, *, recipe: ViewRecipe = ViewRecipe(), preproc
         failed=failed + len(plan.unreadable), known_failures=plan.known_failures,
         metadata_updates=metadata_updates, n_views=recipe.n_views, dim=model.dim,
         seconds=time.perf_counter() - t0, device=str(device), precision=precision, batch_size=step,
-        verified=verified, repaired=repaired, conflicts=len(conflicts),
+        verified=verified, repaired=repaired, conflicts=len(conflicts), challenge=challenge,
+        draws=chal.draws if chal is not None else 1,
     )
 
 
-def _run(todo, featurizer: Featurizer, writer: CacheWriter, options: RunOptions) -> tuple[int, int]:
-    """The model loop over fixed chunks of `todo`; returns (extracted, failed)."""
+def _run(todo, featurizer: Featurizer, writer: CacheWriter, options: RunOptions,
+         challenge: Challenge | None = None) -> tuple[int, int]:
+    """The model loop over fixed chunks of `todo`; returns (extracted, failed) images."""
     import torch
 
     on_cpu = featurizer.device.type == "cpu"
-    loader = _loader(todo, featurizer, options, writer.lock_fd)
+    loader = _loader(todo, featurizer, options, writer.lock_fd, challenge)
     bar = _progress(len(todo), options.progress)
     threads = torch.get_num_threads()
     if on_cpu and options.workers:
@@ -341,7 +413,7 @@ def _run(todo, featurizer: Featurizer, writer: CacheWriter, options: RunOptions)
             good = [(k, item) for k, item in batch if not isinstance(item, str)]
             failures = [("" if isinstance(item, _Transient) else todo[k][1], str(todo[k][0].path), str(item))
                         for k, item in batch if isinstance(item, str)]
-            feats = _batch_features(featurizer, [item[0] for _, item in good], on_cpu)
+            feats = _batch_features(featurizer, [e[0] for _, item in good for e in item], on_cpu)
             if not np.isfinite(feats).all():
                 raise NatixError(f"features overflow {featurizer.store_dtype} (inf/NaN) for images such as "
                                  f"{todo[good[0][0]][0].path}: rerun with --store-dtype float32")
@@ -356,14 +428,15 @@ def _run(todo, featurizer: Featurizer, writer: CacheWriter, options: RunOptions)
     return extracted, failed
 
 
-def _loader(todo, featurizer: Featurizer, options: RunOptions, lock_fd: int | None):
-    """A DataLoader over `todo` in fixed chunks of `batch_size`; on CPU its workers build the views."""
+def _loader(todo, featurizer: Featurizer, options: RunOptions, lock_fd: int | None, challenge: Challenge | None):
+    """A DataLoader over `todo` in fixed chunks of `batch_size` images; workers make the challenge
+    draws and, on CPU, build the views."""
     import functools
 
     from torch.utils.data import DataLoader
 
     on_cpu = featurizer.device.type == "cpu"
-    return DataLoader(_ImageSet(todo, featurizer.recipe if on_cpu else None), batch_size=options.batch_size,
+    return DataLoader(_ImageSet(todo, featurizer.recipe if on_cpu else None, challenge), batch_size=options.batch_size,
                       shuffle=False, num_workers=options.workers, collate_fn=_collate,
                       worker_init_fn=functools.partial(_close_fds, [lock_fd]) if options.workers else None,
                       pin_memory=not on_cpu, persistent_workers=False,
@@ -380,11 +453,15 @@ def _batch_features(featurizer: Featurizer, items: list, on_cpu: bool) -> np.nda
 
 
 def _rows(todo, good) -> Rows:
-    """The cache rows of the decoded items `good` ((position in `todo`, (image or views, size)))."""
-    recs = [todo[k][0] for k, _ in good]
-    return Rows(ids=[todo[k][1] for k, _ in good], paths=[str(r.path) for r in recs],
-                labels=[_label(r) for r in recs], groups=[r.group or "" for r in recs],
-                sizes=[item[1] for _, item in good])
+    """The cache rows of the decoded items `good` ((position in `todo`, entries)): one per entry,
+    each draw of a challenge a row ``"<image id>:<draw>"`` with its record."""
+    entries = [(todo[k], e) for k, item in good for e in item]
+    records = [e[2] for _, e in entries]
+    challenge = None if not records or records[0] is None else records
+    ids = [i if r is None else row_id(i, json.loads(r)["draw"]) for (_, i), (_, _, r) in entries]
+    return Rows(ids=ids, paths=[str(rec.path) for (rec, _), _ in entries],
+                labels=[_label(rec) for (rec, _), _ in entries], groups=[rec.group or "" for (rec, _), _ in entries],
+                sizes=[e[1] for _, e in entries], challenge=challenge)
 
 
 def _progress(total: int, enabled: bool):

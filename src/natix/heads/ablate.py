@@ -155,7 +155,7 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     check_out(out, run=False)  # an --out that cannot be written fails before any training
     data = data or load_dataset(features, verify=verify)
     splits = resolve_splits(data, ratios=ratios, seed=split_seed)
-    rows = splits.rows(data.ids)
+    rows = splits.rows(data.images)
     y = data.labels[rows["val_test"]]
     seed_list = tuple(train_cfg.seed + s for s in range(seeds))
     schedule = sorted(arms, key=lambda a: _cost(a, head_cfg), reverse=True)  # expensive first: jobs end together

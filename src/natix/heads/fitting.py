@@ -81,15 +81,16 @@ class RowView:
 
 
 def fold_ids(ids, labels, k: int, seed: int = 0) -> np.ndarray:
-    """Deterministic stratified fold index in [0, k) for each row (hash order within class)."""
+    """Deterministic stratified fold index in [0, k) for each row (hash order within class); rows
+    with the same image id (draws of one image) share a fold."""
     ids = np.asarray(ids).astype(str)
     labels = np.asarray(labels)
     folds = np.zeros(len(ids), dtype=np.int64)
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
-        order = sorted(rows, key=lambda r: hashlib.sha256(f"fold{seed}:{ids[r]}".encode()).hexdigest())
-        for j, r in enumerate(order):
-            folds[r] = j % k
+        order = sorted(set(ids[rows].tolist()), key=lambda i: hashlib.sha256(f"fold{seed}:{i}".encode()).hexdigest())
+        fold_of = {i: j % k for j, i in enumerate(order)}
+        folds[rows] = [fold_of[i] for i in ids[rows].tolist()]
     return folds
 
 

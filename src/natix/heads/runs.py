@@ -43,7 +43,15 @@ class Dataset:
     groups: np.ndarray
     X: np.ndarray  # [N, V, D]
     view_names: list[str]
-    held_out: frozenset[str] = frozenset()  # ids listed with conflicting labels: in no split
+    held_out: frozenset[str] = frozenset()  # images listed with conflicting labels: in no split
+    images: np.ndarray | None = None  # image id per row (default: the row ids); draws of one image share it
+    levels: np.ndarray | None = None  # validator augmentation level per row (challenge caches), else -1
+
+    def __post_init__(self):
+        if self.images is None:
+            self.images = self.ids
+        if self.levels is None:
+            self.levels = np.full(len(self.ids), -1, dtype=np.int8)
 
 
 def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
@@ -70,9 +78,10 @@ def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
             X = cache.features(labeled, dtype=None)
             if not all_finite(X):
                 raise damage_error(cache.path, [Problem("features", "features of labeled images contain NaN or inf")])
-        ids = cache.ids[labeled]
-        return Dataset(Path(path), cache.fingerprint, ids, cache.labels[labeled].astype(np.int64),
-                       cache.groups[labeled], X, cache.view_names, held_out=cache.conflict_ids & set(ids.tolist()))
+        images = cache.image_ids[labeled]
+        return Dataset(Path(path), cache.fingerprint, cache.ids[labeled], cache.labels[labeled].astype(np.int64),
+                       cache.groups[labeled], X, cache.view_names, held_out=cache.conflict_ids & set(images.tolist()),
+                       images=images, levels=cache.levels[labeled])
 
 
 def resolve_splits(data: Dataset, *, splits_path=None, ratios=DEFAULT_RATIOS, seed: int = 0) -> Splits:
@@ -85,8 +94,10 @@ def resolve_splits(data: Dataset, *, splits_path=None, ratios=DEFAULT_RATIOS, se
             raise DataError(f"split file '{splits_path}' puts {len(held)} image(s) listed with conflicting labels in "
                             "a split (natix cache info lists them): drop --splits to make splits without them")
         return splits
-    return make_splits(data.ids, data.labels, data.groups, ratios=ratios, seed=seed, fingerprint=data.fingerprint,
-                       exclude=data.held_out)
+    _, first = np.unique(data.images, return_index=True)  # one unit per image, whatever its draws
+    first.sort()
+    return make_splits(data.images[first], data.labels[first], data.groups[first], ratios=ratios, seed=seed,
+                       fingerprint=data.fingerprint, exclude=data.held_out)
 
 
 @dataclass(frozen=True)
@@ -115,7 +126,7 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     out = rundir.check_out(out)
     data = data or load_dataset(features, verify=verify)
     splits = resolve_splits(data, splits_path=splits_path, ratios=ratios, seed=split_seed)
-    rows = splits.rows(data.ids)
+    rows = splits.rows(data.images)
     if oof_folds:  # refused before the main fit, not after it
         check_oof_folds(oof_folds, data.labels[rows["train"]])
     with limit_threads(train.threads):
@@ -139,7 +150,7 @@ def _fit_and_predict(data: Dataset, rows: dict, head, train, oof_folds: int):
     every = fitted.predict(data.X)
     preds = {name: {k: v[r] for k, v in every.items()} for name, r in rows.items()}
     if oof_folds:
-        preds["train_oof"] = out_of_fold(Xtr, ytr, data.ids[rows["train"]], Xva, yva, head, train, oof_folds)
+        preds["train_oof"] = out_of_fold(Xtr, ytr, data.images[rows["train"]], Xva, yva, head, train, oof_folds)
     return fitted, preds
 
 

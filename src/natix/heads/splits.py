@@ -40,14 +40,17 @@ class Splits:
         body = json.dumps({k: sorted(v) for k, v in self.ids.items()}, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
 
-    def rows(self, cache_ids) -> dict[str, np.ndarray]:
-        """Row indices into a cache's id array, per split (in split order)."""
-        index = {i: r for r, i in enumerate(cache_ids)}
+    def rows(self, image_ids) -> dict[str, np.ndarray]:
+        """Row indices into a cache's per-row image ids, per split (in split order; every row of an
+        image, e.g. each draw of a challenge cache, with its image)."""
+        index: dict[str, list[int]] = {}
+        for r, i in enumerate(np.asarray(image_ids).tolist()):
+            index.setdefault(i, []).append(r)
         missing = [i for ids in self.ids.values() for i in ids if i not in index]
         if missing:
             raise DataError(f"split file names {len(missing)} image(s) that are not in this cache: "
                             "it belongs to another cache; drop --splits to make new splits")
-        return {k: np.array([index[i] for i in v], dtype=np.int64) for k, v in self.ids.items()}
+        return {k: np.array([r for i in v for r in index[i]], dtype=np.int64) for k, v in self.ids.items()}
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "ratios": list(self.ratios), "fingerprint": self.fingerprint,
