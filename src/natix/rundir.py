@@ -18,12 +18,18 @@ Every step that reads or writes these files goes through :class:`Run` and :func:
 which is numpy and JSON only: calibrate, cascade and serve read runs without importing the
 heads. The rule "confidence = the gate score when the run has one, else max(p, 1 - p)" is
 :func:`natix.metrics.confidence` applied to a prediction dict by :meth:`Run.confidence`.
+
+A run opened ``under`` another cache of the same images (:class:`Under`, made by
+:func:`natix.heads.under.under_run`) answers :meth:`Run.predictions` with its head's predictions
+on that cache, so calibrate, fit-failure and cascade judge and certify under, say, validator
+conditions without knowing where the predictions came from.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +38,7 @@ from natix import metrics as M
 from natix.errors import ConfigError, DataError
 from natix.jsonio import read_json, write_atomic, write_json
 
-__all__ = ["DERIVED", "PREDICTION_SPLITS", "Run", "check_out", "confidence", "write_predictions", "write_run"]
+__all__ = ["DERIVED", "PREDICTION_SPLITS", "Run", "Under", "check_out", "open_run", "confidence", "write_predictions", "write_run"]
 
 PREDICTION_SPLITS = ("train", "val_select", "val_calib", "val_test")
 # Files a later step derives from the model: a refit removes them with the old model.
@@ -45,19 +51,30 @@ def confidence(pred: dict) -> np.ndarray:
     return M.confidence(pred["prob"], pred.get("gate"))
 
 
+@dataclass(frozen=True)
+class Under:
+    """A run's predictions on another cache of the same images, per split, and what that cache is."""
+
+    source: dict  # path, fingerprint, challenge, draws
+    predictions: dict  # split → dict of arrays like a stored predictions file (ids, labels, prob, ...)
+
+
 class Run:
     """A run directory, opened for reading.
 
     ``Run(path)`` refuses a directory without ``config.json`` with a one-line error. Readers
-    check what they return and name the step to rerun when a file is missing or damaged.
+    check what they return and name the step to rerun when a file is missing or damaged. With
+    `under`, :meth:`predictions` of the splits it holds are its predictions instead of the
+    stored ones (``train_oof`` stays the stored cross-fitted predictions).
     """
 
-    def __init__(self, path):
+    def __init__(self, path, *, under: Under | None = None):
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise DataError(f"'{self.path}' is not a natix run (no config.json): pass a directory written by "
                             "natix fit-head")
         self._config = None
+        self.under = under
 
     def __repr__(self) -> str:
         return f"Run('{self.path}')"
@@ -136,7 +153,10 @@ class Run:
         return sorted(p.stem for p in (self.path / "predictions").glob("*.npz"))
 
     def predictions(self, split: str) -> dict[str, np.ndarray]:
-        """A split's stored predictions (ids, labels, prob, ...), checked: one row per id, 0/1 labels."""
+        """A split's stored predictions (ids, labels, prob, ...), checked: one row per id, 0/1 labels;
+        opened `under` a cache, its predictions there."""
+        if self.under is not None and split in self.under.predictions:
+            return dict(self.under.predictions[split])
         path = self.path / "predictions" / f"{split}.npz"
         if not path.is_file():
             if split == "train_oof":
@@ -181,6 +201,16 @@ class Run:
         if labels.size == 0:
             raise DataError(f"run '{self.path}' has no training labels: refit it on a labeled cache")
         return float(np.mean(labels == 1))
+
+
+def open_run(run) -> Run:
+    """`run` itself when it is a :class:`Run` (e.g. opened under a cache), else ``Run(run)``."""
+    return run if isinstance(run, Run) else Run(run)
+
+
+def under_source(run: Run) -> dict | None:
+    """What the predictions of `run` were judged under (path, fingerprint, challenge, draws), or None."""
+    return None if run.under is None else dict(run.under.source)
 
 
 def check_out(out, *, base=None, run: bool = True) -> Path:

@@ -17,8 +17,8 @@ import numpy as np
 from natix.cache.fingerprint import fingerprint
 from natix.cache.layout import (
     cache_path,
-    image_of,
     fsync_dir,
+    image_of,
     not_writable,
     parts_dir,
     pending_parts,

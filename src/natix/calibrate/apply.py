@@ -24,11 +24,12 @@ from functools import partial
 import numpy as np
 
 from natix import metrics as M
+from natix.cache.layout import image_ids
 from natix.calibrate.calibrators import CALIBRATORS, DecisionThreshold
 from natix.calibrate.exits import EXIT_RULES, EXITS, ExitLevels, ExitRule, create_exit
 from natix.calibrate.state import StateError
 from natix.errors import ConfigError, DataError
-from natix.rundir import Run, write_predictions
+from natix.rundir import open_run, under_source, write_predictions
 
 __all__ = ["EXITS", "METHODS", "SUMMARY_METRICS", "CalibrationMap", "CalibrationResult", "calibrate_run",
            "calibration_from_json", "certify_fold"]
@@ -39,12 +40,18 @@ SUMMARY_METRICS = ("ece", "nll", "brier", "mcc", "accuracy", "reward_ordered")
 
 
 def certify_fold(ids: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A deterministic half/half fold assignment by hashed id: ``(n,)`` bool, True = fold B."""
-    keys = np.array([hashlib.sha256(f"calib{seed}:{i}".encode()).hexdigest() for i in ids.astype(str)])
+    """A deterministic half/half fold assignment by hashed image id: ``(n,)`` bool, True = fold B.
+
+    Rows of one image (the draws of a challenge cache, ids ``"<image id>:<draw>"``) fall in the
+    same fold, so no image is both fitted on and certified on.
+    """
+    images = image_ids(ids)
+    unique = np.unique(images)
+    keys = np.array([hashlib.sha256(f"calib{seed}:{i}".encode()).hexdigest() for i in unique.tolist()])
     order = np.argsort(keys, kind="stable")
-    fold_b = np.zeros(len(ids), dtype=bool)
-    fold_b[order[len(ids) // 2:]] = True
-    return fold_b
+    fold_b = np.zeros(len(unique), dtype=bool)
+    fold_b[order[len(unique) // 2:]] = True
+    return fold_b[np.searchsorted(unique, images)]
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
         raise ConfigError(f"unknown calibration method '{method}': pass one of {', '.join(METHODS)}")
     levels = ExitLevels(alpha=alpha, delta=delta, acceptance=acceptance, budget=budget)
     rule = create_exit(exit, levels)
-    run = Run(run)
+    run = open_run(run)
     cal, test = run.predictions("val_calib"), run.predictions("val_test")
     fold_b = np.zeros(len(cal["ids"]), dtype=bool) if exit is None else certify_fold(cal["ids"])
     p_cal, y_cal = cal["prob"].astype(np.float64), cal["labels"].astype(np.int64)
@@ -122,8 +129,14 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
                   "confidence": "gate" if "gate" in cal else "max(p, 1-p)", "exit_threshold": rule.threshold,
                   **rule.state()}
     guarantee = _guarantee(rule, fold_b) if exit is not None else rule.guarantee
+    under = under_source(run)
+    if under is not None:
+        guarantee += (f"; scores judged under {under['challenge']} ({under['path']}), "
+                      f"{under['draws']} draw(s) per image")
+        if under["draws"] > 1:
+            guarantee += " (draws of one image are not independent: the certificate is per draw, approximate)"
     table = _table(rule, y_test, test["prob"].astype(np.float64), q_test, conf_test, accept)
-    calibration = cmap.to_json(rule)
+    calibration = {**cmap.to_json(rule), "under": under}
     run.write_json("calibration.json", calibration)
     # The levels of the rules that certify, as before; a budget sits in its rule's state.
     run.write_json("thresholds.json", {**thresholds, "guarantee": guarantee, "alpha": levels.alpha,

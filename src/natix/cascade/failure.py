@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from natix import metrics as M
 from natix.calibrate.calibrators import PlattScaling
 from natix.errors import ConfigError, DataError
-from natix.rundir import Run
+from natix.rundir import Run, open_run, under_source
 
 __all__ = ["MODELS", "FailurePredictor", "compare_confidences", "vilu_failure_weight"]
 
@@ -454,30 +454,29 @@ def fit_failure_run(run, *, model: str = "xgboost", n_boot: int = 1000, seed: in
     gate (if any) and the predictor side by side. `threads` caps the torch, BLAS and XGBoost
     threads of the whole call (0 = every available core). Returns the comparison dict.
     """
-    from pathlib import Path
 
     from natix.heads.config import limit_threads
 
     predictor = FailurePredictor(model=model, seed=seed, threads=threads, **params)
     predictor._check_params()  # bad options fail before the run is read
     with limit_threads(int(threads)):
-        return _fit_and_compare(Path(run), predictor, n_boot)
+        return _fit_and_compare(open_run(run), predictor, n_boot)
 
 
-def _fit_and_compare(run, predictor: FailurePredictor, n_boot: int) -> dict:
+def _fit_and_compare(source: Run, predictor: FailurePredictor, n_boot: int) -> dict:
     """The steps of :func:`fit_failure_run`."""
     from safetensors.numpy import save
 
     from natix.cascade.features import failure_labels, load_run_split, uncertainty_features
 
-    source = Run(run)
-    oof, cal, test = (load_run_split(source.path, s) for s in ("train_oof", "val_calib", "val_test"))
+    oof, cal, test = (load_run_split(source, s) for s in ("train_oof", "val_calib", "val_test"))
     X_tr, names = uncertainty_features(oof)
     X_cal, _ = uncertainty_features(cal)
     X_te, _ = uncertainty_features(test)
     predictor.fit(X_tr, failure_labels(oof), X_calib=X_cal, is_error_calib=failure_labels(cal))
     meta, tensors = predictor.to_state()
-    meta = {**meta, "features": names, "trained_on": "train_oof", "calibrated_on": "val_calib"}
+    meta = {**meta, "features": names, "trained_on": "train_oof", "calibrated_on": "val_calib",
+            "under": under_source(source)}
     source.write_bytes(source.failure_file.name, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}))
     source.write_json("failure.json", meta)
     scores = {"max probability": M.confidence(test["prob"])}

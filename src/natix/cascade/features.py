@@ -33,7 +33,7 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import DataError
-from natix.rundir import Run
+from natix.rundir import open_run
 
 __all__ = ["BASE_FEATURES", "failure_labels", "load_run_split", "uncertainty_features"]
 
@@ -56,7 +56,7 @@ def load_run_split(run: str | Path, split: str) -> dict[str, np.ndarray]:
     dict of arrays: ``ids [n]``, ``labels [n]``, ``logit [n]``, ``prob [n]``, ``view_logits [n, V]``
     and, when the model has them, ``attention [n, V]``, ``gate [n]``, ``aux_logit [n]``, ``fold [n]``.
     """
-    source = Run(run)
+    source = open_run(run)
     pred = source.predictions(split)
     if "view_logits" not in pred:
         raise DataError(f"predictions of split '{split}' in '{source.path}' lack view_logits: refit the run with "

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from natix.errors import ConfigError, DataError
-from natix.rundir import Run, confidence
+from natix.rundir import confidence, open_run, under_source
 
 __all__ = ["SPLITS", "ExternalStage", "as_external", "as_stage", "join_stages", "load_callable", "load_stage"]
 
@@ -45,8 +45,8 @@ def load_stage(run: str | Path) -> dict:
     ``ids (n,) str``, ``labels (n,) int64``, ``prob (n,) float64`` (P(roadwork)) and
     ``confidence (n,) float64`` (the gate score g, else ``max(p, 1 - p)``).
     """
-    source = Run(run)
-    out = {"run": source.path, "cache": dict(source.cache), "confidence": "max_prob"}
+    source = open_run(run)
+    out = {"run": source.path, "cache": dict(source.cache), "confidence": "max_prob", "under": under_source(source)}
     for split in SPLITS:
         pred = source.predictions(split)
         prob = np.asarray(pred["prob"], dtype=np.float64)

@@ -150,8 +150,13 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
 
 
 def evaluation_text(res: dict) -> str:
-    """`natix evaluate` as text: each metric of the split with its 95% bootstrap CI."""
+    """`natix evaluate` as text: each metric of the split with its 95% bootstrap CI, and under a
+    challenge cache one row per validator level."""
     lines = [f"{res['run']}  split {res['split']}  (fractions, not x1000; 95% bootstrap CI)"]
+    if "under" in res:
+        u = res["under"]
+        lines.append(f"  judged under {u['path']} ({u['challenge']}, {u['draws']} draw(s) per image, "
+                     f"fingerprint {u['fingerprint'][:16]})")
     for name, value in res["metrics"].items():
         if name == "n":
             lines.append(f"  {name:<18} {value}")
@@ -159,19 +164,36 @@ def evaluation_text(res: dict) -> str:
         ci = res["ci"].get(name)
         extra = f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
         lines.append(f"  {name:<18} {value:.4f}{extra}")
-    return "\n".join(lines)
+    if res.get("levels"):
+        from natix.heads.under import LEVEL_METRICS
+
+        cols = ("n", *LEVEL_METRICS)
+        lines += ["", "  by validator level:", "  level " + " ".join(f"{c:>15}" for c in cols)]
+        for level, m in res["levels"].items():
+            lines.append(f"  {level:>5} " + " ".join(f"{m[c]:>15}" if c == "n" else f"{m[c]:>15.4f}" for c in cols))
+    return "\n".join(lines + reward_notes(res["metrics"]))
+
+
+def reward_notes(names) -> list[str]:
+    """One line per reward metric among `names`, saying which definition it is."""
+    from natix.metrics import REWARD_DEFINITIONS
+
+    return [f"  {k}: {text}" for k, text in REWARD_DEFINITIONS.items() if k in names]
 
 
 @cli.command("evaluate")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--split", default="val_test", show_default=True)
+@click.option("--under", type=click.Path(dir_okay=False),
+              help="Judge the run's head on this cache of the same images instead (e.g. validator-e1 draws).")
+@click.option("--skip-checksum", is_flag=True, help="With --under: do not check that cache's features checksum.")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
-def evaluate(run, split, as_json) -> None:
-    """Recompute a run's metrics from its stored predictions."""
+def evaluate(run, split, under, skip_checksum, as_json) -> None:
+    """Recompute a run's metrics from its stored predictions, or judge it under another cache."""
     from natix.heads.runs import evaluate_run
 
-    res = evaluate_run(run, split)
+    res = evaluate_run(run, split, under=under, verify=not skip_checksum)
     echo_result(as_json, res, evaluation_text)
 
 

@@ -167,19 +167,35 @@ def _run_config(features, data: Dataset, splits: Splits, fitted, oof_folds: int)
             "torch": torch.__version__ if torch is not None else None}
 
 
-def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Recompute a split's metrics from a run's stored predictions, with bootstrap CIs for the main ones.
+def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000, seed: int = 0, under=None,
+                 verify: bool = True) -> dict:
+    """A split's metrics, with bootstrap CIs for the main ones: from the run's stored predictions, or
+    with `under` (another cache of the same images, e.g. validator-e1 draws) from the run's head
+    applied to that cache's rows of the split's images (see :mod:`natix.heads.under`).
 
     Returns
     -------
     dict with ``run`` (str), ``split`` (str), ``metrics`` (name → float, NaN where undefined, and
     ``n`` → int) and ``ci`` (name → ``[low, high]`` floats, NaN when undefined) for
-    :data:`CI_METRICS`: plain values that :func:`natix.jsonio.dumps` writes as strict JSON.
+    :data:`CI_METRICS`: plain values that :func:`natix.jsonio.dumps` writes as strict JSON. Under
+    a cache, also ``under`` (its path, fingerprint, challenge, draws) and ``levels`` (level →
+    metrics of its rows, for caches whose rows have validator levels). The CIs resample rows;
+    draws of one image are resampled as if independent.
     """
-    pred = rundir.Run(run).predictions(split)
+    if under is None:
+        pred = rundir.Run(run).predictions(split)
+    else:
+        from natix.heads.under import predict_under
+
+        pred = predict_under(run, under, splits=(split,), verify=verify)[split]
     y, prob = pred["labels"], pred["prob"]
     result = {"run": str(run), "split": split, "metrics": M.split_metrics(y, prob, rundir.confidence(pred)),
               "ci": {}}
+    if under is not None:
+        from natix.heads.under import level_table, under_source
+
+        result["under"] = under_source(under)
+        result["levels"] = level_table(pred)
     for name in CI_METRICS:
         try:
             _, lo, hi = M.bootstrap_ci(getattr(M, name), y, prob, n_boot=n_boot, seed=seed)
