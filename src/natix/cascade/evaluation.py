@@ -23,7 +23,7 @@ from natix.cascade.router import Router
 from natix.cascade.stages import ExternalStage, as_external, as_stage, join_stages, load_stage
 from natix.errors import ConfigError, DataError
 from natix.jsonio import write_atomic, write_json
-from natix.rundir import check_out
+from natix.rundir import check_out, open_run
 
 __all__ = ["CURVE_POINTS", "calibration_report", "cascade_run", "check_distinct_stages", "deferral_table",
            "evaluate_cascade", "write_cascade"]
@@ -198,12 +198,13 @@ def calibration_report(router, n_calib: int, *, external: bool) -> dict:
 
 
 def write_cascade(out: Path, result: dict, *, router, calibration: dict, sources: list[str],
-                  confidences: list[str]) -> dict:
+                  confidences: list[str], under: list | None = None) -> dict:
     """Write cascade.json, the curve's CSV and PNG and cascade_predictions.npz into `out`; return the
     content of cascade.json (its ``files`` lists the four paths).
 
     cascade.json is strict JSON (:func:`natix.jsonio.write_json`): an undefined s_d is ``null``,
-    an infinite threshold ``"inf"``.
+    an infinite threshold ``"inf"``. ``under`` records, per stage, the cache its scores were
+    judged under (None: the run's own predictions).
     """
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = save_curve(result, out)
@@ -214,7 +215,7 @@ def write_cascade(out: Path, result: dict, *, router, calibration: dict, sources
     files = [str(out / "cascade.json"), str(csv_path), str(png_path), str(out / "cascade_predictions.npz")]
     doc = {"mode": router.mode_,
            "router": {**router.get_params(), "thresholds": router.thresholds_},
-           "stages": sources, "confidence": confidences, "calibration": calibration,
+           "stages": sources, "under": under, "confidence": confidences, "calibration": calibration,
            "metrics": {k: result[k] for k in ("split", "n", "accuracy", "mcc", "reward_ordered", "deferral")},
            "per_stage": result["stages"], "compute": result["compute"],
            "s_d": result["curve"]["s_d"], "files": files}
@@ -234,8 +235,9 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
     """
     router = Router(target_risk=target_risk, delta=delta, budget=budget)
     router.check_params()  # option errors before any file is read
-    check_distinct_stages([stage1, stage2])
-    out = check_out(out if out is not None else Path(stage1) / "cascade", run=False)
+    stage1, stage2 = open_run(stage1), open_run(stage2)  # runs as given, or opened under caches
+    check_distinct_stages([stage1.path, stage2.path])
+    out = check_out(out if out is not None else stage1.path / "cascade", run=False)
     external = None if stage3 is None else as_external(stage3)
     stages = join_stages([load_stage(stage1), load_stage(stage2)])
     router.fit([s["val_calib"] for s in stages] + ([None] if external is not None else []))
@@ -243,7 +245,8 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
     calibration = calibration_report(router, len(stages[0]["val_calib"]["ids"]), external=external is not None)
     document = write_cascade(
         out, result, router=router, calibration=calibration,
-        sources=[str(Path(stage1)), str(Path(stage2))] + ([external.name] if external is not None else []),
-        confidences=[s["confidence"] for s in stages] + (["none (last stage)"] if external is not None else []))
+        sources=[str(stage1.path), str(stage2.path)] + ([external.name] if external is not None else []),
+        confidences=[s["confidence"] for s in stages] + (["none (last stage)"] if external is not None else []),
+        under=[s["under"] for s in stages])
     return {**result, "router": router, "calibration": calibration, "out": out, "files": document["files"],
             "document": document}

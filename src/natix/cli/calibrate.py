@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from natix.cli.common import LEVEL, Number, echo_json
+from natix.cli.common import LEVEL, Number, echo_json, opened, under_option
 from natix.cli.group import cli, library_errors
 
 
@@ -49,13 +49,14 @@ def calibration_summary(res) -> str:
 @click.option("--acceptance", type=LEVEL, default=0.8, show_default=True, help="SCRC: target acceptance rate.")
 @click.option("--budget", type=LEVEL, default=0.2, show_default=True,
               help="--exit budget: largest fraction of the calibration images deferred.")
+@under_option()
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
-def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, budget, as_json) -> None:
+def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, budget, under, as_json) -> None:
     """Calibrate a run on val_calib and certify an exit rule; report on val_test."""
     from natix.calibrate.apply import calibrate_run
 
-    res = calibrate_run(run, method=method, exit=exit_rule, alpha=alpha, delta=delta, target_fnr=target_fnr,
+    res = calibrate_run(opened(run, under), method=method, exit=exit_rule, alpha=alpha, delta=delta, target_fnr=target_fnr,
                         acceptance=acceptance, budget=budget)
     if as_json:
         echo_json({"calibration": res.calibration, "thresholds": res.thresholds, "val_test": res.table,

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import click
 
-from natix.cli.common import COUNT, LEVEL, SEED, THREADS, Number, Numbers, echo_json, echo_result
+from natix.cli.common import (
+    COUNT,
+    LEVEL,
+    SEED,
+    THREADS,
+    Number,
+    Numbers,
+    comma_names,
+    echo_json,
+    echo_result,
+    opened,
+    under_option,
+)
 from natix.cli.group import cli, library_errors
 
 FAILURE_COLUMNS = ("auroc_f", "fpr_at_95_tpr", "augrc")
@@ -29,13 +41,15 @@ def failure_table(run, model: str, res: dict) -> str:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--threads", type=THREADS, default=0, show_default=True,
               help="CPU threads (torch, BLAS and XGBoost); 0 = every available core.")
+@under_option("Calibrate and compare on this cache of the run's images (e.g. validator-e1 draws); the predictor "
+              "still trains on the run's stored out-of-fold predictions.")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
-def fit_failure(run, model, seed, threads, as_json) -> None:
+def fit_failure(run, model, seed, threads, under, as_json) -> None:
     """Train a failure predictor on a run's out-of-fold predictions; compare it on val_test."""
     from natix.cascade.failure import fit_failure_run
 
-    res = fit_failure_run(run, model=model, seed=seed, threads=threads)
+    res = fit_failure_run(opened(run, under), model=model, seed=seed, threads=threads)
     echo_result(as_json, res, lambda res: failure_table(run, model, res))
 
 
@@ -80,7 +94,7 @@ def cascade_text(res: dict) -> str:
         f"cascade ({res['mode']}) -> {res['out']}/cascade.json, cascade_curve.csv, cascade_curve.png",
         f"thresholds per stage: {res['thresholds']}",
         f"val_test ({res['n']} images; fractions): accuracy {res['accuracy']:.4f}, MCC {res['mcc']:.4f}, "
-        f"NATIX reward {res['reward_ordered']:.4f}",
+        f"reward_ordered {res['reward_ordered']:.4f} (validator windows over val_test in stored order)",
         "reaching stage 2, 3, ...: " + ", ".join(f"{d:.4f}" for d in res["deferral"]),
         f"compute per image: {compute}",
         f"guarantee: {res['calibration']['guarantee']}"])
@@ -94,12 +108,20 @@ def cascade_text(res: dict) -> str:
 @click.option("--delta", type=LEVEL, default=0.1, show_default=True, help="LTT failure probability.")
 @click.option("--budget", type=LEVEL, default=None, help="Max fraction deferred past each stage (best reward).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="[default: STAGE1/cascade]")
+@click.option("--under", default=None,
+              help="Two caches, comma-separated: stage 1's and stage 2's caches of the same images under the same "
+                   "challenge (same recipe, seed and draws); thresholds are certified on those scores.")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
-def cascade(stage1, stage2, stage3, target_risk, delta, budget, out, as_json) -> None:
+def cascade(stage1, stage2, stage3, target_risk, delta, budget, out, under, as_json) -> None:
     """Choose exit thresholds for a 2-3 stage cascade on val_calib; report it on val_test."""
     from natix.cascade.evaluation import cascade_run
 
+    if under is not None:
+        caches = comma_names(under)
+        if len(caches) != 2:
+            raise click.BadParameter(f"needs two caches (stage 1's,stage 2's), got {len(caches)}", param_hint="--under")
+        stage1, stage2 = opened(stage1, caches[0]), opened(stage2, caches[1])
     res = cascade_run(stage1, stage2, stage3=stage3, target_risk=target_risk, delta=delta, budget=budget, out=out)
     if as_json:
         echo_json(res["document"])  # exactly the cascade.json the run wrote

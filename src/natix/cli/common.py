@@ -162,3 +162,25 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def under_option(help_text: str = "Judge under this cache of the run's images (e.g. validator-e1 draws): its "
+                                  "predictions there replace the stored ones."):
+    """The `--under CACHE` option of the commands that read a run's predictions."""
+    return click.option("--under", type=click.Path(dir_okay=False), default=None, help=help_text)
+
+
+def opened(run: str, under: str | None):
+    """`run` as given, or opened under the cache `under` (:func:`natix.heads.under.under_run`)."""
+    if under is None:
+        return run
+    from natix.heads.under import under_run
+
+    return under_run(run, under)
+
+
+def under_line(res_under: dict | None) -> list[str]:
+    """The line saying which cache the scores were judged under (none when they are the run's own)."""
+    if not res_under:
+        return []
+    return [f"judged under {res_under['challenge']} ({res_under['path']}, {res_under['draws']} draw(s) per image)"]

@@ -8,7 +8,7 @@ from natix.cli.calibrate import calibration_summary
 from natix.cli.common import COUNT, LEVEL, SEED, THREADS, Number, Numbers, comma_names, echo_json, echo_result
 from natix.cli.group import cli, library_errors
 
-TABLE_METRICS = ("n", "accuracy", "mcc", "auroc", "nll", "ece", "augrc", "reward_ordered")
+TABLE_METRICS = ("n", "accuracy", "mcc", "auroc", "nll", "ece", "augrc", "reward_ordered", "reward_expected")
 TABLE_SPLITS = ("train", "val_select", "val_calib", "val_test", "train_oof")
 RATE = Number(min=0, max=1, max_open=True)  # dropout
 L2 = Numbers(Number(min=0), what="comma-separated L2 penalties", example="1e-3,1e-2")
@@ -82,13 +82,14 @@ def head_configs(head, agg, policy, seed, o):
 
 def metrics_table(metrics: dict) -> str:
     """One row per split of a run's metrics (fractions, 4 decimals)."""
-    lines = [f"{'split':<11}" + "".join(f"{n:>13}" for n in TABLE_METRICS)]
+    names = [n for n in TABLE_METRICS if any(n in m for m in metrics.values())]  # runs fitted before a metric existed
+    lines = [f"{'split':<11}" + "".join(f"{n:>16}" for n in names)]
     for split in TABLE_SPLITS:
         if split in metrics:
             m = metrics[split]
-            lines.append(f"{split:<11}" + "".join(f"{m[n]:>13}" if n == "n" else f"{m[n]:>13.4f}"
-                                                  for n in TABLE_METRICS))
-    return "\n".join(lines)
+            lines.append(f"{split:<11}" + "".join(f"{m[n]:>16}" if n == "n" else f"{m.get(n, float('nan')):>16.4f}"
+                                                  for n in names))
+    return "\n".join(lines + reward_notes(names))
 
 
 def fit_summary(r, head_name: str, seed: int, policy: str) -> str:
@@ -198,7 +199,7 @@ def evaluate(run, split, under, skip_checksum, as_json) -> None:
 
 
 @cli.command("ablate")
-@click.argument("features", type=click.Path(dir_okay=False))
+@click.argument("features")
 @click.option("--head", "heads", default="linear,mlp", show_default=True)
 @click.option("--agg", "aggs", default="global,mean,max,attention", show_default=True)
 @click.option("--policy", "policies", default="softmax,gate", show_default=True)
@@ -207,16 +208,20 @@ def evaluate(run, split, under, skip_checksum, as_json) -> None:
 @click.option("--jobs", type=COUNT, default=1, show_default=True, help="Arms trained in parallel processes.")
 @click.option("--metric", default="mcc", show_default=True, help="Sort and compare by this metric.")
 @click.option("--baseline", default=None, help="Arm to compare against, e.g. linear/mean/softmax [default: first].")
+@click.option("--under", type=click.Path(dir_okay=False), default=None,
+              help="Judge every arm on this cache's val_test rows (e.g. validator-e1 draws of the same images).")
 @click.option("-q", "--quiet", is_flag=True)
 @head_options
 @library_errors
-def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, quiet, **o) -> None:
-    """Train every head x aggregator x policy x seed arm on one cache; write a leaderboard."""
+def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, under, quiet, **o) -> None:
+    """Train every head x aggregator x policy x seed arm on FEATURES (a cache, or comma-separated caches of the
+    same images: the cache becomes a factor); write a leaderboard."""
     from natix.heads.ablate import ablate as run_ablate
 
     hc, tc = head_configs("linear", "mean", "softmax", 0, o)
-    board = run_ablate(features, out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
+    caches = comma_names(features)
+    board = run_ablate(caches if len(caches) > 1 else caches[0], out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
                        seeds=seeds, metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
                        ratios=o["ratios"], split_seed=o["split_seed"], progress=not quiet,
-                       verify=not o["skip_checksum"])
+                       verify=not o["skip_checksum"], under=under)
     click.echo(board.markdown)

@@ -1,7 +1,10 @@
-"""Ablation: every arm of heads × aggregators × policies × seeds on one cache, one leaderboard.
+"""Ablation: every arm of caches × heads × aggregators × policies × seeds, one leaderboard.
 
 Features are loaded once. Each arm is trained per seed on `train` (early stopping on
-`val_select`) and scored on `val_test`. Every column of an arm's row is one estimand: the mean
+`val_select`) and scored on `val_test`. With several caches of the same images (clean and
+challenge draws, frozen and adapted backbones) the cache an arm trains on is a factor; splits
+are made once and applied by image id, and every arm is judged on the same rows: the `val_test`
+rows of the first cache, or of the `under` cache (e.g. validator-e1 draws). Every column of an arm's row is one estimand: the mean
 over seeds of the per-seed metric on `val_test`. For the chosen metric the row adds a bootstrap
 CI of that same mean (resampling `val_test` rows and, with >= 2 seeds, seeds; BCa below 500 rows)
 and Δ = row value − baseline row value, whose CI applies the same row and seed resamples to both
@@ -32,7 +35,7 @@ from natix.rundir import check_out, confidence
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ("auroc", "mcc", "accuracy", "nll", "ece", "augrc", "reward_ordered")
+TABLE_METRICS = ("auroc", "mcc", "accuracy", "nll", "ece", "augrc", "reward_ordered", "reward_expected")
 # Metrics with a leaderboard CI. Binned ECE is left out: resampled rows bias it upward, so its
 # bootstrap interval can miss the row's own value.
 CI_METRICS = {"auroc": M.auroc, "mcc": M.mcc, "accuracy": M.accuracy, "nll": M.nll, "brier": M.brier,
@@ -44,10 +47,54 @@ class Arm:
     head: str
     agg: str
     policy: str
+    cache: str = ""  # the label of the cache it trains on; "" when there is one cache
 
     @property
     def name(self) -> str:
-        return f"{self.head}/{self.agg}/{self.policy}"
+        model = f"{self.head}/{self.agg}/{self.policy}"
+        return f"{self.cache}:{model}" if self.cache else model
+
+
+@dataclass
+class Sources:
+    """The caches arms train on (label → dataset and split rows) and the rows every arm is judged on."""
+
+    train: dict[str, tuple[Dataset, dict]]
+    judge: Dataset
+    test_rows: np.ndarray
+    judge_label: str
+
+
+def cache_labels(datasets: list[Dataset]) -> list[str]:
+    """A short label per cache: its challenge recipe ("clean" without one), with the file stem when two share it."""
+    from natix.cache.store import open_cache
+
+    names = []
+    for d in datasets:
+        with open_cache(d.path) as c:
+            names.append((c.identity.get("challenge") or {}).get("name", "clean"))
+    return [n if names.count(n) == 1 else f"{n}[{d.path.stem}]" for n, d in zip(names, datasets)]
+
+
+def load_sources(features, under=None, *, ratios=DEFAULT_RATIOS, split_seed: int = 0, verify: bool = True,
+                 data: Dataset | None = None) -> tuple[Sources, object]:
+    """The caches of an ablation (one path or several of the same images) and its splits (made on the first)."""
+    paths = [features] if isinstance(features, (str, Path)) or features is None else list(features)
+    datasets = [data or load_dataset(paths[0], verify=verify)] + [load_dataset(p, verify=verify) for p in paths[1:]]
+    labels = cache_labels(datasets) if len(datasets) > 1 else [""]
+    splits = resolve_splits(datasets[0], ratios=ratios, seed=split_seed)
+    owner = f"the splits of '{datasets[0].path}'"
+    train = {lab: (d, splits.rows(d.images, cache=d.path, owner=owner)) for lab, d in zip(labels, datasets)}
+    resolved = {Path(d.path).resolve(): d for d in datasets}
+    judge = datasets[0] if under is None else resolved.get(Path(under).resolve()) or load_dataset(under, verify=verify)
+    for d in datasets:
+        if d.view_names != judge.view_names or d.X.shape[2] != judge.X.shape[2]:
+            raise ConfigError(f"cache '{d.path}' has views {d.view_names} × {d.X.shape[2]} dims, the judging cache "
+                              f"'{judge.path}' {judge.view_names} × {judge.X.shape[2]}: extract every cache with "
+                              "the same backbone and --views")
+    test_rows = splits.rows(judge.images, cache=judge.path, owner=owner)["val_test"]
+    judge_label = cache_labels([judge])[0] if under is not None or len(datasets) > 1 else ""
+    return Sources(train, judge, test_rows, judge_label), splits
 
 
 @dataclass(frozen=True)
@@ -59,10 +106,11 @@ class Leaderboard:
     meta: dict
     markdown: str  # the content of leaderboard.md
 
-def _train_arm(arm: Arm, seeds: tuple[int, ...], head_cfg, train_cfg, data: Dataset, rows: dict) -> list[dict]:
-    """Every seed of one arm, trained together; the val_test predictions of each seed."""
+def _train_arm(arm: Arm, seeds: tuple[int, ...], head_cfg, train_cfg, sources: Sources) -> list[dict]:
+    """Every seed of one arm, trained together on its cache; each seed's predictions on the judged rows."""
     from natix.heads.fitting import RowView, fit_heads
 
+    data, rows = sources.train[arm.cache]
     t0 = time.perf_counter()
     head = dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy)
     fitted = fit_heads(RowView(data.X, rows["train"]), data.labels[rows["train"]],
@@ -70,7 +118,7 @@ def _train_arm(arm: Arm, seeds: tuple[int, ...], head_cfg, train_cfg, data: Data
                        seeds=seeds)
     out = []
     for f in fitted:
-        pred = f.predict(RowView(data.X, rows["val_test"]), view_logits=False)  # scores only
+        pred = f.predict(RowView(sources.judge.X, sources.test_rows), view_logits=False)  # scores only
         out.append({"prob": pred["prob"], "conf": confidence(pred), "epochs": f.history["epochs"],
                     "seconds": time.perf_counter() - t0})  # the whole arm's time, all seeds together
     return out
@@ -87,9 +135,9 @@ def _cost(arm: Arm, head_cfg) -> int:
 _SHARED: dict = {}
 
 
-def _init_worker(data, rows, threads: int):
+def _init_worker(sources: Sources, threads: int):
     """Forked workers inherit the features without copying them, and cap their own threads."""
-    _SHARED["data"], _SHARED["rows"] = data, rows
+    _SHARED["sources"] = sources
     from natix.heads.config import limit_threads
 
     _SHARED["limit"] = limit_threads(threads)
@@ -98,7 +146,7 @@ def _init_worker(data, rows, threads: int):
 
 def _train_arm_shared(job):
     arm, seeds, head_cfg, train_cfg = job
-    return arm, _train_arm(arm, seeds, head_cfg, train_cfg, _SHARED["data"], _SHARED["rows"])
+    return arm, _train_arm(arm, seeds, head_cfg, train_cfg, _SHARED["sources"])
 
 
 def job_threads(jobs: int, threads: int) -> int:
@@ -123,12 +171,14 @@ def job_threads(jobs: int, threads: int) -> int:
 def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softmax",), seeds: int = 1,
            metric: str = "mcc", baseline: str | None = None, jobs: int = 1, head_cfg=None, train_cfg=None,
            ratios=DEFAULT_RATIOS, split_seed: int = 0, n_boot: int = 1000, progress: bool = True,
-           data: Dataset | None = None, verify: bool = True) -> Leaderboard:
+           data: Dataset | None = None, verify: bool = True, under=None) -> Leaderboard:
     """Train every arm and write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.json`` into `out`.
 
-    Returns the :class:`Leaderboard` it wrote (rows sorted by `metric`, best first, and the markdown).
-    The cache is checked as :func:`natix.heads.runs.load_dataset` does (``verify=False`` skips its
-    features checksum).
+    `features` is one cache or a list of caches of the same images (the cache becomes a factor of
+    the grid); arms are judged on the `val_test` rows of the first cache, or of `under`. Returns
+    the :class:`Leaderboard` it wrote (rows sorted by `metric`, best first, and the markdown).
+    Caches are checked as :func:`natix.heads.runs.load_dataset` does (``verify=False`` skips
+    their features checksum).
     """
     from natix.heads.config import HeadConfig, TrainConfig
 
@@ -141,22 +191,21 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     if not heads or not aggs or not policies:
         raise ConfigError("ablate needs at least one head, one aggregator and one policy: e.g. --head linear "
                           "--agg mean --policy softmax")
-    arms = list(dict.fromkeys(Arm(h, a, p) for h, a, p in itertools.product(heads, aggs, policies)))
-    for arm in arms:  # validate names before any training
-        dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy)
+    for h, a, p in itertools.product(heads, aggs, policies):  # validate names before any training
+        dataclasses.replace(head_cfg, head=h, agg=a, policy=p)
+    threads = job_threads(jobs, train_cfg.threads)
+    train_cfg = dataclasses.replace(train_cfg, threads=threads)  # every fit inside a job keeps to its share
+    for h, a, p in itertools.product(heads, aggs, policies):  # an optimizer that does not fit fails here
+        train_cfg.engine(dataclasses.replace(head_cfg, head=h, agg=a, policy=p))
+    check_out(out, run=False)  # an --out that cannot be written fails before any training
+    sources, splits = load_sources(features, under, ratios=ratios, split_seed=split_seed, verify=verify, data=data)
+    arms = list(dict.fromkeys(Arm(h, a, p, c) for c, h, a, p in itertools.product(sources.train, heads, aggs,
+                                                                                   policies)))
     names = [a.name for a in arms]
     baseline = baseline or names[0]
     if baseline not in names:
         raise ConfigError(f"baseline '{baseline}' is not an arm: pass one of {', '.join(names)}")
-    threads = job_threads(jobs, train_cfg.threads)
-    train_cfg = dataclasses.replace(train_cfg, threads=threads)  # every fit inside a job keeps to its share
-    for arm in arms:  # an optimizer that does not fit an arm fails here, before any training
-        train_cfg.engine(dataclasses.replace(head_cfg, head=arm.head, agg=arm.agg, policy=arm.policy))
-    check_out(out, run=False)  # an --out that cannot be written fails before any training
-    data = data or load_dataset(features, verify=verify)
-    splits = resolve_splits(data, ratios=ratios, seed=split_seed)
-    rows = splits.rows(data.images)
-    y = data.labels[rows["val_test"]]
+    y = sources.judge.labels[sources.test_rows]
     seed_list = tuple(train_cfg.seed + s for s in range(seeds))
     schedule = sorted(arms, key=lambda a: _cost(a, head_cfg), reverse=True)  # expensive first: jobs end together
     results: dict[str, list] = {}
@@ -167,12 +216,12 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
 
         with limit_threads(threads):
             for arm in schedule:
-                results[arm.name] = _train_arm(arm, seed_list, head_cfg, train_cfg, data, rows)
+                results[arm.name] = _train_arm(arm, seed_list, head_cfg, train_cfg, sources)
                 bar.update(1)
     else:
         ctx = mp.get_context("fork")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(data, rows, threads)) as pool:
+                                 initargs=(sources, threads)) as pool:
             futures = [pool.submit(_train_arm_shared, (a, seed_list, head_cfg, train_cfg)) for a in schedule]
             for fut in as_completed(futures):
                 arm, preds = fut.result()
@@ -182,7 +231,12 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     board = leaderboard(arms, results, y, metric, baseline, n_boot, seed=split_seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"cache": str(data.path), "fingerprint": data.fingerprint, "jobs": jobs, "threads_per_job": threads,
+    first = next(iter(sources.train.values()))[0]
+    meta = {"cache": str(first.path), "fingerprint": first.fingerprint, "jobs": jobs, "threads_per_job": threads,
+            "caches": {lab or "": str(d.path) for lab, (d, _) in sources.train.items()},
+            "judged_on": {"cache": str(sources.judge.path), "label": sources.judge_label,
+                          "rows": int(len(sources.test_rows)),
+                          "images": int(len(np.unique(sources.judge.images[sources.test_rows])))},
             "arm_seconds": {a: r[0]["seconds"] for a, r in results.items()}, "seeds": seeds,
             "n_val_test": int(len(y)), "seconds": time.perf_counter() - t0, "split_digest": splits.digest}
     return Leaderboard(out, board, meta, write_leaderboard(board, out, metric, baseline, meta))
@@ -194,7 +248,7 @@ def leaderboard(arms, results, y, metric, baseline, n_boot, seed):
     board = []
     for a in arms:
         per_seed = [M.split_metrics(y, r["prob"], r["conf"]) for r in results[a.name]]
-        row = {"arm": a.name, "head": a.head, "agg": a.agg, "policy": a.policy, "seeds": len(per_seed),
+        row = {"arm": a.name, "cache": a.cache, "head": a.head, "agg": a.agg, "policy": a.policy, "seeds": len(per_seed),
                "epochs": float(np.mean([r["epochs"] for r in results[a.name]]))}
         for m in M.METRIC_NAMES:
             vals = np.array([s[m] for s in per_seed])
@@ -231,7 +285,7 @@ def leaderboard(arms, results, y, metric, baseline, n_boot, seed):
 
 def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, meta: dict) -> str:
     """Write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.json`` into `out`; return the markdown."""
-    cols = ["arm", "head", "agg", "policy", "seeds", "epochs", *M.METRIC_NAMES]
+    cols = ["arm", "cache", "head", "agg", "policy", "seeds", "epochs", *M.METRIC_NAMES]
     with open(out / "leaderboard.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols + [f"{metric}_ci_low", f"{metric}_ci_high", f"diff_vs_baseline_{metric}",
@@ -253,9 +307,15 @@ def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, 
                 "excludes 0.")
     else:
         note = f"No bootstrap CI for {metric}. {delta}."
-    lines = [f"# Ablation leaderboard ({meta['seeds']} seed(s), {meta['n_val_test']} val_test images)", "",
+    judged = meta["judged_on"]
+    where = (f"{judged['rows']} val_test rows ({judged['images']} images) of {judged['label']} "
+             f"`{judged['cache']}`" if judged["label"] else f"{meta['n_val_test']} val_test images")
+    drawn_rows = " Rows are resampled as independent, draws of one image too." if judged["rows"] > judged["images"] \
+        else ""
+    lines = [f"# Ablation leaderboard ({meta['seeds']} seed(s), judged on {where})", "",
              f"Sorted by {metric}. Metrics are fractions (not x1000); each cell is the mean over seeds of the "
-             f"metric of one seed's val_test predictions. {note}", "",
+             f"metric of one seed's val_test predictions. {note}{drawn_rows}", "",
+             *(f"{k}: {text}." for k, text in M.REWARD_DEFINITIONS.items() if k in TABLE_METRICS), "",
              "| arm | " + " | ".join(TABLE_METRICS) + f" | {metric} 95% CI | Δ{metric} vs baseline |",
              "|" + "---|" * (len(TABLE_METRICS) + 3)]
     for r in board:
@@ -265,8 +325,9 @@ def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, 
         cells = " | ".join(f"{r[m]:.4f}" for m in TABLE_METRICS)
         lines.append(f"| {r['arm']} | {cells} | [{ci[0]:.4f}, {ci[1]:.4f}] | "
                      f"{d:+.4f} [{dci[0]:+.4f}, {dci[1]:+.4f}]{star} |")
-    lines += ["", f"cache `{meta['cache']}` ({meta['fingerprint'][:16]}), splits {meta['split_digest'][:12]}, "
-                  f"{meta['seconds']:.1f} s"]
+    caches = ", ".join(f"{lab} `{path}`" for lab, path in meta["caches"].items()) if len(meta["caches"]) > 1 \
+        else f"`{meta['cache']}` ({meta['fingerprint'][:16]})"
+    lines += ["", f"trained on {caches}; splits {meta['split_digest'][:12]} (by image id), {meta['seconds']:.1f} s"]
     markdown = "\n".join(lines) + "\n"
     (out / "leaderboard.md").write_text(markdown)
     write_json(out / "leaderboard.json", {"meta": meta, "rows": board})

@@ -40,13 +40,20 @@ class Splits:
         body = json.dumps({k: sorted(v) for k, v in self.ids.items()}, sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
 
-    def rows(self, image_ids) -> dict[str, np.ndarray]:
+    def rows(self, image_ids, *, cache=None, owner: str | None = None) -> dict[str, np.ndarray]:
         """Row indices into a cache's per-row image ids, per split (in split order; every row of an
-        image, e.g. each draw of a challenge cache, with its image)."""
+        image, e.g. each draw of a challenge cache, with its image).
+
+        A split image the cache lacks raises a one-line `DataError`; with `cache` and `owner` (whose
+        splits these are, e.g. "run 'runs/a'") it says that the cache must come from the same images.
+        """
         index: dict[str, list[int]] = {}
         for r, i in enumerate(np.asarray(image_ids).tolist()):
             index.setdefault(i, []).append(r)
         missing = [i for ids in self.ids.values() for i in ids if i not in index]
+        if missing and owner is not None:
+            raise DataError(f"cache '{cache}' lacks {len(missing)} of the split images of {owner}: extract it from "
+                            "the same image source")
         if missing:
             raise DataError(f"split file names {len(missing)} image(s) that are not in this cache: "
                             "it belongs to another cache; drop --splits to make new splits")

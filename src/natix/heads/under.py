@@ -55,15 +55,9 @@ def under_dataset(run: Run, cache, *, verify: bool = True) -> Dataset:
 def split_rows(run: Run, data: Dataset, splits=SPLITS) -> dict[str, np.ndarray]:
     """Rows of `data` per split of the run (by image id); refuses a cache that lacks some of their images."""
     assignment = Splits.load(run.splits_file)
-    have = set(data.images.tolist())
-    for name in splits:
-        lacking = [i for i in assignment.ids[name] if i not in have]
-        if lacking:
-            raise DataError(f"cache '{data.path}' lacks {len(lacking)} of the {len(assignment.ids[name])} {name} "
-                            f"images of run '{run.path}': extract it from the run's image source")
-    rows = Splits({k: assignment.ids[k] for k in splits}, assignment.seed, assignment.ratios,
-                  assignment.fingerprint, assignment.grouped).rows(data.images)
-    return {k: rows[k] for k in splits}
+    wanted = Splits({k: assignment.ids[k] for k in splits}, assignment.seed, assignment.ratios,
+                    assignment.fingerprint, assignment.grouped)
+    return wanted.rows(data.images, cache=data.path, owner=f"run '{run.path}'")
 
 
 def predict_under(run, cache, *, splits=SPLITS, verify: bool = True) -> dict[str, dict[str, np.ndarray]]:
