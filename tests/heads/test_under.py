@@ -58,6 +58,19 @@ def test_fit_head_on_draws_keeps_every_draw_and_groups_oof_folds(tmp_path, cache
         assert len(set(oof["fold"][images == image].tolist())) == 1  # no draw judged by a model that saw another
 
 
+def test_fit_head_on_clean_plus_draws_trains_on_both_and_judges_the_clean_rows(tmp_path, caches):
+    res = fit_run(caches[0], tmp_path / "both", also=[caches[1]])
+    run = Run(res.out)
+    split = json.loads(run.splits_file.read_text())["ids"]
+    train = run.predictions("train")
+    assert len(train["ids"]) == (1 + K) * len(split["train"])  # the clean rows and every draw of them
+    assert len(run.predictions("val_test")["ids"]) == len(split["val_test"])  # judged on the first cache
+    assert run.config["also"] == [str(caches[1].resolve())]
+    wide = make_synthetic_cache(tmp_path / "wide", n=N, n_views=V + 1, dim=D, seed=3, draws=2)
+    with pytest.raises(DataError, match="same backbone and --views"):
+        fit_run(caches[0], tmp_path / "bad", also=[wide])
+
+
 def test_evaluate_under_scores_the_run_head_on_the_draws_by_level(clean_run, caches):
     res = evaluate_run(clean_run, under=caches[1], n_boot=50)
     pred = predict_under(clean_run, caches[1], splits=("val_test",))["val_test"]

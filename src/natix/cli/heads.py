@@ -121,10 +121,12 @@ def fit_summary(r, head_name: str, seed: int, policy: str) -> str:
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), help="Reuse a splits.json.")
 @click.option("--oof-folds", type=Number(min=0, integer=True), default=0, show_default=True,
               help="Cross-fit K models for out-of-fold train predictions (0: off; at most the rows of a class).")
+@click.option("--also", default=None,
+              help="Comma-separated caches of the same images (e.g. validator-e1 draws) whose train rows join training.")
 @click.option("--json", "as_json", is_flag=True)
 @head_options
 @library_errors
-def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, splits_path, oof_folds, as_json,
+def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, splits_path, oof_folds, also, as_json,
              **o) -> None:
     """Train a head on a feature cache and write a run directory."""
     from natix.heads.runs import fit_run
@@ -132,7 +134,8 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
     scrc = policy == "scrc"  # train a softmax head, then calibrate and certify with SCRC (levels checked at parse)
     hc, tc = head_configs(head, agg, "softmax" if scrc else policy, seed, o)
     r = fit_run(features, out, head=hc, train=tc, splits_path=splits_path, ratios=o["ratios"],
-                split_seed=o["split_seed"], oof_folds=oof_folds, verify=not o["skip_checksum"])
+                split_seed=o["split_seed"], oof_folds=oof_folds, verify=not o["skip_checksum"],
+                also=comma_names(also) if also else ())
     cal = None
     if scrc:
         from natix.calibrate.apply import calibrate_run

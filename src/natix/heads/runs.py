@@ -109,12 +109,15 @@ class RunResult:
 
 
 def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DEFAULT_RATIOS,
-            split_seed: int = 0, oof_folds: int = 0, data: Dataset | None = None, verify: bool = True) -> RunResult:
+            split_seed: int = 0, oof_folds: int = 0, data: Dataset | None = None, verify: bool = True,
+            also=()) -> RunResult:
     """Fit a head on a cache and write the run directory `out` (see :mod:`natix.rundir`).
 
     Returns the metrics it wrote. View-linear heads (see `natix.heads.config`) never import
     torch on this path. `out` may be new, empty, or an earlier run (replaced whole). The cache
     is checked as :func:`load_dataset` does; ``verify=False`` skips its features checksum.
+    `also` names further caches of the same images (e.g. validator-e1 draws of a clean cache)
+    whose train-split rows join the training rows; every other split stays the first cache's.
     """
     from natix.heads.config import HeadConfig, TrainConfig, limit_threads
 
@@ -127,6 +130,8 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     data = data or load_dataset(features, verify=verify)
     splits = resolve_splits(data, splits_path=splits_path, ratios=ratios, seed=split_seed)
     rows = splits.rows(data.images)
+    for extra in also:
+        data, rows = _with_train_rows(data, rows, splits, load_dataset(extra, verify=verify))
     if oof_folds:  # refused before the main fit, not after it
         check_oof_folds(oof_folds, data.labels[rows["train"]])
     with limit_threads(train.threads):
@@ -135,9 +140,25 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     for name, pred in preds.items():
         r = rows["train"] if name == "train_oof" else rows[name]
         predictions[name] = {"ids": data.ids[r], "labels": data.labels[r], **pred}
-    metrics = rundir.write_run(out, config=_run_config(features, data, splits, fitted, oof_folds),
+    config = {**_run_config(features, data, splits, fitted, oof_folds), "also": [str(Path(p).resolve()) for p in also]}
+    metrics = rundir.write_run(out, config=config,
                                state=fitted.state, splits=splits, predictions=predictions)
     return RunResult(out, metrics, fitted.history, time.perf_counter() - t0)
+
+
+def _with_train_rows(data: Dataset, rows: dict, splits: Splits, extra: Dataset) -> tuple[Dataset, dict]:
+    """`data` with the train-split rows of `extra` (another cache of the same images) appended to
+    its train rows."""
+    if extra.view_names != data.view_names or extra.X.shape[2] != data.X.shape[2]:
+        raise DataError(f"cache '{extra.path}' has views {extra.view_names} × {extra.X.shape[2]} dims, '{data.path}' "
+                        f"{data.view_names} × {data.X.shape[2]}: extract both with the same backbone and --views")
+    add = splits.rows(extra.images, cache=extra.path, owner=f"the splits of '{data.path}'")["train"]
+    n = len(data.ids)
+    joined = dataclasses.replace(
+        data, X=np.concatenate([data.X, extra.X[add]]), ids=np.concatenate([data.ids, extra.ids[add]]),
+        labels=np.concatenate([data.labels, extra.labels[add]]), groups=np.concatenate([data.groups, extra.groups[add]]),
+        images=np.concatenate([data.images, extra.images[add]]), levels=np.concatenate([data.levels, extra.levels[add]]))
+    return joined, {**rows, "train": np.concatenate([rows["train"], n + np.arange(len(add))])}
 
 
 def _fit_and_predict(data: Dataset, rows: dict, head, train, oof_folds: int):
