@@ -35,6 +35,10 @@ demo: $(VENV)/.installed
 	$(BIN)/natix export $(DEMO)/cascade --out $(DEMO)/bundle
 	$(BIN)/natix predict $(DEMO)/bundle $(DEMO)/images/img_00000.jpg $(DEMO)/images/img_00001.jpg $(DEMO)/images/img_00002.jpg
 	$(BIN)/natix ablate $(DEMO)/cache/*.h5 --head linear --agg global,mean,max,attention --policy softmax --seeds 2 --out $(DEMO)/ablate -q
+	@echo "--- judged under validator conditions: 4 validator-e1 draws per image (224x224 quality-75 JPEGs), global view"
+	$(BIN)/natix extract $(DEMO)/images --backbone $(DEMO)/backbone --challenge validator-e1 --draws 4 --cache $(DEMO)/cache-e1
+	$(BIN)/natix evaluate $(DEMO)/runs/global --under $(DEMO)/cache-e1/*.h5
+	$(BIN)/natix ablate "$$(echo $(DEMO)/cache-global/*.h5),$$(echo $(DEMO)/cache-e1/*.h5)" --under $(DEMO)/cache-e1/*.h5 --head linear --agg global --policy softmax --seeds 2 --out $(DEMO)/ablate-e1 -q
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

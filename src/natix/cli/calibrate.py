@@ -32,6 +32,9 @@ def calibration_summary(res) -> str:
     if bound is not None:
         lines.append(bound)
     lines.append(f"guarantee: {res.guarantee}")
+    from natix.metrics import REWARD_DEFINITIONS
+
+    lines += [f"{k}: {text}" for k, text in REWARD_DEFINITIONS.items() if k in b]
     return "\n".join(lines)
 
 
