@@ -133,77 +133,6 @@ def test_ece_perfectly_calibrated_bins_and_more_bins_than_samples():
 
 
 # --------------------------------------------------------------------------------------------
-# NATIX reward
-# --------------------------------------------------------------------------------------------
-
-
-def test_natix_reward_all_correct_and_all_wrong():
-    y = np.array([0, 1] * 30)
-    assert M.natix_reward(y, np.where(y == 1, 0.9, 0.1)) == pytest.approx(1.0)
-    assert M.natix_reward(y, np.where(y == 1, 0.1, 0.9)) == 0.0
-
-
-def test_natix_reward_half_is_no_roadwork():
-    y = np.array([0, 1] * 10)
-    assert M.natix_reward(y, np.where(y == 1, 0.9, 0.5)) == pytest.approx(1.0)
-    # everything 0.5 -> all "no roadwork": accuracy .5, MCC undefined -> 0
-    assert M.natix_reward(y, np.full(20, 0.5)) == pytest.approx(0.25**3)
-
-
-@pytest.mark.parametrize("bad", [-1.0, 1.2, np.nan])
-def test_natix_reward_invalid_answers_count_as_wrong(bad):
-    y = np.array([0, 1] * 10)
-    p = np.where(y == 1, 0.9, 0.1)
-    p[18] = -1.0  # label 0
-    p[19] = bad  # label 1; np.round(1.2) would have been right
-    # tp=9 tn=9 fp=1 fn=1 -> MCC = 80/100; last 10: 8 correct
-    assert M.natix_reward(y, p) == pytest.approx((0.5 * 0.8 + 0.5 * 0.8) ** 3)
-
-
-def test_natix_reward_mixed_hand_case():
-    y = np.array([1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0])
-    p = np.where(y == 1, 0.7, 0.3)
-    p[:2] = 0.2  # the two oldest answers are wrong (fn = 2)
-    # last 10 all correct; MCC over all 12: tp=4 tn=6 fp=0 fn=2 -> 24 / sqrt(4*6*6*8)
-    expected_mcc = 24 / np.sqrt(4 * 6 * 6 * 8)
-    assert M.natix_reward(y, p) == pytest.approx((0.5 * expected_mcc + 0.5) ** 3)
-    rewards, mean = M.ordered_rewards(y, p)
-    assert rewards.shape == (12,)
-    assert rewards[0] == 0.0  # one wrong answer: accuracy 0, MCC 0
-    assert rewards[-1] == pytest.approx(M.natix_reward(y, p))
-    assert mean == pytest.approx(rewards.mean())
-
-
-def test_natix_reward_uses_only_the_last_windows():
-    y = np.array([0, 1] * 75)
-    p = np.where(y == 1, 0.9, 0.1)
-    p[:50] = 1 - p[:50]  # the first 50 answers are wrong, outside the last 100
-    assert M.natix_reward(y, p) == pytest.approx(1.0)
-    rewards, _ = M.ordered_rewards(y, p)
-    assert rewards[99] < 1.0  # at step 100 the wrong answers are still in the MCC window
-    # a single wrong answer 11 steps back leaves accuracy at 1, 10 steps back does not
-    q = np.where(y == 1, 0.9, 0.1)
-    q[-11] = 1 - q[-11]
-    r = M.natix_reward(y, q)
-    assert r < 1.0 and r > (0.5 * 0.9 + 0.5 * 0.9) ** 3
-    q[-10] = 1 - q[-10]
-    assert M.natix_reward(y, q) < r
-
-
-def test_ordered_rewards_matches_a_naive_loop(rng):
-    y = rng.integers(0, 2, 130)
-    p = rng.random(130)
-    p[rng.random(130) < 0.05] = -1.0
-    rewards, _ = M.ordered_rewards(y, p)
-    for t in (1, 7, 10, 11, 99, 100, 101, 130):
-        yy, pp = y[max(0, t - 100) : t], p[max(0, t - 100) : t]
-        dec = np.where((pp >= 0) & (pp <= 1), np.round(pp), 1 - yy)
-        m = skm.matthews_corrcoef(yy, dec) if len(np.unique(yy)) > 1 else 0.0
-        acc = np.mean(dec[-10:] == yy[-10:])
-        assert rewards[t - 1] == pytest.approx((0.5 * max(0.0, m) + 0.5 * acc) ** 3)
-
-
-# --------------------------------------------------------------------------------------------
 # selective classification
 # --------------------------------------------------------------------------------------------
 
@@ -683,9 +612,6 @@ P = [0.1, 0.8, 0.6, 0.4]
         (lambda: M.ece(Y, P, n_bins=0), "n_bins must be a positive integer"),
         (lambda: M.ece(Y, P, n_bins=2.5), "n_bins must be a positive integer"),
         (lambda: M.ece(Y, P, strategy="equal"), "strategy must be"),
-        (lambda: M.natix_reward([0, 1, 3], [0.1, 0.2, 0.3]), "only 0 and 1"),
-        (lambda: M.natix_reward([0, 1], [0.1, 0.2, 0.3]), "same length"),
-        (lambda: M.natix_reward(Y, P, mcc_window=0), "mcc_window must be"),
         (lambda: M.risk_coverage_curve([0, 1, 2], [0.1, 0.2, 0.3]), "errors must contain only"),
         (lambda: M.aurc([0, 1], [0.1, np.nan]), "confidence must be finite"),
         (lambda: M.augrc([0, 1], [0.1]), "same length"),

@@ -12,6 +12,10 @@ Conventions
   positive).
 * Hard decisions are ``y_prob > threshold``. With the default threshold 0.5 this is exactly the
   NATIX validator's ``np.round(p)`` on [0, 1] (numpy rounds half to even, so p = 0.5 is class 0).
+* The NATIX reward (:mod:`natix.metrics.reward`): :func:`validator_rewards` is the validator's
+  exact per-answer sequence, :func:`ordered_rewards` the same with every invalid answer counted as
+  a wrong decision, :func:`expected_reward` its expectation over random challenge streams;
+  :data:`REWARD_DEFINITIONS` says which definition each reported reward key uses.
 * Selective classification: ``errors`` is the 0/1 loss per sample, ``confidence`` any finite real;
   a sample is accepted when ``confidence >= tau``. Risks and areas are fractions (not x1000).
 * Bootstrap intervals resample rows (and, in :func:`seed_bootstrap_ci`, training seeds too);
@@ -42,8 +46,6 @@ from natix.metrics.classification import (
     brier,
     ece,
     mcc,
-    natix_reward,
-    ordered_rewards,
     nll,
     predictions,
     reliability_curve,
@@ -58,6 +60,13 @@ from natix.metrics.deferral import (
 from natix.metrics.inputs import (
     UndefinedMetricError,
     trapezoid,
+)
+from natix.metrics.reward import (
+    REWARD_DEFINITIONS,
+    RewardEstimate,
+    expected_reward,
+    ordered_rewards,
+    validator_rewards,
 )
 from natix.metrics.selective import (
     augrc,
@@ -83,7 +92,9 @@ __all__ = [
     "BOOTSTRAP_METHODS",
     "LOWER_IS_BETTER",
     "METRIC_NAMES",
+    "REWARD_DEFINITIONS",
     "DeferralCurve",
+    "RewardEstimate",
     "SeedBootstrap",
     "UndefinedMetricError",
     "accuracy",
@@ -105,12 +116,12 @@ __all__ = [
     "e_augrc",
     "e_aurc",
     "ece",
+    "expected_reward",
     "fpr_at_95_tpr",
     "mcc",
-    "reward_ordered",
-    "ordered_rewards",
     "nll",
     "optimal_aurc",
+    "ordered_rewards",
     "paired_bootstrap_diff",
     "predictions",
     "reliability_curve",
@@ -119,4 +130,5 @@ __all__ = [
     "seed_bootstrap_ci",
     "split_metrics",
     "trapezoid",
+    "validator_rewards",
 ]

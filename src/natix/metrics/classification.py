@@ -1,4 +1,4 @@
-"""Binary classification, calibration error and the NATIX reward."""
+"""Binary classification and calibration error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from natix.metrics.inputs import (
     NLL_EPS,
     UndefinedMetricError,
     average_ranks,
-    check_1d,
     check_labels,
     check_probs,
     check_same_length,
@@ -285,80 +284,3 @@ def _binned(y_true, y_prob, n_bins, strategy: str) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
     counts = np.bincount(bins, minlength=n_bins)
     return counts, np.bincount(bins, weights=y, minlength=n_bins), np.bincount(bins, weights=p, minlength=n_bins)
-
-
-# --------------------------------------------------------------------------------------------
-# NATIX reward
-# --------------------------------------------------------------------------------------------
-
-
-def ordered_rewards(
-    y_true, y_prob, *, mcc_window: int = 100, acc_window: int = 10
-) -> tuple[np.ndarray, float]:
-    """NATIX validator reward after every step of a sequence of answers.
-
-    At step t (1-based) the reward is
-    ``(0.5 * max(0, MCC over answers max(1, t-99)..t) + 0.5 * accuracy over max(1, t-9)..t) ** 3``
-    (DESIGN §6); early steps use the shorter history that exists. Decisions are ``np.round(p)``
-    (0.5 is class 0). An answer that is -1, NaN or outside [0, 1] is counted as a wrong decision
-    (decision = 1 - label) in both windows. MCC is 0 when undefined (e.g. the window holds one
-    class only).
-
-    Interpretation, deliberately simpler than the live validator: the live code drops -1 answers
-    from its history, keeps out-of-range answers as ``np.round(p)``, and zeroes only the round
-    whose answer is invalid; here every invalid answer is simply a mistake.
-
-    Parameters
-    ----------
-    y_true : array of shape (n,), labels in {0, 1}, in the order the requests arrived
-    y_prob : array of shape (n,), the miner's answers (any float; invalid ones count as wrong)
-    mcc_window, acc_window : int >= 1
-
-    Returns
-    -------
-    rewards : ndarray of shape (n,), in [0, 1]
-    mean_reward : float
-    """
-    y = check_labels(y_true)
-    p = check_1d(y_prob, "y_prob")
-    check_same_length(y_true=y, y_prob=p)
-    for name, w in (("mcc_window", mcc_window), ("acc_window", acc_window)):
-        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1:
-            raise ValueError(f"{name} must be a positive integer, got {w!r}")
-    valid = (p >= 0.0) & (p <= 1.0)  # False for -1, NaN and out-of-range answers
-    yhat = np.where(valid, np.round(np.where(valid, p, 0.0)), 1 - y).astype(np.int64)
-
-    def window_sums(x: np.ndarray, w: int) -> np.ndarray:
-        c = np.r_[0.0, np.cumsum(x, dtype=float)]
-        t = np.arange(1, len(x) + 1)
-        return c[t] - c[np.maximum(t - w, 0)]
-
-    t = np.arange(1, len(y) + 1)
-    acc = window_sums(y == yhat, acc_window) / np.minimum(t, acc_window)
-    tp = window_sums((y == 1) & (yhat == 1), mcc_window)
-    tn = window_sums((y == 0) & (yhat == 0), mcc_window)
-    fp = window_sums((y == 0) & (yhat == 1), mcc_window)
-    fn = window_sums((y == 1) & (yhat == 0), mcc_window)
-    m = mcc_from_counts(tp, tn, fp, fn)
-    rewards = (0.5 * np.maximum(0.0, m) + 0.5 * acc) ** 3
-    return rewards, float(rewards.mean())
-
-
-def natix_reward(y_true, y_prob, *, mcc_window: int = 100, acc_window: int = 10) -> float:
-    """NATIX validator reward after the whole sequence: the last entry of
-    :func:`ordered_rewards` (MCC over the last 100 answers, accuracy over the last 10).
-
-    Parameters
-    ----------
-    y_true : array of shape (n,), labels in {0, 1}, in arrival order
-    y_prob : array of shape (n,), answers; -1, NaN or outside [0, 1] count as wrong
-    mcc_window, acc_window : int >= 1
-
-    Returns
-    -------
-    float in [0, 1]
-    """
-    rewards, _ = ordered_rewards(y_true, y_prob, mcc_window=mcc_window, acc_window=acc_window)
-    return float(rewards[-1])
-
-

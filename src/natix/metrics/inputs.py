@@ -74,10 +74,11 @@ def check_unit_interval(value: float, name: str, *, open_low: bool = False) -> f
 def mcc_from_counts(tp, tn, fp, fn):
     """Matthews correlation from confusion counts (arrays allowed); 0 where undefined."""
     tp, tn, fp, fn = (np.asarray(c, dtype=float) for c in (tp, tn, fp, fn))
-    denom = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
-    num = tp * tn - fp * fn
-    safe = np.where(denom > 0, denom, 1.0)
-    return np.where(denom > 0, num / np.sqrt(safe), 0.0)
+    denom = np.asarray((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    num = np.asarray(tp * tn - fp * fn)
+    defined = denom > 0
+    # in place: the reward computes this over (streams, steps) arrays
+    return np.divide(num, np.sqrt(denom, out=denom, where=defined), out=np.zeros_like(num), where=defined)
 
 
 def average_ranks(x: np.ndarray) -> np.ndarray:

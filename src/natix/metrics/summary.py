@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from natix.metrics import classification as C
+from natix.metrics import reward as R
 from natix.metrics import selective as S
 from natix.metrics.deferral import confidence as stage_confidence
 from natix.metrics.deferral import decision_errors
@@ -18,7 +19,8 @@ _METRICS = {
     "auroc": (C.auroc, False), "auprc": (C.auprc, False), "nll": (C.nll, False), "brier": (C.brier, False),
     "ece": (C.ece, False), "ece_mass": (lambda y, p: C.ece(y, p, strategy="quantile"), False),
     "aurc": (S.aurc, True), "augrc": (S.augrc, True), "e_augrc": (S.e_augrc, True), "auroc_f": (S.auroc_failure, True),
-    "reward_ordered": (lambda y, p: C.ordered_rewards(y, p)[1], False),
+    "reward_ordered": (lambda y, p: R.ordered_rewards(y, p)[1], False),
+    "reward_expected": (lambda y, p: R.expected_reward(y, p, seed=0).mean, False),
 }
 METRIC_NAMES = tuple(_METRICS)
 LOWER_IS_BETTER = frozenset({"nll", "brier", "ece", "ece_mass", "aurc", "augrc", "e_augrc"})
