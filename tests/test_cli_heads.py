@@ -58,6 +58,8 @@ def _metrics_table(output: str) -> dict[str, dict[str, float]]:
     cols = lines[start].split()[1:]
     table = {}
     for line in lines[start + 1:]:
+        if not line.strip():  # the reward definitions follow the table
+            break
         name, *values = line.split()
         table[name] = dict(zip(cols, map(float, values), strict=True))
     return table
@@ -253,14 +255,16 @@ def test_evaluate_prints_metrics_with_cis(fitted):
     assert "split val_test" in r.output.splitlines()[0] and "95% bootstrap CI" in r.output
     ci_line = re.compile(r"^\s+(\w+)\s+(-?[\d.]+|nan)\s+\[(-?[\d.]+|nan), (-?[\d.]+|nan)\]$")
     with_ci = {}
-    for line in r.output.splitlines()[1:]:
+    body = r.output.split("\n\n")[0].splitlines()[1:]  # the reward definitions follow a blank line
+    assert "reward_expected: " in r.output
+    for line in body:
         name, value = line.split()[:2]
         assert float(value) == pytest.approx(stored[name], abs=5e-5, nan_ok=True), line
         if m := ci_line.match(line):
             with_ci[m[1]] = (float(m[3]), float(m[4]))
     assert {"accuracy", "mcc", "auroc", "nll"} <= set(with_ci)
     assert all(lo <= hi for lo, hi in with_ci.values())
-    assert {line.split()[0] for line in r.output.splitlines()[1:]} == set(stored)
+    assert {line.split()[0] for line in body} == set(stored)
 
 
 def test_evaluate_train_split(fitted):
@@ -268,7 +272,7 @@ def test_evaluate_train_split(fitted):
     r = _ok(run("evaluate", fitted[1], "--split", "train"))
     stored = json.loads((fitted[1] / "metrics.json").read_text())["train"]
     assert "split train" in r.output.splitlines()[0]
-    [n_line] = [line for line in r.output.splitlines() if line.split()[0] == "n"]
+    [n_line] = [line for line in r.output.splitlines() if line.split()[:1] == ["n"]]
     assert int(n_line.split()[1]) == stored["n"]
 
 

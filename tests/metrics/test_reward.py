@@ -106,7 +106,7 @@ def test_two_early_errors_then_ten_correct_give_0_729():
     p[0], p[1] = 0.9, 0.1  # one false positive, one false negative, both outside the last 10
     # step 20: tp = 9, tn = 9, fp = 1, fn = 1 -> MCC = (81 - 1) / sqrt(10 * 10 * 10 * 10) = 0.8;
     # last 10 all correct -> accuracy 1; reward = (0.5 * 0.8 + 0.5 * 1) ** 3 = 0.9 ** 3 = 0.729
-    rewards = M.validator_rewards(y, p)
+    rewards = M.validator_rewards(p, y)
     assert rewards[19] == pytest.approx(0.729)
     # step 11: the false negative (step 2) is still in the last 10 -> accuracy 0.9;
     # MCC over 11: tp = 4, tn = 5, fp = 1, fn = 1 -> (20 - 1) / sqrt(5 * 5 * 6 * 6) = 19 / 30
@@ -120,7 +120,7 @@ def test_a_no_answer_scores_zero_and_keeps_its_slot_but_leaves_both_metrics():
     p = np.where(y == 1, 0.8, 0.2)
     p[1] = 0.2  # a false negative at step 2
     p[10] = -1.0  # no answer at step 11 (label 0)
-    rewards = M.validator_rewards(y, p)
+    rewards = M.validator_rewards(p, y)
     assert rewards[10] == 0.0
     # step 12: the last 10 slots are steps 3..12; step 11 is -1, so 9 answers, all correct:
     # accuracy 1 (had the -1 left the history, step 2's mistake would be back in: 0.9).
@@ -133,18 +133,18 @@ def test_a_no_answer_scores_zero_and_keeps_its_slot_but_leaves_both_metrics():
 
 
 def test_no_answers_alone_and_empty_windows_score_zero():
-    np.testing.assert_array_equal(M.validator_rewards([0, 1, 1], [-1, -1, -1]), [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(M.validator_rewards([-1, -1, -1], [0, 1, 1]), [0.0, 0.0, 0.0])
     # after 10 no-answers, the first answer's windows hold only itself: accuracy 1, MCC 0 (one label)
-    rewards = M.validator_rewards([0] * 11, [-1] * 10 + [0.2])
+    rewards = M.validator_rewards([-1] * 10 + [0.2], [0] * 11)
     assert rewards[10] == pytest.approx(0.5**3)
 
 
 def test_half_decides_no_roadwork():
     y = np.array([0, 1] * 10)
     # 0.5 rounds to 0 (half to even), the right answer for label 0
-    assert M.validator_rewards(y, np.where(y == 1, 0.9, 0.5))[-1] == pytest.approx(1.0)
+    assert M.validator_rewards(np.where(y == 1, 0.9, 0.5), y)[-1] == pytest.approx(1.0)
     # all 0.5 -> all class 0: accuracy 0.5, one decided class -> MCC 0: (0.25) ** 3
-    assert M.validator_rewards(y, np.full(20, 0.5))[-1] == pytest.approx(0.25**3)
+    assert M.validator_rewards(np.full(20, 0.5), y)[-1] == pytest.approx(0.25**3)
 
 
 @pytest.mark.parametrize("bad", [1.5, 2.0, 2.5, -0.7, -2.0, np.nan, np.inf, -np.inf, 1e20])
@@ -152,7 +152,7 @@ def test_an_answer_rounding_outside_0_1_zeroes_10_rewards_and_100_mcc_terms(bad)
     y = np.array([0, 1] * 63)
     p = np.where(y == 1, 0.9, 0.1)
     p[20] = bad  # np.round(bad) is 2, -1, -2, NaN, +-inf or 1e20: sklearn raises on its windows
-    rewards = M.validator_rewards(y, p)
+    rewards = M.validator_rewards(p, y)
     assert rewards[0] == pytest.approx(0.125)  # one label so far: MCC 0, accuracy 1
     np.testing.assert_allclose(rewards[1:20], 1.0)
     # steps 21..30: the bad answer is in the last 10 (and the last 100): both metrics 0
@@ -167,7 +167,7 @@ def test_an_answer_outside_0_1_that_rounds_to_0_or_1_scores_zero_alone(index, an
     y = np.array([0, 1] * 63)  # step 21 is label 0, step 22 label 1
     p = np.where(y == 1, 0.9, 0.1)
     p[index] = answer  # np.round gives the right class: -0.3, -0.5 -> -0.0; 1.2, 1.49 -> 1.0
-    rewards = M.validator_rewards(y, p)
+    rewards = M.validator_rewards(p, y)
     assert rewards[index] == 0.0  # outside [0, 1]: its own reward is 0
     expected = np.ones(len(y))
     expected[0], expected[index] = 0.125, 0.0  # the windows count it as a right decision
@@ -176,16 +176,16 @@ def test_an_answer_outside_0_1_that_rounds_to_0_or_1_scores_zero_alone(index, an
 
 def test_one_class_windows_have_mcc_zero():
     # one label: every answer right, MCC 0 -> (0.5 * 0 + 0.5 * 1) ** 3
-    np.testing.assert_allclose(M.validator_rewards(np.ones(30, int), np.full(30, 0.9)), 0.125)
+    np.testing.assert_allclose(M.validator_rewards(np.full(30, 0.9), np.ones(30, int)), 0.125)
     # one decided class: labels alternate, all answers 0.9 -> accuracy 0.5 over the last 10, MCC 0
-    assert M.validator_rewards([0, 1] * 10, np.full(20, 0.9))[-1] == pytest.approx(0.25**3)
+    assert M.validator_rewards(np.full(20, 0.9), [0, 1] * 10)[-1] == pytest.approx(0.25**3)
 
 
 def test_all_positive_windows_count_a_single_bad_value_as_a_mistake():
     y = np.ones(18, int)
     p = np.full(18, 0.9)
     p[5], p[7] = 2.0, 3.0
-    rewards = M.validator_rewards(y, p)
+    rewards = M.validator_rewards(p, y)
     # step 7: labels {1}, decisions {1, 2}: sklearn sees a binary target with pos_label 1 present
     # and raises nothing; accuracy 6/7 (the 2.0 is wrong), MCC 0 (one label)
     assert rewards[6] == pytest.approx((0.5 * 6 / 7) ** 3)
@@ -196,7 +196,7 @@ def test_all_positive_windows_count_a_single_bad_value_as_a_mistake():
     assert rewards[15] == pytest.approx((0.5 * 0.9) ** 3)
     assert rewards[17] == pytest.approx(0.125)  # steps 9..18: all right
     # the same bad value among labels 0 makes sklearn raise (pos_label 1 absent)
-    assert M.validator_rewards([0, 0, 0], [0.1, 2.0, 0.1])[2] == 0.0
+    assert M.validator_rewards([0.1, 2.0, 0.1], [0, 0, 0])[2] == 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_valid_answers_give_the_ordered_rewards_exactly(rng, mcc_window, acc_win
         p = rng.random(n)
         p[rng.random(n) < 0.1] = 0.5
         kw = dict(mcc_window=mcc_window, acc_window=acc_window)
-        np.testing.assert_array_equal(M.validator_rewards(y, p, **kw), M.ordered_rewards(y, p, **kw)[0])
+        np.testing.assert_array_equal(M.validator_rewards(p, y, **kw), M.ordered_rewards(y, p, **kw)[0])
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -219,9 +219,9 @@ def test_agrees_with_a_plain_python_port(seed):
     rng = np.random.default_rng(seed)
     y, p = _mixed_sequence(rng, 240, invalid_rate=[0.03, 0.15, 0.4][seed % 3], positive_rate=[0.5, 0.9][seed % 2])
     y[60:90] = 1  # a stretch of positives, where a single bad value does not raise
-    np.testing.assert_allclose(M.validator_rewards(y, p), _port_rewards(y, p), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(M.validator_rewards(p, y), _port_rewards(y, p), rtol=0, atol=1e-12)
     kw = dict(mcc_window=12, acc_window=4)
-    np.testing.assert_allclose(M.validator_rewards(y, p, **kw), _port_rewards(y, p, **kw), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(M.validator_rewards(p, y, **kw), _port_rewards(y, p, **kw), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -230,7 +230,7 @@ def test_agrees_with_the_validator_sklearn_calls(seed):
     y, p = _mixed_sequence(rng, 130, invalid_rate=0.15, positive_rate=0.8)
     y[30:55] = 1
     expected = _port_rewards(y, p, metrics=_sklearn_metrics)
-    np.testing.assert_allclose(M.validator_rewards(y, p), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(M.validator_rewards(p, y), expected, rtol=0, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,10 +386,10 @@ P = [0.1, 0.8, 0.6, 0.4]
         (lambda: M.ordered_rewards([0, 1, 3], [0.1, 0.2, 0.3]), "only 0 and 1"),
         (lambda: M.ordered_rewards([0, 1], [0.1, 0.2, 0.3]), "same length"),
         (lambda: M.ordered_rewards(Y, P, mcc_window=0), "mcc_window must be a positive integer"),
-        (lambda: M.validator_rewards(Y, P, acc_window=2.0), "acc_window must be a positive integer"),
-        (lambda: M.validator_rewards(Y, [[0.1, 0.2]] * 2), "must be 1-D"),
+        (lambda: M.validator_rewards(P, Y, acc_window=2.0), "acc_window must be a positive integer"),
+        (lambda: M.validator_rewards([[0.1, 0.2]] * 2, Y), "must be 1-D"),
         (lambda: M.validator_rewards([], []), "empty"),
-        (lambda: M.validator_rewards(Y, ["a", "b", "c", "d"]), "must be numeric"),
+        (lambda: M.validator_rewards(["a", "b", "c", "d"], Y), "must be numeric"),
         (lambda: M.expected_reward(Y, P, streams=0), "streams must be a positive integer"),
         (lambda: M.expected_reward(Y, P, length=0), "length must be a positive integer"),
         (lambda: M.expected_reward(Y, P, warmup=-1), "warmup must be a non-negative integer"),

@@ -9,7 +9,7 @@ def test_cascade_cli_budget_and_bad_budget(chain):
     r = CliRunner().invoke(cli, ["cascade", "--stage1", str(chain / "s1"), "--stage2", str(chain / "s2"),
                                  "--budget", "0.5", "--out", str(chain / "casc")])
     assert r.exit_code == 0, r.output
-    assert "NATIX reward" in r.output and "GFLOPs" in r.output
+    assert "reward_ordered" in r.output and "GFLOPs" in r.output
     doc = json.loads((chain / "casc" / "cascade.json").read_text())
     assert doc["mode"] == "budget" and (chain / "casc" / "cascade_curve.png").is_file()
     r = CliRunner().invoke(cli, ["cascade", "--stage1", str(chain / "s1"), "--stage2", str(chain / "s2"),

@@ -89,7 +89,7 @@ def metrics_table(metrics: dict) -> str:
             m = metrics[split]
             lines.append(f"{split:<11}" + "".join(f"{m[n]:>16}" if n == "n" else f"{m.get(n, float('nan')):>16.4f}"
                                                   for n in names))
-    return "\n".join(lines + reward_notes(names))
+    return "\n".join(lines + [""] + reward_notes(names))
 
 
 def fit_summary(r, head_name: str, seed: int, policy: str) -> str:
@@ -175,7 +175,7 @@ def evaluation_text(res: dict) -> str:
         lines += ["", "  by validator level:", "  level " + " ".join(f"{c:>15}" for c in cols)]
         for level, m in res["levels"].items():
             lines.append(f"  {level:>5} " + " ".join(f"{m[c]:>15}" if c == "n" else f"{m[c]:>15.4f}" for c in cols))
-    return "\n".join(lines + reward_notes(res["metrics"]))
+    return "\n".join(lines + [""] + reward_notes(res["metrics"]))
 
 
 def reward_notes(names) -> list[str]:

@@ -65,23 +65,29 @@ class Sources:
     judge_label: str
 
 
-def cache_labels(datasets: list[Dataset]) -> list[str]:
-    """A short label per cache: its challenge recipe ("clean" without one), with the file stem when two share it."""
+def cache_labels(paths) -> list[str]:
+    """A short label per cache file: its challenge recipe ("clean" without one), with the file stem when two
+    share it (reads only the small tables)."""
     from natix.cache.store import open_cache
 
     names = []
-    for d in datasets:
-        with open_cache(d.path) as c:
+    for p in paths:
+        with open_cache(p) as c:
             names.append((c.identity.get("challenge") or {}).get("name", "clean"))
-    return [n if names.count(n) == 1 else f"{n}[{d.path.stem}]" for n, d in zip(names, datasets)]
+    return [n if names.count(n) == 1 else f"{n}[{Path(p).stem}]" for n, p in zip(names, paths)]
+
+
+def cache_paths(features) -> list:
+    """The cache path(s) of an ablation: one path, or a list of caches of the same images."""
+    return [features] if isinstance(features, (str, Path)) or features is None else list(features)
 
 
 def load_sources(features, under=None, *, ratios=DEFAULT_RATIOS, split_seed: int = 0, verify: bool = True,
                  data: Dataset | None = None) -> tuple[Sources, object]:
     """The caches of an ablation (one path or several of the same images) and its splits (made on the first)."""
-    paths = [features] if isinstance(features, (str, Path)) or features is None else list(features)
+    paths = cache_paths(features)
     datasets = [data or load_dataset(paths[0], verify=verify)] + [load_dataset(p, verify=verify) for p in paths[1:]]
-    labels = cache_labels(datasets) if len(datasets) > 1 else [""]
+    labels = cache_labels([d.path for d in datasets]) if len(datasets) > 1 else [""]
     splits = resolve_splits(datasets[0], ratios=ratios, seed=split_seed)
     owner = f"the splits of '{datasets[0].path}'"
     train = {lab: (d, splits.rows(d.images, cache=d.path, owner=owner)) for lab, d in zip(labels, datasets)}
@@ -93,7 +99,7 @@ def load_sources(features, under=None, *, ratios=DEFAULT_RATIOS, split_seed: int
                               f"'{judge.path}' {judge.view_names} × {judge.X.shape[2]}: extract every cache with "
                               "the same backbone and --views")
     test_rows = splits.rows(judge.images, cache=judge.path, owner=owner)["val_test"]
-    judge_label = cache_labels([judge])[0] if under is not None or len(datasets) > 1 else ""
+    judge_label = cache_labels([judge.path])[0] if under is not None or len(datasets) > 1 else ""
     return Sources(train, judge, test_rows, judge_label), splits
 
 
@@ -198,13 +204,14 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     for h, a, p in itertools.product(heads, aggs, policies):  # an optimizer that does not fit fails here
         train_cfg.engine(dataclasses.replace(head_cfg, head=h, agg=a, policy=p))
     check_out(out, run=False)  # an --out that cannot be written fails before any training
-    sources, splits = load_sources(features, under, ratios=ratios, split_seed=split_seed, verify=verify, data=data)
-    arms = list(dict.fromkeys(Arm(h, a, p, c) for c, h, a, p in itertools.product(sources.train, heads, aggs,
-                                                                                   policies)))
+    paths = cache_paths(features)
+    labels = cache_labels(paths) if len(paths) > 1 else [""]
+    arms = list(dict.fromkeys(Arm(h, a, p, c) for c, h, a, p in itertools.product(labels, heads, aggs, policies)))
     names = [a.name for a in arms]
     baseline = baseline or names[0]
     if baseline not in names:
         raise ConfigError(f"baseline '{baseline}' is not an arm: pass one of {', '.join(names)}")
+    sources, splits = load_sources(features, under, ratios=ratios, split_seed=split_seed, verify=verify, data=data)
     y = sources.judge.labels[sources.test_rows]
     seed_list = tuple(train_cfg.seed + s for s in range(seeds))
     schedule = sorted(arms, key=lambda a: _cost(a, head_cfg), reverse=True)  # expensive first: jobs end together
@@ -307,7 +314,7 @@ def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, 
                 "excludes 0.")
     else:
         note = f"No bootstrap CI for {metric}. {delta}."
-    judged = meta["judged_on"]
+    judged = meta.get("judged_on") or {"label": "", "rows": meta["n_val_test"], "images": meta["n_val_test"]}
     where = (f"{judged['rows']} val_test rows ({judged['images']} images) of {judged['label']} "
              f"`{judged['cache']}`" if judged["label"] else f"{meta['n_val_test']} val_test images")
     drawn_rows = " Rows are resampled as independent, draws of one image too." if judged["rows"] > judged["images"] \
@@ -325,7 +332,7 @@ def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, 
         cells = " | ".join(f"{r[m]:.4f}" for m in TABLE_METRICS)
         lines.append(f"| {r['arm']} | {cells} | [{ci[0]:.4f}, {ci[1]:.4f}] | "
                      f"{d:+.4f} [{dci[0]:+.4f}, {dci[1]:+.4f}]{star} |")
-    caches = ", ".join(f"{lab} `{path}`" for lab, path in meta["caches"].items()) if len(meta["caches"]) > 1 \
+    caches = ", ".join(f"{lab} `{path}`" for lab, path in meta["caches"].items()) if len(meta.get("caches", {})) > 1 \
         else f"`{meta['cache']}` ({meta['fingerprint'][:16]})"
     lines += ["", f"trained on {caches}; splits {meta['split_digest'][:12]} (by image id), {meta['seconds']:.1f} s"]
     markdown = "\n".join(lines) + "\n"

@@ -102,9 +102,12 @@ class RewardEstimate:
 # --------------------------------------------------------------------------------------------
 
 
-def validator_rewards(y_true, y_prob, *, mcc_window: int = MCC_WINDOW, acc_window: int = ACC_WINDOW
+def validator_rewards(y_prob, y_true, *, mcc_window: int = MCC_WINDOW, acc_window: int = ACC_WINDOW
                       ) -> np.ndarray:
     """The validator's reward after each answer, answers in arrival order.
+
+    The answers come first (``validator_rewards(probs, labels)``), as the validator reads a
+    miner's response before its label; every other metric of natix takes the labels first.
 
     reward_t = ``(0.5 * max(0, MCC over the kept answers among the last mcc_window) + 0.5 *
     accuracy over the kept answers among the last acc_window) ** 3``, windows including answer t;
@@ -115,8 +118,8 @@ def validator_rewards(y_true, y_prob, *, mcc_window: int = MCC_WINDOW, acc_windo
 
     Parameters
     ----------
-    y_true : array of shape (n,), labels in {0, 1}, in the order the requests arrived
     y_prob : array of shape (n,), the miner's answers: any float, -1 for no answer
+    y_true : array of shape (n,), labels in {0, 1}, in the order the requests arrived
     mcc_window, acc_window : int >= 1
         The validator's windows (100 and 10). The history holds ``max`` of the two.
 
