@@ -120,15 +120,27 @@ def rotate_nearest(image: np.ndarray, angle: float, box: tuple[int, int, int, in
     # divided by the half sizes first, then the grid is multiplied in float32, as _gen_affine_grid does.
     x = np.arange(left, left + w, dtype=_F32) - _F32(width * 0.5 - 0.5)
     y = (np.arange(top, top + h, dtype=_F32) - _F32(height * 0.5 - 0.5))[:, None]
-    gx = x * (cos / half_w) + y * (sin / half_w)
-    gy = x * (-sin / half_h) + y * (cos / half_h)
-    ix = np.rint((gx + _F32(1)) * half_w - _F32(0.5))  # grid_sample's unnormalisation (align_corners=False)
-    iy = np.rint((gy + _F32(1)) * half_h - _F32(0.5))
-    inside = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
-    flat = np.where(inside, iy.astype(np.intp) * width + ix.astype(np.intp), 0)
-    out = image.reshape(-1, 3)[flat]
+    ix, in_x = _source_index(x * (cos / half_w), y * (sin / half_w), half_w, width)
+    iy, in_y = _source_index(x * (-sin / half_h), y * (cos / half_h), half_h, height)
+    inside = in_x & in_y
+    iy *= width
+    iy += ix
+    np.copyto(iy, 0, where=~inside)
+    out = np.take(image.reshape(-1, 3), iy, axis=0)  # take: several times faster than fancy indexing
     out[~inside] = 0
     return out
+
+
+def _source_index(a: np.ndarray, b: np.ndarray, half: np.float32, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """grid_sample's nearest source index along one axis from the grid ``a + b`` (float32, in place),
+    as int32, and whether it falls inside ``[0, size)``."""
+    g = a + b
+    g += _F32(1)  # unnormalise (align_corners=False): ((g + 1) * half - 0.5), rounded half to even
+    g *= half
+    g -= _F32(0.5)
+    np.rint(g, out=g)
+    index = g.astype(np.int32)
+    return index, index.view(np.uint32) < size  # a negative index wraps to a huge unsigned one
 
 
 def resize_antialias(window: np.ndarray, size: int) -> np.ndarray:
@@ -172,12 +184,16 @@ def _aa_taps(insize: int, outsize: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _aa_pass(x: np.ndarray, idx: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
     """One separable pass along `axis` of ``[H, W, 3]`` float32: sequential float32 FMAs per output."""
-    take = (lambda k: x[:, idx[:, k]]) if axis == 1 else (lambda k: x[idx[:, k]])
+    x64 = x.astype(np.float64)  # float32 values, exactly; converted once rather than per tap
+    w64 = weights.astype(np.float64)
     shape = (1, -1, 1) if axis == 1 else (-1, 1, 1)
-    acc = take(0) * weights[:, 0].reshape(shape)
+    acc = (np.take(x64, idx[:, 0], axis=axis) * w64[:, 0].reshape(shape)).astype(_F32)  # the float32 product
     for k in range(1, idx.shape[1]):
         # An exact float64 product plus one rounding to float32 is the fused multiply-add.
-        acc = (take(k) * weights[:, k].astype(np.float64).reshape(shape) + acc).astype(_F32)
+        tap = np.take(x64, idx[:, k], axis=axis)
+        tap *= w64[:, k].reshape(shape)
+        tap += acc
+        acc = tap.astype(_F32)
     return acc
 
 
