@@ -215,26 +215,8 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     y = sources.judge.labels[sources.test_rows]
     seed_list = tuple(train_cfg.seed + s for s in range(seeds))
     schedule = sorted(arms, key=lambda a: _cost(a, head_cfg), reverse=True)  # expensive first: jobs end together
-    results: dict[str, list] = {}
     t0 = time.perf_counter()
-    bar = _bar(len(arms), progress)
-    if jobs == 1:
-        from natix.heads.config import limit_threads
-
-        with limit_threads(threads):
-            for arm in schedule:
-                results[arm.name] = _train_arm(arm, seed_list, head_cfg, train_cfg, sources)
-                bar.update(1)
-    else:
-        ctx = mp.get_context("fork")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(sources, threads)) as pool:
-            futures = [pool.submit(_train_arm_shared, (a, seed_list, head_cfg, train_cfg)) for a in schedule]
-            for fut in as_completed(futures):
-                arm, preds = fut.result()
-                results[arm.name] = preds
-                bar.update(1)
-    bar.close()
+    results = _train_arms(schedule, (seed_list, head_cfg, train_cfg), sources, jobs, threads, progress)
     board = leaderboard(arms, results, y, metric, baseline, n_boot, seed=split_seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,6 +229,32 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
             "arm_seconds": {a: r[0]["seconds"] for a, r in results.items()}, "seeds": seeds,
             "n_val_test": int(len(y)), "seconds": time.perf_counter() - t0, "split_digest": splits.digest}
     return Leaderboard(out, board, meta, write_leaderboard(board, out, metric, baseline, meta))
+
+
+def _train_arms(schedule: list[Arm], job: tuple, sources: Sources, jobs: int, threads: int,
+                progress: bool) -> dict[str, list]:
+    """Each arm's per-seed results, by arm name: in this process, or in `jobs` forked workers that
+    share the features. `job` is (seeds, head config, train config)."""
+    results: dict[str, list] = {}
+    bar = _bar(len(schedule), progress)
+    if jobs == 1:
+        from natix.heads.config import limit_threads
+
+        with limit_threads(threads):
+            for arm in schedule:
+                results[arm.name] = _train_arm(arm, *job, sources)
+                bar.update(1)
+    else:
+        ctx = mp.get_context("fork")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(sources, threads)) as pool:
+            futures = [pool.submit(_train_arm_shared, (a, *job)) for a in schedule]
+            for fut in as_completed(futures):
+                arm, preds = fut.result()
+                results[arm.name] = preds
+                bar.update(1)
+    bar.close()
+    return results
 
 
 def leaderboard(arms, results, y, metric, baseline, n_boot, seed):
