@@ -240,7 +240,9 @@ def list_caches(root: str | os.PathLike) -> list[dict]:
     for p in sorted(root.glob("*.h5")) if root.is_dir() else []:
         try:
             with FeatureCache(p) as c:
+                challenge = c.identity.get("challenge")
                 out.append({"path": str(p), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
+                            "challenge": f"{challenge['name']} ×{challenge['draws']}" if challenge else None,
                             "dim": c.dim, "dtype": str(c.dtype), "backbone": c.source.get("backbone", "?"),
                             "updated": c.attrs.get("updated"), "size_mb": p.stat().st_size / 2**20,
                             "pending_parts": len(pending_parts(p))})

@@ -113,8 +113,8 @@ def extract_summary(r: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @library_errors
 def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
-            precision, challenge, draws, challenge_seed, cache_root, batch_size, workers, device, compile_, retry_failures, skip_checksum,
-            allow_outside, quiet, as_json) -> None:
+            precision, challenge, draws, challenge_seed, cache_root, batch_size, workers, device, compile_,
+            retry_failures, skip_checksum, allow_outside, quiet, as_json) -> None:
     """Extract per-view features of every image in DATA (folder or CSV/JSONL manifest)."""
     from natix.config import RunOptions, ViewRecipe
     from natix.extract.extractor import extract as run_extract
@@ -148,6 +148,8 @@ def cache_table(rows: list[dict]) -> str:
             lines.append(f"{name:<22} {'?':>7} {'?':>5} {'?':>5} {'?':>8}  UNREADABLE: {r['error']}")
             continue
         note = f"  ({r['pending_parts']} unmerged chunks)" if r["pending_parts"] else ""
+        if r.get("challenge"):
+            note += f"  [challenge {r['challenge']}: rows are draws]"
         lines.append(f"{name:<22} {r['images']:>7} {r['views']:>5} {r['dim']:>5} {r['size_mb']:>8.1f}  "
                      f"{r['backbone']}{note}")
     return "\n".join(lines)
@@ -171,7 +173,9 @@ def cache_description(c) -> dict:
     import numpy as np
 
     labels = {int(k): int(v) for k, v in zip(*np.unique(c.labels, return_counts=True))}
-    return {"path": str(c.path), "fingerprint": c.fingerprint, "images": len(c), "views": c.n_views,
+    levels = {int(k): int(v) for k, v in zip(*np.unique(c.levels, return_counts=True)) if k >= 0}
+    return {"path": str(c.path), "fingerprint": c.fingerprint, "images": len(np.unique(c.image_ids)),
+            "rows": len(c), "challenge": c.identity.get("challenge"), "levels": levels, "views": c.n_views,
             "dim": c.dim, "dtype": str(c.dtype),
             "labels": {"roadwork": labels.get(1, 0), "no_roadwork": labels.get(0, 0), "unknown": labels.get(-1, 0)},
             "failures": len(c.failures), "conflicts": len(c.conflict_ids), "conflict_list": c.conflicts,
@@ -188,7 +192,7 @@ def cache_text(info: dict, shown_failures: int = 10) -> str:
     adapter = "none" if not bb["adapter"] else bb["adapter"]["weights_sha256"][:12]
     lines = [f"file         {info['path']}",
              f"fingerprint  {info['fingerprint']}",
-             f"features     [{info['images']}, {info['views']}, {info['dim']}] {info['dtype']}",
+             f"features     [{info['rows']}, {info['views']}, {info['dim']}] {info['dtype']}",
              f"labels       {n['roadwork']} roadwork, {n['no_roadwork']} no_roadwork, {n['unknown']} unknown",
              f"backbone     {info['source'].get('backbone', '?')} ({bb['loader']})  weights "
              f"{bb['weights_sha256'][:12]}  adapter {adapter}  pool {bb['pool']}",
@@ -198,6 +202,11 @@ def cache_text(info: dict, shown_failures: int = 10) -> str:
              f"view table   {', '.join(row['name'] for row in info['view_table'])}",
              f"written      created {info['created']}, updated {info['updated']}, natix {info['natix_version']}",
              f"failures     {info['failures']}"]
+    chal = info["challenge"]
+    if chal:
+        by_level = ", ".join(f"{k}: {v}" for k, v in info["levels"].items()) or "none"
+        lines.insert(3, f"challenge    {chal['name']} (seed {chal.get('seed', '-')}): {chal['draws']} draw(s) per image, "
+                        f"{info['images']} images, {info['rows']} rows; rows by level {by_level}")
     lines += [f"  {fl['path']}: {fl['reason']}" for fl in info["failure_list"][:shown_failures]]
     if info["failures"] > shown_failures:
         lines.append(f"  ... {info['failures'] - shown_failures} more (use --json)")
