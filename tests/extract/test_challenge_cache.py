@@ -101,3 +101,18 @@ def test_the_cli_says_what_the_challenge_did(demo_images, tiny_backbone, tmp_pat
                                  "0", "-q"])
     assert r.exit_code == 0, r.output
     assert "challenge validator-e2: 1 draw(s) per image" in r.output and "features  [N, 1, " in r.output
+
+
+def test_a_damaged_draw_record_is_a_one_line_error(e1, tmp_path):
+    import h5py
+
+    from natix.errors import CacheError
+
+    res, _ = e1
+    copy = tmp_path / res.cache_file.name
+    shutil.copy(res.cache_file, copy)
+    with h5py.File(copy, "r+") as f:
+        f["challenge"][0] = "{not json"
+    with open_cache(copy) as c, pytest.raises(CacheError, match="damaged draw record.*natix cache verify"):
+        c.levels
+    assert not verify_cache(copy)["ok"]  # the records are under the ids checksum

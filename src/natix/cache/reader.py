@@ -125,7 +125,14 @@ class FeatureCache:
         None for a cache of plain images."""
         if self.challenge is None:
             return None
-        return [json.loads(c) for c in self.challenge]
+        try:
+            draws = [json.loads(c) for c in self.challenge]
+            if not all(isinstance(d, dict) and isinstance(d.get("params"), dict) for d in draws):
+                raise ValueError("a record without params")
+        except ValueError as exc:
+            raise CacheError(f"cache file '{self.path}' has a damaged draw record ({exc}): see `natix cache verify "
+                             f"{self.path}`; extract it again") from None
+        return draws
 
     @property
     def levels(self) -> np.ndarray:
