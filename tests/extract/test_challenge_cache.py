@@ -116,3 +116,41 @@ def test_a_damaged_draw_record_is_a_one_line_error(e1, tmp_path):
     with open_cache(copy) as c, pytest.raises(CacheError, match="damaged draw record.*natix cache verify"):
         c.levels
     assert not verify_cache(copy)["ok"]  # the records are under the ids checksum
+
+
+def test_a_damaged_label_of_one_draw_is_repaired_from_the_source(demo_images, tiny_backbone, tmp_path):
+    import h5py
+
+    res = _extract(demo_images, tiny_backbone, tmp_path, challenge="validator-e1", draws=3)
+    with h5py.File(res.cache_file, "r+") as f:
+        labels = f["labels"][()]
+        labels[1] = 1 - labels[1]  # draw 1 of the first image; draw 0 keeps the source's label
+        f["labels"][...] = labels
+    report = verify_cache(res.cache_file)
+    assert not report["ok"] and any("disagree" in p for p in report["problems"])
+    again = _extract(demo_images, tiny_backbone, tmp_path, challenge="validator-e1", draws=3)
+    assert again.repaired == ("labels",) and again.extracted == 0
+    with open_cache(res.cache_file) as c:
+        assert c.labels[1] == c.labels[0] == c.labels[2]
+    assert verify_cache(res.cache_file)["ok"]
+
+
+def test_an_image_a_recipe_cannot_transform_is_a_failure_of_that_image(tiny_backbone, tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (96, 64), (90, 120, 40)).save(src / "ok.png")
+    Image.new("RGB", (500, 1), (9, 9, 9)).save(src / "thin.png")  # letterboxed to 224×0
+    res = extract(src, str(tiny_backbone), cache_root=tmp_path / "c", challenge="validator-e2", draws=2,
+                  options=RunOptions(batch_size=4, workers=1, progress=False))
+    assert res.extracted == 1 and res.failed == 1
+    with open_cache(res.cache_file) as c:
+        assert len(c) == 2 and "challenge validator-e2 cannot transform it" in c.failures[0]["reason"]
+
+
+def test_draws_of_a_recipe_without_randomness_and_a_clean_seed_are_refused(demo_images, tiny_backbone, tmp_path):
+    with pytest.raises(ConfigError, match="identical rows: pass --draws 1"):
+        _extract(demo_images, tiny_backbone, tmp_path, challenge="native", draws=3)
+    with pytest.raises(ConfigError, match="--seed 4 needs a challenge recipe"):
+        _extract(demo_images, tiny_backbone, tmp_path, challenge_seed=4)

@@ -77,11 +77,22 @@ def table_problems(cache: FeatureCache) -> list[Problem]:
         problems.append(Problem("ids", "image ids are not unique"))
     if not np.isin(cache.labels, (-1, 0, 1)).all():
         problems.append(Problem("labels", "labels outside {-1, 0, 1}"))
+    if cache.challenge is not None and _draws_disagree(cache):
+        problems.append(Problem("labels", "draws of one image disagree on their label, path or group"))
     if checksum_version(cache.attrs) >= 2:
         recorded = {part: cache.attrs.get(attribute(part)) for part in _DIGEST_TEXT}
         problems += [Problem(part, _DIGEST_TEXT[part]) for part, digest in stored_digests(cache).items()
                      if digest != recorded[part]]
     return problems
+
+
+def _draws_disagree(cache: FeatureCache) -> bool:
+    """Whether the rows of some image (its draws) hold different labels, paths or groups."""
+    images = cache.image_ids
+    order = np.argsort(images, kind="stable")
+    same = images[order][1:] == images[order][:-1]
+    return any(bool((col[order][1:][same] != col[order][:-1][same]).any())
+               for col in (cache.labels, cache.paths, cache.groups))
 
 
 def _hex_digests(ids: np.ndarray) -> bool:

@@ -59,7 +59,8 @@ class CacheWriter:
         self.done_ids: set[str] = set()  # row ids: image ids, or "<image id>:<draw>" in a challenge cache
         self.failed_ids: dict[str, str] = {}
         self.path_failures: dict[str, str] = {}  # files that could not be read: retried every run
-        self.rows_meta: dict[str, tuple[str, int, str]] = {}  # image id → (path, label, group)
+        self.rows_meta: dict[str, tuple[str, int, str] | None] = {}  # image id → (path, label, group);
+        # None when the rows of one image (draws of a challenge cache) disagree: damage the source repairs
         self.in_file: set[str] = set()  # image ids in the cache file (not in parts)
         self.resumed_parts = 0
         self._next_part = 0
@@ -139,7 +140,7 @@ class CacheWriter:
         self.done_ids.update(cache.ids.tolist())
         self.in_file = set(cache.image_ids.tolist())
         for i, p, lab, g in zip(cache.image_ids.tolist(), cache.paths, cache.labels, cache.groups):
-            self.rows_meta.setdefault(i, (p, int(lab), g))
+            self._remember(i, (p, int(lab), g))
         self.conflicts = grouped_conflicts((c["id"], c["path"], c["label"]) for c in cache.conflicts)
         for fail in cache.failures:
             if fail["id"]:
@@ -153,12 +154,19 @@ class CacheWriter:
         self.done_ids.update(meta["ids"].tolist())
         for i, p, lab, g in zip(meta["ids"].tolist(), meta["paths"].tolist(), meta["labels"].tolist(),
                                 meta["groups"].tolist()):
-            self.rows_meta.setdefault(image_of(i), (p, int(lab), g))
+            self._remember(image_of(i), (p, int(lab), g))
         for i, r in zip(meta["fail_ids"].tolist(), meta["fail_reasons"].tolist()):
             if i:
                 self.failed_ids[i] = r
         self._next_part = max(self._next_part, part_number(part) + 1)
         self.resumed_parts += 1
+
+    def _remember(self, image_id: str, meta: tuple[str, int, str]) -> None:
+        """Record a row's path/label/group under its image; rows of one image that disagree leave None."""
+        if image_id not in self.rows_meta:
+            self.rows_meta[image_id] = meta
+        elif self.rows_meta[image_id] != meta:
+            self.rows_meta[image_id] = None
 
     # -- writing
     def set_metadata(self, image_id: str, path: str, label: int, group: str) -> None:
@@ -284,7 +292,7 @@ class CacheWriter:
         remove_empty_parts(self.path)
         self.rows_meta = {}
         for i, p, lab, g in zip(merged.ids, merged.paths, merged.labels, merged.groups):
-            self.rows_meta.setdefault(image_of(i), (p, lab, g))
+            self._remember(image_of(i), (p, lab, g))
         self.in_file = set(map(image_of, merged.ids))
         self.conflicts = grouped_conflicts(merged.conflicts)
         self._conflicts = None

@@ -30,7 +30,7 @@ from natix.cache.store import CacheWriter, Rows, ensure_writable, resolve_cache_
 from natix.config import Preprocess, RunOptions, ViewRecipe
 from natix.data.decode import decode_image, read_image
 from natix.data.sources import discover, hash_bytes, hash_files
-from natix.errors import ConfigError, DecodeError, NatixError
+from natix.errors import ConfigError, DataError, DecodeError, NatixError
 from natix.extract.featurizer import (
     Featurizer,
     as_chw,
@@ -122,10 +122,14 @@ def challenge_for(name: str, draws: int, seed: int) -> Challenge | None:
         raise ConfigError(f"draws must be a positive integer, got {draws!r}: pass e.g. --draws 4")
     recipe = challenge_recipe(name, seed=seed)
     if name == "clean":
-        if draws != 1:
-            raise ConfigError(f"--draws {draws} needs a challenge recipe: pass --challenge validator-e1 (clean "
-                              "extracts each image once)")
+        for option, value, default in (("--draws", draws, 1), ("--seed", seed, 0)):
+            if value != default:
+                raise ConfigError(f"{option} {value} needs a challenge recipe: pass --challenge validator-e1 (clean "
+                                  "extracts each image once, with no randomness)")
         return None
+    if draws > 1 and recipe.params((64, 64), "", 0) == recipe.params((64, 64), "", 1):
+        raise ConfigError(f"challenge {name} draws nothing at random, so its draws would be identical rows: pass "
+                          "--draws 1")
     return Challenge(recipe, draws)
 
 
@@ -185,9 +189,12 @@ class _ImageSet:
             return k, _Transient("file changed while extracting: rerun extract")
         try:
             arr = decode_image(data)
-            images = [(arr, None)] if self.challenge is None else self.challenge.images(arr, image_id)
         except DecodeError as exc:
             return k, str(exc)
+        try:
+            images = [(arr, None)] if self.challenge is None else self.challenge.images(arr, image_id)
+        except (DecodeError, DataError) as exc:  # e.g. a frame too thin to letterbox: a failure of this image
+            return k, f"challenge {self.challenge.recipe.name} cannot transform it: {exc}"
         return k, [self._entry(a, record) for a, record in images]
 
     def _entry(self, arr: np.ndarray, record: str | None):
