@@ -99,6 +99,9 @@ def test_evaluate_under_refuses_a_cache_of_other_images_or_views(tmp_path, clean
     other = make_synthetic_cache(tmp_path / "other", n=N, n_views=V, dim=D, seed=4, draws=2)
     with pytest.raises(DataError, match="lacks .* split images of run .*same image source"):
         evaluate_run(clean_run, under=other)
+    for split in ("train_oof", "bogus"):
+        with pytest.raises(DataError, match=f"split '{split}' cannot be judged under another cache"):
+            evaluate_run(clean_run, split, under=other)
     narrow = make_synthetic_cache(tmp_path / "narrow", n=N, n_views=1, dim=D, seed=3, draws=2)
     with pytest.raises(DataError, match=r"needs \['global', 'tile_1'\].*--views 2"):
         evaluate_run(clean_run, under=narrow)
@@ -152,6 +155,14 @@ def test_cascade_and_fit_failure_under_caches(tmp_path, caches, clean_run):
                       out=tmp_path / "cascade")
     assert res["n"] == len(predict_under(clean_run, caches[1], splits=("val_test",))["val_test"]["ids"])
     assert [u["challenge"] for u in res["document"]["under"]] == ["synthetic-validator"] * 2
+    other_seed = make_synthetic_cache(root, n=N, n_views=V, dim=D, seed=3, strength=5.0, draws=K + 1)
+    with pytest.raises(ConfigError, match="judged under different conditions"):
+        cascade_run(under_run(clean_run, caches[1]), under_run(stage2, other_seed), budget=0.3, out=tmp_path / "c2")
+    with pytest.raises(ConfigError, match="judged under different conditions"):
+        cascade_run(under_run(clean_run, caches[1]), stage2, budget=0.3, out=tmp_path / "c3")
+    with pytest.raises(ConfigError, match="external stage 3 answers image files"):
+        cascade_run(under_run(clean_run, caches[1]), under_run(stage2, strong_drawn), budget=0.3,
+                    stage3=lambda paths: [0.5] * len(paths), out=tmp_path / "c4")
     run = fit_run(caches[0], tmp_path / "oof-run", oof_folds=3).out
     out = fit_failure_run(under_run(run, caches[1]), model="mlp", n_boot=20, threads=1)
     assert out["n"] == len(predict_under(run, caches[1], splits=("val_test",))["val_test"]["ids"])
@@ -164,3 +175,22 @@ def test_cache_reader_gives_image_ids_draws_and_levels(caches):
         assert (c.image_ids[::K] == c.image_ids[1::K]).all()
     with open_cache(caches[0]) as c:
         assert c.draws is None and (c.levels == -1).all() and (c.image_ids == c.ids).all()
+
+
+def test_caches_of_another_feature_extractor_are_refused(tmp_path, caches, clean_run):
+    import h5py
+
+    from natix.cache.fingerprint import fingerprint
+
+    other = tmp_path / "other.h5"
+    other.write_bytes(caches[1].read_bytes())
+    with h5py.File(other, "r+") as f:  # the same rows, as if another backbone had made them
+        identity = {**json.loads(f.attrs["identity"]), "backbone": {"weights_sha256": "f" * 64}}
+        f.attrs["identity"] = json.dumps(identity)
+        f.attrs["fingerprint"] = fingerprint(identity)
+    with pytest.raises(DataError, match="different feature extractors \\(backbone differ\\)"):
+        evaluate_run(clean_run, under=other)
+    with pytest.raises(DataError, match="different feature extractors"):
+        fit_run(caches[0], tmp_path / "mixed", also=[other])
+    with pytest.raises(DataError, match="different feature extractors"):
+        ablate([caches[0], other], tmp_path / "board", heads=("linear",), aggs=("mean",), progress=False)

@@ -10,6 +10,7 @@ exact with ties averaged: the value ``natix tune-gatekeeper`` reports for the sa
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from natix import metrics as M
+from natix.cache.layout import DRAW_SEP
 from natix.cascade.compute import expected_gflops, stage_compute
 from natix.cascade.plots import save_curve
 from natix.cascade.router import Router
@@ -178,6 +180,20 @@ def check_distinct_stages(runs: Sequence) -> None:
         seen[where] = k
 
 
+def check_same_conditions(stages: Sequence[dict], external: bool) -> None:
+    """Refuse stages judged under different challenges (their rows would pair different images),
+    and an external stage on challenge draws (it answers image files; a draw has none)."""
+    conditions = {json.dumps([(s.get("under") or {}).get("recipe"), (s.get("under") or {}).get("draws", 1)])
+                  for s in stages}
+    if len(conditions) > 1:
+        raise ConfigError("the stages are judged under different conditions (challenge recipe, seed or draws, or "
+                          "one without --under): pass one cache per stage made with the same --challenge, --seed and "
+                          "--draws")
+    if external and any(DRAW_SEP in str(s["val_test"]["ids"][0]) for s in stages if len(s["val_test"]["ids"])):
+        raise ConfigError("an external stage 3 answers image files, and these rows are challenge draws without files "
+                          "of their own: drop --stage3, or judge the cascade on clean caches")
+
+
 def calibration_report(router, n_calib: int, *, external: bool) -> dict:
     """What a fitted router's thresholds were chosen on, by which procedure, with which guarantee."""
     if router.mode_ == "certified":
@@ -239,7 +255,9 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
     check_distinct_stages([stage1.path, stage2.path])
     out = check_out(out if out is not None else stage1.path / "cascade", run=False)
     external = None if stage3 is None else as_external(stage3)
-    stages = join_stages([load_stage(stage1), load_stage(stage2)])
+    loaded = [load_stage(stage1), load_stage(stage2)]
+    check_same_conditions(loaded, external is not None)
+    stages = join_stages(loaded)
     router.fit([s["val_calib"] for s in stages] + ([None] if external is not None else []))
     result = evaluate_cascade(stages, router, stage3=external)
     calibration = calibration_report(router, len(stages[0]["val_calib"]["ids"]), external=external is not None)

@@ -28,7 +28,7 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import ConfigError
-from natix.heads.runs import Dataset, load_dataset, resolve_splits
+from natix.heads.runs import Dataset, check_same_features, load_dataset, resolve_splits
 from natix.heads.splits import DEFAULT_RATIOS
 from natix.jsonio import write_json
 from natix.rundir import check_out, confidence
@@ -94,6 +94,7 @@ def load_sources(features, under=None, *, ratios=DEFAULT_RATIOS, split_seed: int
     resolved = {Path(d.path).resolve(): d for d in datasets}
     judge = datasets[0] if under is None else resolved.get(Path(under).resolve()) or load_dataset(under, verify=verify)
     for d in datasets:
+        check_same_features(d.identity, judge.identity, f"caches '{d.path}' and '{judge.path}'")
         if d.view_names != judge.view_names or d.X.shape[2] != judge.X.shape[2]:
             raise ConfigError(f"cache '{d.path}' has views {d.view_names} × {d.X.shape[2]} dims, the judging cache "
                               f"'{judge.path}' {judge.view_names} × {judge.X.shape[2]}: extract every cache with "

@@ -46,6 +46,7 @@ class Dataset:
     held_out: frozenset[str] = frozenset()  # images listed with conflicting labels: in no split
     images: np.ndarray | None = None  # image id per row (default: the row ids); draws of one image share it
     levels: np.ndarray | None = None  # validator augmentation level per row (challenge caches), else -1
+    identity: dict | None = None  # the cache's identity (what made its features)
 
     def __post_init__(self):
         if self.images is None:
@@ -81,7 +82,7 @@ def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
         images = cache.image_ids[labeled]
         return Dataset(Path(path), cache.fingerprint, cache.ids[labeled], cache.labels[labeled].astype(np.int64),
                        cache.groups[labeled], X, cache.view_names, held_out=cache.conflict_ids & set(images.tolist()),
-                       images=images, levels=cache.levels[labeled])
+                       images=images, levels=cache.levels[labeled], identity=cache.identity)
 
 
 def resolve_splits(data: Dataset, *, splits_path=None, ratios=DEFAULT_RATIOS, seed: int = 0) -> Splits:
@@ -146,12 +147,30 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     return RunResult(out, metrics, fitted.history, time.perf_counter() - t0)
 
 
+def feature_source(identity: dict | None) -> dict:
+    """What decides a cache's feature space whatever images went in: the extractor version, the
+    backbone (weights, adapter, pooling), the preprocessing and the precision."""
+    identity = identity or {}
+    return {k: identity.get(k) for k in ("extractor_version", "backbone", "preprocess", "precision")}
+
+
+def check_same_features(a: dict | None, b: dict | None, what: str) -> None:
+    """Refuse to mix the features of two caches (identities `a`, `b`) that another backbone,
+    preprocessing or precision made; `what` names them in the message."""
+    fa, fb = feature_source(a), feature_source(b)
+    differ = sorted(k for k in fa if fa[k] != fb[k])
+    if differ:
+        raise DataError(f"{what} come from different feature extractors ({', '.join(differ)} differ): extract "
+                        "every cache with the same backbone, adapter, preprocessing and precision")
+
+
 def _with_train_rows(data: Dataset, rows: dict, splits: Splits, extra: Dataset) -> tuple[Dataset, dict]:
     """`data` with the train-split rows of `extra` (another cache of the same images) appended to
     its train rows."""
     if extra.view_names != data.view_names or extra.X.shape[2] != data.X.shape[2]:
         raise DataError(f"cache '{extra.path}' has views {extra.view_names} × {extra.X.shape[2]} dims, '{data.path}' "
                         f"{data.view_names} × {data.X.shape[2]}: extract both with the same backbone and --views")
+    check_same_features(data.identity, extra.identity, f"caches '{data.path}' and '{extra.path}'")
     add = splits.rows(extra.images, cache=extra.path, owner=f"the splits of '{data.path}'")["train"]
     n = len(data.ids)
     joined = dataclasses.replace(
@@ -182,6 +201,7 @@ def _run_config(features, data: Dataset, splits: Splits, fitted, oof_folds: int)
             "cache": {"path": str(Path(features).resolve()) if features else str(data.path),
                       "fingerprint": data.fingerprint, "n_views": int(data.X.shape[1]),
                       "dim": int(data.X.shape[2]), "view_names": data.view_names},
+            "features": feature_source(data.identity),
             "splits": {"digest": splits.digest, "seed": splits.seed, "ratios": list(splits.ratios),
                        "grouped": splits.grouped, "sizes": {k: len(v) for k, v in splits.ids.items()}},
             "oof_folds": oof_folds, "history": fitted.history, "numpy": np.__version__,
@@ -226,4 +246,4 @@ def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000
     return result
 
 
-__all__ = ["CI_METRICS", "Dataset", "RunResult", "SPLITS", "evaluate_run", "fit_run", "load_dataset", "resolve_splits"]
+__all__ = ["CI_METRICS", "Dataset", "check_same_features", "feature_source", "RunResult", "SPLITS", "evaluate_run", "fit_run", "load_dataset", "resolve_splits"]

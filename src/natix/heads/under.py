@@ -16,7 +16,7 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import DataError
-from natix.heads.runs import Dataset, load_dataset
+from natix.heads.runs import Dataset, check_same_features, load_dataset
 from natix.heads.splits import SPLITS, Splits
 from natix.rundir import Run, Under
 
@@ -40,6 +40,9 @@ def load_head(run: Run):
 def under_dataset(run: Run, cache, *, verify: bool = True) -> Dataset:
     """The labeled rows of `cache` with the run's views (selected by name) and feature width."""
     data = load_dataset(cache, verify=verify)
+    known = _run_identity(run)
+    if known is not None:
+        check_same_features(known, data.identity, f"run '{run.path}' and cache '{cache}'")
     want, dim = list(run.cache.get("view_names") or []), run.cache.get("dim")
     missing = [v for v in want if v not in data.view_names]
     if missing or (dim is not None and data.X.shape[2] != dim):
@@ -52,8 +55,28 @@ def under_dataset(run: Run, cache, *, verify: bool = True) -> Dataset:
     return dataclasses.replace(data, X=data.X[:, idx], view_names=want)
 
 
+def _run_identity(run: Run) -> dict | None:
+    """The feature source of the run's cache: from config.json, or (runs fitted before it was
+    recorded) from the cache file when it is still there; None when neither says."""
+    if "features" in run.config:
+        return run.config["features"]
+    from natix.cache.store import open_cache
+    from natix.errors import CacheError
+
+    try:
+        with open_cache(run.cache["path"]) as c:
+            return c.identity
+    except (CacheError, OSError):
+        return None
+
+
 def split_rows(run: Run, data: Dataset, splits=SPLITS) -> dict[str, np.ndarray]:
     """Rows of `data` per split of the run (by image id); refuses a cache that lacks some of their images."""
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        why = ("out-of-fold predictions come from fold models that are not kept, so they exist only on the run's "
+               "own cache" if unknown[0] == "train_oof" else f"it is not one of {', '.join(SPLITS)}")
+        raise DataError(f"split '{unknown[0]}' cannot be judged under another cache: {why}")
     assignment = Splits.load(run.splits_file)
     wanted = Splits({k: assignment.ids[k] for k in splits}, assignment.seed, assignment.ratios,
                     assignment.fingerprint, assignment.grouped)
@@ -102,7 +125,8 @@ def under_source(cache) -> dict:
         challenge = c.identity.get("challenge")
         return {"path": str(Path(cache).resolve()), "fingerprint": c.fingerprint,
                 "challenge": challenge["name"] if challenge else "clean",
-                "draws": challenge["draws"] if challenge else 1}
+                "draws": challenge["draws"] if challenge else 1,
+                "recipe": {k: v for k, v in challenge.items() if k != "draws"} if challenge else None}
 
 
 __all__ = ["LEVEL_METRICS", "level_table", "load_head", "predict_under", "split_rows", "under_dataset",
