@@ -86,6 +86,10 @@ def test_evaluate_under_scores_the_run_head_on_the_draws_by_level(clean_run, cac
     assert res["metrics"]["n"] == keep.sum()
     assert res["metrics"]["mcc"] == pytest.approx(M.mcc(data.labels[keep], prob), abs=1e-9)
     assert res["under"]["challenge"] == "synthetic-validator" and res["under"]["draws"] == K
+    assert res["ci_unit"].startswith("image")  # whole images resampled: their draws are not independent
+    groups = np.char.partition(pred["ids"].astype(str), ":")[:, 0]
+    _, lo, hi = M.bootstrap_ci(M.mcc, pred["labels"], pred["prob"], n_boot=50, seed=0, groups=groups)
+    assert res["ci"]["mcc"] == [lo, hi]
     assert set(res["levels"]) == {"0", "1", "2", "3"}
     assert sum(m["n"] for m in res["levels"].values()) == keep.sum()
     for level, m in res["levels"].items():

@@ -39,6 +39,11 @@ METHODS = tuple(CALIBRATORS)
 SUMMARY_METRICS = ("ece", "nll", "brier", "mcc", "accuracy", "reward_ordered")
 
 
+# What a certificate fitted on challenge draws (several rows per image) can and cannot promise.
+DRAWS_CAVEAT = ("; the calibration rows are challenge draws, several per image and not independent: the "
+                "certificate holds per draw and only approximately")
+
+
 def certify_fold(ids: np.ndarray, seed: int = 0) -> np.ndarray:
     """A deterministic half/half fold assignment by hashed image id: ``(n,)`` bool, True = fold B.
 
@@ -133,8 +138,8 @@ def calibrate_run(run, *, method: str = "platt", exit: str | None = None, alpha:
     if under is not None:
         guarantee += (f"; scores judged under {under['challenge']} ({under['path']}), "
                       f"{under['draws']} draw(s) per image")
-        if under["draws"] > 1:
-            guarantee += " (draws of one image are not independent: the certificate is per draw, approximate)"
+    if len(np.unique(image_ids(cal["ids"]))) < len(cal["ids"]):
+        guarantee += DRAWS_CAVEAT
     table = _table(rule, y_test, test["prob"].astype(np.float64), q_test, conf_test, accept)
     calibration = {**cmap.to_json(rule), "under": under}
     run.write_json("calibration.json", calibration)

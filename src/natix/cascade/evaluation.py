@@ -18,7 +18,8 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted
 
 from natix import metrics as M
-from natix.cache.layout import DRAW_SEP
+from natix.cache.layout import DRAW_SEP, image_ids
+from natix.calibrate.apply import DRAWS_CAVEAT
 from natix.cascade.compute import expected_gflops, stage_compute
 from natix.cascade.plots import save_curve
 from natix.cascade.router import Router
@@ -194,14 +195,16 @@ def check_same_conditions(stages: Sequence[dict], external: bool) -> None:
                           "of their own: drop --stage3, or judge the cascade on clean caches")
 
 
-def calibration_report(router, n_calib: int, *, external: bool) -> dict:
-    """What a fitted router's thresholds were chosen on, by which procedure, with which guarantee."""
+def calibration_report(router, n_calib: int, *, external: bool, draws: bool = False) -> dict:
+    """What a fitted router's thresholds were chosen on, by which procedure, with which guarantee
+    (`draws`: the calibration rows are challenge draws, several per image)."""
     if router.mode_ == "certified":
         procedure = ("LTT (selective risk) per stage on the val_calib rows that reach it"
                      + (f"; rows split at random into {router.n_stages_ - 1} disjoint folds, one per certified stage"
                         if router.n_stages_ > 2 else "; one certified stage, all rows"))
         guarantee = (f"per certified stage: P(error | stage answers) <= {router.target_risk} with probability >= "
-                     f"{1 - router.delta:g} over the calibration draw; the last stage is not certified")
+                     f"{1 - router.delta:g} over the calibration draw; the last stage is not certified"
+                     + (DRAWS_CAVEAT if draws else ""))
     else:
         procedure = (f"NATIX-reward grid search on val_calib, each stage deferring at most {router.budget} of its "
                      "arrivals" + ("; the external last stage has no calibration data: the stage before it spends "
@@ -260,7 +263,9 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
     stages = join_stages(loaded)
     router.fit([s["val_calib"] for s in stages] + ([None] if external is not None else []))
     result = evaluate_cascade(stages, router, stage3=external)
-    calibration = calibration_report(router, len(stages[0]["val_calib"]["ids"]), external=external is not None)
+    calib_ids = stages[0]["val_calib"]["ids"]
+    calibration = calibration_report(router, len(calib_ids), external=external is not None,
+                                     draws=len(np.unique(image_ids(calib_ids))) < len(calib_ids))
     document = write_cascade(
         out, result, router=router, calibration=calibration,
         sources=[str(stage1.path), str(stage2.path)] + ([external.name] if external is not None else []),

@@ -156,7 +156,8 @@ def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, s
 def evaluation_text(res: dict) -> str:
     """`natix evaluate` as text: each metric of the split with its 95% bootstrap CI, and under a
     challenge cache one row per validator level."""
-    lines = [f"{res['run']}  split {res['split']}  (fractions, not x1000; 95% bootstrap CI)"]
+    unit = " over images, all draws of one together" if res.get("ci_unit", "row") != "row" else ""
+    lines = [f"{res['run']}  split {res['split']}  (fractions, not x1000; 95% bootstrap CI{unit})"]
     if "under" in res:
         u = res["under"]
         lines.append(f"  judged under {u['path']} ({u['challenge']}, {u['draws']} draw(s) per image, "

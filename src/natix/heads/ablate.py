@@ -28,7 +28,7 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import ConfigError
-from natix.heads.runs import Dataset, check_same_features, load_dataset, resolve_splits
+from natix.heads.runs import Dataset, check_same_features, draw_groups, load_dataset, resolve_splits
 from natix.heads.splits import DEFAULT_RATIOS
 from natix.jsonio import write_json
 from natix.rundir import check_out, confidence
@@ -218,7 +218,8 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     schedule = sorted(arms, key=lambda a: _cost(a, head_cfg), reverse=True)  # expensive first: jobs end together
     t0 = time.perf_counter()
     results = _train_arms(schedule, (seed_list, head_cfg, train_cfg), sources, jobs, threads, progress)
-    board = leaderboard(arms, results, y, metric, baseline, n_boot, seed=split_seed)
+    groups = draw_groups(sources.judge.ids[sources.test_rows])
+    board = leaderboard(arms, results, y, metric, baseline, n_boot, seed=split_seed, groups=groups)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(sources.train.values()))[0]
@@ -258,9 +259,10 @@ def _train_arms(schedule: list[Arm], job: tuple, sources: Sources, jobs: int, th
     return results
 
 
-def leaderboard(arms, results, y, metric, baseline, n_boot, seed):
+def leaderboard(arms, results, y, metric, baseline, n_boot, seed, groups=None):
     """One row per arm: each metric's mean over seeds on val_test and, for `metric`, a bootstrap CI
-    of that same mean and the difference to the baseline row (`natix.metrics.seed_bootstrap_ci`)."""
+    of that same mean and the difference to the baseline row (`natix.metrics.seed_bootstrap_ci`;
+    with `groups`, the image of each row, whole images are resampled)."""
     board = []
     for a in arms:
         per_seed = [M.split_metrics(y, r["prob"], r["conf"]) for r in results[a.name]]
@@ -281,7 +283,7 @@ def leaderboard(arms, results, y, metric, baseline, n_boot, seed):
             row[f"{metric}_ci"], row["diff_ci"], row["ci_method"] = [float("nan")] * 2, [float("nan")] * 2, None
             try:
                 res = M.seed_bootstrap_ci(fn, y, np.stack([r["prob"] for r in results[a.name]]),
-                                          reference=reference, n_boot=n_boot, seed=seed)
+                                          reference=reference, n_boot=n_boot, seed=seed, groups=groups)
             except M.UndefinedMetricError:  # e.g. AUROC when val_test holds one class: NaN CIs
                 return
             row[f"{metric}_ci"], row["diff_ci"] = [res.low, res.high], [res.diff_low, res.diff_high]
@@ -326,8 +328,8 @@ def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, 
     judged = meta.get("judged_on") or {"label": "", "rows": meta["n_val_test"], "images": meta["n_val_test"]}
     where = (f"{judged['rows']} val_test rows ({judged['images']} images) of {judged['label']} "
              f"`{judged['cache']}`" if judged["label"] else f"{meta['n_val_test']} val_test images")
-    drawn_rows = " Rows are resampled as independent, draws of one image too." if judged["rows"] > judged["images"] \
-        else ""
+    drawn_rows = (" The rows are challenge draws: each resample draws whole images (all their draws together), "
+                  "not rows.") if judged["rows"] > judged["images"] else ""
     lines = [f"# Ablation leaderboard ({meta['seeds']} seed(s), judged on {where})", "",
              f"Sorted by {metric}. Metrics are fractions (not x1000); each cell is the mean over seeds of the "
              f"metric of one seed's val_test predictions. {note}{drawn_rows}", "",

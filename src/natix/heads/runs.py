@@ -20,6 +20,7 @@ import numpy as np
 from natix import metrics as M
 from natix import rundir
 from natix.cache.checksum import all_finite
+from natix.cache.layout import image_ids
 from natix.cache.store import open_cache
 from natix.cache.verify import Problem, damage_error, read_checked, table_problems
 from natix.errors import ConfigError, DataError
@@ -208,6 +209,13 @@ def _run_config(features, data: Dataset, splits: Splits, fitted, oof_folds: int)
             "torch": torch.__version__ if torch is not None else None}
 
 
+def draw_groups(ids) -> np.ndarray | None:
+    """The image id of each row when some image has several rows (challenge draws), else None:
+    what a bootstrap resamples as one unit."""
+    images = image_ids(ids)
+    return images if len(np.unique(images)) < len(images) else None
+
+
 def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000, seed: int = 0, under=None,
                  verify: bool = True) -> dict:
     """A split's metrics, with bootstrap CIs for the main ones: from the run's stored predictions, or
@@ -220,8 +228,8 @@ def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000
     ``n`` → int) and ``ci`` (name → ``[low, high]`` floats, NaN when undefined) for
     :data:`CI_METRICS`: plain values that :func:`natix.jsonio.dumps` writes as strict JSON. Under
     a cache, also ``under`` (its path, fingerprint, challenge, draws) and ``levels`` (level →
-    metrics of its rows, for caches whose rows have validator levels). The CIs resample rows;
-    draws of one image are resampled as if independent.
+    metrics of its rows, for caches whose rows have validator levels). The CIs resample rows, or
+    whole images when the rows are challenge draws (``ci_unit`` says which).
     """
     if under is None:
         pred = rundir.Run(run).predictions(split)
@@ -237,9 +245,11 @@ def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000
 
         result["under"] = under_source(under)
         result["levels"] = level_table(pred)
+    groups = draw_groups(pred["ids"])
+    result["ci_unit"] = "row" if groups is None else "image (all its draws resampled together)"
     for name in CI_METRICS:
         try:
-            _, lo, hi = M.bootstrap_ci(getattr(M, name), y, prob, n_boot=n_boot, seed=seed)
+            _, lo, hi = M.bootstrap_ci(getattr(M, name), y, prob, n_boot=n_boot, seed=seed, groups=groups)
         except ValueError:  # undefined on this split, e.g. AUROC with one class
             lo = hi = float("nan")
         result["ci"][name] = [float(lo), float(hi)]

@@ -57,10 +57,12 @@ def bootstrap_method(method: str, n: int) -> str:
     return method
 
 
-def _bootstrap_setup(arrays, n_boot: int, alpha: float, method: str, seed):
-    """Validate bootstrap arguments; draw all resample row indices [n_boot, n] at once.
+def _bootstrap_setup(arrays, n_boot: int, alpha: float, method: str, seed, groups=None):
+    """Validate bootstrap arguments; draw all resamples at once: row indices [n_boot, n], or with
+    `groups` (one label per row) group indices [n_boot, G] into the sorted distinct groups.
 
-    Returns the arrays, the indices, the generator (for further draws) and the resolved method.
+    Returns the arrays, the indices, the generator (for further draws), the resolved method and
+    each row's group code (None without groups).
     """
     if not arrays:
         raise ValueError("bootstrap needs at least one array")
@@ -73,10 +75,16 @@ def _bootstrap_setup(arrays, n_boot: int, alpha: float, method: str, seed):
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
-    method = bootstrap_method(method, len(arrs[0]))
+    codes = None
+    if groups is not None:
+        groups = np.asarray(groups)
+        check_same_length(groups=groups, array_0=arrs[0])
+        codes = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    units = len(arrs[0]) if codes is None else int(codes.max()) + 1
+    method = bootstrap_method(method, units)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(arrs[0]), size=(n_boot, len(arrs[0])))
-    return arrs, idx, rng, method
+    idx = rng.integers(0, units, size=(n_boot, units))
+    return arrs, idx, rng, method, codes
 
 
 def _or_nan(metric_fn: Callable[..., float], *args) -> float:
@@ -194,6 +202,16 @@ def _leave_one_out(start: int, stop: int, n: int) -> np.ndarray:
     return w
 
 
+def _weights(idx, start: int, stop: int, n: int, codes) -> np.ndarray:
+    """Row weights [stop - start, n] of resamples start..stop-1: of `idx` (row or, with group
+    `codes`, group draws), or of the jackknife (idx None) leaving out one row or one group."""
+    if codes is None:
+        return _leave_one_out(start, stop, n) if idx is None else _counts(idx[start:stop], n)
+    if idx is None:
+        return (codes[None, :] != np.arange(start, stop)[:, None]).astype(float)
+    return _counts(idx[start:stop], int(codes.max()) + 1)[:, codes]
+
+
 def _weighted_form(metric_fn, datasets):
     """``metric_fn``'s weighted form, if it has one and every dataset is two 1-D arrays."""
     weighted = next((w for f, w in _WEIGHTED if f is metric_fn), None)
@@ -202,19 +220,24 @@ def _weighted_form(metric_fn, datasets):
     return weighted
 
 
-def _replicates(metric_fn, datasets, idx) -> np.ndarray:
+def _replicates(metric_fn, datasets, idx, codes=None) -> np.ndarray:
     """``metric_fn`` on each bootstrap resample of each dataset, or on each jackknife sample.
 
     ``datasets`` is a list of tuples of same-length arrays; ``idx`` holds resample row indices
-    [m, n], or is None for the n leave-one-out samples. Returns [m, len(datasets)], NaN where the
-    metric is undefined. Metrics with a weighted form run in blocks of resamples; any other
-    metric is called once per resample and dataset.
+    [m, n] (with group ``codes``, group indices [m, G]), or is None for the leave-one-out samples
+    (one per row, or per group). Returns [m, len(datasets)], NaN where the metric is undefined.
+    Metrics with a weighted form run in blocks of resamples; any other metric is called once per
+    resample and dataset.
     """
     n = len(datasets[0][0])
-    m = n if idx is None else len(idx)
+    units = n if codes is None else int(codes.max()) + 1
+    m = units if idx is None else len(idx)
     weighted = _weighted_form(metric_fn, datasets)
     if weighted is None:
-        rows = (np.delete(np.arange(n), i) for i in range(n)) if idx is None else idx
+        if codes is None:
+            rows = (np.delete(np.arange(n), i) for i in range(n)) if idx is None else idx
+        else:
+            rows = (np.repeat(np.arange(n), _weights(idx, i, i + 1, n, codes)[0].astype(int)) for i in range(m))
         values = [[_or_nan(metric_fn, *(a[r] for a in d)) for d in datasets] for r in rows]
         return np.array(values, dtype=float).reshape(m, len(datasets))
     floats = [tuple(np.asarray(a, dtype=float) for a in d) for d in datasets]
@@ -223,7 +246,7 @@ def _replicates(metric_fn, datasets, idx) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         for start in range(0, m, step):
             stop = min(m, start + step)
-            w = _leave_one_out(start, stop, n) if idx is None else _counts(idx[start:stop], n)
+            w = _weights(idx, start, stop, n, codes)
             for j, (x, z) in enumerate(floats):
                 out[start:stop, j] = weighted(x, z, w)
     return out
@@ -282,6 +305,7 @@ def bootstrap_ci(
     alpha: float = 0.05,
     method: str = "auto",
     seed: int | None = 0,
+    groups=None,
 ) -> tuple[float, float, float]:
     """Bootstrap confidence interval of ``metric_fn(*arrays)``, percentile or BCa.
 
@@ -315,6 +339,10 @@ def bootstrap_ci(
         :func:`bootstrap_method`).
     seed : int or None
         Seed of ``np.random.default_rng``; the resample rows are the same for every method.
+    groups : array of shape (n,), optional
+        A group label per row (e.g. the image id of each challenge draw): whole groups are
+        resampled (a cluster bootstrap) and the jackknife leaves out one group, for rows that are
+        not independent. ``"auto"`` then counts groups, not rows.
 
     Returns
     -------
@@ -327,11 +355,11 @@ def bootstrap_ci(
     UndefinedMetricError
         If the metric is undefined on the full data or on every resample.
     """
-    arrs, idx, _, method = _bootstrap_setup(arrays, n_boot, alpha, method, seed)
+    arrs, idx, _, method, codes = _bootstrap_setup(arrays, n_boot, alpha, method, seed, groups)
     estimate = _defined(float(metric_fn(*arrs)))
-    values = _replicates(metric_fn, [arrs], idx)[:, 0]
+    values = _replicates(metric_fn, [arrs], idx, codes)[:, 0]
     low, high = _interval(values, alpha, method, estimate,
-                          lambda: _replicates(metric_fn, [arrs], None)[:, 0])
+                          lambda: _replicates(metric_fn, [arrs], None, codes)[:, 0])
     return estimate, low, high
 
 
@@ -345,6 +373,7 @@ def paired_bootstrap_diff(
     alpha: float = 0.05,
     method: str = "auto",
     seed: int | None = 0,
+    groups=None,
 ) -> tuple[float, float, float]:
     """Paired bootstrap of ``metric_fn(y_true, score_a) - metric_fn(y_true, score_b)``.
 
@@ -361,6 +390,10 @@ def paired_bootstrap_diff(
     alpha : float in (0, 1)
     method : {"auto", "percentile", "bca"}
     seed : int or None
+    groups : array of shape (n,), optional
+        A group label per row (e.g. the image id of each challenge draw): whole groups are
+        resampled (a cluster bootstrap) and the jackknife leaves out one group, for rows that are
+        not independent. ``"auto"`` then counts groups, not rows.
 
     Returns
     -------
@@ -369,12 +402,12 @@ def paired_bootstrap_diff(
     low, high : float
     """
     arrays = (y_true, score_a, score_b)
-    (y, a, b), idx, _, method = _bootstrap_setup(arrays, n_boot, alpha, method, seed)
+    (y, a, b), idx, _, method, codes = _bootstrap_setup(arrays, n_boot, alpha, method, seed, groups)
     diff = _defined(float(metric_fn(y, a)) - float(metric_fn(y, b)))
     datasets = [(y, a), (y, b)]
 
     def differences(rows):
-        values = _replicates(metric_fn, datasets, rows)
+        values = _replicates(metric_fn, datasets, rows, codes)
         return values[:, 0] - values[:, 1]
 
     low, high = _interval(differences(idx), alpha, method, diff, lambda: differences(None))
@@ -423,6 +456,7 @@ def seed_bootstrap_ci(
     alpha: float = 0.05,
     method: str = "auto",
     seed: int | None = 0,
+    groups=None,
 ) -> SeedBootstrap:
     """Bootstrap CI of the mean over training seeds of a per-seed metric on shared rows.
 
@@ -453,6 +487,10 @@ def seed_bootstrap_ci(
         ``"auto"``: BCa when n < ``AUTO_BCA_BELOW`` (500), percentile otherwise.
     seed : int or None
         Seed of ``np.random.default_rng``.
+    groups : array of shape (n,), optional
+        A group label per row (e.g. the image id of each challenge draw): whole groups are
+        resampled (a cluster bootstrap) and the jackknife leaves out one group, for rows that are
+        not independent. ``"auto"`` then counts groups, not rows.
 
     Returns
     -------
@@ -470,7 +508,7 @@ def seed_bootstrap_ci(
     if ref is not None and ref.shape != s.shape:
         raise ValueError(f"reference must have the shape of scores {s.shape} (seed i is paired "
                          f"with seed i), got {ref.shape}")
-    (y, _), idx, rng, method = _bootstrap_setup((y_true, s[0]), n_boot, alpha, method, seed)
+    (y, _), idx, rng, method, codes = _bootstrap_setup((y_true, s[0]), n_boot, alpha, method, seed, groups)
     n_seeds = len(s)
     arms = [s] if ref is None else [s, ref]
     datasets = [(y, row) for arm in arms for row in arm]
@@ -480,7 +518,7 @@ def seed_bootstrap_ci(
         seed_counts = np.ones((n_boot, 1))
 
     def seed_means(rows, counts):
-        values = _replicates(metric_fn, datasets, rows)
+        values = _replicates(metric_fn, datasets, rows, codes)
         per_arm = np.split(values, len(arms), axis=1)  # [m, S] per arm
         return [_seed_mean(v, counts) for v in per_arm]
 
@@ -491,7 +529,8 @@ def seed_bootstrap_ci(
 
     def jackknife():
         if not jack_cache:
-            jack_cache.extend(seed_means(None, np.ones((len(y), n_seeds))))
+            units = len(y) if codes is None else int(codes.max()) + 1
+            jack_cache.extend(seed_means(None, np.ones((units, n_seeds))))
         return jack_cache
 
     low, high = _interval(boot[0], alpha, method, estimates[0], lambda: jackknife()[0])
