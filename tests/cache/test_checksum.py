@@ -61,7 +61,7 @@ DAMAGE = {
     "edited path": (lambda p: _set(p, "paths", 0, "/elsewhere.jpg"), "labels, paths or groups differ"),
     "edited group": (lambda p: _set(p, "groups", 3, "other"), "labels, paths or groups differ"),
     "duplicate id": (_duplicate_id, "image ids are not unique"),
-    "edited size": (lambda p: _set(p, "sizes", 0, [1, 1]), "ids or image sizes differ from their checksum"),
+    "edited size": (lambda p: _set(p, "sizes", 0, [1, 1]), "ids, image sizes or draw records differ from their checksum"),
     "renamed view": (lambda p: _set(p, "views/name", 1, "tampered"), "view table differs from its checksum"),
     "moved view box": (lambda p: _set(p, "views/box", 1, [0, 0, 1, 1]), "view table differs from its checksum"),
     "edited failure": (lambda p: _set(p, "failures/reasons", 0, "fine"), "failures differ from their checksum"),

@@ -198,3 +198,12 @@ def test_caches_of_another_feature_extractor_are_refused(tmp_path, caches, clean
         fit_run(caches[0], tmp_path / "mixed", also=[other])
     with pytest.raises(DataError, match="different feature extractors"):
         ablate([caches[0], other], tmp_path / "board", heads=("linear",), aggs=("mean",), progress=False)
+
+
+def test_oof_folds_are_counted_in_images_not_draws(tmp_path):
+    small = make_synthetic_cache(tmp_path / "small", n=40, n_views=V, dim=D, seed=1, draws=3)
+    data = load_dataset(small)
+    train = resolve_splits(data).ids["train"]
+    fewest = min(np.bincount(data.labels[np.isin(data.images, train)][::3]))  # images per class
+    with pytest.raises(ConfigError, match=f"more than the {fewest} training images"):
+        fit_run(small, tmp_path / "run", oof_folds=fewest + 1)

@@ -140,8 +140,12 @@ class FeatureCache:
         draws = self.draws
         if draws is None:
             return np.full(len(self), -1, dtype=np.int8)
-        return np.array([-1 if d["params"].get("level") is None else d["params"]["level"] for d in draws],
-                        dtype=np.int8)
+        levels = [d["params"].get("level") for d in draws]
+        bad = next((v for v in levels if v is not None and (type(v) is not int or not 0 <= v <= 3)), None)
+        if bad is not None:
+            raise CacheError(f"cache file '{self.path}' has a damaged draw record (level {bad!r}): see `natix cache "
+                             f"verify {self.path}`; extract it again")
+        return np.array([-1 if v is None else v for v in levels], dtype=np.int8)
 
     @property
     def view_names(self) -> list[str]:

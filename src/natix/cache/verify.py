@@ -36,7 +36,7 @@ from natix.errors import CacheError
 REPAIRABLE = frozenset({"labels", "views", "failures"})
 _HEX = np.zeros(256, dtype=bool)
 _HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
-_DIGEST_TEXT = {"ids": "ids or image sizes differ from their checksum",
+_DIGEST_TEXT = {"ids": "ids, image sizes or draw records differ from their checksum",
                 "labels": "labels, paths or groups differ from their checksum",  # or the label conflicts
                 "views": "view table differs from its checksum",
                 "failures": "failures differ from their checksum"}

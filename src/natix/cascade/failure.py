@@ -483,5 +483,6 @@ def _fit_and_compare(source: Run, predictor: FailurePredictor, n_boot: int) -> d
     if "gate" in test:
         scores["gate score"] = np.asarray(test["gate"], dtype=np.float64)
     scores[f"failure predictor ({predictor.model})"] = 1.0 - predictor.failure_score(X_te)
-    return compare_confidences(failure_labels(test), scores, n_boot=n_boot, seed=int(predictor.seed),
-                               reference="max probability")
+    comparison = compare_confidences(failure_labels(test), scores, n_boot=n_boot, seed=int(predictor.seed),
+                                     reference="max probability")
+    return {**comparison, "under": meta["under"]}

@@ -15,6 +15,7 @@ from natix.cli.common import (
     echo_json,
     echo_result,
     opened,
+    under_line,
     under_option,
 )
 from natix.cli.group import cli, library_errors
@@ -27,7 +28,8 @@ ALPHAS = Numbers(Number(min=0, max=1, min_open=True), what="comma-separated Gate
 def failure_table(run, model: str, res: dict) -> str:
     """`natix fit-failure` as text: each confidence's failure-detection metrics with 95% CIs."""
     lines = [f"{run}: failure predictor ({model}) -> failure.json, failure.safetensors; val_test, "
-             f"{res['n']} images, error rate {res['error_rate']:.4f} (95% bootstrap CIs, fractions)",
+             f"{res['n']} rows, error rate {res['error_rate']:.4f} (95% bootstrap CIs, fractions)",
+             *under_line(res.get("under")),
              f"{'confidence':<28}{'AUROC_f':>26}{'FPR@95%TPR':>26}{'AUGRC':>26}"]
     for name, m in res["confidences"].items():
         cells = "".join(f"{m[k]['estimate']:>9.4f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in FAILURE_COLUMNS)
@@ -97,7 +99,8 @@ def cascade_text(res: dict) -> str:
         f"reward_ordered {res['reward_ordered']:.4f} (validator windows over val_test in stored order)",
         "reaching stage 2, 3, ...: " + ", ".join(f"{d:.4f}" for d in res["deferral"]),
         f"compute per image: {compute}",
-        f"guarantee: {res['calibration']['guarantee']}"])
+        f"guarantee: {res['calibration']['guarantee']}",
+        *under_line(res["document"]["under"][0])])
 
 
 @cli.command("cascade")

@@ -68,7 +68,8 @@ def extract_summary(r: dict) -> str:
     if r["repaired"]:
         lines.append(f"repaired  {' and '.join(REPAIRED[p] for p in r['repaired'])} (the cache was damaged)")
     if r["model_work"]:
-        lines.append(f"speed     {r['images_per_s']:.1f} images/s, {r['images_per_s'] * r['n_views']:.0f} views/s "
+        lines.append(f"speed     {r['images_per_s']:.1f} images/s, "
+                     f"{r['images_per_s'] * r['n_views'] * r['draws']:.0f} views/s "
                      f"on {r['device']} ({r['precision']}, batch {r['batch_size']}); {r['seconds']:.1f} s in all")
     else:
         checked = "checksum verified" if r["verified"] else "checksum not verified (--skip-checksum)"

@@ -134,8 +134,9 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     rows = splits.rows(data.images)
     for extra in also:
         data, rows = _with_train_rows(data, rows, splits, load_dataset(extra, verify=verify))
-    if oof_folds:  # refused before the main fit, not after it
-        check_oof_folds(oof_folds, data.labels[rows["train"]])
+    if oof_folds:  # refused before the main fit, not after it; folds hold images (all draws of one together)
+        _, first = np.unique(data.images[rows["train"]], return_index=True)
+        check_oof_folds(oof_folds, data.labels[rows["train"]][first])
     with limit_threads(train.threads):
         fitted, preds = _fit_and_predict(data, rows, head, train, oof_folds)
     predictions = {}
