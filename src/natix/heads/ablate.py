@@ -312,12 +312,16 @@ def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, 
             ci = r.get(f"{metric}_ci", [float("nan")] * 2)
             dci = r.get("diff_ci", [float("nan")] * 2)
             w.writerow([r[c] for c in cols] + [ci[0], ci[1], r.get("diff", float("nan")), dci[0], dci[1]])
+    judged = meta.get("judged_on") or {"label": "", "rows": meta["n_val_test"], "images": meta["n_val_test"]}
+    where = (f"{judged['rows']} val_test rows ({judged['images']} images) of {judged['label']} "
+             f"`{judged['cache']}`" if judged["label"] else f"{meta['n_val_test']} val_test images")
+    rows = "val_test images (all draws of an image together)" if judged["rows"] > judged["images"] else "val_test rows"
     methods = sorted({r["ci_method"] for r in board if r.get("ci_method")})
     many = meta["seeds"] > 1
     delta = f"Δ: the row's {metric} minus that of `{baseline}`"
     if methods:
         kind = " / ".join({"bca": "BCa", "percentile": "percentile"}[m] for m in methods)
-        drawn = "val_test rows and seeds, both" if many else "val_test rows"
+        drawn = f"{rows} and seeds, both" if many else rows
         paired = "rows shared, seed i paired with the baseline's seed i" if many else "rows shared"
         note = (f"{metric} 95% CI: {kind} bootstrap of that same seed mean: each resample draws {drawn} with "
                 f"replacement, recomputes each drawn seed's {metric} on the drawn rows and averages over the drawn "
@@ -325,14 +329,9 @@ def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, 
                 "excludes 0.")
     else:
         note = f"No bootstrap CI for {metric}. {delta}."
-    judged = meta.get("judged_on") or {"label": "", "rows": meta["n_val_test"], "images": meta["n_val_test"]}
-    where = (f"{judged['rows']} val_test rows ({judged['images']} images) of {judged['label']} "
-             f"`{judged['cache']}`" if judged["label"] else f"{meta['n_val_test']} val_test images")
-    drawn_rows = (" The rows are challenge draws: each resample draws whole images (all their draws together), "
-                  "not rows.") if judged["rows"] > judged["images"] else ""
     lines = [f"# Ablation leaderboard ({meta['seeds']} seed(s), judged on {where})", "",
              f"Sorted by {metric}. Metrics are fractions (not x1000); each cell is the mean over seeds of the "
-             f"metric of one seed's val_test predictions. {note}{drawn_rows}", "",
+             f"metric of one seed's val_test predictions. {note}", "",
              *(f"{k}: {text}." for k, text in M.REWARD_DEFINITIONS.items() if k in TABLE_METRICS), "",
              "| arm | " + " | ".join(TABLE_METRICS) + f" | {metric} 95% CI | Δ{metric} vs baseline |",
              "|" + "---|" * (len(TABLE_METRICS) + 3)]
