@@ -47,7 +47,7 @@ def cache_root(tmp_path):
 @pytest.fixture(autouse=True)
 def _one_thread_for_tiny_models(request):
     """Tier-2 and serving tests train or run tiny models: one torch thread avoids oversubscription."""
-    if request.node.path.parent.name not in {"heads", "cascade", "serve", "calibrate"}:
+    if request.node.path.parent.name not in {"heads", "cascade", "serve", "calibrate", "finetune"}:
         yield
         return
     import torch
