@@ -4,11 +4,11 @@
 `common` the shared output helpers; each other module registers the commands of one stage of
 the data flow on the group when imported: `extract` (demo-data, demo-backbone, extract, cache),
 `heads` (fit-head, evaluate, ablate), `calibrate` (calibrate, report), `cascade` (fit-failure,
-tune-gatekeeper, cascade), `serve` (export, predict). Heavy imports (torch, transformers, h5py,
+tune-gatekeeper, cascade), `serve` (export, predict), `finetune` (finetune). Heavy imports (torch, transformers, h5py,
 scikit-learn) happen inside commands so that `natix --help` stays instant.
 """
 
-from natix.cli import calibrate, cascade, extract, heads, serve  # noqa: F401  (importing registers the commands)
+from natix.cli import calibrate, cascade, extract, finetune, heads, serve  # noqa: F401  (importing registers the commands)
 from natix.cli.group import cli, main
 
 __all__ = ["cli", "main"]

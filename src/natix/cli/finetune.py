@@ -1,0 +1,111 @@
+"""`natix finetune`: train the backbone (LoRA, DoRA, last-k or full) with a head, write the adapter,
+and optionally extract a new cache with it."""
+
+from __future__ import annotations
+
+import click
+
+from natix.cli.common import COUNT, SEED, Number, comma_names, echo_result, quiet_transformers
+from natix.cli.extract import CACHE_HELP
+from natix.cli.group import cli, library_errors
+from natix.cli.heads import RATIOS
+
+LR = Number(min=0, max=10, min_open=True, max_open=True)
+
+
+def finetune_text(res: dict) -> str:
+    """What `natix finetune` prints: the run, how to extract with the adapter, the metrics."""
+    h = res["history"]
+    a = res["adapter"]
+    lines = [f"run       {res['out']}  ({len(h['epochs'])} epochs, best {h['best_epoch']}, {h['steps']} optimizer "
+             f"steps; {res['seconds']:.1f} s)" + (f"; resumed at epoch {res['resumed_at'][0]}, batch "
+                                                   f"{res['resumed_at'][1]}" if res["resumed_at"] else ""),
+             f"adapter   {a['path']}  (natix extract DATA ... {a['option']} {a['path']})"]
+    if res.get("cache"):
+        lines.append(f"cache     {res['cache']}  (new fingerprint; the frozen cache is untouched)")
+    lines.append(f"{'split':<11}{'n':>6}{'accuracy':>10}{'mcc':>10}{'auroc':>10}{'nll':>10}  (fractions)")
+    for split, m in res["metrics"].items():
+        lines.append(f"{split:<11}{m['n']:>6}{m['accuracy']:>10.4f}{m['mcc']:>10.4f}{m['auroc']:>10.4f}{m['nll']:>10.4f}")
+    return "\n".join(lines)
+
+
+@cli.command("finetune")
+@click.argument("data", type=click.Path())
+@click.option("--backbone", required=True, help="Hub id, local directory (save_pretrained), or timm:<model>.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights file for a timm:<model> backbone.")
+@click.option("--init-adapter", type=click.Path(file_okay=False), help="Start from this PEFT adapter (merged first).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--method", type=click.Choice(["lora", "dora", "last-k", "full"]), default="lora", show_default=True)
+@click.option("--rank", type=COUNT, default=8, show_default=True, help="LoRA/DoRA rank.")
+@click.option("--lora-alpha", type=Number(min=0, min_open=True), default=16.0, show_default=True)
+@click.option("--lora-dropout", type=Number(min=0, max=1, max_open=True), default=0.0, show_default=True)
+@click.option("--targets", default=None, help="Comma-separated linear layers to adapt [default: attention + MLP].")
+@click.option("--unfreeze-last", type=COUNT, default=1, show_default=True, help="last-k: blocks that train.")
+@click.option("--head", default="linear", show_default=True)
+@click.option("--agg", default="mean", show_default=True)
+@click.option("--views", type=COUNT, default=1, show_default=True, help="1 (global), 10 (+tiles), 20 (+flips).")
+@click.option("--epochs", type=COUNT, default=5, show_default=True)
+@click.option("--lr", type=LR, default=1e-4, show_default=True, help="Backbone learning rate.")
+@click.option("--head-lr", type=LR, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=Number(min=0), default=1e-4, show_default=True)
+@click.option("--warmup", type=Number(min=0, max=1, max_open=True), default=0.1, show_default=True,
+              help="Fraction of the steps spent warming up (then cosine decay).")
+@click.option("--batch-size", type=COUNT, default=16, show_default=True)
+@click.option("--grad-accum", type=COUNT, default=1, show_default=True, help="Batches per optimizer step.")
+@click.option("--patience", type=COUNT, default=2, show_default=True, help="Epochs without a better val_select loss.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--checkpointing", is_flag=True, help="Gradient checkpointing (less memory, more time).")
+@click.option("--save-every", type=COUNT, default=50, show_default=True, help="Optimizer steps between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its checkpoint.")
+@click.option("--splits", "splits_path", type=click.Path(dir_okay=False), help="Reuse a run's splits.json.")
+@click.option("--ratios", type=RATIOS, default="0.6,0.1,0.15,0.15", show_default=True)
+@click.option("--split-seed", type=SEED, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--extract", "then_extract", is_flag=True, help="Then extract DATA with the adapter into a new cache.")
+@click.option("--cache", "cache_root", type=click.Path(file_okay=False), help=CACHE_HELP)
+@click.option("--allow-outside", is_flag=True, help="Let a manifest name images outside its folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True)
+@library_errors
+def finetune(data, backbone, checkpoint, init_adapter, out, method, rank, lora_alpha, lora_dropout, targets,
+             unfreeze_last, head, agg, views, epochs, lr, head_lr, weight_decay, warmup, batch_size, grad_accum,
+             patience, seed, precision, checkpointing, save_every, resume, splits_path, ratios, split_seed, device,
+             then_extract, cache_root, allow_outside, quiet, as_json) -> None:
+    """Fine-tune the backbone with a head on DATA's labeled images (same splits as tier 2)."""
+    from natix.config import ViewRecipe
+    from natix.finetune.adapters import AdapterSpec
+    from natix.finetune.train import FinetuneConfig
+    from natix.finetune.train import finetune as run_finetune
+
+    quiet_transformers()
+    spec = AdapterSpec(method=method, rank=rank, alpha=lora_alpha, dropout=lora_dropout,
+                       targets=tuple(comma_names(targets)) if targets else None, unfreeze_last=unfreeze_last)
+    config = FinetuneConfig(adapter=spec, head=head, agg=agg, epochs=epochs, lr=lr, head_lr=head_lr,
+                            weight_decay=weight_decay, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum,
+                            patience=patience, seed=seed, precision=precision, checkpointing=checkpointing,
+                            save_every=save_every)
+    recipe = ViewRecipe(n_views=views)
+    r = run_finetune(data, backbone, out, config=config, recipe=recipe, checkpoint=checkpoint,
+                     init_adapter=init_adapter, splits_path=splits_path, ratios=ratios, split_seed=split_seed,
+                     device=device, resume=resume, progress=not quiet, allow_outside=allow_outside)
+    res = {"out": str(r.out), "adapter": r.adapter, "metrics": r.metrics, "history": r.history, "seconds": r.seconds,
+           "resumed_at": r.resumed_at, "cache": None}
+    if then_extract:
+        res["cache"] = str(_extract_with(data, backbone, checkpoint, r.adapter, recipe, cache_root, device, quiet,
+                                         allow_outside))
+    echo_result(as_json, res, finetune_text)
+
+
+def _extract_with(data, backbone, checkpoint, adapter: dict, recipe, cache_root, device, quiet, allow_outside):
+    """Extract DATA with the fine-tuned weights (same view recipe); the path of the new cache."""
+    from natix.config import RunOptions
+    from natix.extract.extractor import extract
+
+    kwargs = {"--adapter": {"backbone": backbone, "checkpoint": checkpoint, "adapter": adapter["path"]},
+              "--backbone": {"backbone": adapter["path"]},
+              "--checkpoint": {"backbone": backbone, "checkpoint": adapter["path"]}}[adapter["option"]]
+    name = kwargs.pop("backbone")
+    result = extract(data, name, recipe=recipe, cache_root=cache_root, allow_outside=allow_outside,
+                     options=RunOptions(device=device, progress=not quiet), **kwargs)
+    return result.cache_file

@@ -1,0 +1,256 @@
+"""The pieces of the fine-tuning loop: the labeled images, the batch order, and the model (backbone
+through the featurizer, plus a head) with its optimizer, checkpoints and best-epoch snapshots."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from natix.config import Preprocess, ViewRecipe
+from natix.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Images:
+    """The labeled, readable images of a source, one per distinct content (first listing kept)."""
+
+    paths: list[str]
+    ids: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    held_out: frozenset[str]  # ids the source lists with conflicting labels: in no split
+
+
+def labeled_images(source, *, allow_outside: bool = False) -> Images:
+    """The labeled images of a folder or manifest, keyed by content id like a cache."""
+    from natix.data.sources import discover, hash_files
+
+    records = discover(source, allow_outside=allow_outside)
+    first: dict[str, tuple] = {}
+    labels_of: dict[str, set] = {}
+    for rec, image_id in zip(records, hash_files([r.path for r in records])):
+        if isinstance(image_id, Exception) or rec.label is None:
+            continue
+        first.setdefault(image_id, (str(rec.path), rec.label, rec.group or ""))
+        labels_of.setdefault(image_id, set()).add(rec.label)
+    if not first:
+        raise DataError(f"'{source}' has no readable labeled images: fine-tuning needs labels (class folders or a "
+                        "manifest with a label column)")
+    ids = sorted(first)
+    return Images(paths=[first[i][0] for i in ids], ids=np.array(ids), labels=np.array([first[i][1] for i in ids]),
+                  groups=np.array([first[i][2] for i in ids], dtype=object),
+                  held_out=frozenset(i for i, v in labels_of.items() if len(v) > 1))
+
+
+class Batches:
+    """The training rows of one epoch in batches, in an order fixed by (seed, epoch): a resumed
+    epoch sees the same batches as an uninterrupted one."""
+
+    def __init__(self, rows: np.ndarray, batch_size: int, *, seed: int, epoch: int):
+        self.rows = np.random.default_rng([seed, epoch]).permutation(np.asarray(rows))
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def __getitem__(self, b: int) -> np.ndarray:
+        return self.rows[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+class Progress:
+    """A tqdm bar of training batches on a terminal; nothing otherwise."""
+
+    def __init__(self, total: int, enabled: bool, done: int = 0):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=done, unit="batch", desc="finetune",
+                        disable=not enabled or not sys.stderr.isatty())
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def load_model(backbone: str, config, recipe: ViewRecipe, preprocess: Preprocess, *, checkpoint, init_adapter,
+               device: str, standardise_on: list[str]) -> Model:
+    """The backbone made trainable as `config.adapter` says, its featurizer and a fresh head
+    standardised on the features of `standardise_on` (the training images, before any step)."""
+    import torch
+
+    from natix.extract.backbones import load_backbone
+    from natix.extract.featurizer import Featurizer
+    from natix.finetune.adapters import attach
+    from natix.heads.config import HeadConfig
+
+    bb, _ = load_backbone(backbone, checkpoint=checkpoint, adapter=init_adapter)
+    torch.manual_seed(config.seed)  # the adapters' and the head's initial weights
+    params = attach(bb, config.adapter)
+    if config.checkpointing:
+        _gradient_checkpointing(bb)
+    featurizer = Featurizer(bb, recipe, preprocess, device=device, precision=config.precision, grad=True,
+                            store_dtype="float32", batch_size=config.batch_size)
+    head = HeadConfig(head=config.head, agg=config.agg).build(bb.dim, recipe.n_views).to(featurizer.device)
+    model = Model(featurizer, head, config, params, stacked=init_adapter is not None)
+    with torch.no_grad():
+        feats = torch.cat([model.features(standardise_on[i:i + 64]) for i in range(0, len(standardise_on), 64)])
+    flat = feats.reshape(-1, feats.shape[-1])
+    head.set_standardisation(flat.mean(0), flat.std(0))
+    return model
+
+
+def _gradient_checkpointing(backbone) -> None:
+    """Recompute activations in the backward pass instead of storing them (less memory, more time)."""
+    base = backbone.model.get_base_model() if hasattr(backbone.model, "get_base_model") else backbone.model
+    if hasattr(base, "gradient_checkpointing_enable"):
+        base.gradient_checkpointing_enable()
+    elif hasattr(base, "set_grad_checkpointing"):
+        base.set_grad_checkpointing(True)
+    else:
+        raise ConfigError("this backbone has no gradient checkpointing: drop --checkpointing")
+
+
+class Model:
+    """Backbone (through the featurizer) + head, with the optimizer and learning-rate schedule."""
+
+    def __init__(self, featurizer, head, config, backbone_params: list, *, stacked: bool = False):
+        self.featurizer, self.head, self.config = featurizer, head, config
+        # Trained on top of an earlier adapter (merged at load): an adapter of this run alone would
+        # miss that one, so the whole merged backbone is what gets saved.
+        self.stacked = stacked
+        self.backbone = featurizer.backbone
+        self.backbone_params = backbone_params
+        self.optimizer = self.scheduler = None
+
+    # -- data
+    def features(self, paths: list[str]):
+        """float32 features ``[B, V, D]`` of the images at `paths` (autograd as the caller's context)."""
+        from natix.data.decode import decode_image, read_image
+        from natix.extract.featurizer import as_chw
+
+        return self.featurizer([as_chw(decode_image(read_image(p))) for p in paths])
+
+    def logits(self, paths: list[str]):
+        return self.head(self.features(paths))["logit"]
+
+    # -- training
+    def fresh_state(self, config, *, steps: int) -> dict:
+        """A new optimizer and warm-up + cosine schedule over `steps` optimizer steps, and the loop's state."""
+        import torch
+
+        groups = [{"params": self.backbone_params, "lr": config.lr},
+                  {"params": [p for p in self.head.parameters() if p.requires_grad], "lr": config.head_lr}]
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        warm = max(1, int(config.warmup * steps)) if config.warmup > 0 else 0
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        return {"epoch": 0, "batch": 0, "steps": 0, "history": [], "train_loss": [], "best_loss": float("inf"),
+                "best": self.snapshot(), "best_epoch": None, "bad_epochs": 0}
+
+    def loss(self, paths: list[str], labels: np.ndarray, *, scale: float) -> float:
+        """Forward and backward one batch (gradients accumulate); the batch's mean BCE."""
+        import torch
+
+        self.backbone.train()
+        self.head.train()
+        y = torch.as_tensor(labels, dtype=torch.float32, device=self.featurizer.device)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.logits(paths), y)
+        (loss * scale).backward()
+        return float(loss.detach())
+
+    def step(self, state: dict) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        state["steps"] += 1
+
+    def predict(self, paths: list[str], batch: int = 64) -> np.ndarray:
+        """P(roadwork) of each image, in eval mode, without gradients."""
+        import torch
+
+        self.backbone.eval()
+        self.head.eval()
+        with torch.no_grad():
+            parts = [torch.sigmoid(self.logits(paths[i:i + batch])).double().cpu().numpy()
+                     for i in range(0, len(paths), batch)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def evaluate(self, paths: list[str], labels: np.ndarray) -> dict:
+        """val_select loss (mean BCE) and accuracy."""
+        from natix import metrics as M
+
+        p = np.clip(self.predict(paths), 1e-7, 1 - 1e-7)
+        return {"val_loss": float(M.nll(labels, p)), "loss": float(M.nll(labels, p)),
+                "val_accuracy": float(M.accuracy(labels, p))}
+
+    # -- weights
+    def snapshot(self) -> dict:
+        """Copies of the trained weights: the backbone's trainable parameters and the head's state."""
+        trainable = {n: p.detach().clone() for n, p in self.backbone.named_parameters() if p.requires_grad}
+        return {"backbone": trainable, "head": {k: v.detach().clone() for k, v in self.head.state_dict().items()}}
+
+    def restore(self, snap: dict) -> None:
+        import torch
+
+        with torch.no_grad():
+            named = dict(self.backbone.named_parameters())
+            for n, v in snap["backbone"].items():
+                named[n].copy_(v)
+        self.head.load_state_dict(snap["head"])
+
+    def save_checkpoint(self, path: Path, state: dict, identity: dict) -> None:
+        """Everything a resumed run needs, written atomically (a kill leaves the previous checkpoint)."""
+        import torch
+
+        body = {"identity": identity, "state": state, "weights": self.snapshot(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": torch.get_rng_state()}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(body, tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Path, identity: dict) -> dict:
+        """Restore a checkpoint written with the same options; return the loop's state."""
+        import torch
+
+        try:
+            body = torch.load(path, map_location=self.featurizer.device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means the same to the user
+            raise DataError(f"checkpoint '{path}' is unreadable ({type(exc).__name__}): delete it to start over") from None
+        if body.get("identity") != identity:
+            raise ConfigError(f"checkpoint '{path}' was written with other options or images: rerun the same command "
+                              "to resume it, or pass a new --out")
+        self.restore(body["weights"])
+        self.optimizer.load_state_dict(body["optimizer"])
+        self.scheduler.load_state_dict(body["scheduler"])
+        torch.set_rng_state(body["rng"].cpu())
+        return body["state"]
+
+    def save(self, out: Path) -> dict:
+        """The adapter (see :func:`natix.finetune.adapters.save_adapter`) and ``head.safetensors``."""
+        from safetensors.torch import save_file
+
+        from natix.finetune.adapters import AdapterSpec, merged, save_adapter
+
+        spec = self.config.adapter
+        if self.stacked and spec.peft:
+            merged(self.backbone, spec)
+            spec = AdapterSpec(method="full")
+        info = save_adapter(self.backbone, spec, out / "adapter")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                  str(out / "head.safetensors"))
+        return info
+
+
+__all__ = ["Batches", "Images", "Model", "Progress", "labeled_images", "load_model"]

@@ -1,0 +1,192 @@
+"""Supervised fine-tuning: the backbone (LoRA, DoRA, last-k or full) and a head, trained together.
+
+The forward is the one featurizer's (``Featurizer(..., grad=True)``): views are built exactly as
+extraction builds them, so what was trained is what the cache will hold. Images are split by
+image id exactly as tier 2 splits a cache (:func:`natix.heads.splits.make_splits`, same ratios and
+seed, or a ``splits.json``), so ``val_select``, ``val_calib`` and ``val_test`` images are never
+trained on. AdamW (backbone and head learning rates apart) with a linear warm-up then a cosine
+decay; early stopping on the ``val_select`` loss; the best epoch's weights are kept.
+
+Training is deterministic for a seed on CPU: each epoch's order comes from ``(seed, epoch)``, and
+a checkpoint (``checkpoint.pt``, written atomically every `save_every` optimizer steps and at each
+epoch end) holds everything a resumed run needs, so ``resume=True`` after a crash or ``kill -9``
+ends with the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from natix import metrics as M
+from natix.config import Preprocess, ViewRecipe
+from natix.errors import ConfigError
+from natix.finetune.adapters import AdapterSpec
+from natix.finetune.loop import Batches, Progress, labeled_images, load_model
+from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
+from natix.jsonio import write_json
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What and how to fine-tune (see `natix finetune --help` for each option)."""
+
+    adapter: AdapterSpec = AdapterSpec()
+    head: str = "linear"
+    agg: str = "mean"
+    epochs: int = 5
+    lr: float = 1e-4  # backbone (adapters or unfrozen blocks)
+    head_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.1  # fraction of the optimizer steps spent warming up
+    batch_size: int = 16
+    grad_accum: int = 1
+    patience: int = 2  # epochs without a better val_select loss before stopping
+    seed: int = 0
+    precision: str = "auto"  # bf16 autocast on CUDA, fp32 elsewhere
+    checkpointing: bool = False  # gradient checkpointing in the backbone
+    save_every: int = 50  # optimizer steps between checkpoints (and one at every epoch end)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "grad_accum", "patience", "save_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("lr", "head_lr"):
+            if not 0 < getattr(self, name) < 10:
+                raise ConfigError(f"{name} must lie in (0, 10), got {getattr(self, name)!r}")
+        if not 0 <= self.warmup < 1 or self.weight_decay < 0:
+            raise ConfigError(f"warmup must lie in [0, 1) and weight decay be >= 0, got {self.warmup!r}, "
+                              f"{self.weight_decay!r}")
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "adapter": dataclasses.asdict(self.adapter)}
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` wrote: the run, the adapter and how to extract with it, the metrics."""
+
+    out: Path
+    adapter: dict  # {"option": "--adapter" | "--backbone" | "--checkpoint", "path": ...}
+    metrics: dict
+    history: dict
+    seconds: float
+    resumed_at: tuple[int, int] | None = None  # (epoch, batch) a resumed run started from
+    extra: dict = field(default_factory=dict)
+
+
+def finetune(data, backbone: str, out, *, config: FinetuneConfig = FinetuneConfig(), recipe: ViewRecipe | None = None,
+             preprocess: Preprocess = Preprocess(), checkpoint: str | None = None, init_adapter: str | None = None,
+             splits_path=None, ratios=DEFAULT_RATIOS, split_seed: int = 0, device: str = "auto",
+             resume: bool = False, progress: bool = True, allow_outside: bool = False) -> FinetuneResult:
+    """Fine-tune `backbone` with a head on the labeled images of `data` (folder or manifest) and
+    write the run directory `out`: ``adapter/``, ``head.safetensors``, ``config.json``,
+    ``history.json``, ``metrics.json``, ``splits.json``.
+
+    `recipe` defaults to the single global view. `init_adapter` starts from an earlier PEFT
+    adapter (merged first). With `resume`, a ``checkpoint.pt`` in `out` is continued (it must
+    come from the same options); without it an existing checkpoint is refused.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    recipe = recipe or ViewRecipe(n_views=1)
+    out = Path(out)
+    _check_out(out, resume)
+    images = labeled_images(data, allow_outside=allow_outside)
+    splits = _splits(images, splits_path, ratios, split_seed)
+    rows = splits.rows(images.ids, cache=data, owner=f"split file '{splits_path}'" if splits_path else None)
+    model = load_model(backbone, config, recipe, preprocess, checkpoint=checkpoint, init_adapter=init_adapter,
+                       device=device, standardise_on=[images.paths[r] for r in rows["train"]])
+    identity = {"backbone": backbone, "checkpoint": checkpoint, "init_adapter": init_adapter,
+                "recipe": recipe.identity(), "preprocess": preprocess.identity(), "config": config.to_json(),
+                "splits": splits.digest}
+    state = model.fresh_state(config, steps=_total_steps(len(rows["train"]), config))
+    torch.manual_seed(config.seed)  # train-mode randomness (RoPE jitter, dropout); a checkpoint restores its state
+    resumed_at = None
+    if resume and (out / CHECKPOINT).is_file():
+        state = model.load_checkpoint(out / CHECKPOINT, identity)
+        resumed_at = (state["epoch"], state["batch"])
+    bar = Progress(config.epochs * math.ceil(len(rows["train"]) / config.batch_size), progress,
+                   done=state["epoch"] * math.ceil(len(rows["train"]) / config.batch_size) + state["batch"])
+    while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
+        _epoch(model, images, rows, config, state, out, identity, bar)
+    bar.close()
+    model.restore(state["best"])
+    return _write_run(out, model, images, rows, splits, identity, state, t0, resumed_at)
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    """Refuse an `out` that holds something other than an earlier fine-tuning run, or a checkpoint without `resume`."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CHECKPOINT).is_file()
+                                              and not (out / "config.json").is_file())):
+        raise ConfigError(f"'{out}' exists and is not a natix fine-tuning run: pass a new --out")
+    if (out / CHECKPOINT).is_file() and not resume:
+        raise ConfigError(f"'{out}' holds the checkpoint of an interrupted run: pass --resume to continue it, or a "
+                          "new --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _splits(images, splits_path, ratios, seed: int) -> Splits:
+    """A splits.json (from a tier-2 run of the same images), or tier 2's default splits of these images."""
+    if splits_path:
+        return Splits.load(splits_path)
+    return make_splits(images.ids, images.labels, images.groups, ratios=ratios, seed=seed, exclude=images.held_out)
+
+
+def _total_steps(n_train: int, config: FinetuneConfig) -> int:
+    return config.epochs * math.ceil(math.ceil(n_train / config.batch_size) / config.grad_accum)
+
+
+def _epoch(model, images, rows: dict, config: FinetuneConfig, state: dict, out: Path, identity: dict, bar) -> None:
+    """One epoch (from `state`'s batch on, after a resume): optimizer steps every `grad_accum`
+    batches, checkpoints every `save_every` steps, then the val_select loss and early stopping."""
+    batches = Batches(rows["train"], config.batch_size, seed=config.seed, epoch=state["epoch"])
+    for b in range(state["batch"], len(batches)):
+        part = batches[b]
+        loss = model.loss([images.paths[r] for r in part], images.labels[part], scale=1.0 / config.grad_accum)
+        state["train_loss"].append(loss)
+        last = b == len(batches) - 1
+        if (b + 1) % config.grad_accum == 0 or last:
+            model.step(state)
+        state["batch"] = b + 1
+        bar.update(1)
+        if state["steps"] % config.save_every == 0 and not last and (b + 1) % config.grad_accum == 0:
+            model.save_checkpoint(out / CHECKPOINT, state, identity)
+    val = model.evaluate([images.paths[r] for r in rows["val_select"]], images.labels[rows["val_select"]])
+    epoch_loss = float(np.mean(state["train_loss"])) if state["train_loss"] else float("nan")
+    state["history"].append({"epoch": state["epoch"], "train_loss": epoch_loss, **val})
+    if val["loss"] < state["best_loss"]:
+        state["best_loss"], state["best"], state["bad_epochs"] = val["loss"], model.snapshot(), 0
+        state["best_epoch"] = state["epoch"]
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"], state["batch"], state["train_loss"] = state["epoch"] + 1, 0, []
+    model.save_checkpoint(out / CHECKPOINT, state, identity)
+
+
+def _write_run(out: Path, model, images, rows: dict, splits: Splits, identity: dict, state: dict, t0: float,
+               resumed_at) -> FinetuneResult:
+    """Save the best weights, score every split, write the run's files; the checkpoint goes last."""
+    adapter = model.save(out)
+    metrics = {}
+    for name in SPLITS:
+        r = rows[name]
+        prob = model.predict([images.paths[i] for i in r])
+        metrics[name] = M.split_metrics(images.labels[r], prob)
+    splits.save(out / "splits.json")
+    history = {"epochs": state["history"], "best_epoch": state.get("best_epoch"), "steps": state["steps"]}
+    write_json(out / "history.json", history)
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "config.json", {**identity, "adapter": adapter, "images": len(images.ids),
+                                     "split_sizes": {k: len(v) for k, v in rows.items()}})
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    return FinetuneResult(out, adapter, metrics, history, time.perf_counter() - t0, resumed_at)

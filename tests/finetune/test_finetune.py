@@ -1,0 +1,107 @@
+"""`natix finetune`: the run it writes, its splits, the adapter's way back into the cache, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file
+
+from natix.cache.store import open_cache
+from natix.cli import cli
+from natix.errors import ConfigError
+from natix.finetune.train import CHECKPOINT
+
+FAST = ["--ratios", "0.25,0.25,0.25,0.25", "--batch-size", "2", "--lr", "0.01", "--head-lr", "0.01", "-q"]
+
+
+def _run(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def test_finetune_writes_a_run_and_extracts_a_new_cache(demo_images, tiny_backbone, tmp_path):
+    frozen = _run("extract", demo_images, "--backbone", tiny_backbone, "--views", "1", "--cache", tmp_path / "c",
+                  "--workers", "0", "-q", "--json")
+    frozen = json.loads(frozen.output)
+    r = _run("finetune", demo_images, "--backbone", tiny_backbone, "--out", tmp_path / "run", "--epochs", "2",
+             "--extract", "--cache", tmp_path / "c", *FAST)
+    assert "adapter   " in r.output and "--adapter" in r.output and "new fingerprint" in r.output
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"adapter", "head.safetensors", "config.json", "history.json",
+                                               "metrics.json", "splits.json"}
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    caches = sorted((tmp_path / "c").glob("*.h5"))
+    assert len(caches) == 2 and frozen["cache_file"] in map(str, caches)  # the frozen cache is kept
+    tuned = next(c for c in caches if str(c) != frozen["cache_file"])
+    with open_cache(tuned) as c:
+        assert c.identity["backbone"]["adapter"] is not None
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"train", "val_select", "val_calib", "val_test"}
+    history = json.loads((run / "history.json").read_text())
+    assert 1 <= len(history["epochs"]) <= 2 and history["best_epoch"] in (0, 1)
+
+
+def test_the_splits_are_tier_2s_splits_of_the_same_images(demo_images, tiny_backbone, tmp_path):
+    _run("finetune", demo_images, "--backbone", tiny_backbone, "--out", tmp_path / "run", "--epochs", "1", *FAST)
+    _run("extract", demo_images, "--backbone", tiny_backbone, "--views", "1", "--cache", tmp_path / "c",
+         "--workers", "0", "-q")
+    [cache] = (tmp_path / "c").glob("*.h5")
+    _run("fit-head", cache, "--out", tmp_path / "head", "--ratios", "0.25,0.25,0.25,0.25")
+    ours = json.loads((tmp_path / "run" / "splits.json").read_text())
+    theirs = json.loads((tmp_path / "head" / "splits.json").read_text())
+    assert ours["ids"] == theirs["ids"]  # val_select/val_calib/val_test images are never trained on
+
+
+def _weights(run):
+    return {**load_file(str(run / "adapter" / "adapter_model.safetensors")), **{
+        f"head.{k}": v for k, v in load_file(str(run / "head.safetensors")).items()}}
+
+
+def test_resume_after_kill_9_ends_with_the_weights_of_an_uninterrupted_run(demo_images, tiny_backbone, tmp_path):
+    args = ["finetune", str(demo_images), "--backbone", str(tiny_backbone), "--epochs", "6", "--patience", "6",
+            "--save-every", "1", "--batch-size", "1", "--ratios", "0.25,0.25,0.25,0.25", "--lr", "0.01", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "natix.cli"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(cmd + args + ["--out", str(whole)], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd + args + ["--out", str(cut)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (cut / CHECKPOINT).is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (cut / CHECKPOINT).is_file(), "the run ended before its first checkpoint: make it longer"
+    refused = CliRunner().invoke(cli, args[:] + ["--out", str(cut)])
+    assert refused.exit_code != 0 and "pass --resume" in refused.output
+    resumed = subprocess.run(cmd + args + ["--out", str(cut), "--resume", "--json"], env=env, check=True,
+                             capture_output=True, text=True)
+    assert json.loads(resumed.stdout)["resumed_at"] is not None
+    a, b = _weights(whole), _weights(cut)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not (cut / CHECKPOINT).exists()
+
+
+def test_bad_options_and_outs_are_refused(demo_images, tiny_backbone, tmp_path):
+    from natix.finetune.train import FinetuneConfig, finetune
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not a natix fine-tuning run"):
+        finetune(demo_images, str(tiny_backbone), tmp_path / "taken")
+    with pytest.raises(ConfigError, match="epochs must be an integer >= 1"):
+        FinetuneConfig(epochs=0)
+    r = CliRunner().invoke(cli, ["finetune", str(demo_images), "--backbone", str(tiny_backbone), "--out",
+                                 str(tmp_path / "x"), "--method", "qlora"])
+    assert r.exit_code == 2 and "qlora" in r.output
