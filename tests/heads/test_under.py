@@ -197,7 +197,31 @@ def test_caches_of_another_feature_extractor_are_refused(tmp_path, caches, clean
     with pytest.raises(DataError, match="different feature extractors"):
         fit_run(caches[0], tmp_path / "mixed", also=[other])
     with pytest.raises(DataError, match="different feature extractors"):
-        ablate([caches[0], other], tmp_path / "board", heads=("linear",), aggs=("mean",), progress=False)
+        ablate([caches[0], other], tmp_path / "board", heads=("linear",), aggs=("mean",), progress=False,
+               under=caches[1])
+
+
+def test_ablate_across_feature_extractors_judges_each_arm_on_its_own_cache(tmp_path, caches):
+    import h5py
+
+    from natix.cache.fingerprint import fingerprint
+
+    adapted = tmp_path / "adapted.h5"  # the clean cache's images, as if an adapter had made their features
+    adapted.write_bytes(make_synthetic_cache(tmp_path / "a", n=N, n_views=V, dim=D, seed=3, strength=6.0).read_bytes())
+    with h5py.File(adapted, "r+") as f:
+        identity = {**json.loads(f.attrs["identity"]), "backbone": {"weights_sha256": "0" * 64,
+                                                                     "adapter": {"weights_sha256": "ab" * 32}}}
+        f.attrs["identity"] = json.dumps(identity)
+        f.attrs["fingerprint"] = fingerprint(identity)
+    board = ablate([caches[0], adapted], tmp_path / "board", heads=("linear",), aggs=("mean",), n_boot=200,
+                   progress=False)
+    by = {r["cache"]: r for r in board.rows}
+    assert set(by) == {"clean/weights-none", "clean/adapter-abababab"}
+    assert board.meta["judged_on"]["cache"] == "each arm's own cache"
+    frozen, tuned = by["clean/weights-none"], by["clean/adapter-abababab"]
+    assert tuned["mcc"] > frozen["mcc"] and tuned["diff_ci"][0] > 0  # paired on the same val_test images
+    with pytest.raises(ConfigError, match="hold different val_test rows"):
+        ablate([caches[1], adapted], tmp_path / "b2", heads=("linear",), aggs=("mean",), progress=False)
 
 
 def test_oof_folds_are_counted_in_images_not_draws(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
+import json
 import logging
 import multiprocessing as mp
 import sys
@@ -28,7 +29,14 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import ConfigError
-from natix.heads.runs import Dataset, check_same_features, draw_groups, load_dataset, resolve_splits
+from natix.heads.runs import (
+    Dataset,
+    check_same_features,
+    draw_groups,
+    feature_source,
+    load_dataset,
+    resolve_splits,
+)
 from natix.heads.splits import DEFAULT_RATIOS
 from natix.jsonio import write_json
 from natix.rundir import check_out, confidence
@@ -57,24 +65,40 @@ class Arm:
 
 @dataclass
 class Sources:
-    """The caches arms train on (label → dataset and split rows) and the rows every arm is judged on."""
+    """The caches arms train on (label → dataset and split rows) and what each is judged on (label →
+    dataset and its val_test rows: the same images, in the same order, for every arm)."""
 
     train: dict[str, tuple[Dataset, dict]]
-    judge: Dataset
-    test_rows: np.ndarray
-    judge_label: str
+    judges: dict[str, tuple[Dataset, np.ndarray]]
+    judge_label: str  # the judging cache's label ("" when each arm is judged on its own cache)
+
+    @property
+    def first(self) -> tuple[Dataset, np.ndarray]:
+        return next(iter(self.judges.values()))
 
 
 def cache_labels(paths) -> list[str]:
-    """A short label per cache file: its challenge recipe ("clean" without one), with the file stem when two
-    share it (reads only the small tables)."""
+    """A short label per cache file: its challenge recipe ("clean" without one), with the backbone's
+    adapter or weights hash when the caches come from different feature extractors, and the file
+    stem when two still share a label (reads only the small tables)."""
     from natix.cache.store import open_cache
 
-    names = []
+    identities = []
     for p in paths:
         with open_cache(p) as c:
-            names.append((c.identity.get("challenge") or {}).get("name", "clean"))
+            identities.append(c.identity)
+    names = [(i.get("challenge") or {}).get("name", "clean") for i in identities]
+    if len({json.dumps(feature_source(i), sort_keys=True) for i in identities}) > 1:
+        names = [f"{n}/{_extractor_tag(i)}" for n, i in zip(names, identities)]
     return [n if names.count(n) == 1 else f"{n}[{Path(p).stem}]" for n, p in zip(names, paths)]
+
+
+def _extractor_tag(identity: dict) -> str:
+    """The backbone part of a label: its adapter's hash, else its weights' hash (8 hex digits)."""
+    backbone = identity.get("backbone") or {}
+    if backbone.get("adapter"):
+        return f"adapter-{backbone['adapter']['weights_sha256'][:8]}"
+    return f"weights-{str(backbone.get('weights_sha256', 'none'))[:8]}"
 
 
 def cache_paths(features) -> list:
@@ -91,6 +115,11 @@ def load_sources(features, under=None, *, ratios=DEFAULT_RATIOS, split_seed: int
     splits = resolve_splits(datasets[0], ratios=ratios, seed=split_seed)
     owner = f"the splits of '{datasets[0].path}'"
     train = {lab: (d, splits.rows(d.images, cache=d.path, owner=owner)) for lab, d in zip(labels, datasets)}
+    mixed = len({json.dumps(feature_source(d.identity), sort_keys=True) for d in datasets}) > 1
+    if mixed and under is None:  # frozen vs adapted backbones: each arm judged on its own cache's val_test
+        judges = {lab: (d, rows["val_test"]) for lab, (d, rows) in train.items()}
+        _check_same_test_images(judges)
+        return Sources(train, judges, ""), splits
     resolved = {Path(d.path).resolve(): d for d in datasets}
     judge = datasets[0] if under is None else resolved.get(Path(under).resolve()) or load_dataset(under, verify=verify)
     for d in datasets:
@@ -101,7 +130,17 @@ def load_sources(features, under=None, *, ratios=DEFAULT_RATIOS, split_seed: int
                               "the same backbone and --views")
     test_rows = splits.rows(judge.images, cache=judge.path, owner=owner)["val_test"]
     judge_label = cache_labels([judge.path])[0] if under is not None or len(datasets) > 1 else ""
-    return Sources(train, judge, test_rows, judge_label), splits
+    return Sources(train, {lab: (judge, test_rows) for lab in train}, judge_label), splits
+
+
+def _check_same_test_images(judges: dict) -> None:
+    """Refuse caches whose val_test rows are not the same images with the same labels in the same order
+    (the paired bootstrap pairs them row by row)."""
+    (d0, r0), *rest = judges.values()
+    for d, r in rest:
+        if not (np.array_equal(d.images[r], d0.images[r0]) and np.array_equal(d.labels[r], d0.labels[r0])):
+            raise ConfigError(f"caches '{d0.path}' and '{d.path}' hold different val_test rows (other images, "
+                              "labels or draws): extract them from the same images with the same challenge")
 
 
 @dataclass(frozen=True)
@@ -125,7 +164,8 @@ def _train_arm(arm: Arm, seeds: tuple[int, ...], head_cfg, train_cfg, sources: S
                        seeds=seeds)
     out = []
     for f in fitted:
-        pred = f.predict(RowView(sources.judge.X, sources.test_rows), view_logits=False)  # scores only
+        judge, test_rows = sources.judges[arm.cache]
+        pred = f.predict(RowView(judge.X, test_rows), view_logits=False)  # scores only
         out.append({"prob": pred["prob"], "conf": confidence(pred), "epochs": f.history["epochs"],
                     "seconds": time.perf_counter() - t0})  # the whole arm's time, all seeds together
     return out
@@ -213,21 +253,22 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     if baseline not in names:
         raise ConfigError(f"baseline '{baseline}' is not an arm: pass one of {', '.join(names)}")
     sources, splits = load_sources(features, under, ratios=ratios, split_seed=split_seed, verify=verify, data=data)
-    y = sources.judge.labels[sources.test_rows]
+    judge, test_rows = sources.first
+    y = judge.labels[test_rows]
     seed_list = tuple(train_cfg.seed + s for s in range(seeds))
     schedule = sorted(arms, key=lambda a: _cost(a, head_cfg), reverse=True)  # expensive first: jobs end together
     t0 = time.perf_counter()
     results = _train_arms(schedule, (seed_list, head_cfg, train_cfg), sources, jobs, threads, progress)
-    groups = draw_groups(sources.judge.ids[sources.test_rows])
+    groups = draw_groups(judge.ids[test_rows])
     board = leaderboard(arms, results, y, metric, baseline, n_boot, seed=split_seed, groups=groups)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     first = next(iter(sources.train.values()))[0]
     meta = {"cache": str(first.path), "fingerprint": first.fingerprint, "jobs": jobs, "threads_per_job": threads,
             "caches": {lab or "": str(d.path) for lab, (d, _) in sources.train.items()},
-            "judged_on": {"cache": str(sources.judge.path), "label": sources.judge_label,
-                          "rows": int(len(sources.test_rows)),
-                          "images": int(len(np.unique(sources.judge.images[sources.test_rows])))},
+            "judged_on": {"cache": str(judge.path) if sources.judge_label else "each arm's own cache",
+                          "label": sources.judge_label, "rows": int(len(test_rows)),
+                          "images": int(len(np.unique(judge.images[test_rows])))},
             "arm_seconds": {a: r[0]["seconds"] for a, r in results.items()}, "seeds": seeds,
             "n_val_test": int(len(y)), "seconds": time.perf_counter() - t0, "split_digest": splits.digest}
     return Leaderboard(out, board, meta, write_leaderboard(board, out, metric, baseline, meta))
