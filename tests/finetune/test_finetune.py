@@ -105,3 +105,27 @@ def test_bad_options_and_outs_are_refused(demo_images, tiny_backbone, tmp_path):
     r = CliRunner().invoke(cli, ["finetune", str(demo_images), "--backbone", str(tiny_backbone), "--out",
                                  str(tmp_path / "x"), "--method", "qlora"])
     assert r.exit_code == 2 and "qlora" in r.output
+
+
+def test_a_bundle_from_the_adapted_cache_serves_what_the_cache_gives(demo_images, tiny_backbone, tmp_path):
+    from natix.serve import export_bundle, load_bundle
+
+    _run("finetune", demo_images, "--backbone", tiny_backbone, "--out", tmp_path / "ft", "--epochs", "1",
+         "--extract", "--cache", tmp_path / "c", *FAST)
+    [cache] = (tmp_path / "c").glob("*.h5")
+    _run("fit-head", cache, "--out", tmp_path / "head", "--ratios", "0.25,0.25,0.25,0.25")
+    bundle = load_bundle(export_bundle(tmp_path / "head", tmp_path / "bundle"))
+    with np.load(tmp_path / "head" / "predictions" / "val_test.npz") as z:
+        ids, prob = z["ids"], z["prob"]
+    with open_cache(cache) as c:
+        path_of = dict(zip(c.ids.tolist(), c.paths.tolist()))
+    np.testing.assert_allclose(bundle.predict_proba([path_of[i] for i in ids]), prob, rtol=0, atol=1e-6)
+
+
+def test_fine_tuning_on_top_of_an_adapter_saves_the_merged_backbone(demo_images, tiny_backbone, tmp_path):
+    _run("finetune", demo_images, "--backbone", tiny_backbone, "--out", tmp_path / "first", "--epochs", "1", *FAST)
+    r = _run("finetune", demo_images, "--backbone", tiny_backbone, "--init-adapter", tmp_path / "first" / "adapter",
+             "--out", tmp_path / "second", "--epochs", "1", "--extract", "--cache", tmp_path / "c", *FAST)
+    adapter = json.loads((tmp_path / "second" / "config.json").read_text())["adapter"]
+    assert adapter["option"] == "--backbone"  # the earlier adapter is inside: a lone adapter would drop it
+    assert (tmp_path / "second" / "adapter" / "config.json").is_file() and "new fingerprint" in r.output
