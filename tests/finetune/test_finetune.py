@@ -129,3 +129,31 @@ def test_fine_tuning_on_top_of_an_adapter_saves_the_merged_backbone(demo_images,
     adapter = json.loads((tmp_path / "second" / "config.json").read_text())["adapter"]
     assert adapter["option"] == "--backbone"  # the earlier adapter is inside: a lone adapter would drop it
     assert (tmp_path / "second" / "adapter" / "config.json").is_file() and "new fingerprint" in r.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_train_the_adapter_one_process_trains(demo_images, tiny_backbone, tmp_path):
+    args = ["finetune", str(demo_images), "--backbone", str(tiny_backbone), "--epochs", "2", "--patience", "2",
+            "--batch-size", "3", "--grad-accum", "2", "--ratios", "0.4,0.2,0.2,0.2", "--lr", "0.01", "--device",
+            "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "natix", *args, "--out", str(one)], env=env, check=True,
+                   capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(_free_port()), "-m", "natix", *args, "--out", str(two)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert json.loads((one / "splits.json").read_text()) == json.loads((two / "splits.json").read_text())
+    assert done.stdout.count("adapter   ") == 1  # rank 0 alone reports and writes

@@ -89,6 +89,8 @@ def finetune(data, backbone, checkpoint, init_adapter, out, method, rank, lora_a
     r = run_finetune(data, backbone, out, config=config, recipe=recipe, checkpoint=checkpoint,
                      init_adapter=init_adapter, splits_path=splits_path, ratios=ratios, split_seed=split_seed,
                      device=device, resume=resume, progress=not quiet, allow_outside=allow_outside)
+    if r is None:  # another process of a torchrun job: rank 0 reports
+        return
     res = {"out": str(r.out), "adapter": r.adapter, "metrics": r.metrics, "history": r.history, "seconds": r.seconds,
            "resumed_at": r.resumed_at, "cache": None}
     if then_extract:

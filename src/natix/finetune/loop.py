@@ -158,18 +158,31 @@ class Model:
         return {"epoch": 0, "batch": 0, "steps": 0, "history": [], "train_loss": [], "best_loss": float("inf"),
                 "best": self.snapshot(), "best_epoch": None, "bad_epochs": 0}
 
-    def loss(self, paths: list[str], labels: np.ndarray, *, scale: float) -> float:
-        """Forward and backward one batch (gradients accumulate); the batch's mean BCE."""
+    def train_mode(self) -> None:
+        """The head trains; the backbone runs as extraction runs it (eval: no DINOv3 RoPE
+        augmentation, so what is trained is what the cache will hold), adapter dropout aside."""
+        self.head.train()
+        self.backbone.eval()
+        for name, module in self.backbone.named_modules():
+            if "lora_dropout" in name:
+                module.train()
+
+    def loss(self, paths: list[str], labels: np.ndarray, *, denominator: float) -> float:
+        """Forward and backward this process's share of a batch (gradients accumulate), its BCE
+        summed and divided by `denominator` (the global batch size times the accumulation); the sum."""
         import torch
 
-        self.backbone.train()
-        self.head.train()
+        if not paths:
+            return 0.0
+        self.train_mode()
         y = torch.as_tensor(labels, dtype=torch.float32, device=self.featurizer.device)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.logits(paths), y)
-        (loss * scale).backward()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.logits(paths), y, reduction="sum")
+        (loss / denominator).backward()
         return float(loss.detach())
 
-    def step(self, state: dict) -> None:
+    def step(self, state: dict, dist) -> None:
+        """One optimizer step on the gradients summed over the job's processes."""
+        dist.sum_gradients(self.backbone_params + [p for p in self.head.parameters() if p.requires_grad])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()

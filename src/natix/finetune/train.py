@@ -27,6 +27,7 @@ from natix import metrics as M
 from natix.config import Preprocess, ViewRecipe
 from natix.errors import ConfigError
 from natix.finetune.adapters import AdapterSpec
+from natix.finetune.dist import Dist, setup, teardown
 from natix.finetune.loop import Batches, Progress, labeled_images, load_model
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
 from natix.jsonio import write_json
@@ -93,35 +94,50 @@ def finetune(data, backbone: str, out, *, config: FinetuneConfig = FinetuneConfi
 
     `recipe` defaults to the single global view. `init_adapter` starts from an earlier PEFT
     adapter (merged first). With `resume`, a ``checkpoint.pt`` in `out` is continued (it must
-    come from the same options); without it an existing checkpoint is refused.
+    come from the same options); without it an existing checkpoint is refused. Under ``torchrun``
+    the processes train data-parallel (:mod:`natix.finetune.dist`); rank 0 writes the run and
+    returns the result, the other ranks return None.
     """
+    dist = setup(device)
+    try:
+        return _finetune(data, backbone, Path(out), config, recipe or ViewRecipe(n_views=1), preprocess, checkpoint,
+                         init_adapter, splits_path, ratios, split_seed, dist, resume, progress, allow_outside)
+    finally:
+        teardown(dist)
+
+
+def _finetune(data, backbone, out: Path, config, recipe, preprocess, checkpoint, init_adapter, splits_path, ratios,
+              split_seed, dist: Dist, resume, progress, allow_outside) -> FinetuneResult:
+    """The steps of :func:`finetune` in one process of the job (rank 0 writes)."""
     import torch
 
     t0 = time.perf_counter()
-    recipe = recipe or ViewRecipe(n_views=1)
-    out = Path(out)
-    _check_out(out, resume)
+    if dist.main:
+        _check_out(out, resume)
+    dist.barrier()
     images = labeled_images(data, allow_outside=allow_outside)
     splits = _splits(images, splits_path, ratios, split_seed)
     rows = splits.rows(images.ids, cache=data, owner=f"split file '{splits_path}'" if splits_path else None)
     model = load_model(backbone, config, recipe, preprocess, checkpoint=checkpoint, init_adapter=init_adapter,
-                       device=device, standardise_on=[images.paths[r] for r in rows["train"]])
+                       device=dist.device, standardise_on=[images.paths[r] for r in rows["train"]])
     identity = {"backbone": backbone, "checkpoint": checkpoint, "init_adapter": init_adapter,
                 "recipe": recipe.identity(), "preprocess": preprocess.identity(), "config": config.to_json(),
                 "splits": splits.digest}
     state = model.fresh_state(config, steps=_total_steps(len(rows["train"]), config))
-    torch.manual_seed(config.seed)  # train-mode randomness (RoPE jitter, dropout); a checkpoint restores its state
+    torch.manual_seed(config.seed + dist.rank)  # dropout, different per rank; a checkpoint restores the state
     resumed_at = None
     if resume and (out / CHECKPOINT).is_file():
         state = model.load_checkpoint(out / CHECKPOINT, identity)
         resumed_at = (state["epoch"], state["batch"])
-    bar = Progress(config.epochs * math.ceil(len(rows["train"]) / config.batch_size), progress,
+    bar = Progress(config.epochs * math.ceil(len(rows["train"]) / config.batch_size), progress and dist.main,
                    done=state["epoch"] * math.ceil(len(rows["train"]) / config.batch_size) + state["batch"])
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
-        _epoch(model, images, rows, config, state, out, identity, bar)
+        _epoch(model, images, rows, config, state, out if dist.main else None, identity, bar, dist)
     bar.close()
     model.restore(state["best"])
-    return _write_run(out, model, images, rows, splits, identity, state, t0, resumed_at)
+    result = _write_run(out, model, images, rows, splits, identity, state, t0, resumed_at) if dist.main else None
+    dist.barrier()
+    return result
 
 
 def _check_out(out: Path, resume: bool) -> None:
@@ -146,20 +162,26 @@ def _total_steps(n_train: int, config: FinetuneConfig) -> int:
     return config.epochs * math.ceil(math.ceil(n_train / config.batch_size) / config.grad_accum)
 
 
-def _epoch(model, images, rows: dict, config: FinetuneConfig, state: dict, out: Path, identity: dict, bar) -> None:
+def _epoch(model, images, rows: dict, config: FinetuneConfig, state: dict, out: Path | None, identity: dict, bar,
+           dist: Dist) -> None:
     """One epoch (from `state`'s batch on, after a resume): optimizer steps every `grad_accum`
-    batches, checkpoints every `save_every` steps, then the val_select loss and early stopping."""
+    batches, checkpoints every `save_every` steps, then the val_select loss and early stopping.
+    Each process of the job takes its share of every batch; `out` None: this process writes nothing."""
     batches = Batches(rows["train"], config.batch_size, seed=config.seed, epoch=state["epoch"])
     for b in range(state["batch"], len(batches)):
         part = batches[b]
-        loss = model.loss([images.paths[r] for r in part], images.labels[part], scale=1.0 / config.grad_accum)
-        state["train_loss"].append(loss)
+        group = range(b - b % config.grad_accum, min(b - b % config.grad_accum + config.grad_accum, len(batches)))
+        denominator = sum(len(batches[g]) for g in group)  # the rows of this optimizer step, over all processes
+        mine = dist.share(part)
+        loss = model.loss([images.paths[r] for r in mine], images.labels[mine], denominator=denominator)
+        state["train_loss"].append(dist.total(loss, len(part))[0] / len(part))
         last = b == len(batches) - 1
         if (b + 1) % config.grad_accum == 0 or last:
-            model.step(state)
+            model.step(state, dist)
         state["batch"] = b + 1
         bar.update(1)
-        if state["steps"] % config.save_every == 0 and not last and (b + 1) % config.grad_accum == 0:
+        due = state["steps"] % config.save_every == 0 and not last and (b + 1) % config.grad_accum == 0
+        if due and out is not None:
             model.save_checkpoint(out / CHECKPOINT, state, identity)
     val = model.evaluate([images.paths[r] for r in rows["val_select"]], images.labels[rows["val_select"]])
     epoch_loss = float(np.mean(state["train_loss"])) if state["train_loss"] else float("nan")
@@ -170,7 +192,8 @@ def _epoch(model, images, rows: dict, config: FinetuneConfig, state: dict, out: 
     else:
         state["bad_epochs"] += 1
     state["epoch"], state["batch"], state["train_loss"] = state["epoch"] + 1, 0, []
-    model.save_checkpoint(out / CHECKPOINT, state, identity)
+    if out is not None:
+        model.save_checkpoint(out / CHECKPOINT, state, identity)
 
 
 def _write_run(out: Path, model, images, rows: dict, splits: Splits, identity: dict, state: dict, t0: float,
