@@ -157,3 +157,33 @@ def test_two_gloo_processes_train_the_adapter_one_process_trains(demo_images, ti
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
     assert json.loads((one / "splits.json").read_text()) == json.loads((two / "splits.json").read_text())
     assert done.stdout.count("adapter   ") == 1  # rank 0 alone reports and writes
+
+
+def test_dino_pretraining_writes_an_adapter_that_extraction_and_finetune_read(demo_images, tiny_backbone, tmp_path):
+    args = ["finetune", demo_images, "--backbone", tiny_backbone, "--objective", "dino", "--epochs", "2",
+            "--batch-size", "4", "--local-crops", "2", "--lr", "0.001", "-q"]
+    r = _run(*args, "--out", tmp_path / "dino")
+    assert "DINO, 2 epochs" in r.output
+    history = json.loads((tmp_path / "dino" / "history.json").read_text())["epochs"]
+    assert len(history) == 2 and all(np.isfinite(e["dino_loss"]) for e in history)
+    adapter = tmp_path / "dino" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["model.layer.1"]  # LoRA on every block, the last block in full
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert any("layer.0.attention.q_proj.lora_A" in k for k in weights)
+    [q] = [k for k in weights if k.endswith("layer.1.attention.q_proj.weight")]  # the whole last block
+    base = load_file(str(next(tiny_backbone.glob("*.safetensors"))))
+    assert not np.allclose(weights[q], base[q.removeprefix("base_model.model.model.")])  # and it trained
+    _run(*args, "--out", tmp_path / "again")
+    again = load_file(str(tmp_path / "again" / "adapter" / "adapter_model.safetensors"))
+    assert all(np.array_equal(weights[k], again[k]) for k in weights)  # deterministic for a seed
+    frozen = json.loads(_run("extract", demo_images, "--backbone", tiny_backbone, "--views", "1", "--cache",
+                             tmp_path / "c", "--workers", "0", "-q", "--json").output)
+    tuned = json.loads(_run("extract", demo_images, "--backbone", tiny_backbone, "--adapter", adapter, "--views", "1",
+                            "--cache", tmp_path / "c", "--workers", "0", "-q", "--json").output)
+    assert tuned["fingerprint"] != frozen["fingerprint"]
+    r = _run("finetune", demo_images, "--backbone", tiny_backbone, "--init-adapter", adapter, "--out", tmp_path / "sup",
+             "--epochs", "1", *FAST)
+    assert "--backbone" in r.output  # supervised on top of the DINO adapter: the merged backbone is saved
+    bad = CliRunner().invoke(cli, [str(a) for a in args] + ["--out", str(tmp_path / "x"), "--resume"])
+    assert bad.exit_code == 2 and "--objective dino takes no" in bad.output

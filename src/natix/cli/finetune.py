@@ -29,18 +29,34 @@ def finetune_text(res: dict) -> str:
     return "\n".join(lines)
 
 
+def dino_text(res: dict) -> str:
+    """What `natix finetune --objective dino` prints."""
+    losses = ", ".join(f"{e['dino_loss']:.4f}" for e in res["history"])
+    a = res["adapter"]
+    return "\n".join([f"run       {res['out']}  (DINO, {len(res['history'])} epochs; {res['seconds']:.1f} s)",
+                      f"adapter   {a['path']}  (natix extract DATA ... {a['option']} {a['path']}, or natix finetune "
+                      f"--init-adapter {a['path']})",
+                      f"loss      per epoch: {losses}"])
+
+
 @cli.command("finetune")
 @click.argument("data", type=click.Path())
 @click.option("--backbone", required=True, help="Hub id, local directory (save_pretrained), or timm:<model>.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights file for a timm:<model> backbone.")
 @click.option("--init-adapter", type=click.Path(file_okay=False), help="Start from this PEFT adapter (merged first).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--objective", type=click.Choice(["supervised", "dino"]), default="supervised", show_default=True,
+              help="dino: ExPLoRA-style self-supervised pretraining on the images (labels ignored).")
 @click.option("--method", type=click.Choice(["lora", "dora", "last-k", "full"]), default="lora", show_default=True)
 @click.option("--rank", type=COUNT, default=8, show_default=True, help="LoRA/DoRA rank.")
 @click.option("--lora-alpha", type=Number(min=0, min_open=True), default=16.0, show_default=True)
 @click.option("--lora-dropout", type=Number(min=0, max=1, max_open=True), default=0.0, show_default=True)
 @click.option("--targets", default=None, help="Comma-separated linear layers to adapt [default: attention + MLP].")
 @click.option("--unfreeze-last", type=COUNT, default=1, show_default=True, help="last-k: blocks that train.")
+@click.option("--full-blocks", type=Number(min=0, integer=True), default=None,
+              help="lora/dora: last blocks that also train in full  [default: 1 with --objective dino, else 0]")
+@click.option("--local-crops", type=Number(min=0, integer=True), default=4, show_default=True,
+              help="dino: small crops per image for the student.")
 @click.option("--head", default="linear", show_default=True)
 @click.option("--agg", default="mean", show_default=True)
 @click.option("--views", type=COUNT, default=1, show_default=True, help="1 (global), 10 (+tiles), 20 (+flips).")
@@ -68,8 +84,8 @@ def finetune_text(res: dict) -> str:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
-def finetune(data, backbone, checkpoint, init_adapter, out, method, rank, lora_alpha, lora_dropout, targets,
-             unfreeze_last, head, agg, views, epochs, lr, head_lr, weight_decay, warmup, batch_size, grad_accum,
+def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, rank, lora_alpha, lora_dropout, targets,
+             unfreeze_last, full_blocks, local_crops, head, agg, views, epochs, lr, head_lr, weight_decay, warmup, batch_size, grad_accum,
              patience, seed, precision, checkpointing, save_every, resume, splits_path, ratios, split_seed, device,
              then_extract, cache_root, allow_outside, quiet, as_json) -> None:
     """Fine-tune the backbone with a head on DATA's labeled images (same splits as tier 2)."""
@@ -79,13 +95,26 @@ def finetune(data, backbone, checkpoint, init_adapter, out, method, rank, lora_a
     from natix.finetune.train import finetune as run_finetune
 
     quiet_transformers()
+    dino = objective == "dino"
     spec = AdapterSpec(method=method, rank=rank, alpha=lora_alpha, dropout=lora_dropout,
-                       targets=tuple(comma_names(targets)) if targets else None, unfreeze_last=unfreeze_last)
+                       targets=tuple(comma_names(targets)) if targets else None, unfreeze_last=unfreeze_last,
+                       full_blocks=(1 if dino else 0) if full_blocks is None else full_blocks)
     config = FinetuneConfig(adapter=spec, head=head, agg=agg, epochs=epochs, lr=lr, head_lr=head_lr,
                             weight_decay=weight_decay, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum,
                             patience=patience, seed=seed, precision=precision, checkpointing=checkpointing,
                             save_every=save_every)
     recipe = ViewRecipe(n_views=views)
+    if dino:
+        if init_adapter or resume or then_extract or splits_path:
+            raise click.UsageError("--objective dino takes no --init-adapter, --resume, --extract or --splits: start "
+                                   "a supervised run from its adapter with --init-adapter")
+        from natix.finetune.dino import DinoConfig, pretrain
+
+        res = pretrain(data, backbone, out, config=config, dino=DinoConfig(local_crops=local_crops),
+                       checkpoint=checkpoint, device=device, progress=not quiet, allow_outside=allow_outside)
+        if res:  # rank 0 of a torchrun job (or a plain process) reports
+            echo_result(as_json, res, dino_text)
+        return
     r = run_finetune(data, backbone, out, config=config, recipe=recipe, checkpoint=checkpoint,
                      init_adapter=init_adapter, splits_path=splits_path, ratios=ratios, split_seed=split_seed,
                      device=device, resume=resume, progress=not quiet, allow_outside=allow_outside)

@@ -43,6 +43,8 @@ class AdapterSpec:
         and dropout on the adapter's input
     targets : names (or name suffixes) of the linear layers to adapt; None: :data:`DEFAULT_TARGETS`
     unfreeze_last : last-k: how many of the last blocks train (with the final norm)
+    full_blocks : lora/dora: how many of the last blocks also train in full (PEFT's
+        ``modules_to_save``, saved with the adapter), as ExPLoRA unfreezes the last block
     """
 
     method: str = "lora"
@@ -51,11 +53,12 @@ class AdapterSpec:
     dropout: float = 0.0
     targets: tuple[str, ...] | None = None
     unfreeze_last: int = 1
+    full_blocks: int = 0
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ConfigError(f"unknown fine-tuning method '{self.method}': pass --method one of {', '.join(METHODS)}")
-        for name, low in (("rank", 1), ("unfreeze_last", 1)):
+        for name, low in (("rank", 1), ("unfreeze_last", 1), ("full_blocks", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -106,8 +109,19 @@ def _wrap_peft(backbone, spec: AdapterSpec) -> None:
     if not any(n == t or n.endswith("." + t) for n in names for t in targets):
         raise ConfigError(f"no linear layer of this backbone is named {', '.join(targets)}: pass --targets from "
                           f"its layers (e.g. {', '.join(sorted({n.rsplit('.', 1)[-1] for n in names})[:6])})")
+    full = []
+    if spec.full_blocks:
+        if backbone.kind not in _BLOCKS:
+            raise ConfigError(f"training whole blocks needs to know where '{backbone.kind}' backbones keep them: "
+                              "pass --full-blocks 0")
+        blocks = _BLOCKS[backbone.kind][0]
+        count = len(backbone.model.get_submodule(blocks))
+        if spec.full_blocks > count:
+            raise ConfigError(f"{spec.full_blocks} fully trained blocks asked, the backbone has {count}: pass at most "
+                              f"{count}")
+        full = [f"{blocks}.{i}" for i in range(count - spec.full_blocks, count)]
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(targets),
-                        use_dora=spec.method == "dora", bias="none")
+                        use_dora=spec.method == "dora", bias="none", modules_to_save=full or None)
     backbone.model = get_peft_model(backbone.model, config)
 
 

@@ -26,25 +26,37 @@ class Images:
     held_out: frozenset[str]  # ids the source lists with conflicting labels: in no split
 
 
-def labeled_images(source, *, allow_outside: bool = False) -> Images:
-    """The labeled images of a folder or manifest, keyed by content id like a cache."""
+def labeled_images(source, *, allow_outside: bool = False, labeled: bool = True) -> Images:
+    """The labeled images of a folder or manifest (with ``labeled=False`` every readable image,
+    label -1 where unknown), keyed by content id like a cache."""
     from natix.data.sources import discover, hash_files
 
     records = discover(source, allow_outside=allow_outside)
     first: dict[str, tuple] = {}
     labels_of: dict[str, set] = {}
     for rec, image_id in zip(records, hash_files([r.path for r in records])):
-        if isinstance(image_id, Exception) or rec.label is None:
+        if isinstance(image_id, Exception) or (labeled and rec.label is None):
             continue
-        first.setdefault(image_id, (str(rec.path), rec.label, rec.group or ""))
-        labels_of.setdefault(image_id, set()).add(rec.label)
+        label = -1 if rec.label is None else rec.label
+        first.setdefault(image_id, (str(rec.path), label, rec.group or ""))
+        labels_of.setdefault(image_id, set()).add(label)
     if not first:
-        raise DataError(f"'{source}' has no readable labeled images: fine-tuning needs labels (class folders or a "
-                        "manifest with a label column)")
+        what = "labeled images: fine-tuning needs labels (class folders or a manifest with a label column)" if labeled \
+            else "readable images"
+        raise DataError(f"'{source}' has no {what}")
     ids = sorted(first)
     return Images(paths=[first[i][0] for i in ids], ids=np.array(ids), labels=np.array([first[i][1] for i in ids]),
                   groups=np.array([first[i][2] for i in ids], dtype=object),
                   held_out=frozenset(i for i, v in labels_of.items() if len(v) > 1))
+
+
+def schedule(step: int, steps: int, warmup: float) -> float:
+    """The learning-rate factor at optimizer step `step` of `steps`: a linear warm-up over the
+    first `warmup` fraction of the steps, then a cosine decay to 0."""
+    warm = max(1, int(warmup * steps)) if warmup > 0 else 0
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
 
 
 class Batches:
@@ -147,14 +159,8 @@ class Model:
         groups = [{"params": self.backbone_params, "lr": config.lr},
                   {"params": [p for p in self.head.parameters() if p.requires_grad], "lr": config.head_lr}]
         self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-        warm = max(1, int(config.warmup * steps)) if config.warmup > 0 else 0
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda step: schedule(step, steps, config.warmup))
         return {"epoch": 0, "batch": 0, "steps": 0, "history": [], "train_loss": [], "best_loss": float("inf"),
                 "best": self.snapshot(), "best_epoch": None, "bad_epochs": 0}
 
@@ -266,4 +272,4 @@ class Model:
         return info
 
 
-__all__ = ["Batches", "Images", "Model", "Progress", "labeled_images", "load_model"]
+__all__ = ["Batches", "Images", "Model", "Progress", "labeled_images", "load_model", "schedule"]

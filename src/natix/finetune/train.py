@@ -113,7 +113,7 @@ def _finetune(data, backbone, out: Path, config, recipe, preprocess, checkpoint,
 
     t0 = time.perf_counter()
     if dist.main:
-        _check_out(out, resume)
+        check_out(out, resume)
     dist.barrier()
     images = labeled_images(data, allow_outside=allow_outside)
     splits = _splits(images, splits_path, ratios, split_seed)
@@ -140,7 +140,7 @@ def _finetune(data, backbone, out: Path, config, recipe, preprocess, checkpoint,
     return result
 
 
-def _check_out(out: Path, resume: bool) -> None:
+def check_out(out: Path, resume: bool) -> None:
     """Refuse an `out` that holds something other than an earlier fine-tuning run, or a checkpoint without `resume`."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CHECKPOINT).is_file()
                                               and not (out / "config.json").is_file())):
