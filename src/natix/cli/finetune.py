@@ -73,6 +73,8 @@ def dino_text(res: dict) -> str:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
 @click.option("--checkpointing", is_flag=True, help="Gradient checkpointing (less memory, more time).")
 @click.option("--save-every", type=COUNT, default=50, show_default=True, help="Optimizer steps between checkpoints.")
+@click.option("--view-cache-mb", type=Number(min=0, integer=True), default=1024, show_default=True,
+              help="Memory for keeping decoded views across epochs (0: decode every epoch).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its checkpoint.")
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), help="Reuse a run's splits.json.")
 @click.option("--ratios", type=RATIOS, default="0.6,0.1,0.15,0.15", show_default=True)
@@ -86,7 +88,7 @@ def dino_text(res: dict) -> str:
 @library_errors
 def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, rank, lora_alpha, lora_dropout, targets,
              unfreeze_last, full_blocks, local_crops, head, agg, views, epochs, lr, head_lr, weight_decay, warmup, batch_size, grad_accum,
-             patience, seed, precision, checkpointing, save_every, resume, splits_path, ratios, split_seed, device,
+             patience, seed, precision, checkpointing, save_every, view_cache_mb, resume, splits_path, ratios, split_seed, device,
              then_extract, cache_root, allow_outside, quiet, as_json) -> None:
     """Fine-tune the backbone with a head on DATA's labeled images (same splits as tier 2)."""
     from natix.config import ViewRecipe
@@ -102,7 +104,7 @@ def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, r
     config = FinetuneConfig(adapter=spec, head=head, agg=agg, epochs=epochs, lr=lr, head_lr=head_lr,
                             weight_decay=weight_decay, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum,
                             patience=patience, seed=seed, precision=precision, checkpointing=checkpointing,
-                            save_every=save_every)
+                            save_every=save_every, view_cache_mb=view_cache_mb)
     recipe = ViewRecipe(n_views=views)
     if dino:
         if init_adapter or resume or then_extract or splits_path:

@@ -139,14 +139,29 @@ class Model:
         self.backbone = featurizer.backbone
         self.backbone_params = backbone_params
         self.optimizer = self.scheduler = None
+        # Each image's uint8 views are the same every epoch: kept after the first decode while
+        # they fit in `view_cache_mb`, so later epochs skip decoding and resizing.
+        self._views: dict[str, dict] = {}
+        self._view_bytes = 0
 
     # -- data
     def features(self, paths: list[str]):
         """float32 features ``[B, V, D]`` of the images at `paths` (autograd as the caller's context)."""
+        return self.featurizer.forward(self.featurizer.stack([self._image_views(p) for p in paths]))
+
+    def _image_views(self, path: str) -> dict:
+        """One image's uint8 views ``{S: [V_S, 3, S, S]}``, built as extraction builds them (kept while they fit)."""
         from natix.data.decode import decode_image, read_image
         from natix.extract.featurizer import as_chw
 
-        return self.featurizer([as_chw(decode_image(read_image(p))) for p in paths])
+        views = self._views.get(path)
+        if views is None:
+            views = {s: v[0] for s, v in self.featurizer.views([as_chw(decode_image(read_image(path)))]).items()}
+            size = sum(v.numel() for v in views.values())
+            if self._view_bytes + size <= self.config.view_cache_mb * 2**20:
+                self._views[path] = views
+                self._view_bytes += size
+        return views
 
     def logits(self, paths: list[str]):
         return self.head(self.features(paths))["logit"]

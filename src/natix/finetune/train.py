@@ -54,6 +54,7 @@ class FinetuneConfig:
     precision: str = "auto"  # bf16 autocast on CUDA, fp32 elsewhere
     checkpointing: bool = False  # gradient checkpointing in the backbone
     save_every: int = 50  # optimizer steps between checkpoints (and one at every epoch end)
+    view_cache_mb: int = 1024  # memory for keeping decoded views across epochs (0: decode every time)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "grad_accum", "patience", "save_every"):
@@ -63,6 +64,8 @@ class FinetuneConfig:
         for name in ("lr", "head_lr"):
             if not 0 < getattr(self, name) < 10:
                 raise ConfigError(f"{name} must lie in (0, 10), got {getattr(self, name)!r}")
+        if isinstance(self.view_cache_mb, bool) or not isinstance(self.view_cache_mb, int) or self.view_cache_mb < 0:
+            raise ConfigError(f"view cache must be a whole number of MiB >= 0, got {self.view_cache_mb!r}")
         if not 0 <= self.warmup < 1 or self.weight_decay < 0:
             raise ConfigError(f"warmup must lie in [0, 1) and weight decay be >= 0, got {self.warmup!r}, "
                               f"{self.weight_decay!r}")
@@ -121,7 +124,9 @@ def _finetune(data, backbone, out: Path, config, recipe, preprocess, checkpoint,
     model = load_model(backbone, config, recipe, preprocess, checkpoint=checkpoint, init_adapter=init_adapter,
                        device=dist.device, standardise_on=[images.paths[r] for r in rows["train"]])
     identity = {"backbone": backbone, "checkpoint": checkpoint, "init_adapter": init_adapter,
-                "recipe": recipe.identity(), "preprocess": preprocess.identity(), "config": config.to_json(),
+                "recipe": recipe.identity(), "preprocess": preprocess.identity(),
+                # what the weights depend on: not how often they are saved or how much is kept in memory
+                "config": {k: v for k, v in config.to_json().items() if k not in ("save_every", "view_cache_mb")},
                 "splits": splits.digest}
     state = model.fresh_state(config, steps=_total_steps(len(rows["train"]), config))
     torch.manual_seed(config.seed + dist.rank)  # dropout, different per rank; a checkpoint restores the state
