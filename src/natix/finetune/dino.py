@@ -167,6 +167,7 @@ def pretrain(data, backbone: str, out, *, config, dino: DinoConfig = DinoConfig(
     import torch
 
     from natix.extract.backbones import load_backbone
+    from natix.extract.featurizer import resolve_device
     from natix.finetune.adapters import attach, save_adapter
     from natix.finetune.dist import setup, teardown
     from natix.finetune.loop import Batches, Progress, labeled_images, schedule
@@ -184,7 +185,7 @@ def pretrain(data, backbone: str, out, *, config, dino: DinoConfig = DinoConfig(
         bb, _ = load_backbone(backbone, checkpoint=checkpoint)
         torch.manual_seed(config.seed)
         params = attach(bb, config.adapter)
-        model = Dino(bb, bb.dim, dino, preprocess, dist.device if dist.device != "auto" else "cpu")
+        model = Dino(bb, bb.dim, dino, preprocess, resolve_device(dist.device))
         opt = torch.optim.AdamW([{"params": params}, {"params": list(model.head.parameters())}], lr=config.lr,
                                 weight_decay=config.weight_decay)
         rows = np.arange(len(images.ids))
