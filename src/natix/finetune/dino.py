@@ -170,7 +170,7 @@ def pretrain(data, backbone: str, out, *, config, dino: DinoConfig = DinoConfig(
     from natix.extract.featurizer import resolve_device
     from natix.finetune.adapters import attach, save_adapter
     from natix.finetune.dist import setup, teardown
-    from natix.finetune.loop import Batches, Progress, labeled_images, schedule
+    from natix.finetune.loop import Batches, Progress, decode_chw, labeled_images, schedule
     from natix.finetune.train import check_out
 
     t0 = time.perf_counter()
@@ -196,7 +196,7 @@ def pretrain(data, backbone: str, out, *, config, dino: DinoConfig = DinoConfig(
             for b in range(len(batches)):
                 part = batches[b]
                 mine = dist.share(part)
-                views = [crops(_decode(images.paths[r]), np.random.default_rng([config.seed, epoch, int(r)]), dino)
+                views = [crops(decode_chw(images.paths[r]), np.random.default_rng([config.seed, epoch, int(r)]), dino)
                          for r in mine]
                 model.backbone.eval()  # as extraction runs it (no RoPE augmentation)
                 loss, center = model.loss(views, len(part)) if views else (0.0, torch.zeros_like(model.center))
@@ -235,9 +235,3 @@ def _summed(dist, tensor):
     td.all_reduce(tensor, op=td.ReduceOp.SUM)
     return tensor
 
-
-def _decode(path: str):
-    from natix.data.decode import decode_image, read_image
-    from natix.extract.featurizer import as_chw
-
-    return as_chw(decode_image(read_image(path)))

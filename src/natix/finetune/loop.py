@@ -59,6 +59,14 @@ def schedule(step: int, steps: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
 
 
+def decode_chw(path: str):
+    """The image at `path` decoded as extraction decodes it, as a uint8 ``[3, H, W]`` tensor."""
+    from natix.data.decode import decode_image, read_image
+    from natix.extract.featurizer import as_chw
+
+    return as_chw(decode_image(read_image(path)))
+
+
 class Batches:
     """The training rows of one epoch in batches, in an order fixed by (seed, epoch): a resumed
     epoch sees the same batches as an uninterrupted one."""
@@ -151,12 +159,9 @@ class Model:
 
     def _image_views(self, path: str) -> dict:
         """One image's uint8 views ``{S: [V_S, 3, S, S]}``, built as extraction builds them (kept while they fit)."""
-        from natix.data.decode import decode_image, read_image
-        from natix.extract.featurizer import as_chw
-
         views = self._views.get(path)
         if views is None:
-            views = {s: v[0] for s, v in self.featurizer.views([as_chw(decode_image(read_image(path)))]).items()}
+            views = {s: v[0] for s, v in self.featurizer.views([decode_chw(path)]).items()}
             size = sum(v.numel() for v in views.values())
             if self._view_bytes + size <= self.config.view_cache_mb * 2**20:
                 self._views[path] = views
@@ -225,8 +230,7 @@ class Model:
         from natix import metrics as M
 
         p = np.clip(self.predict(paths), 1e-7, 1 - 1e-7)
-        return {"val_loss": float(M.nll(labels, p)), "loss": float(M.nll(labels, p)),
-                "val_accuracy": float(M.accuracy(labels, p))}
+        return {"val_loss": float(M.nll(labels, p)), "val_accuracy": float(M.accuracy(labels, p))}
 
     # -- weights
     def snapshot(self) -> dict:
@@ -287,4 +291,4 @@ class Model:
         return info
 
 
-__all__ = ["Batches", "Images", "Model", "Progress", "labeled_images", "load_model", "schedule"]
+__all__ = ["Batches", "Images", "Model", "Progress", "decode_chw", "labeled_images", "load_model", "schedule"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,6 @@ class FinetuneResult:
     history: dict
     seconds: float
     resumed_at: tuple[int, int] | None = None  # (epoch, batch) a resumed run started from
-    extra: dict = field(default_factory=dict)
 
 
 def finetune(data, backbone: str, out, *, config: FinetuneConfig = FinetuneConfig(), recipe: ViewRecipe | None = None,
@@ -191,8 +190,8 @@ def _epoch(model, images, rows: dict, config: FinetuneConfig, state: dict, out: 
     val = model.evaluate([images.paths[r] for r in rows["val_select"]], images.labels[rows["val_select"]])
     epoch_loss = float(np.mean(state["train_loss"])) if state["train_loss"] else float("nan")
     state["history"].append({"epoch": state["epoch"], "train_loss": epoch_loss, **val})
-    if val["loss"] < state["best_loss"]:
-        state["best_loss"], state["best"], state["bad_epochs"] = val["loss"], model.snapshot(), 0
+    if val["val_loss"] < state["best_loss"]:
+        state["best_loss"], state["best"], state["bad_epochs"] = val["val_loss"], model.snapshot(), 0
         state["best_epoch"] = state["epoch"]
     else:
         state["bad_epochs"] += 1
