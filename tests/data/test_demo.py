@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import pathlib
 
 import numpy as np
@@ -15,6 +16,7 @@ from natix.errors import DataError
 N = 12
 SQUARE = (224, 224)
 DASHCAM = (1280, 720)
+DEFAULT_DIGEST = "d9859afc0ab90f5480e187abb33da1b8055898c08faa23e55d19f42d738f1496"
 
 
 def _rows(csv_path: pathlib.Path) -> list[dict[str, str]]:
@@ -133,6 +135,36 @@ def test_square_fraction_extremes(tmp_path: pathlib.Path, fraction: float, expec
     assert {Image.open(tmp_path / r["path"]).size for r in _rows(csv_path)} == expected
 
 
+def test_default_knobs_give_the_bytes_of_the_original_generator(tmp_path: pathlib.Path) -> None:
+    # Digest of (name, bytes) of n=6, seed=0 as written before object_scale/hard_negatives existed.
+    csv_path = make_demo_images(tmp_path, n=6, seed=0)
+    explicit = make_demo_images(tmp_path / "explicit", n=6, seed=0, object_scale=1.0, hard_negatives=0.5)
+    for r in _rows(csv_path):
+        assert (tmp_path / r["path"]).read_bytes() == (explicit.parent / r["path"]).read_bytes()
+    digest = hashlib.sha256()
+    for r in _rows(csv_path):
+        digest.update(r["path"].encode() + (tmp_path / r["path"]).read_bytes())
+    assert digest.hexdigest() == DEFAULT_DIGEST
+
+
+def test_object_scale_draws_larger_objects(tmp_path: pathlib.Path) -> None:
+    small = make_demo_images(tmp_path / "s", n=8, seed=0, hard_negatives=0.0)
+    large = make_demo_images(tmp_path / "l", n=8, seed=0, hard_negatives=0.0, object_scale=4.0)
+    for r in _rows(small):
+        if r["label"] == "1":
+            a = _orange_mask(small.parent / r["path"]).sum()
+            b = _orange_mask(large.parent / r["path"]).sum()
+            assert b > 4 * a, (r["path"], a, b)  # 4x taller and wider: roughly 16x the area
+
+
+@pytest.mark.parametrize(("share", "expect_orange"), [(0.0, False), (1.0, True)])
+def test_hard_negatives_sets_the_share_of_orange_negatives(tmp_path: pathlib.Path, share: float,
+                                                           expect_orange: bool) -> None:
+    csv_path = make_demo_images(tmp_path, n=12, seed=0, hard_negatives=share)
+    negatives = [r["path"] for r in _rows(csv_path) if r["label"] == "0"]
+    assert [int(_orange_mask(tmp_path / p).sum()) >= 5 for p in negatives] == [expect_orange] * len(negatives)
+
+
 def test_creates_missing_parents_and_overwrites_existing_files(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "deep" / "er"
     first = make_demo_images(out, n=2, seed=0)
@@ -153,6 +185,10 @@ def test_creates_missing_parents_and_overwrites_existing_files(tmp_path: pathlib
         ({"square_fraction": -0.1}, r"square_fraction must be in \[0, 1\], got -0.1"),
         ({"square_fraction": 1.5}, r"square_fraction must be in \[0, 1\], got 1.5"),
         ({"seed": -1}, r"seed must be a non-negative integer"),
+        ({"hard_negatives": 1.5}, r"hard_negatives must be in \[0, 1\], got 1.5"),
+        ({"hard_negatives": "half"}, r"hard_negatives must be a number"),
+        ({"object_scale": 0}, r"object_scale must be a number in \(0, 8\], got 0"),
+        ({"object_scale": 9.0}, r"object_scale must be a number in \(0, 8\]"),
     ],
 )
 def test_invalid_arguments_raise_data_error(tmp_path: pathlib.Path, kwargs: dict, match: str) -> None:

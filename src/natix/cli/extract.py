@@ -20,12 +20,16 @@ CACHE_HELP = "Cache directory  [default: $NATIX_CACHE, else ./.natix-cache]"
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--n", type=COUNT, default=200, show_default=True, help="Number of images.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed (same seed, same bytes).")
+@click.option("--object-scale", type=Number(min=0, max=8, min_open=True), default=1.0, show_default=True,
+              help="Multiplies every object's height (1: 3-8 % of the image height).")
+@click.option("--hard-negatives", type=Number(min=0, max=1), default=0.5, show_default=True,
+              help="Share of negatives with orange objects that are not roadwork (0: orange is a perfect cue).")
 @library_errors
-def demo_data(out: str, n: int, seed: int) -> None:
+def demo_data(out: str, n: int, seed: int, object_scale: float, hard_negatives: float) -> None:
     """Write a synthetic street-scene image set with labels.csv into OUT."""
     from natix.data.demo import make_demo_images
 
-    csv = make_demo_images(out, n=n, seed=seed)
+    csv = make_demo_images(out, n=n, seed=seed, object_scale=object_scale, hard_negatives=hard_negatives)
     click.echo(f"wrote {n} images and {csv}")
 
 

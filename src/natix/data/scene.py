@@ -46,6 +46,7 @@ class Scene:
     top_half: float
     bottom_left: float
     bottom_right: float
+    object_scale: float = 1.0  # multiplies every roadwork and distractor object's height
 
     def edges(self, y: float) -> tuple[float, float]:
         """Left and right road edge at row ``y`` (below the horizon)."""
@@ -55,14 +56,14 @@ class Scene:
         return left, right
 
 
-def make_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
-    """Pick horizon, vanishing point and road width."""
+def make_scene(rng: np.random.Generator, width: int, height: int, object_scale: float = 1.0) -> Scene:
+    """Pick horizon, vanishing point and road width; objects are drawn ``object_scale`` times their usual height."""
     horizon = height * rng.uniform(0.40, 0.50)
     vx = width * rng.uniform(0.42, 0.58)
     top_half = width * rng.uniform(0.010, 0.025)
     centre = vx + width * rng.uniform(-0.08, 0.08)
     half = width * rng.uniform(0.45, 0.62)
-    return Scene(width, height, horizon, vx, top_half, centre - half, centre + half)
+    return Scene(width, height, horizon, vx, top_half, centre - half, centre + half, object_scale)
 
 
 def background(rng: np.random.Generator, scene: Scene) -> np.ndarray:
@@ -203,10 +204,10 @@ def ground_row(rng: np.random.Generator, scene: Scene) -> float:
 
 
 def object_height(rng: np.random.Generator, scene: Scene, y: float) -> float:
-    """3-8 % of the image height, larger when nearer the camera."""
+    """3-8 % of the image height (times the scene's object scale), larger when nearer the camera."""
     depth = (y - scene.horizon) / (scene.height - scene.horizon)
     frac = 0.03 + 0.05 * float(np.clip(0.6 * depth + 0.4 * rng.random(), 0.0, 1.0))
-    return scene.height * frac
+    return scene.height * frac * scene.object_scale
 
 
 def roadwork_orange(rng: np.random.Generator) -> tuple[int, int, int]:
