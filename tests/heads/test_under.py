@@ -223,6 +223,30 @@ def test_ablate_across_feature_extractors_judges_each_arm_on_its_own_cache(tmp_p
     with pytest.raises(ConfigError, match="hold different val_test rows"):
         ablate([caches[1], adapted], tmp_path / "b2", heads=("linear",), aggs=("mean",), progress=False)
 
+    named = ablate({"frozen": caches[0], "lora": adapted}, tmp_path / "named", heads=("linear",), aggs=("mean",),
+                   n_boot=200, progress=False)  # names label the arms; the numbers are the same
+    assert {r["cache"]: r["mcc"] for r in named.rows} == {"frozen": frozen["mcc"], "lora": tuned["mcc"]}
+    assert named.meta["caches"] == {"frozen": str(caches[0]), "lora": str(adapted)}
+    with pytest.raises(ConfigError, match="is not a plain name"):
+        ablate({"my cache": caches[0], "lora": adapted}, tmp_path / "b3", heads=("linear",), aggs=("mean",),
+               progress=False)
+
+
+def test_ablate_cli_reads_named_caches(tmp_path, caches):
+    from click.testing import CliRunner
+
+    from natix.cli import cli
+
+    args = ["--head", "linear", "--agg", "mean", "--policy", "softmax", "--seeds", "1", "-q"]
+    r = CliRunner().invoke(cli, ["ablate", f"clean={caches[0]},draws={caches[1]}", "--out", str(tmp_path / "b"),
+                                 *args])
+    assert r.exit_code == 0, r.output
+    assert "| clean:linear/mean/softmax |" in r.output and "| draws:linear/mean/softmax |" in r.output
+    for bad, message in [(f"clean={caches[0]},{caches[1]}", "name every cache or none"),
+                         (f"a={caches[0]},a={caches[1]}", "cache names repeat")]:
+        r = CliRunner().invoke(cli, ["ablate", bad, "--out", str(tmp_path / "x"), *args])
+        assert r.exit_code != 0 and message in r.output, r.output
+
 
 def test_oof_folds_are_counted_in_images_not_draws(tmp_path):
     small = make_synthetic_cache(tmp_path / "small", n=40, n_views=V, dim=D, seed=1, draws=3)

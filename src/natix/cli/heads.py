@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from natix.cli.calibrate import calibration_summary
@@ -219,13 +221,26 @@ def evaluate(run, split, under, skip_checksum, as_json) -> None:
 @library_errors
 def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, under, quiet, **o) -> None:
     """Train every head x aggregator x policy x seed arm on FEATURES (a cache, or comma-separated caches of the
-    same images: the cache becomes a factor); write a leaderboard."""
+    same images, optionally named as NAME=PATH: the cache becomes a factor); write a leaderboard."""
     from natix.heads.ablate import ablate as run_ablate
 
     hc, tc = head_configs("linear", "mean", "softmax", 0, o)
-    caches = comma_names(features)
-    board = run_ablate(caches if len(caches) > 1 else caches[0], out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
+    board = run_ablate(_ablate_caches(features), out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
                        seeds=seeds, metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
                        ratios=o["ratios"], split_seed=o["split_seed"], progress=not quiet,
                        verify=not o["skip_checksum"], under=under)
     click.echo(board.markdown)
+
+
+def _ablate_caches(features: str):
+    """FEATURES of `ablate`: one path, a list of paths, or {name: path} when written NAME=PATH,..."""
+    caches = comma_names(features)
+    named = ["=" in c and not Path(c).exists() for c in caches]
+    if not any(named):
+        return caches if len(caches) > 1 else caches[0]
+    if not all(named):
+        raise click.UsageError("name every cache or none: e.g. frozen=A.h5,lora=B.h5")
+    pairs = [c.split("=", 1) for c in caches]
+    if len({n for n, _ in pairs}) < len(pairs):
+        raise click.UsageError(f"cache names repeat in '{features}': give each cache its own name")
+    return {n.strip(): p.strip() for n, p in pairs}

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import multiprocessing as mp
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -102,8 +103,28 @@ def _extractor_tag(identity: dict) -> str:
 
 
 def cache_paths(features) -> list:
-    """The cache path(s) of an ablation: one path, or a list of caches of the same images."""
+    """The cache path(s) of an ablation: one path, a list of caches of the same images, or a dict
+    of them by name."""
+    if isinstance(features, dict):
+        return list(features.values())
     return [features] if isinstance(features, (str, Path)) or features is None else list(features)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def arm_cache_labels(features, paths) -> list[str]:
+    """The cache label of each path: the names of a dict of caches, else :func:`cache_labels`; ""
+    for a single cache (no cache factor)."""
+    if len(paths) == 1:
+        return [""]
+    if not isinstance(features, dict):
+        return cache_labels(paths)
+    for name in features:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(f"cache name {name!r} is not a plain name: use letters, digits and _.+- "
+                              "(e.g. frozen=A.h5,lora=B.h5)")
+    return list(features)
 
 
 def load_sources(features, under=None, *, ratios=DEFAULT_RATIOS, split_seed: int = 0, verify: bool = True,
@@ -111,7 +132,7 @@ def load_sources(features, under=None, *, ratios=DEFAULT_RATIOS, split_seed: int
     """The caches of an ablation (one path or several of the same images) and its splits (made on the first)."""
     paths = cache_paths(features)
     datasets = [data or load_dataset(paths[0], verify=verify)] + [load_dataset(p, verify=verify) for p in paths[1:]]
-    labels = cache_labels([d.path for d in datasets]) if len(datasets) > 1 else [""]
+    labels = arm_cache_labels(features, [d.path for d in datasets])
     splits = resolve_splits(datasets[0], ratios=ratios, seed=split_seed)
     owner = f"the splits of '{datasets[0].path}'"
     train = {lab: (d, splits.rows(d.images, cache=d.path, owner=owner)) for lab, d in zip(labels, datasets)}
@@ -129,7 +150,10 @@ def load_sources(features, under=None, *, ratios=DEFAULT_RATIOS, split_seed: int
                               f"'{judge.path}' {judge.view_names} × {judge.X.shape[2]}: extract every cache with "
                               "the same backbone and --views")
     test_rows = splits.rows(judge.images, cache=judge.path, owner=owner)["val_test"]
-    judge_label = cache_labels([judge.path])[0] if under is not None or len(datasets) > 1 else ""
+    judge_label = ""
+    if under is not None or len(datasets) > 1:
+        named = [lab for lab, d in zip(labels, datasets) if d is judge and isinstance(features, dict)]
+        judge_label = named[0] if named else cache_labels([judge.path])[0]
     return Sources(train, {lab: (judge, test_rows) for lab in train}, judge_label), splits
 
 
@@ -222,7 +246,8 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
     """Train every arm and write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.json`` into `out`.
 
     `features` is one cache or a list of caches of the same images (the cache becomes a factor of
-    the grid); arms are judged on the `val_test` rows of the first cache, or of `under`. Returns
+    the grid, labelled by recipe and extractor), or a dict of them by name (e.g. ``{"frozen": a,
+    "lora": b}``: the names label the arms); arms are judged on the `val_test` rows of the first cache, or of `under`. Returns
     the :class:`Leaderboard` it wrote (rows sorted by `metric`, best first, and the markdown).
     Caches are checked as :func:`natix.heads.runs.load_dataset` does (``verify=False`` skips
     their features checksum).
@@ -246,7 +271,7 @@ def ablate(features, out, *, heads=("linear",), aggs=("mean",), policies=("softm
         train_cfg.engine(dataclasses.replace(head_cfg, head=h, agg=a, policy=p))
     check_out(out, run=False)  # an --out that cannot be written fails before any training
     paths = cache_paths(features)
-    labels = cache_labels(paths) if len(paths) > 1 else [""]
+    labels = arm_cache_labels(features, paths)
     arms = list(dict.fromkeys(Arm(h, a, p, c) for c, h, a, p in itertools.product(labels, heads, aggs, policies)))
     names = [a.name for a in arms]
     baseline = baseline or names[0]
