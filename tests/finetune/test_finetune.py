@@ -35,6 +35,7 @@ def test_finetune_writes_a_run_and_extracts_a_new_cache(demo_images, tiny_backbo
     r = _run("finetune", demo_images, "--backbone", tiny_backbone, "--out", tmp_path / "run", "--epochs", "2",
              "--extract", "--cache", tmp_path / "c", *FAST)
     assert "adapter   " in r.output and "--adapter" in r.output and "new fingerprint" in r.output
+    assert "other caches there, unchanged (size and mtime): 1" in r.output
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"adapter", "head.safetensors", "config.json", "history.json",
                                                "metrics.json", "splits.json"}

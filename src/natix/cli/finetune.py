@@ -3,6 +3,8 @@ and optionally extract a new cache with it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from natix.cli.common import COUNT, SEED, Number, comma_names, echo_result, quiet_transformers
@@ -22,7 +24,11 @@ def finetune_text(res: dict) -> str:
                                                    f"{res['resumed_at'][1]}" if res["resumed_at"] else ""),
              f"adapter   {a['path']}  (natix extract DATA ... {a['option']} {a['path']})"]
     if res.get("cache"):
-        lines.append(f"cache     {res['cache']}  (new fingerprint; the frozen cache is untouched)")
+        kept, changed = res.get("kept", []), res.get("changed", [])
+        note = f"other caches there, unchanged (size and mtime): {len(kept)}" if kept else "no other cache there"
+        if changed:
+            note += f"; changed meanwhile: {', '.join(changed)}"
+        lines.append(f"cache     {res['cache']}  (new fingerprint; {note})")
     lines.append(f"{'split':<11}{'n':>6}{'accuracy':>10}{'mcc':>10}{'auroc':>10}{'nll':>10}  (fractions)")
     for split, m in res["metrics"].items():
         lines.append(f"{split:<11}{m['n']:>6}{m['accuracy']:>10.4f}{m['mcc']:>10.4f}{m['auroc']:>10.4f}{m['nll']:>10.4f}")
@@ -125,9 +131,22 @@ def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, r
     res = {"out": str(r.out), "adapter": r.adapter, "metrics": r.metrics, "history": r.history, "seconds": r.seconds,
            "resumed_at": r.resumed_at, "cache": None}
     if then_extract:
-        res["cache"] = str(_extract_with(data, backbone, checkpoint, r.adapter, recipe, cache_root, device, quiet,
-                                         allow_outside))
+        before = _cache_stats(cache_root)
+        cache = _extract_with(data, backbone, checkpoint, r.adapter, recipe, cache_root, device, quiet, allow_outside)
+        after = _cache_stats(cache_root)
+        res["cache"] = str(cache)
+        others = {p: st for p, st in before.items() if p.name != Path(cache).name}
+        res["kept"] = [str(p) for p, st in others.items() if after.get(p) == st]
+        res["changed"] = [str(p) for p, st in others.items() if after.get(p) != st]
     echo_result(as_json, res, finetune_text)
+
+
+def _cache_stats(cache_root) -> dict:
+    """(size, mtime_ns) of every cache file in the cache directory: what `--extract` must leave alone."""
+    from natix.cache.store import resolve_cache_root
+
+    root = resolve_cache_root(cache_root)
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.glob("*.h5"))} if root.is_dir() else {}
 
 
 def _extract_with(data, backbone, checkpoint, adapter: dict, recipe, cache_root, device, quiet, allow_outside):
