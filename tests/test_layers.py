@@ -120,7 +120,7 @@ PLACED = {
     "natix.extract": "tier 1", "natix.data": "tier 1",
     "natix.heads": "tier 2", "natix.calibrate": "tier 2", "natix.cascade": "tier 2",
     "natix.cache": "shared", "natix.metrics": "shared", "natix.rundir": "shared", "natix.jsonio": "shared",
-    "natix.registry": "shared", "natix.config": "shared", "natix.errors": "shared",
+    "natix.registry": "shared", "natix.config": "shared", "natix.errors": "shared", "natix.distributed": "shared",
 }
 
 

@@ -47,7 +47,7 @@ class CacheLock:
                     raise locked(self.path.with_suffix(""), holder) from None
                 time.sleep(0.01)
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now(),
-                           "argv": sys.argv[:8]}).encode()
+                           "argv": sys.argv[:8], "job": _job()}).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, info, 0)
         self._fd = fd
@@ -116,10 +116,28 @@ def locked(cache_file: Path, holder: dict | None) -> CacheLockedError:
 
 
 def describe(holder: dict | None) -> str:
-    """A lock holder in words: ``pid N on HOST since T``, or ``another process``."""
+    """A lock holder in words: ``pid N on HOST since T`` (``, rank 0 of 4 in a torchrun job``), or
+    ``another process``."""
     if not holder:
         return "another process"
-    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+    job = holder.get("job") or {}
+    where = ""
+    if isinstance(job, dict) and job.get("world", 1) > 1:
+        run = f" (run id {job['run_id']})" if job.get("run_id") not in (None, "", "none") else ""
+        where = f", rank {job.get('rank', 0)} of {job['world']} in a torchrun job{run}"
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}{where}"
+
+
+def _job() -> dict:
+    """This process's place in a torchrun job, as the lock file records it."""
+    from natix.distributed import job_env
+    from natix.errors import ConfigError
+
+    try:
+        rank, world, _, _, run_id = job_env()
+    except (ConfigError, ValueError):  # a malformed environment: the job itself reports it
+        return {}
+    return {"rank": rank, "world": world, "run_id": run_id} if world > 1 else {}
 
 
 def _holder(fd: int) -> dict:

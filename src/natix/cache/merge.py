@@ -1,7 +1,9 @@
 """The merge at the end of a run: the old cache file and the finished parts become one new file.
 
 Two passes keep memory at one block or one part: metadata first (:func:`collect_rows`), then
-features streamed part by part (:func:`write_merged`). Old rows are checked against their
+features streamed part by part (:func:`write_merged`). The rows the parts add follow the old rows
+in source order (path, image id, draw), whatever order the parts were written in: a job of N
+ranks, a resumed run and one uninterrupted process write the same file. Old rows are checked against their
 recorded checksum while they are copied, so a corrupt cache is refused rather than
 re-checksummed. Every part is read whole and checked before anything is written, and the
 merged size is reserved on disk first (:mod:`natix.cache.space`). The caller writes to a
@@ -22,7 +24,7 @@ import numpy as np
 from natix import __version__
 from natix.cache.checksum import CHECKSUM_VERSION, all_finite, attribute, table_digests
 from natix.cache.fingerprint import canonical_json
-from natix.cache.layout import FORMAT, image_of, utc_now
+from natix.cache.layout import DRAW_SEP, FORMAT, image_of, utc_now
 from natix.cache.parts import read_part
 from natix.cache.reader import FeatureCache
 from natix.cache.space import is_no_space, no_space, release_after_full_disk, reserve, size_bound
@@ -65,6 +67,7 @@ class MergedRows:
     sizes: list[tuple[int, int]] = field(default_factory=list)
     challenge: list[str] = field(default_factory=list)  # per row, the draw's record (challenge caches only)
     take: list[list[int]] = field(default_factory=list)  # per part, the rows it contributes (first id wins)
+    dest: list[list[int]] = field(default_factory=list)  # per part, the merged row each of `take` becomes
     # (id, path when id is "") → (path, reason); a later record of the same failure wins
     failures: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     # (id, path, label) per listing of an image listed with conflicting labels, by id
@@ -109,7 +112,33 @@ def collect_rows(old: FeatureCache | None, parts: list[Path], *, old_failures: b
         for i, p, reason in zip(meta["fail_ids"].tolist(), meta["fail_paths"].tolist(),
                                 meta["fail_reasons"].tolist()):
             rows.add_failure(i, p, reason)
+    _source_order(rows)
     return rows
+
+
+def _source_order(rows: MergedRows) -> None:
+    """Sort the rows the parts add by (path, image id, draw) and set where each part's rows go.
+
+    One process writes its parts in that order already (sources list their images by path), so
+    there this only numbers the rows; parts of several ranks or of a resumed run get sorted.
+    """
+    new = range(rows.n_old, len(rows.ids))
+    order = sorted(new, key=lambda r: (rows.paths[r], image_of(rows.ids[r]), _draw(rows.ids[r])))
+    position = {r: rows.n_old + k for k, r in enumerate(order)}
+    start = rows.n_old
+    for take in rows.take:
+        rows.dest.append([position[start + k] for k in range(len(take))])
+        start += len(take)
+    if order != list(new):
+        for name in ("ids", "paths", "labels", "groups", "sizes", "challenge"):
+            values = getattr(rows, name)
+            values[rows.n_old:] = [values[r] for r in order]
+
+
+def _draw(row: str) -> int:
+    """The draw number of a challenge row id (0 for a plain image id)."""
+    _, sep, draw = row.partition(DRAW_SEP)
+    return int(draw) if sep else 0
 
 
 def apply_updates(rows: MergedRows, updates: dict[str, tuple[str, int, str]]) -> None:
@@ -241,16 +270,30 @@ def _copy_old_features(ds, old: FeatureCache | None, digest, spec: CacheSpec, *,
 
 
 def _copy_part_features(ds, rows: MergedRows, parts: list[Path], digest, spec: CacheSpec) -> None:
-    """Append each part's contributed rows after the old ones, one part in memory at a time."""
-    pos = rows.n_old
-    for part, take in zip(parts, rows.take):
-        if not take:
-            continue
-        feats = read_part(part)["features"][take].astype(spec.store_dtype, copy=False)
-        ds[pos:pos + len(take)] = feats
-        digest.update(np.ascontiguousarray(feats))
+    """Write the parts' contributed rows after the old ones, in merged-row order: each part's rows
+    as runs of consecutive merged rows, the runs in order (hashed as written), one part in memory."""
+    runs = sorted((dest[a], p, take[a:b]) for p, (take, dest) in enumerate(zip(rows.take, rows.dest))
+                  for a, b in _runs(dest))
+    pos, loaded, feats = rows.n_old, None, None
+    for start, p, take in runs:
+        assert start == pos, (start, pos)
+        if loaded != p:
+            loaded, feats = p, read_part(parts[p])["features"]
+        block = feats[take].astype(spec.store_dtype, copy=False)
+        ds[pos:pos + len(take)] = block
+        digest.update(np.ascontiguousarray(block))
         pos += len(take)
     assert pos == len(rows.ids), (pos, len(rows.ids))
+
+
+def _runs(dest: list[int]) -> list[tuple[int, int]]:
+    """``[a, b)`` index ranges of `dest` whose values are consecutive integers."""
+    out, a = [], 0
+    for k in range(1, len(dest) + 1):
+        if k == len(dest) or dest[k] != dest[k - 1] + 1:
+            out.append((a, k))
+            a = k
+    return out
 
 
 def write_tables(f, rows: MergedRows, view_table: list[dict], challenge: list[str] | None = None) -> None:

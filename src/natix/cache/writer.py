@@ -41,10 +41,14 @@ class CacheWriter:
     interrupted run, known failures). `add_part` makes a chunk durable; `commit` merges.
     In a folder that cannot be written, an existing cache opens read-only (no lock taken, only
     checked): enough to find there is nothing to do; any write raises the not-writable error.
+
+    In a torchrun job (see :mod:`natix.extract.ranks`) rank 0 holds the lock, cleans up and
+    merges; every other rank opens with ``follower=True``: it takes no lock, removes nothing,
+    writes its parts under rank 0's lock and never commits.
     """
 
     def __init__(self, root: str | os.PathLike, identity: dict, view_table: list[dict], *, dim: int,
-                 store_dtype: str = "float16", source: dict | None = None):
+                 store_dtype: str = "float16", source: dict | None = None, follower: bool = False):
         self.root = Path(root)
         self.identity = identity
         self.source = source or {}  # where the weights came from: shown, never hashed
@@ -71,9 +75,14 @@ class CacheWriter:
         self._conflicts: Conflicts | None = None  # what the next commit records (None: keep the file's)
         self._new_rows = 0
         self._new_failures: list[tuple[str, str, str]] = []
+        self.follower = follower
+        self._known_parts: set[str] = set()
 
     # -- lifecycle
     def __enter__(self):
+        if self.follower:
+            self._load_state()  # rank 0 holds the lock and has cleaned up; see the class docstring
+            return self
         reason = writable_problem(self.root)
         if reason is not None and not self.path.is_file():
             raise not_writable(self.root, reason)
@@ -120,7 +129,7 @@ class CacheWriter:
                 ) from None
             with cache:
                 self._absorb(cache)
-        if self.read_only is None:
+        if self.read_only is None and not self.follower:
             for stale in self.root.glob(self.path.name + ".tmp-*"):
                 stale.unlink()  # a merge that was killed before its rename; the parts still hold its rows
             if self.parts.is_dir():
@@ -159,7 +168,20 @@ class CacheWriter:
             if i:
                 self.failed_ids[i] = r
         self._next_part = max(self._next_part, part_number(part) + 1)
+        self._known_parts.add(part.name)
         self.resumed_parts += 1
+
+    def absorb_new_parts(self) -> int:
+        """Take the parts other ranks of the job wrote meanwhile (rank 0, before it commits); how many."""
+        new = [p for p in pending_parts(self.path) if p.name not in self._known_parts]
+        for part in new:
+            self._absorb_part(part)
+        return len(new)
+
+    @property
+    def next_part(self) -> int:
+        """The sequence number the next part gets (one past every part found or written)."""
+        return self._next_part
 
     def _remember(self, image_id: str, meta: tuple[str, int, str]) -> None:
         """Record a row's path/label/group under its image; rows of one image that disagree leave None."""
@@ -189,18 +211,21 @@ class CacheWriter:
         done = set(map(image_of, self.done_ids))
         return {i: v for i, v in self._conflicts.items() if i in done} != self.conflicts
 
-    def add_part(self, features: np.ndarray, rows: Rows, failures: list[tuple[str, str, str]]) -> Path:
+    def add_part(self, features: np.ndarray, rows: Rows, failures: list[tuple[str, str, str]],
+                 seq: int | None = None) -> Path:
         """Durably write one chunk: features ``[n, V, D]`` with their rows, plus failures.
 
         `failures` holds ``(id, path, reason)``; id is "" when the file could not be read.
-        Safe to call from one background thread.
+        `seq` numbers the part (default: the next one); the ranks of a job number their chunks
+        from one shared base so their names never collide. Safe to call from one background thread.
         """
         self.require_writable()
         n = len(rows.ids)
         assert features.shape == (n, len(self.view_table), self.dim), (features.shape, n)
-        seq = self._next_part
-        self._next_part += 1
+        seq = self._next_part if seq is None else seq
+        self._next_part = max(self._next_part, seq + 1)
         final = write_part(self.parts, seq, features, rows, failures)
+        self._known_parts.add(final.name)
         self.done_ids.update(rows.ids)
         self._new_rows += n
         self._new_failures.extend(failures)
@@ -258,6 +283,8 @@ class CacheWriter:
         are copied, so a corrupt cache is refused rather than re-checksummed.
         """
         self.require_writable()
+        if self.follower:
+            raise CacheError(f"only rank 0 of the job merges '{self.path}'")
         try:
             return self._commit(block)
         except OSError as exc:
@@ -290,6 +317,7 @@ class CacheWriter:
         for part in pending_parts(self.path):
             part.unlink()
         remove_empty_parts(self.path)
+        self._known_parts = set()
         self.rows_meta = {}
         for i, p, lab, g in zip(merged.ids, merged.paths, merged.labels, merged.groups):
             self._remember(image_of(i), (p, lab, g))

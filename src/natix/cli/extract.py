@@ -78,6 +78,12 @@ def extract_summary(r: dict) -> str:
     else:
         checked = "checksum verified" if r["verified"] else "checksum not verified (--skip-checksum)"
         lines.append(f"no model work: every image is already in the cache, {checked} ({r['seconds']:.1f} s)")
+    for rank in r.get("ranks") or ():
+        lines.append(f"rank {rank['rank']:<4} {rank['extracted']} images in {rank['seconds']:.1f} s "
+                     f"({rank['images_per_s']:.1f} images/s) on {rank['host']} {rank['device']}")
+    if r.get("ranks"):
+        lines.append(f"job       {len(r['ranks'])} ranks: {r['extracted']} images, {r['images_per_s']:.1f} images/s "
+                     "in all (wall clock, hashing and merge included)")
     lines.append(f"features  [N, {r['n_views']}, {r['dim']}]")
     return "\n".join(lines)
 
@@ -133,7 +139,8 @@ def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size
                     compile=compile_, retry_failures=retry_failures, verify=not skip_checksum,
                     allow_outside=allow_outside, challenge=challenge, draws=draws,
                     challenge_seed=challenge_seed)
-    echo_result(as_json, {**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work}, extract_summary)
+    if r.rank == 0:  # in a torchrun job rank 0 reports for every rank
+        echo_result(as_json, {**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work}, extract_summary)
 
 
 # --------------------------------------------------------------------------- cache

@@ -30,6 +30,7 @@ from natix.cache.store import CacheWriter, Rows, ensure_writable, resolve_cache_
 from natix.config import Preprocess, RunOptions, ViewRecipe
 from natix.data.decode import decode_image, read_image
 from natix.data.sources import discover, hash_bytes, hash_files
+from natix.distributed import Job
 from natix.errors import ConfigError, DataError, DecodeError, NatixError
 from natix.extract.featurizer import (
     Featurizer,
@@ -38,6 +39,7 @@ from natix.extract.featurizer import (
     resolve_device,
     resolve_precision,
 )
+from natix.extract.ranks import JobProgress, check_job, chunks, gather_stats, my_chunks, open_writer, shared_hashes
 from natix.extract.views import build_views, view_table
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class ExtractResult:
     repaired: tuple[str, ...] = ()  # damaged parts of the cache rewritten from the source (see natix.cache.checksum)
     challenge: str = "clean"  # the challenge recipe each image went through (natix.data.challenge)
     draws: int = 1  # challenge draws per image: rows per image in the cache
+    rank: int = 0  # this process's rank in a torchrun job (0 in a plain process)
+    ranks: tuple[dict, ...] = ()  # a torchrun job's per-rank stats (natix.extract.ranks.RankStats.to_json)
 
     @property
     def model_work(self) -> bool:
@@ -230,10 +234,10 @@ class _Writer:
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                     self.error = exc
 
-    def put(self, features, rows, failures):
+    def put(self, features, rows, failures, seq: int):
         if self.error is not None:
             raise self.error
-        self.q.put((features, rows, failures))
+        self.q.put((features, rows, failures, seq))
 
     def close(self):
         self.q.put(None)
@@ -346,69 +350,128 @@ def extract(source, backbone: str, *, recipe: ViewRecipe | None = None, preproce
     """
     import torch  # noqa: F401 - loaded before the clock starts, as the speed reported is the work's
 
-    from natix.extract.backbones import load_backbone
+    from natix.distributed import join, leave
 
     t0 = time.perf_counter()
     check_store_dtype(store_dtype)
     chal = challenge_for(challenge, draws, challenge_seed)
     if recipe is None:
         recipe = ViewRecipe() if chal is None else ViewRecipe(n_views=1)
-    device = resolve_device(options.device)
+    job = join(options.device)  # a world of one outside torchrun
+    try:
+        return _extract(job, t0, source, backbone, recipe, preprocess, pool, store_dtype, precision, checkpoint,
+                        adapter, cache_root, options, compile, retry_failures, verify, allow_outside, chal)
+    finally:
+        leave(job)
+
+
+def _extract(job: Job, t0: float, source, backbone, recipe, preprocess, pool, store_dtype, precision, checkpoint,
+             adapter, cache_root, options: RunOptions, compile, retry_failures, verify, allow_outside,
+             chal: Challenge | None) -> ExtractResult:
+    """The steps of :func:`extract` on one rank of the job (all of them in a plain process)."""
+    from natix.extract.backbones import load_backbone
+
+    device = resolve_device(job.device)
     precision = resolve_precision(precision, device)
     records = discover(source, allow_outside=allow_outside)
     root = resolve_cache_root(cache_root)
-    if not root.is_dir():
+    if job.main and not root.is_dir():
         ensure_writable(root)  # a new folder: refuse before loading the backbone (an existing one may be read-only)
-    ids = hash_files([r.path for r in records])
+    ids = shared_hashes(job, [r.path for r in records], hash_files)
 
     model, bb_ident = load_backbone(backbone, checkpoint=checkpoint, adapter=adapter, pool=pool)
     identity = build_identity(bb_ident, recipe, preprocess, store_dtype=store_dtype, precision=precision,
                               challenge=chal)
     table = [{"name": v.name, "box": list(v.box), "flip": v.flip} for v in view_table(recipe)]
     source_info = {"backbone": backbone, "checkpoint": checkpoint, "adapter": adapter}
-    with CacheWriter(root, identity, table, dim=model.dim, store_dtype=store_dtype, source=source_info) as writer:
+    with open_writer(job, root, identity, table, dim=model.dim, store_dtype=store_dtype, source=source_info) as writer:
+        check_job(job, writer.path, writer.fingerprint)
         plan = _plan(records, ids, writer, retry_failures, chal.draws if chal is not None else None)
         conflicts = _conflicts(plan)
         writer.set_conflicts(plan.seen, conflicts)
-        _warn_conflicts(conflicts)
-        repaired = tuple(writer.audit(checksum=verify and not plan.todo))
-        if repaired:
-            log.warning("cache %s: repairing its damaged %s from the image source and the view recipe",
-                        writer.path, " and ".join(repaired))
+        repaired: tuple[str, ...] = ()
+        if job.main:  # rank 0 checks, repairs and merges; the others only add parts
+            _warn_conflicts(conflicts)
+            repaired = tuple(writer.audit(checksum=verify and not plan.todo))
+            if repaired:
+                log.warning("cache %s: repairing its damaged %s from the image source and the view recipe",
+                            writer.path, " and ".join(repaired))
+            _record_unreadable(writer, plan.unreadable, recipe.n_views, model.dim, store_dtype)
         metadata_updates = writer.pending_metadata
-        _record_unreadable(writer, plan.unreadable, recipe.n_views, model.dim, store_dtype)
-        extracted, failed, step = 0, 0, options.batch_size
-        if plan.todo:
-            writer.require_writable()
-            featurizer = Featurizer(model, recipe, preprocess, device=device, precision=precision,
-                                    store_dtype=store_dtype, batch_size=options.batch_size, compile=compile)
-            extracted, failed = _run(plan.todo, featurizer, writer, options, chal)
-            step = featurizer.batch_size
+        base = job.broadcast(writer.next_part)  # chunk c of this run becomes part base + c on every rank
+        work = _Work(model, recipe, preprocess, device, precision, store_dtype, compile, chal)
+        extracted, failed, step, stats = work.run(job, plan.todo, base, writer, options)
         verified = verify or writer.needs_commit()  # a merge checks the old features as it copies them
-        if not verified:
-            log.warning("not verifying the features checksum of %s (verify=False): its tables were checked",
-                        writer.path)
-        if writer.needs_commit():
-            writer.commit()
+        if job.main:
+            writer.absorb_new_parts()
+            if not (verified or writer.needs_commit()):
+                log.warning("not verifying the features checksum of %s (verify=False): its tables were checked",
+                            writer.path)
+            if writer.needs_commit():
+                writer.commit()
+        job.barrier()  # every rank returns once the merged cache is in place
     return ExtractResult(
         cache_file=writer.path, fingerprint=writer.fingerprint, images=len(plan.seen) + len(plan.unreadable),
         already_cached=plan.already, resumed=plan.resumed, extracted=extracted,
         failed=failed + len(plan.unreadable), known_failures=plan.known_failures,
         metadata_updates=metadata_updates, n_views=recipe.n_views, dim=model.dim,
         seconds=time.perf_counter() - t0, device=str(device), precision=precision, batch_size=step,
-        verified=verified, repaired=repaired, conflicts=len(conflicts), challenge=challenge,
-        draws=chal.draws if chal is not None else 1,
+        verified=verified or writer.needs_commit(), repaired=repaired, conflicts=len(conflicts),
+        challenge=chal.recipe.name if chal is not None else "clean", draws=chal.draws if chal is not None else 1,
+        rank=job.rank, ranks=tuple(s.to_json() for s in stats) if job.world > 1 else (),
     )
 
 
-def _run(todo, featurizer: Featurizer, writer: CacheWriter, options: RunOptions,
-         challenge: Challenge | None = None) -> tuple[int, int]:
-    """The model loop over fixed chunks of `todo`; returns (extracted, failed) images."""
+@dataclass(frozen=True)
+class _Work:
+    """What the model loop needs to build the featurizer, when there is work."""
+
+    model: object
+    recipe: ViewRecipe
+    preprocess: Preprocess
+    device: object
+    precision: str
+    store_dtype: str
+    compile: bool
+    challenge: Challenge | None
+
+    def run(self, job: Job, todo: list, base: int, writer: CacheWriter,
+            options: RunOptions) -> tuple[int, int, int, list]:
+        """This rank's chunks of `todo` through the model into parts ``base + chunk``; (extracted,
+        failed, batch size settled on, every rank's stats) once every rank is done."""
+        sizes = [len(c) for c in chunks(len(todo), options.batch_size)]
+        mine = my_chunks(len(todo), options.batch_size, job)
+        items = [todo[k] for c in mine for k in chunks(len(todo), options.batch_size)[c]]
+        extracted = failed = 0
+        step, seconds = options.batch_size, 0.0
+        bar = _progress(len(todo), options.progress and job.main and bool(todo))
+        if job.world > 1 and job.main:
+            bar = JobProgress(bar, writer.path, base, sizes)
+        try:
+            if items:
+                writer.require_writable()
+                featurizer = Featurizer(self.model, self.recipe, self.preprocess, device=self.device,
+                                        precision=self.precision, store_dtype=self.store_dtype,
+                                        batch_size=options.batch_size, compile=self.compile)
+                t = time.perf_counter()
+                extracted, failed = _run(items, featurizer, writer, options, self.challenge,
+                                         [base + c for c in mine], bar)
+                step, seconds = featurizer.batch_size, time.perf_counter() - t
+            job.barrier()  # every rank's parts are written
+        finally:
+            bar.close()
+        stats = gather_stats(job, str(self.device), extracted, failed, seconds)
+        return sum(s.extracted for s in stats), sum(s.failed for s in stats), step, stats
+
+
+def _run(todo, featurizer: Featurizer, writer: CacheWriter, options: RunOptions, challenge: Challenge | None,
+         seqs: list[int], bar) -> tuple[int, int]:
+    """The model loop over fixed chunks of `todo` (batch b becomes part ``seqs[b]``); returns
+    (extracted, failed) images."""
     import torch
 
     on_cpu = featurizer.device.type == "cpu"
     loader = _loader(todo, featurizer, options, writer.lock_fd, challenge)
-    bar = _progress(len(todo), options.progress)
     threads = torch.get_num_threads()
     if on_cpu and options.workers:
         # Workers decode on their own cores; more model threads would only contend with them.
@@ -416,7 +479,7 @@ def _run(todo, featurizer: Featurizer, writer: CacheWriter, options: RunOptions,
     out_writer = _Writer(writer)
     extracted = failed = 0
     try:
-        for batch in loader:
+        for b, batch in enumerate(loader):
             good = [(k, item) for k, item in batch if not isinstance(item, str)]
             failures = [("" if isinstance(item, _Transient) else todo[k][1], str(todo[k][0].path), str(item))
                         for k, item in batch if isinstance(item, str)]
@@ -424,13 +487,12 @@ def _run(todo, featurizer: Featurizer, writer: CacheWriter, options: RunOptions,
             if not np.isfinite(feats).all():
                 raise NatixError(f"features overflow {featurizer.store_dtype} (inf/NaN) for images such as "
                                  f"{todo[good[0][0]][0].path}: rerun with --store-dtype float32")
-            out_writer.put(feats, _rows(todo, good), failures)
+            out_writer.put(feats, _rows(todo, good), failures, seqs[b])
             extracted += len(good)
             failed += len(failures)
             bar.update(len(batch))
     finally:
         torch.set_num_threads(threads)
-        bar.close()
         out_writer.close()
     return extracted, failed
 
