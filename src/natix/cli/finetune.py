@@ -15,6 +15,24 @@ from natix.cli.heads import RATIOS
 LR = Number(min=0, max=10, min_open=True, max_open=True)
 
 
+class RecipeChoice(click.Choice):
+    """One of the registered challenge recipes (:data:`natix.data.CHALLENGES`), read when first
+    needed: `import natix.cli` stays free of the recipes' imports (numpy)."""
+
+    def __init__(self):
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from natix.data import CHALLENGES
+
+        return tuple(CHALLENGES.names())
+
+    @choices.setter
+    def choices(self, _given) -> None:
+        """click's constructor stores its (empty) list here: the registry is the one list of names."""
+
+
 def finetune_text(res: dict) -> str:
     """What `natix finetune` prints: the run, how to extract with the adapter, the metrics."""
     h = res["history"]
@@ -23,12 +41,19 @@ def finetune_text(res: dict) -> str:
              f"steps; {res['seconds']:.1f} s)" + (f"; resumed at epoch {res['resumed_at'][0]}, batch "
                                                    f"{res['resumed_at'][1]}" if res["resumed_at"] else ""),
              f"adapter   {a['path']}  (natix extract DATA ... {a['option']} {a['path']})"]
+    chal = res.get("challenge")
     if res.get("cache"):
         kept, changed = res.get("kept", []), res.get("changed", [])
         note = f"other caches there, unchanged (size and mtime): {len(kept)}" if kept else "no other cache there"
         if changed:
             note += f"; changed meanwhile: {', '.join(changed)}"
+        if chal:
+            note = (f"clean images; natix extract --challenge {chal['name']} --seed {chal['seed']} --draws K with this "
+                    f"adapter for draws; {note}")
         lines.append(f"cache     {res['cache']}  (new fingerprint; {note})")
+    if chal:
+        lines.append(f"challenge {chal['name']} (seed {chal['seed']}): trained on draw e of each image at epoch e; "
+                     "the metrics below are under draw 0 of each image")
     lines.append(f"{'split':<11}{'n':>6}{'accuracy':>10}{'mcc':>10}{'auroc':>10}{'nll':>10}  (fractions)")
     for split, m in res["metrics"].items():
         lines.append(f"{split:<11}{m['n']:>6}{m['accuracy']:>10.4f}{m['mcc']:>10.4f}{m['auroc']:>10.4f}{m['nll']:>10.4f}")
@@ -80,7 +105,13 @@ def dino_text(res: dict) -> str:
 @click.option("--checkpointing", is_flag=True, help="Gradient checkpointing (less memory, more time).")
 @click.option("--save-every", type=COUNT, default=50, show_default=True, help="Optimizer steps between checkpoints.")
 @click.option("--view-cache-mb", type=Number(min=0, integer=True), default=1024, show_default=True,
-              help="Memory for keeping decoded views across epochs (0: decode every epoch).")
+              help="Memory for keeping decoded views (source images with --challenge) across epochs (0: decode "
+                   "every epoch).")
+@click.option("--challenge", type=RecipeChoice(), default="clean", show_default=True,
+              help="Challenge recipe as training augmentation: at epoch e each training image is its draw e (as "
+                   "extract --challenge draws it); validation and the metrics use draw 0.")
+@click.option("--challenge-seed", type=SEED, default=0, show_default=True,
+              help="Challenge seed: with the image and the epoch it fixes each draw.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its checkpoint.")
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), help="Reuse a run's splits.json.")
 @click.option("--ratios", type=RATIOS, default="0.6,0.1,0.15,0.15", show_default=True)
@@ -94,8 +125,8 @@ def dino_text(res: dict) -> str:
 @library_errors
 def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, rank, lora_alpha, lora_dropout, targets,
              unfreeze_last, full_blocks, local_crops, head, agg, views, epochs, lr, head_lr, weight_decay, warmup, batch_size, grad_accum,
-             patience, seed, precision, checkpointing, save_every, view_cache_mb, resume, splits_path, ratios, split_seed, device,
-             then_extract, cache_root, allow_outside, quiet, as_json) -> None:
+             patience, seed, precision, checkpointing, save_every, view_cache_mb, challenge, challenge_seed, resume,
+             splits_path, ratios, split_seed, device, then_extract, cache_root, allow_outside, quiet, as_json) -> None:
     """Fine-tune the backbone with a head on DATA's labeled images (same splits as tier 2)."""
     from natix.config import ViewRecipe
     from natix.finetune.adapters import AdapterSpec
@@ -104,13 +135,17 @@ def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, r
 
     quiet_transformers()
     dino = objective == "dino"
+    if dino and (challenge != "clean" or challenge_seed != 0):
+        raise click.UsageError("--objective dino takes no --challenge or --challenge-seed (its crops are its "
+                               "augmentation): drop them, or pass them to the supervised run that follows")
     spec = AdapterSpec(method=method, rank=rank, alpha=lora_alpha, dropout=lora_dropout,
                        targets=tuple(comma_names(targets)) if targets else None, unfreeze_last=unfreeze_last,
                        full_blocks=(1 if dino else 0) if full_blocks is None else full_blocks)
     config = FinetuneConfig(adapter=spec, head=head, agg=agg, epochs=epochs, lr=lr, head_lr=head_lr,
                             weight_decay=weight_decay, warmup=warmup, batch_size=batch_size, grad_accum=grad_accum,
                             patience=patience, seed=seed, precision=precision, checkpointing=checkpointing,
-                            save_every=save_every, view_cache_mb=view_cache_mb)
+                            save_every=save_every, view_cache_mb=view_cache_mb, challenge=challenge,
+                            challenge_seed=challenge_seed)
     recipe = ViewRecipe(n_views=views)
     if dino:
         if init_adapter or resume or then_extract or splits_path:
@@ -129,7 +164,7 @@ def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, r
     if r is None:  # another process of a torchrun job: rank 0 reports
         return
     res = {"out": str(r.out), "adapter": r.adapter, "metrics": r.metrics, "history": r.history, "seconds": r.seconds,
-           "resumed_at": r.resumed_at, "cache": None}
+           "resumed_at": r.resumed_at, "challenge": r.challenge, "cache": None}
     if then_extract:
         before = _cache_stats(cache_root)
         cache = _extract_with(data, backbone, checkpoint, r.adapter, recipe, cache_root, device, quiet, allow_outside)

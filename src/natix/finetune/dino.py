@@ -174,8 +174,7 @@ def pretrain(data, backbone: str, out, *, config, dino: DinoConfig = DinoConfig(
     from natix.finetune.train import check_out
 
     t0 = time.perf_counter()
-    if not config.adapter.peft:
-        raise ConfigError("--objective dino trains LoRA/DoRA adapters (ExPLoRA): pass --method lora or dora")
+    _check(config)
     dist = setup(device)
     try:
         if dist.main:
@@ -224,6 +223,15 @@ def pretrain(data, backbone: str, out, *, config, dino: DinoConfig = DinoConfig(
         return {"out": str(out), "adapter": adapter, "history": history, "seconds": time.perf_counter() - t0}
     finally:
         teardown(dist)
+
+
+def _check(config) -> None:
+    """A one-line error for the options of `config` that DINO pretraining cannot honour."""
+    if not config.adapter.peft:
+        raise ConfigError("--objective dino trains LoRA/DoRA adapters (ExPLoRA): pass --method lora or dora")
+    if config.challenge != "clean":
+        raise ConfigError(f"--objective dino takes no challenge recipe (its crops are its augmentation), got "
+                          f"{config.challenge}: pass it to the supervised run that follows")
 
 
 def _summed(dist, tensor):

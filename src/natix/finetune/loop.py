@@ -1,5 +1,6 @@
-"""The pieces of the fine-tuning loop: the labeled images, the batch order, and the model (backbone
-through the featurizer, plus a head) with its optimizer, checkpoints and best-epoch snapshots."""
+"""The pieces of the fine-tuning loop: the labeled images, the batch order, the challenge draws
+that training images may go through, and the model (backbone through the featurizer, plus a head)
+with its optimizer, checkpoints and best-epoch snapshots."""
 
 from __future__ import annotations
 
@@ -59,12 +60,46 @@ def schedule(step: int, steps: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
 
 
+def decode(path: str) -> np.ndarray:
+    """The image at `path` decoded as extraction decodes it, as a uint8 ``[H, W, 3]`` array."""
+    from natix.data.decode import decode_image, read_image
+
+    return decode_image(read_image(path))
+
+
 def decode_chw(path: str):
     """The image at `path` decoded as extraction decodes it, as a uint8 ``[3, H, W]`` tensor."""
-    from natix.data.decode import decode_image, read_image
     from natix.extract.featurizer import as_chw
 
-    return as_chw(decode_image(read_image(path)))
+    return as_chw(decode(path))
+
+
+@dataclass(frozen=True)
+class ChallengeDraws:
+    """Training images as a challenge recipe's draws: draw `d` of an image is fixed by the recipe,
+    its seed, the image's content id and `d` (as ``natix extract --challenge`` draws it), so every
+    process of a job and a resumed run see the same pixels."""
+
+    recipe: object  # a natix.data.challenge recipe
+    ids: dict[str, str]  # image path -> content id
+
+    def image(self, path: str, source: np.ndarray, draw: int) -> np.ndarray:
+        """Draw `draw` of `source` (the decoded image at `path`, ``[H, W, 3]`` uint8), after the
+        recipe's JPEG round trip (uint8 ``[H', W', 3]``)."""
+        try:
+            return self.recipe.draw(source, self.ids[path], draw)[0]
+        except DataError as exc:  # e.g. a frame too thin to letterbox
+            raise DataError(f"image '{path}': challenge {self.recipe.name} cannot transform it ({exc})") from None
+
+
+def challenge_draws(name: str, seed: int, images: Images) -> ChallengeDraws | None:
+    """The draws of challenge recipe `name` for `images`; None for "clean" (the images themselves)."""
+    from natix.data.challenge import challenge_recipe
+
+    recipe = challenge_recipe(name, seed=seed)
+    if name == "clean":
+        return None
+    return ChallengeDraws(recipe, dict(zip(images.paths, images.ids.tolist())))
 
 
 class Batches:
@@ -99,9 +134,10 @@ class Progress:
 
 
 def load_model(backbone: str, config, recipe: ViewRecipe, preprocess: Preprocess, *, checkpoint, init_adapter,
-               device: str, standardise_on: list[str]) -> Model:
+               device: str, standardise_on: list[str], draws: ChallengeDraws | None = None) -> Model:
     """The backbone made trainable as `config.adapter` says, its featurizer and a fresh head
-    standardised on the features of `standardise_on` (the training images, before any step)."""
+    standardised on the features of `standardise_on` (the training images as the first epoch
+    sees them, before any step). With `draws`, images go through their challenge draws first."""
     import torch
 
     from natix.extract.backbones import load_backbone
@@ -117,9 +153,10 @@ def load_model(backbone: str, config, recipe: ViewRecipe, preprocess: Preprocess
     featurizer = Featurizer(bb, recipe, preprocess, device=device, precision=config.precision, grad=True,
                             store_dtype="float32", batch_size=config.batch_size)
     head = HeadConfig(head=config.head, agg=config.agg).build(bb.dim, recipe.n_views).to(featurizer.device)
-    model = Model(featurizer, head, config, params, stacked=init_adapter is not None)
+    model = Model(featurizer, head, config, params, stacked=init_adapter is not None, draws=draws)
     with torch.no_grad():
-        feats = torch.cat([model.features(standardise_on[i:i + 64]) for i in range(0, len(standardise_on), 64)])
+        feats = torch.cat([model.features(standardise_on[i:i + 64], draw=0)
+                           for i in range(0, len(standardise_on), 64)])
     flat = feats.reshape(-1, feats.shape[-1])
     head.set_standardisation(flat.mean(0), flat.std(0))
     return model
@@ -137,39 +174,63 @@ def _gradient_checkpointing(backbone) -> None:
 
 
 class Model:
-    """Backbone (through the featurizer) + head, with the optimizer and learning-rate schedule."""
+    """Backbone (through the featurizer) + head, with the optimizer and learning-rate schedule.
 
-    def __init__(self, featurizer, head, config, backbone_params: list, *, stacked: bool = False):
+    With `draws` the model sees each image as a challenge draw: draw `d` where a method takes
+    `draw` (the training loop passes the epoch), draw 0 for predictions and validation.
+    """
+
+    def __init__(self, featurizer, head, config, backbone_params: list, *, stacked: bool = False,
+                 draws: ChallengeDraws | None = None):
         self.featurizer, self.head, self.config = featurizer, head, config
         # Trained on top of an earlier adapter (merged at load): an adapter of this run alone would
         # miss that one, so the whole merged backbone is what gets saved.
         self.stacked = stacked
         self.backbone = featurizer.backbone
         self.backbone_params = backbone_params
+        self.draws = draws
         self.optimizer = self.scheduler = None
-        # Each image's uint8 views are the same every epoch: kept after the first decode while
-        # they fit in `view_cache_mb`, so later epochs skip decoding and resizing.
-        self._views: dict[str, dict] = {}
-        self._view_bytes = 0
+        # Kept after the first decode while they fit in `view_cache_mb`, so later epochs skip
+        # decoding: an image's uint8 views (the same every epoch, so resizing is skipped too),
+        # or under a challenge the decoded source image (its draw, and so its views, change
+        # with the epoch).
+        self._kept: dict[str, object] = {}
+        self._kept_bytes = 0
 
     # -- data
-    def features(self, paths: list[str]):
-        """float32 features ``[B, V, D]`` of the images at `paths` (autograd as the caller's context)."""
-        return self.featurizer.forward(self.featurizer.stack([self._image_views(p) for p in paths]))
+    def features(self, paths: list[str], draw: int):
+        """float32 features ``[B, V, D]`` of the images at `paths` (their challenge draw `draw`
+        under a challenge), autograd as the caller's context."""
+        return self.featurizer.forward(self.featurizer.stack([self._image_views(p, draw) for p in paths]))
 
-    def _image_views(self, path: str) -> dict:
-        """One image's uint8 views ``{S: [V_S, 3, S, S]}``, built as extraction builds them (kept while they fit)."""
-        views = self._views.get(path)
-        if views is None:
-            views = {s: v[0] for s, v in self.featurizer.views([decode_chw(path)]).items()}
-            size = sum(v.numel() for v in views.values())
-            if self._view_bytes + size <= self.config.view_cache_mb * 2**20:
-                self._views[path] = views
-                self._view_bytes += size
-        return views
+    def _image_views(self, path: str, draw: int) -> dict:
+        """One image's uint8 views ``{S: [V_S, 3, S, S]}`` (of its challenge draw `draw` under a
+        challenge), built as extraction builds them."""
+        if self.draws is None:
+            return self._kept_or_made(path, lambda: self._views_of(decode_chw(path)))
+        from natix.extract.featurizer import as_chw
 
-    def logits(self, paths: list[str]):
-        return self.head(self.features(paths))["logit"]
+        source = self._kept_or_made(path, lambda: decode(path))
+        return self._views_of(as_chw(self.draws.image(path, source, draw)))
+
+    def _views_of(self, image) -> dict:
+        """The views of one uint8 ``[3, H, W]`` image, by the featurizer."""
+        return {s: v[0] for s, v in self.featurizer.views([image]).items()}
+
+    def _kept_or_made(self, path: str, make):
+        """What is kept for `path`, else ``make()``, kept while the kept bytes fit in `view_cache_mb`."""
+        value = self._kept.get(path)
+        if value is None:
+            value = make()
+            size = value.nbytes if isinstance(value, np.ndarray) else \
+                sum(v.numel() * v.element_size() for v in value.values())
+            if self._kept_bytes + size <= self.config.view_cache_mb * 2**20:
+                self._kept[path] = value
+                self._kept_bytes += size
+        return value
+
+    def logits(self, paths: list[str], draw: int):
+        return self.head(self.features(paths, draw))["logit"]
 
     # -- training
     def fresh_state(self, config, *, steps: int) -> dict:
@@ -193,16 +254,17 @@ class Model:
             if "lora_dropout" in name:
                 module.train()
 
-    def loss(self, paths: list[str], labels: np.ndarray, *, denominator: float) -> float:
+    def loss(self, paths: list[str], labels: np.ndarray, *, denominator: float, draw: int) -> float:
         """Forward and backward this process's share of a batch (gradients accumulate), its BCE
-        summed and divided by `denominator` (the global batch size times the accumulation); the sum."""
+        summed and divided by `denominator` (the global batch size times the accumulation); the sum.
+        Under a challenge the images are their draw `draw` (the epoch)."""
         import torch
 
         if not paths:
             return 0.0
         self.train_mode()
         y = torch.as_tensor(labels, dtype=torch.float32, device=self.featurizer.device)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.logits(paths), y, reduction="sum")
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(self.logits(paths, draw), y, reduction="sum")
         (loss / denominator).backward()
         return float(loss.detach())
 
@@ -215,13 +277,14 @@ class Model:
         state["steps"] += 1
 
     def predict(self, paths: list[str], batch: int = 64) -> np.ndarray:
-        """P(roadwork) of each image, in eval mode, without gradients."""
+        """P(roadwork) of each image (draw 0 under a challenge: the same pixels every epoch), in
+        eval mode, without gradients."""
         import torch
 
         self.backbone.eval()
         self.head.eval()
         with torch.no_grad():
-            parts = [torch.sigmoid(self.logits(paths[i:i + batch])).double().cpu().numpy()
+            parts = [torch.sigmoid(self.logits(paths[i:i + batch], draw=0)).double().cpu().numpy()
                      for i in range(0, len(paths), batch)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -291,4 +354,5 @@ class Model:
         return info
 
 
-__all__ = ["Batches", "Images", "Model", "Progress", "decode_chw", "labeled_images", "load_model", "schedule"]
+__all__ = ["Batches", "ChallengeDraws", "Images", "Model", "Progress", "challenge_draws", "decode", "decode_chw",
+           "labeled_images", "load_model", "schedule"]

@@ -7,6 +7,12 @@ seed, or a ``splits.json``), so ``val_select``, ``val_calib`` and ``val_test`` i
 trained on. AdamW (backbone and head learning rates apart) with a linear warm-up then a cosine
 decay; early stopping on the ``val_select`` loss; the best epoch's weights are kept.
 
+With a challenge recipe (``challenge="validator-e1"``, see :mod:`natix.data.challenge`) the
+validator's transforms are the training augmentation: at epoch ``e`` each training image is draw
+``e`` of the recipe (fixed by the recipe's seed, the image id and ``e``, as ``natix extract
+--challenge`` draws it), and its views are built from that image; validation and the final
+metrics see draw 0 of every image, the same pixels every epoch.
+
 Training is deterministic for a seed on CPU: each epoch's order comes from ``(seed, epoch)``, and
 a checkpoint (``checkpoint.pt``, written atomically every `save_every` optimizer steps and at each
 epoch end) holds everything a resumed run needs, so ``resume=True`` after a crash or ``kill -9``
@@ -25,10 +31,11 @@ import numpy as np
 
 from natix import metrics as M
 from natix.config import Preprocess, ViewRecipe
+from natix.data.challenge import challenge_recipe
 from natix.errors import ConfigError
 from natix.finetune.adapters import AdapterSpec
 from natix.finetune.dist import Dist, setup, teardown
-from natix.finetune.loop import Batches, Progress, labeled_images, load_model
+from natix.finetune.loop import Batches, Progress, challenge_draws, labeled_images, load_model
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
 from natix.jsonio import write_json
 
@@ -54,7 +61,9 @@ class FinetuneConfig:
     precision: str = "auto"  # bf16 autocast on CUDA, fp32 elsewhere
     checkpointing: bool = False  # gradient checkpointing in the backbone
     save_every: int = 50  # optimizer steps between checkpoints (and one at every epoch end)
-    view_cache_mb: int = 1024  # memory for keeping decoded views across epochs (0: decode every time)
+    view_cache_mb: int = 1024  # memory for keeping decoded views (source images under a challenge) across epochs
+    challenge: str = "clean"  # the challenge recipe training images go through (natix.data.challenge)
+    challenge_seed: int = 0  # with the image id and the epoch it fixes each training draw
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "grad_accum", "patience", "save_every"):
@@ -69,6 +78,10 @@ class FinetuneConfig:
         if not 0 <= self.warmup < 1 or self.weight_decay < 0:
             raise ConfigError(f"warmup must lie in [0, 1) and weight decay be >= 0, got {self.warmup!r}, "
                               f"{self.weight_decay!r}")
+        challenge_recipe(self.challenge, seed=self.challenge_seed)  # an unknown name or a bad seed: its error
+        if self.challenge == "clean" and self.challenge_seed != 0:
+            raise ConfigError(f"challenge seed {self.challenge_seed} needs a challenge recipe: pass --challenge "
+                              "validator-e1 (clean trains on each image as it is, with no randomness)")
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "adapter": dataclasses.asdict(self.adapter)}
@@ -84,6 +97,7 @@ class FinetuneResult:
     history: dict
     seconds: float
     resumed_at: tuple[int, int] | None = None  # (epoch, batch) a resumed run started from
+    challenge: dict | None = None  # the challenge recipe's identity (name, seed, ...); None: clean images
 
 
 def finetune(data, backbone: str, out, *, config: FinetuneConfig = FinetuneConfig(), recipe: ViewRecipe | None = None,
@@ -120,13 +134,10 @@ def _finetune(data, backbone, out: Path, config, recipe, preprocess, checkpoint,
     images = labeled_images(data, allow_outside=allow_outside)
     splits = _splits(images, splits_path, ratios, split_seed)
     rows = splits.rows(images.ids, cache=data, owner=f"split file '{splits_path}'" if splits_path else None)
+    draws = challenge_draws(config.challenge, config.challenge_seed, images)
     model = load_model(backbone, config, recipe, preprocess, checkpoint=checkpoint, init_adapter=init_adapter,
-                       device=dist.device, standardise_on=[images.paths[r] for r in rows["train"]])
-    identity = {"backbone": backbone, "checkpoint": checkpoint, "init_adapter": init_adapter,
-                "recipe": recipe.identity(), "preprocess": preprocess.identity(),
-                # what the weights depend on: not how often they are saved or how much is kept in memory
-                "config": {k: v for k, v in config.to_json().items() if k not in ("save_every", "view_cache_mb")},
-                "splits": splits.digest}
+                       device=dist.device, standardise_on=[images.paths[r] for r in rows["train"]], draws=draws)
+    identity = _identity(backbone, checkpoint, init_adapter, recipe, preprocess, config, splits, draws)
     state = model.fresh_state(config, steps=_total_steps(len(rows["train"]), config))
     torch.manual_seed(config.seed + dist.rank)  # dropout, different per rank; a checkpoint restores the state
     resumed_at = None
@@ -142,6 +153,19 @@ def _finetune(data, backbone, out: Path, config, recipe, preprocess, checkpoint,
     result = _write_run(out, model, images, rows, splits, identity, state, t0, resumed_at) if dist.main else None
     dist.barrier()
     return result
+
+
+def _identity(backbone, checkpoint, init_adapter, recipe, preprocess, config, splits: Splits, draws) -> dict:
+    """What the weights depend on (a checkpoint resumes only under the same): not how often they are
+    saved or how much is kept in memory. The challenge enters as its recipe's identity (name, seed,
+    version, settings), and only when there is one: a clean run's identity predates challenges."""
+    skip = ("save_every", "view_cache_mb", "challenge", "challenge_seed")
+    identity = {"backbone": backbone, "checkpoint": checkpoint, "init_adapter": init_adapter,
+                "recipe": recipe.identity(), "preprocess": preprocess.identity(),
+                "config": {k: v for k, v in config.to_json().items() if k not in skip}, "splits": splits.digest}
+    if draws is not None:
+        identity["challenge"] = draws.recipe.identity()
+    return identity
 
 
 def check_out(out: Path, resume: bool) -> None:
@@ -177,7 +201,8 @@ def _epoch(model, images, rows: dict, config: FinetuneConfig, state: dict, out: 
         group = range(b - b % config.grad_accum, min(b - b % config.grad_accum + config.grad_accum, len(batches)))
         denominator = sum(len(batches[g]) for g in group)  # the rows of this optimizer step, over all processes
         mine = dist.share(part)
-        loss = model.loss([images.paths[r] for r in mine], images.labels[mine], denominator=denominator)
+        loss = model.loss([images.paths[r] for r in mine], images.labels[mine], denominator=denominator,
+                          draw=state["epoch"])
         state["train_loss"].append(dist.total(loss, len(part))[0] / len(part))
         last = b == len(batches) - 1
         if (b + 1) % config.grad_accum == 0 or last:
@@ -213,7 +238,8 @@ def _write_run(out: Path, model, images, rows: dict, splits: Splits, identity: d
     history = {"epochs": state["history"], "best_epoch": state.get("best_epoch"), "steps": state["steps"]}
     write_json(out / "history.json", history)
     write_json(out / "metrics.json", metrics)
-    write_json(out / "config.json", {**identity, "adapter": adapter, "images": len(images.ids),
-                                     "split_sizes": {k: len(v) for k, v in rows.items()}})
+    write_json(out / "config.json", {**identity, "challenge": identity.get("challenge"), "adapter": adapter,
+                                     "images": len(images.ids), "split_sizes": {k: len(v) for k, v in rows.items()}})
     (out / CHECKPOINT).unlink(missing_ok=True)
-    return FinetuneResult(out, adapter, metrics, history, time.perf_counter() - t0, resumed_at)
+    return FinetuneResult(out, adapter, metrics, history, time.perf_counter() - t0, resumed_at,
+                          identity.get("challenge"))
