@@ -68,28 +68,40 @@ def view_flops(hidden: int, layers: int, mlp: int, side: int, *, gated: bool = F
     return 2.0 * (layers * per_layer + patches * 3 * 16 * 16 * hidden)
 
 
-def matmul_peak_tflops(device) -> float:
-    """Best bf16 matmul throughput over a few sizes (the MFU denominator)."""
+def image_flops(arch: str, recipe) -> float:
+    """Forward FLOPs of one image of `recipe` through the `arch` backbone: the sum over its views."""
+    from natix.extract.views import view_table
+
+    hidden, layers, _, mlp = ARCHS[arch]
+    return sum(view_flops(hidden, layers, mlp, v.size, gated=arch == "huge_plus") for v in view_table(recipe))
+
+
+def matmul_peak_tflops(device, dtype=None) -> float:
+    """Best square matmul throughput over a few sizes (the MFU denominator): bf16 unless `dtype`
+    says otherwise; smaller sizes and fewer repeats on CPU, where it only labels a smoke run."""
     import torch
 
+    dtype = torch.bfloat16 if dtype is None else dtype
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     best = 0.0
-    for n in (4096, 8192):
-        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-        b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for n in (4096, 8192) if cuda else (512, 1024):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
         for _ in range(3):
             a @ b
-        torch.cuda.synchronize()
-        reps = 20
+        sync()
+        reps = 20 if cuda else 3
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
-        torch.cuda.synchronize()
+        sync()
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t) / 1e12)
     return best
 
 
-def pil_views(path, table, mean, std):
-    """The naive way to build views: PIL crop + resize per view, then to a float tensor ``[V, 3, S, S]``."""
+def pil_crops(path, table):
+    """The naive way to cut views: PIL decode, then a PIL crop + resize per view, as uint8 ``[V, 3, S, S]``."""
     import torch
     from PIL import Image
 
@@ -101,9 +113,13 @@ def pil_views(path, table, mean, std):
         crop = im.resize((v.size, v.size), Image.BILINEAR, box=box)
         if v.flip:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        x = torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1).float() / 255
-        views.append((x - mean) / std)
+        views.append(torch.from_numpy(np.asarray(crop).copy()).permute(2, 0, 1))
     return torch.stack(views)
+
+
+def pil_views(path, table, mean, std):
+    """The naive views of `pil_crops` as a normalised float tensor ``[V, 3, S, S]``."""
+    return (pil_crops(path, table).float() / 255 - mean) / std
 
 
 def naive_loop(paths: list[Path], backbone_dir: Path, recipe, device) -> tuple[float, np.ndarray]:
@@ -149,7 +165,6 @@ def main() -> None:
     from natix.config import RunOptions, ViewRecipe
     from natix.extract.extractor import extract
     from natix.extract.featurizer import resolve_device
-    from natix.extract.views import view_table
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -172,8 +187,7 @@ def main() -> None:
             ours = c.features(np.array([by_path[p.name] for p in paths[:n_naive]]))
         err = float(np.abs(ours - naive_feats).max() / (np.abs(naive_feats).max() + 1e-12))
 
-        hidden, layers, _, mlp = ARCHS[args.arch]
-        flops = sum(view_flops(hidden, layers, mlp, v.size, gated=args.arch == "huge_plus") for v in view_table(recipe))
+        flops = image_flops(args.arch, recipe)
         rows = [("naive loop (PIL views, 1 image/forward, fp32)", n_naive / naive_s),
                 (f"natix extract (end to end, {r.precision}, batch {r.batch_size}, {args.workers} workers)",
                  r.images_per_s)]
