@@ -90,8 +90,8 @@ class Report:
     """Everything measured so far; rewritten to ``--json-out`` after every step, so a run that
     dies or is killed still returns what it measured."""
 
-    def __init__(self, path: Path | None, **fields):
-        self.path, self.data = path, {"status": "running", **fields}
+    def __init__(self, path: Path | None, config: dict):
+        self.path, self.data = path, {"status": "running", "config": config}
 
     def update(self, **fields) -> None:
         self.data.update(fields)
@@ -558,7 +558,7 @@ def main(argv=None) -> int:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    report = Report(args.json_out, config=dict(vars(args)))
+    report = Report(args.json_out, dict(vars(args)))
     work = None
     try:
         device, compile, env = preflight(args, clock)
