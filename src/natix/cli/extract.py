@@ -62,6 +62,9 @@ def extract_summary(r: dict) -> str:
              f"images    {r['images']} in source: {r['already_cached']} already cached, {r['resumed']} resumed from "
              f"an interrupted run, {r['extracted']} extracted, {r['failed']} failed, {r['known_failures']} known "
              "failures"]
+    if r.get("files_reused"):
+        lines.append(f"hashes    {r['files_reused']} files unchanged (size, mtime, inode): not read again; "
+                     f"{r['files_read']} read (--rehash reads every file)")
     if r["challenge"] != "clean":
         lines.append(f"challenge {r['challenge']}: {r['draws']} draw(s) per image, one cache row each")
     if r["metadata_updates"]:
@@ -115,6 +118,8 @@ def extract_summary(r: dict) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the backbone (CUDA).")
 @click.option("--retry-failures", is_flag=True, help="Decode again images that failed before.")
+@click.option("--rehash", is_flag=True, help="Read every file to hash it, even those whose size, mtime and inode "
+              "are unchanged since the last run.")
 @click.option("--skip-checksum", is_flag=True,
               help="When nothing is extracted, do not re-read the features to check their checksum (huge caches); "
                    "the tables are still checked.")
@@ -125,7 +130,7 @@ def extract_summary(r: dict) -> str:
 @library_errors
 def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
             precision, challenge, draws, challenge_seed, cache_root, batch_size, workers, device, compile_,
-            retry_failures, skip_checksum, allow_outside, quiet, as_json) -> None:
+            retry_failures, rehash, skip_checksum, allow_outside, quiet, as_json) -> None:
     """Extract per-view features of every image in DATA (folder or CSV/JSONL manifest)."""
     from natix.config import RunOptions, ViewRecipe
     from natix.extract.extractor import extract as run_extract
@@ -138,7 +143,7 @@ def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size
                     checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
                     compile=compile_, retry_failures=retry_failures, verify=not skip_checksum,
                     allow_outside=allow_outside, challenge=challenge, draws=draws,
-                    challenge_seed=challenge_seed)
+                    challenge_seed=challenge_seed, rehash=rehash)
     if r.rank == 0:  # in a torchrun job rank 0 reports for every rank
         echo_result(as_json, {**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work}, extract_summary)
 

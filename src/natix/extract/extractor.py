@@ -29,6 +29,7 @@ from natix.cache.layout import row_id
 from natix.cache.store import CacheWriter, Rows, ensure_writable, resolve_cache_root
 from natix.config import Preprocess, RunOptions, ViewRecipe
 from natix.data.decode import decode_image, read_image
+from natix.data.hashmemo import save_memo
 from natix.data.sources import discover, hash_bytes, hash_files
 from natix.distributed import Job
 from natix.errors import ConfigError, DataError, DecodeError, NatixError
@@ -39,7 +40,7 @@ from natix.extract.featurizer import (
     resolve_device,
     resolve_precision,
 )
-from natix.extract.ranks import JobProgress, check_job, chunks, gather_stats, my_chunks, open_writer, shared_hashes
+from natix.extract.ranks import JobProgress, check_job, chunks, file_ids, gather_stats, my_chunks, open_writer
 from natix.extract.views import build_views, view_table
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class ExtractResult:
     draws: int = 1  # challenge draws per image: rows per image in the cache
     rank: int = 0  # this process's rank in a torchrun job (0 in a plain process)
     ranks: tuple[dict, ...] = ()  # a torchrun job's per-rank stats (natix.extract.ranks.RankStats.to_json)
+    files_read: int = 0  # source files hashed now (content ids)
+    files_reused: int = 0  # source files whose id came from the hash memo (size, mtime, inode unchanged)
 
     @property
     def model_work(self) -> bool:
@@ -330,7 +333,7 @@ def extract(source, backbone: str, *, recipe: ViewRecipe | None = None, preproce
             checkpoint: str | None = None, adapter: str | None = None, cache_root=None,
             options: RunOptions = RunOptions(), compile: bool = False,
             retry_failures: bool = False, verify: bool = True, allow_outside: bool = False,
-            challenge: str = "clean", draws: int = 1, challenge_seed: int = 0) -> ExtractResult:
+            challenge: str = "clean", draws: int = 1, challenge_seed: int = 0, rehash: bool = False) -> ExtractResult:
     """Extract per-view features of every image in `source` into the fingerprinted cache.
 
     With a `challenge` recipe other than "clean" (see :func:`natix.data.challenge_recipe`), each
@@ -340,7 +343,8 @@ def extract(source, backbone: str, *, recipe: ViewRecipe | None = None, preproce
     the 10-view recipe, and under a challenge (224×224 images already) to the single global view.
 
     Only images whose content is not yet in the cache go through the model; an identical
-    rerun does no model work. Images that failed to decode are skipped while their bytes are
+    rerun does no model work, and reads no file whose size, mtime and inode are unchanged since
+    it was last hashed (see :mod:`natix.data.hashmemo`; `rehash` reads every file). Images that failed to decode are skipped while their bytes are
     unchanged, unless `retry_failures`. The cache file is checked before any work: labels,
     paths and groups the source lists and the view table are repaired, other damage raises; a
     run that would not rewrite the cache also checks its features checksum, unless `verify` is
@@ -360,14 +364,14 @@ def extract(source, backbone: str, *, recipe: ViewRecipe | None = None, preproce
     job = join(options.device)  # a world of one outside torchrun
     try:
         return _extract(job, t0, source, backbone, recipe, preprocess, pool, store_dtype, precision, checkpoint,
-                        adapter, cache_root, options, compile, retry_failures, verify, allow_outside, chal)
+                        adapter, cache_root, options, compile, retry_failures, verify, allow_outside, chal, rehash)
     finally:
         leave(job)
 
 
 def _extract(job: Job, t0: float, source, backbone, recipe, preprocess, pool, store_dtype, precision, checkpoint,
              adapter, cache_root, options: RunOptions, compile, retry_failures, verify, allow_outside,
-             chal: Challenge | None) -> ExtractResult:
+             chal: Challenge | None, rehash: bool) -> ExtractResult:
     """The steps of :func:`extract` on one rank of the job (all of them in a plain process)."""
     from natix.extract.backbones import load_backbone
 
@@ -377,7 +381,8 @@ def _extract(job: Job, t0: float, source, backbone, recipe, preprocess, pool, st
     root = resolve_cache_root(cache_root)
     if job.main and not root.is_dir():
         ensure_writable(root)  # a new folder: refuse before loading the backbone (an existing one may be read-only)
-    ids = shared_hashes(job, [r.path for r in records], hash_files)
+    hashed, memo = file_ids(job, [r.path for r in records], root, hash_files, rehash=rehash)
+    ids = hashed.ids
 
     model, bb_ident = load_backbone(backbone, checkpoint=checkpoint, adapter=adapter, pool=pool)
     identity = build_identity(bb_ident, recipe, preprocess, store_dtype=store_dtype, precision=precision,
@@ -386,6 +391,8 @@ def _extract(job: Job, t0: float, source, backbone, recipe, preprocess, pool, st
     source_info = {"backbone": backbone, "checkpoint": checkpoint, "adapter": adapter}
     with open_writer(job, root, identity, table, dim=model.dim, store_dtype=store_dtype, source=source_info) as writer:
         check_job(job, writer.path, writer.fingerprint)
+        if memo is not None and hashed.read and writer.read_only is None:
+            save_memo(root, memo)
         plan = _plan(records, ids, writer, retry_failures, chal.draws if chal is not None else None)
         conflicts = _conflicts(plan)
         writer.set_conflicts(plan.seen, conflicts)
@@ -419,6 +426,7 @@ def _extract(job: Job, t0: float, source, backbone, recipe, preprocess, pool, st
         verified=verified or writer.needs_commit(), repaired=repaired, conflicts=len(conflicts),
         challenge=chal.recipe.name if chal is not None else "clean", draws=chal.draws if chal is not None else 1,
         rank=job.rank, ranks=tuple(s.to_json() for s in stats) if job.world > 1 else (),
+        files_read=hashed.read, files_reused=hashed.reused,
     )
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from natix.cache.layout import parts_dir
 from natix.cache.store import CacheWriter
+from natix.data.hashmemo import Hashed
 from natix.distributed import Job
 from natix.errors import CacheError, ConfigError, NatixError
 
@@ -49,6 +50,23 @@ def shared_hashes(job: Job, paths: list, hash_files) -> list:
     for rank, ids in enumerate(job.gather(hash_files(paths[job.rank::job.world]))):
         out[rank::job.world] = ids
     return out
+
+
+def file_ids(job: Job, paths: list, root: Path, hash_files, *, rehash: bool = False) -> tuple[Hashed, dict | None]:
+    """The content id of every file: unchanged files (size, mtime, inode) from the cache
+    directory's hash memo (see :mod:`natix.data.hashmemo`), the others read, each rank reading a
+    share of rank 0's list. Every rank gets rank 0's answer; rank 0 also gets the updated memo
+    (None elsewhere) to save once it knows the directory can be written."""
+    from natix.data.hashmemo import hash_with_memo, load_memo
+
+    def read(todo: list | None) -> list:
+        return shared_hashes(job, job.broadcast(todo), hash_files)
+
+    if not job.main:
+        read(None)
+        return job.broadcast(None), None
+    memo = load_memo(root)
+    return job.broadcast(hash_with_memo(paths, memo, read, rehash=rehash)), memo
 
 
 @contextlib.contextmanager
@@ -175,5 +193,5 @@ def gather_stats(job: Job, device: str, extracted: int, failed: int, seconds: fl
     return job.gather(mine)
 
 
-__all__ = ["JobProgress", "RankStats", "check_job", "chunks", "gather_stats", "marker", "my_chunks", "open_writer",
-           "shared_hashes"]
+__all__ = ["JobProgress", "RankStats", "check_job", "chunks", "file_ids", "gather_stats", "marker", "my_chunks",
+           "open_writer", "shared_hashes"]
