@@ -135,3 +135,20 @@ def test_bad_options_are_one_line_errors(tiny_backbone, kwargs, match):
 def test_no_images_give_no_features(tiny_backbone):
     f = _featurizer(tiny_backbone)
     assert f([]).shape == (0, 10, 32) and f.features([]).shape == (0, 10, 32)
+
+
+def test_a_compiled_backbone_sees_one_batch_shape_and_the_same_features(tiny_backbone, monkeypatch):
+    shapes = []
+
+    def fake_compile(model):  # records the shapes a compiled graph would be specialised on
+        def run(pixels):
+            shapes.append(tuple(pixels.shape))
+            return model(pixels)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    images = _images()  # 5 images: batches of 2, 2 and a short 1
+    plain = _featurizer(tiny_backbone, batch_size=2)(images)
+    compiled = _featurizer(tiny_backbone, batch_size=2, compile=True)(images)
+    assert len(set(shapes)) == 1 and shapes[0][0] == 2 * ViewRecipe().n_views
+    torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-6)

@@ -118,7 +118,8 @@ class Featurizer:
         fp32 (exact in real arithmetic, and what the cache was extracted with). True keeps
         autograd on and never folds, so the backbone's own weights are the ones trained
         (fine-tuning); the caller owns ``train()`` / ``eval()`` and ``requires_grad``.
-    compile : run the backbone through ``torch.compile``.
+    compile : run the backbone through ``torch.compile`` (a short last batch is padded to the batch
+        size, so the compiled graph is not built again for it).
 
     Attributes
     ----------
@@ -142,6 +143,7 @@ class Featurizer:
                        and fold_normalization(backbone, preprocess.mean, preprocess.std))
         self.backbone = backbone.to(self.device)
         self._model = torch.compile(self.backbone) if compile else self.backbone
+        self.compiled = compile
         table = view_table(recipe)
         self.sizes = sorted({v.size for v in table})
         # forward runs one size at a time; `_order` puts the views back in view-table order.
@@ -240,7 +242,10 @@ class Featurizer:
         for s in self.sizes:
             v = views[s].to(self.device, non_blocking=True)
             b, nv = v.shape[:2]
-            parts.append(self._pooled(self._pixels(v.reshape(b * nv, 3, s, s))).reshape(b, nv, -1))
+            full = max(b, self.batch_size) if self.compiled else b
+            if full > b:  # a compiled backbone recompiles for each new shape: a short batch is padded
+                v = torch.cat([v, v.new_zeros((full - b, *v.shape[1:]))])
+            parts.append(self._pooled(self._pixels(v.reshape(full * nv, 3, s, s))).reshape(full, nv, -1)[:b])
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return out if self._order is None else out[:, self._order]
 
