@@ -5,20 +5,24 @@ Within each label, units (images, or groups when the data has a group column) ar
 reproducible, independent of row order, and mostly stable when the dataset grows: a new image
 does not move the others. A group never straddles two splits. Unlabeled rows are left out, and
 so are images held out by the caller (listed with conflicting labels).
+
+The split file itself (reading, digest, image ids → cache rows) is shared with the cache reader,
+which answers ``cache.rows(split, run=...)`` without importing the heads:
+:func:`natix.cache.reader.read_split_file` and :func:`~natix.cache.reader.split_rows`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from natix.cache.reader import read_split_file, split_digest, split_rows
 from natix.errors import ConfigError, DataError
-from natix.jsonio import read_json, write_json
+from natix.jsonio import write_json
 
 SPLITS = ("train", "val_select", "val_calib", "val_test")
 DEFAULT_RATIOS = (0.6, 0.1, 0.15, 0.15)
@@ -37,8 +41,7 @@ class Splits:
     @property
     def digest(self) -> str:
         """SHA-256 of the assignment (split → sorted ids)."""
-        body = json.dumps({k: sorted(v) for k, v in self.ids.items()}, sort_keys=True)
-        return hashlib.sha256(body.encode()).hexdigest()
+        return split_digest(self.ids)
 
     def rows(self, image_ids, *, cache=None, owner: str | None = None) -> dict[str, np.ndarray]:
         """Row indices into a cache's per-row image ids, per split (in split order; every row of an
@@ -47,17 +50,7 @@ class Splits:
         A split image the cache lacks raises a one-line `DataError`; with `cache` and `owner` (whose
         splits these are, e.g. "run 'runs/a'") it says that the cache must come from the same images.
         """
-        index: dict[str, list[int]] = {}
-        for r, i in enumerate(np.asarray(image_ids).tolist()):
-            index.setdefault(i, []).append(r)
-        missing = [i for ids in self.ids.values() for i in ids if i not in index]
-        if missing and owner is not None:
-            raise DataError(f"cache '{cache}' lacks {len(missing)} of the split images of {owner}: extract it from "
-                            "the same image source")
-        if missing:
-            raise DataError(f"split file names {len(missing)} image(s) that are not in this cache: "
-                            "it belongs to another cache; drop --splits to make new splits")
-        return {k: np.array([r for i in v for r in index[i]], dtype=np.int64) for k, v in self.ids.items()}
+        return split_rows(self.ids, image_ids, cache=cache, owner=owner)
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "ratios": list(self.ratios), "fingerprint": self.fingerprint,
@@ -68,19 +61,8 @@ class Splits:
 
     @classmethod
     def load(cls, path: str | Path, *, fingerprint: str | None = None) -> Splits:
-        """Read a split file; refuse one made for another cache."""
-        data = read_json(path, fix="pass a splits.json written by natix")
-        try:
-            s = cls(ids={k: list(data["ids"][k]) for k in SPLITS}, seed=int(data["seed"]),
-                    ratios=tuple(data["ratios"]), fingerprint=data["fingerprint"], grouped=bool(data["grouped"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"split file '{path}' is unreadable ({exc}): pass a splits.json written by natix") from None
-        if fingerprint is not None and s.fingerprint != fingerprint:
-            raise DataError(f"split file '{path}' was made for cache {s.fingerprint[:16]}, not {fingerprint[:16]}: "
-                            "drop --splits to make splits for this cache")
-        if s.digest != data.get("digest", s.digest):
-            raise DataError(f"split file '{path}' was edited (its digest does not match): regenerate it")
-        return s
+        """Read a split file; refuse one made for another cache, or edited."""
+        return cls(**read_split_file(path, names=SPLITS, fingerprint=fingerprint))
 
 
 def _key(seed: int, unit: str) -> str:
