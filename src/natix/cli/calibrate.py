@@ -10,23 +10,38 @@ from natix.cli.group import cli, library_errors
 
 def bound_line(t: dict) -> str | None:
     """The certified bound of a val_test table and whether val_test kept it; None without a bound."""
+    from natix.calibrate.report import rounded
+
     if "bound" not in t:
         return None
     bd = t["bound"]
     if t["accepted"] == 0:
-        return (f"certified bound: {bd['quantity']} <= {bd['level']}; nothing accepted on val_test, so it holds "
+        return (f"certified bound: {bd['quantity']} <= {rounded(bd['level'])}; nothing accepted on val_test, so it holds "
                 "vacuously")
     verdict = ("undefined on val_test (no images it applies to)" if bd["held"] is None else "held" if bd["held"]
                else "NOT held (a guarantee holds on average/with probability, not on every test set)")
-    return f"certified bound: {bd['quantity']} <= {bd['level']}; on val_test {bd['observed']:.4f} -> {verdict}"
+    return f"certified bound: {bd['quantity']} <= {rounded(bd['level'])}; on val_test {bd['observed']:.4f} -> {verdict}"
+
+
+def threshold_line(thresholds: dict) -> str:
+    """The decision and exit thresholds of a calibration, rounded as the report's plots print them."""
+    from natix.calibrate.report import rounded
+
+    tau = thresholds.get("exit_threshold")
+    return (f"thresholds: decision {rounded(thresholds.get('decision_threshold'))} (on the calibrator's output, "
+            f"moved to 0.5), exit " + ("none" if tau is None else f"confidence >= {rounded(tau)}"))
 
 
 def calibration_summary(res) -> str:
-    """A `CalibrationResult` as text: val_test before/after, coverage, the bound, the guarantee."""
+    """A `CalibrationResult` as text: val_test before/after, thresholds, coverage, the bound, the guarantee."""
+    from natix.metrics import ECE_BINS, ece_binning
+
     t = res.table
     b, a = t["before"], t["after"]
-    lines = [f"val_test ({t['n']} images; fractions, not x1000)", f"{'':<14}{'before':>10}{'after':>10}"]
+    lines = [f"val_test ({t['n']} images; fractions, not x1000; ECE over {ece_binning(n_bins=ECE_BINS)})",
+             f"{'':<14}{'before':>10}{'after':>10}"]
     lines += [f"{k:<14}{b[k]:>10.4f}{a[k]:>10.4f}" for k in b]
+    lines.append(threshold_line(res.thresholds))
     lines.append(f"coverage {t['coverage']:.4f} ({t['accepted']} accepted), selective risk {t['selective_risk']:.4f}")
     bound = bound_line(t)
     if bound is not None:

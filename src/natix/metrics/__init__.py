@@ -18,6 +18,8 @@ Conventions
   :data:`REWARD_DEFINITIONS` says which definition each reported reward key uses.
 * Selective classification: ``errors`` is the 0/1 loss per sample, ``confidence`` any finite real;
   a sample is accepted when ``confidence >= tau``. Risks and areas are fractions (not x1000).
+* ECE and the reliability curve bin by :data:`ECE_BINS` = 15 equal-width bins unless told
+  otherwise; :func:`ece_binning` says the binning in words for labels.
 * Bootstrap intervals resample rows (and, in :func:`seed_bootstrap_ci`, training seeds too);
   ``method="auto"`` is BCa below ``AUTO_BCA_BELOW`` = 500 rows and percentile from there on.
 * Bad input raises :class:`ValueError` with a one-line message. A metric that is mathematically
@@ -45,6 +47,7 @@ from natix.metrics.classification import (
     balanced_accuracy,
     brier,
     ece,
+    ece_binning,
     mcc,
     nll,
     predictions,
@@ -58,6 +61,7 @@ from natix.metrics.deferral import (
     deferred_counts,
 )
 from natix.metrics.inputs import (
+    ECE_BINS,
     UndefinedMetricError,
     trapezoid,
 )
@@ -90,6 +94,7 @@ from natix.metrics.summary import (
 __all__ = [
     "AUTO_BCA_BELOW",
     "BOOTSTRAP_METHODS",
+    "ECE_BINS",
     "LOWER_IS_BETTER",
     "METRIC_NAMES",
     "REWARD_DEFINITIONS",
@@ -116,6 +121,7 @@ __all__ = [
     "e_augrc",
     "e_aurc",
     "ece",
+    "ece_binning",
     "expected_reward",
     "fpr_at_95_tpr",
     "mcc",

@@ -222,10 +222,33 @@ def brier(y_true, y_prob) -> float:
     return float(np.mean((p - y) ** 2))
 
 
-def ece(y_true, y_prob, *, n_bins: int = ECE_BINS, strategy: str = "uniform") -> float:
-    """Positive-class expected calibration error.
+# The binning strategies of :func:`ece` and :func:`reliability_curve`, in the words a label uses.
+ECE_STRATEGIES = {"uniform": "equal-width", "quantile": "equal-mass"}
 
-    ``sum_b (n_b / n) * |mean(y_true in b) - mean(y_prob in b)|`` over non-empty bins b.
+
+def ece_binning(*, n_bins: int = ECE_BINS, strategy: str = "uniform") -> str:
+    """The binning of :func:`ece` in words, for tables and plots: ``"15 equal-width bins"``.
+
+    Parameters
+    ----------
+    n_bins : int >= 1
+    strategy : {"uniform", "quantile"}
+
+    Returns
+    -------
+    str
+    """
+    if strategy not in ECE_STRATEGIES:
+        raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+    return f"{n_bins} {ECE_STRATEGIES[strategy]} bin" + ("" if n_bins == 1 else "s")
+
+
+def ece(y_true, y_prob, *, n_bins: int = ECE_BINS, strategy: str = "uniform") -> float:
+    """Positive-class expected calibration error (default: :data:`ECE_BINS` = 15 equal-width bins).
+
+    ``sum_b (n_b / n) * |mean(y_true in b) - mean(y_prob in b)|`` over non-empty bins b. Every ECE
+    natix reports (metrics.json, ``natix evaluate``, ``natix calibrate``, the reliability diagram of
+    ``natix report``) uses the defaults, so they agree.
 
     Parameters
     ----------
