@@ -89,12 +89,14 @@ def tune_gatekeeper(run, alphas, stage2, out, epochs, threads, as_json) -> None:
 
 def cascade_text(res: dict) -> str:
     """`natix cascade` as text, from what `cascade_run` returns."""
+    from natix.calibrate.report import rounded
+
     gf = res["compute"].get("expected_gflops")
     compute = (f"{gf:.3f} GFLOPs (expected over the routing)" if isinstance(gf, (int, float))
                else "unknown (synthetic or unrecognised backbone)")
     return "\n".join([
         f"cascade ({res['mode']}) -> {res['out']}/cascade.json, cascade_curve.csv, cascade_curve.png",
-        f"thresholds per stage: {res['thresholds']}",
+        "thresholds per stage: " + ", ".join(rounded(t) for t in res["thresholds"]),
         f"val_test ({res['n']} images; fractions): accuracy {res['accuracy']:.4f}, MCC {res['mcc']:.4f}, "
         f"reward_ordered {res['reward_ordered']:.4f} (validator windows over val_test in stored order)",
         "reaching stage 2, 3, ...: " + ", ".join(f"{d:.4f}" for d in res["deferral"]),
