@@ -3,6 +3,10 @@
 Every error a user can cause is a `NatixError` whose message is one line that names the
 problem and the fix. The CLI prints that line and exits non-zero; anything else keeps its
 traceback because it is a bug.
+
+The input errors, `DataError` and `ConfigError` (bad data, a bad option or hyperparameter), are
+also `ValueError`s, as scikit-learn and Python expect of a bad argument: ``except ValueError``
+around a natix estimator catches them, and scikit-learn's estimator checks recognise them.
 """
 
 
@@ -10,16 +14,16 @@ class NatixError(Exception):
     """Base class for errors caused by input, configuration or environment."""
 
 
-class DataError(NatixError):
-    """An image source (folder, manifest, labels) cannot be used."""
+class DataError(NatixError, ValueError):
+    """Input data cannot be used: an image source (folder, manifest, labels), an array, a file's content."""
 
 
 class DecodeError(NatixError):
     """One image cannot be decoded; recorded per image, never fatal for a run."""
 
 
-class ConfigError(NatixError):
-    """An option value is invalid."""
+class ConfigError(NatixError, ValueError):
+    """An option or hyperparameter value is invalid."""
 
 
 class ViewSpecError(ConfigError):

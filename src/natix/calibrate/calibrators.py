@@ -1,11 +1,14 @@
 """Binary probability calibrators and the decision-threshold search (DESIGN §6, "Calibration").
 
-Every estimator takes P(class 1) as a 1-D array (or an ``(n, 2)`` probability array, whose second
-column is used) and labels in {0, 1}:
+Every estimator takes P(class 1) as a 1-D array, as one column ``(n, 1)``, or as an ``(n, 2)``
+probability array (whose second column is used), and labels in {0, 1}. They are scikit-learn
+classifiers and transformers (``clone``, pipelines, ``check_estimator`` with the expected
+failures of ``tests/calibrate/test_sklearn_contract.py``):
 
-* ``fit(scores, y)`` validates the hyperparameters and the data, learns state ending in ``_``,
-  and returns ``self``;
-* ``transform(scores)`` returns the calibrated P(class 1), shape ``(n,)``;
+* ``fit(scores, y)`` validates the hyperparameters and the data, learns state ending in ``_``
+  (and ``classes_ = [0, 1]``, ``n_features_in_ = 1``), and returns ``self``;
+* ``transform(scores)`` returns the calibrated P(class 1), shape ``(n,)`` (as scikit-learn's
+  ``IsotonicRegression.transform``); ``fit_transform(scores, y)`` is ``fit`` then ``transform``;
 * ``predict_proba(scores)`` returns ``(n, 2)`` columns P(0), P(1);
 * ``predict(scores)`` returns ``predict_proba(scores)[:, 1] > 0.5`` as int, the NATIX
   validator's ``np.round(p)`` (0.5 counts as class 0).
@@ -27,12 +30,13 @@ from collections.abc import Mapping
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.isotonic import IsotonicRegression
 from sklearn.utils.validation import check_is_fitted
 
 from natix.calibrate.checks import (
+    ProbabilityInput,
     binary_labels,
     choice,
     logit,
@@ -70,12 +74,16 @@ CALIBRATORS = Registry("calibrator")  # name -> calibrator class, filled by @reg
 register_calibrator = CALIBRATORS.register
 
 
-class BinaryCalibrator(Stateful, BaseEstimator):
+class BinaryCalibrator(ProbabilityInput, Stateful, ClassifierMixin, TransformerMixin, BaseEstimator):
     """Shared fit/transform/predict/state plumbing; subclasses implement ``_fit`` and ``_transform``.
 
     The fitted state is the float attributes named in ``STATE``: ``to_state()`` returns them as
     plain JSON and ``from_state(state)`` rebuilds an estimator whose ``transform`` is bitwise the
     fitted one's (hyperparameters that do not enter ``transform`` keep their defaults).
+
+    Every fitted calibrator (also one rebuilt by ``from_state``) has ``classes_ = [0, 1]``, the
+    columns of ``predict_proba``, and ``n_features_in_ = 1``: its one input feature is P(class 1),
+    whether passed as ``(n,)``, ``(n, 1)`` or ``(n, 2)``.
     """
 
     @classmethod
@@ -85,6 +93,7 @@ class BinaryCalibrator(Stateful, BaseEstimator):
         est = cls()
         for key in cls.STATE:
             setattr(est, key, state_number(state, key, cls.__name__))
+        est._seen_input()
         return est
 
     def fit(self, scores, y):
@@ -92,7 +101,7 @@ class BinaryCalibrator(Stateful, BaseEstimator):
 
         Parameters
         ----------
-        scores : array of shape (n,) or (n, 2), probabilities in [0, 1]
+        scores : array of shape (n,), (n, 1) or (n, 2), probabilities in [0, 1]
         y : array of shape (n,), labels in {0, 1}; both classes must be present
 
         Returns
@@ -103,14 +112,19 @@ class BinaryCalibrator(Stateful, BaseEstimator):
         p = positive_proba(scores)
         labels = binary_labels(y, len(p))
         self._fit(p, labels)
+        self._seen_input()
         return self
+
+    def fit_transform(self, scores, y) -> np.ndarray:
+        """``fit(scores, y)``, then the calibrated P(class 1) of the same scores, shape ``(n,)``."""
+        return self.fit(scores, y).transform(scores)
 
     def transform(self, scores) -> np.ndarray:
         """Calibrated P(class 1).
 
         Parameters
         ----------
-        scores : array of shape (n,) or (n, 2), probabilities in [0, 1]
+        scores : array of shape (n,), (n, 1) or (n, 2), probabilities in [0, 1]
 
         Returns
         -------
@@ -379,6 +393,7 @@ class IsotonicCalibration(BinaryCalibrator):
             raise StateError(owner, f"'eps' is {eps!r}, outside [0, 0.5)")
         est = cls(eps=eps)
         est.x_thresholds_, est.y_thresholds_ = x, y
+        est._seen_input()
         return est
 
 

@@ -126,7 +126,7 @@ def calibration_folds(y, n_folds: int = 2, *, random_state=None) -> list[np.ndar
 
 
 def _proba(scores, name: str = "proba") -> np.ndarray:
-    """``(n,)`` P(class 1) or ``(n, 2)`` probabilities whose rows sum to one → ``(n,)`` P(class 1)."""
+    """``(n,)`` or ``(n, 1)`` P(class 1), or ``(n, 2)`` probabilities whose rows sum to one → ``(n,)`` P(class 1)."""
     arr = np.asarray(scores, dtype=np.float64)
     if arr.ndim == 2 and arr.shape[1] == 2 and arr.size and np.all(np.isfinite(arr)):
         worst = float(np.abs(arr.sum(axis=1) - 1.0).max())

@@ -22,11 +22,19 @@ import math
 
 import numpy as np
 from scipy.stats import binom
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from natix import metrics as M
-from natix.calibrate.checks import binary_labels, choice, finite_scores, positive_proba, two_column, unit_open
+from natix.calibrate.checks import (
+    ProbabilityInput,
+    binary_labels,
+    choice,
+    finite_scores,
+    positive_proba,
+    two_column,
+    unit_open,
+)
 from natix.calibrate.state import Stateful
 from natix.errors import ConfigError, DataError
 
@@ -124,7 +132,7 @@ def _control_risk(g_risk: np.ndarray, wrong_risk: np.ndarray, tau: float, alpha:
     return lam, n_a, errors
 
 
-class SCRC(Stateful, BaseEstimator):
+class SCRC(ProbabilityInput, Stateful, ClassifierMixin, BaseEstimator):
     """Selective conformal risk control for binary scores: selection, then CRC on the selected.
 
     Parameters
@@ -171,8 +179,13 @@ class SCRC(Stateful, BaseEstimator):
         SCRC-T only: fraction of the test batch that passes selection / is accepted.
     guarantee_ : str
         One paragraph stating what this fit guarantees, with its numbers filled in.
+    classes_ : ndarray [0, 1]
+        The columns of ``predict_proba``.
+    n_features_in_ : int
+        1: the input feature is P(class 1), whether passed as ``(n,)``, ``(n, 1)`` or ``(n, 2)``.
 
-    The state (``to_state``) holds every attribute above that the fit set.
+    The state (``to_state``) holds every attribute above that the fit set, but ``classes_`` and
+    ``n_features_in_``.
 
     Guarantees
     ----------
@@ -224,7 +237,7 @@ class SCRC(Stateful, BaseEstimator):
 
         Parameters
         ----------
-        proba : array of shape (n,) or (n, 2)
+        proba : array of shape (n,), (n, 1) or (n, 2)
             Calibration probabilities P(class 1) (or both columns).
         y : array of shape (n,)
             Calibration labels in {0, 1}. One class only is allowed: the loss is about errors.
@@ -265,6 +278,7 @@ class SCRC(Stateful, BaseEstimator):
             self.test_selection_rate_ = float(np.mean(g_test >= tau))
             self.test_acceptance_rate_ = float(np.mean(g_test >= self.threshold_))
         self.guarantee_ = self._guarantee_text(alpha, delta, acceptance, len(p), 0 if g_test is None else g_test.size)
+        self._seen_input()
         return self
 
     def _check_mode(self, test_confidence) -> None:
@@ -346,7 +360,7 @@ class SCRC(Stateful, BaseEstimator):
         return finite_scores(g, "confidence") >= self.threshold_
 
     def predict_proba(self, proba) -> np.ndarray:
-        """Probabilities passed through unchanged: ``(n,)`` or ``(n, 2)`` → ``(n, 2)``."""
+        """Probabilities passed through unchanged: ``(n,)``, ``(n, 1)`` or ``(n, 2)`` → ``(n, 2)``."""
         check_is_fitted(self, "threshold_")
         return two_column(positive_proba(proba, "proba"))
 

@@ -16,11 +16,12 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from natix import metrics as M
 from natix.calibrate.calibrators import PlattScaling
+from natix.calibrate.checks import real_array
 from natix.errors import ConfigError, DataError
 from natix.rundir import Run, open_run, under_source
 
@@ -45,7 +46,7 @@ def vilu_failure_weight(is_error) -> float:
     return float(-math.log(err))
 
 
-class FailurePredictor(BaseEstimator):
+class FailurePredictor(ClassifierMixin, BaseEstimator):
     """Predict whether a stage-1 decision is wrong from its uncertainty features (ViLU-style).
 
     Training uses ViLU's weighted binary cross-entropy. Our reading of "failures get weight
@@ -260,9 +261,16 @@ class FailurePredictor(BaseEstimator):
             if cal is not None:  # files written before calibrators kept their own state say coef, intercept
                 state = cal if "coef_" in cal else {"coef_": cal["coef"], "intercept_": cal["intercept"]}
                 est.calibrator_ = PlattScaling.from_state(state)
+        except (ConfigError, DataError):  # already one line naming the problem (a ValueError too)
+            raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise DataError(f"failure predictor state is incomplete or damaged ({exc!r}): refit it") from None
         return est
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # is_error is 0/1
+        return tags
 
     # ---------------------------------------------------------------------------------------
     # internals
@@ -351,10 +359,7 @@ def _build_mlp(n_features: int, hidden: int):
 
 def _features(X, name: str, *, n_features: int | None = None) -> np.ndarray:
     """A finite 2-D float64 feature matrix with at least one row."""
-    try:
-        X = np.asarray(X, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{name} must be a numeric array of shape (n, k)") from None
+    X = real_array(X, name)
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise DataError(f"{name} must have shape (n, k) with n, k >= 1, got {X.shape}")
     if n_features is not None and X.shape[1] != n_features:
