@@ -4,8 +4,8 @@ Builds everything in a temporary directory (demo images, a tiny random DINOv3, a
 attention-MIL run calibrated with Platt scaling, the exported bundle), loads the bundle and
 measures, in this one process on the same images:
 
-- latency: one image per `predict_proba` call (what a validator request looks like), p50/p95;
-- throughput: `predict_proba` over all images with batch sizes 1, 8 and 32 (paths, and encoded
+- latency: one image per `roadwork_probability` call (what a validator request looks like), p50/p95;
+- throughput: `roadwork_probability` over all images with batch sizes 1, 8 and 32 (paths, and encoded
   bytes already in memory);
 - the naive alternative: PIL decode, PIL crops and resizes, one fp32 forward per image, the same
   head and calibration.
@@ -106,14 +106,14 @@ def main() -> None:
         naive = naive_predictor(bundle, backbone)
         raw = [p.read_bytes() for p in paths]
 
-        bundle.predict_proba(paths[:2])  # warm both pipelines (allocator, kernels)
+        bundle.roadwork_probability(paths[:2])  # warm both pipelines (allocator, kernels)
         naive(paths[0])
 
         calls = [paths[i % len(paths)] for i in range(args.calls or len(paths))]
         lat = {"bundle": [], "naive": []}
         for p in calls:  # interleaved, so drift on a shared machine hits both alike
             t = time.perf_counter()
-            bundle.predict_proba([p])
+            bundle.roadwork_probability([p])
             lat["bundle"].append(time.perf_counter() - t)
             t = time.perf_counter()
             naive(p)
@@ -129,12 +129,12 @@ def main() -> None:
 
         rows = [("naive loop (PIL views, 1 image/forward, fp32)", throughput(lambda: [naive(p) for p in paths]))]
         for b in (1, 8, 32):
-            rows.append((f"bundle.predict_proba(paths, batch_size={b})",
-                         throughput(lambda b=b: bundle.predict_proba(paths, batch_size=b))))
-        rows.append(("bundle.predict_proba(bytes, batch_size=32)",
-                     throughput(lambda: bundle.predict_proba(raw, batch_size=32))))
+            rows.append((f"bundle.roadwork_probability(paths, batch_size={b})",
+                         throughput(lambda b=b: bundle.roadwork_probability(paths, batch_size=b))))
+        rows.append(("bundle.roadwork_probability(bytes, batch_size=32)",
+                     throughput(lambda: bundle.roadwork_probability(raw, batch_size=32))))
 
-        ours = bundle.predict_proba(paths)
+        ours = bundle.roadwork_probability(paths)
         theirs = np.array([naive(p) for p in paths])
         sizes = sorted({f"{w}x{h}" for w, h in (Image.open(p).size for p in paths)})
         n_views = bundle.manifest["stages"][0]["recipe"]["n_views"]
@@ -147,7 +147,7 @@ def main() -> None:
         print(head)
         print("-" * len(head))
         base = percentiles(lat["naive"])[0]
-        for name, label in (("naive", "naive loop"), ("bundle", "bundle.predict_proba([image])")):
+        for name, label in (("naive", "naive loop"), ("bundle", "bundle.roadwork_probability([image])")):
             p50, p95, mean = percentiles(lat[name])
             print(f"{label:<50} {p50:>8.1f} {p95:>8.1f} {mean:>8.1f} {base / p50:>6.2f}x")
         print()

@@ -120,7 +120,7 @@ def test_a_bundle_from_the_adapted_cache_serves_what_the_cache_gives(demo_images
         ids, prob = z["ids"], z["prob"]
     with open_cache(cache) as c:
         path_of = dict(zip(c.ids.tolist(), c.paths.tolist()))
-    np.testing.assert_allclose(bundle.predict_proba([path_of[i] for i in ids]), prob, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(bundle.roadwork_probability([path_of[i] for i in ids]), prob, rtol=0, atol=1e-6)
 
 
 def test_fine_tuning_on_top_of_an_adapter_saves_the_merged_backbone(demo_images, tiny_backbone, tmp_path):

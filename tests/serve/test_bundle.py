@@ -46,7 +46,7 @@ def test_plain_bundle_reproduces_every_split_of_the_run(served):
     bundle = load_bundle(served.plain)
     for split in SPLITS:
         pred = stored(served.run, split)
-        prob = bundle.predict_proba([served.path_of[i] for i in pred["ids"]])
+        prob = bundle.roadwork_probability([served.path_of[i] for i in pred["ids"]])
         assert prob.shape == pred["prob"].shape and prob.dtype == np.float64
         np.testing.assert_allclose(prob, pred["prob"], rtol=0, atol=1e-6)
 
@@ -56,7 +56,7 @@ def test_calibrated_bundle_reproduces_the_calibrated_val_test(served):
     pred = stored(served.run, "val_test_calibrated")
     raw = stored(served.run, "val_test")["prob"]
     assert not np.allclose(pred["prob"], raw)  # the calibration does move these probabilities
-    prob = bundle.predict_proba([Path(served.path_of[i]) for i in pred["ids"]])
+    prob = bundle.roadwork_probability([Path(served.path_of[i]) for i in pred["ids"]])
     np.testing.assert_allclose(prob, pred["prob"], rtol=0, atol=1e-6)
     assert ((prob >= 0) & (prob <= 1)).all()
 
@@ -66,14 +66,32 @@ def test_paths_bytes_pil_images_and_arrays_give_the_same_answers(served):
 
     bundle = load_bundle(served.calibrated)
     paths = served.paths
-    by_path = bundle.predict_proba(paths)
+    by_path = bundle.roadwork_probability(paths)
     raw = [Path(p).read_bytes() for p in paths]
     pil = [Image.open(p) for p in paths]
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]  # read-only arrays
     for inputs in (raw, [bytearray(b) for b in raw], pil, arrays):
-        np.testing.assert_allclose(bundle.predict_proba(inputs, batch_size=3), by_path, rtol=0, atol=1e-9)
-    assert bundle.predict_proba(paths[0]).shape == (1,)  # one image need not be wrapped in a list
+        np.testing.assert_allclose(bundle.roadwork_probability(inputs, batch_size=3), by_path, rtol=0, atol=1e-9)
+    assert bundle.roadwork_probability(paths[0]).shape == (1,)  # one image need not be wrapped in a list
     np.testing.assert_array_equal(bundle.predict(paths), (by_path > 0.5).astype(np.int64))
+
+
+def test_predict_proba_has_scikit_learns_shape_and_column_1_is_the_roadwork_probability(served, tmp_path):
+    bundle = load_bundle(served.calibrated)
+    images = [*served.paths[:4], tmp_path / "missing.jpg"]  # the last is answered by the prior
+    prob, stage = bundle.roadwork_probability(images, batch_size=3, return_stage=True)
+    assert prob.shape == (5,) and prob[-1] == bundle.prior and stage[-1] == -1
+    proba = bundle.predict_proba(images, batch_size=3)
+    assert proba.shape == (5, 2) and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(proba[:, 1], prob)
+    np.testing.assert_array_equal(proba[:, 0], 1.0 - prob)
+    proba2, stage2 = bundle.predict_proba(images, batch_size=3, return_stage=True)
+    np.testing.assert_array_equal(proba2, proba)
+    np.testing.assert_array_equal(stage2, stage)
+    np.testing.assert_array_equal(bundle.predict(images), (proba[:, 1] > 0.5).astype(np.int64))
+    assert bundle.predict_proba(served.paths[0]).shape == (1, 2)
+    assert bundle.predict_proba([]).shape == (0, 2)
 
 
 def test_undecodable_images_get_the_prior_with_a_warning_and_the_rest_go_on(served, tmp_path, caplog):
@@ -84,9 +102,9 @@ def test_undecodable_images_get_the_prior_with_a_warning_and_the_rest_go_on(serv
     truncated = Path(good[1]).read_bytes()[:300]
     inputs = [good[0], b"this is not an image", truncated, tmp_path / "missing.jpg", good[1]]
     with caplog.at_level(logging.WARNING, logger="natix.serve.bundle"):
-        prob = bundle.predict_proba(inputs, batch_size=2)
+        prob = bundle.roadwork_probability(inputs, batch_size=2)
     np.testing.assert_array_equal(prob[1:4], bundle.prior)
-    np.testing.assert_allclose(prob[[0, 4]], bundle.predict_proba(good), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(prob[[0, 4]], bundle.roadwork_probability(good), rtol=0, atol=1e-12)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 3
     assert "image 1" in warned[0] and "not a recognised image format" in warned[0] and "prior" in warned[0]
@@ -94,8 +112,8 @@ def test_undecodable_images_get_the_prior_with_a_warning_and_the_rest_go_on(serv
     assert "image 3" in warned[2] and "missing.jpg" in warned[2]
     X = bundle.features(inputs)
     assert np.isnan(X[1:4].astype(np.float32)).all() and np.isfinite(X[[0, 4]].astype(np.float32)).all()
-    np.testing.assert_array_equal(bundle.predict_proba([b""]), [bundle.prior])  # a batch of failures only
-    assert bundle.predict_proba([]).shape == (0,)
+    np.testing.assert_array_equal(bundle.roadwork_probability([b""]), [bundle.prior])  # a batch of failures only
+    assert bundle.roadwork_probability([]).shape == (0,)
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -106,7 +124,7 @@ def test_undecodable_images_get_the_prior_with_a_warning_and_the_rest_go_on(serv
 def test_things_that_are_no_images_are_refused_in_one_line(served, bad, match):
     bundle = load_bundle(served.plain)
     with pytest.raises(DataError, match=match) as info:
-        bundle.predict_proba(bad)
+        bundle.roadwork_probability(bad)
     assert "\n" not in str(info.value)
 
 
@@ -114,7 +132,7 @@ def test_bad_load_options_are_refused(served):
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
         load_bundle(served.plain, precision="fp8")
     with pytest.raises(ConfigError, match="batch size must be >= 1"):
-        load_bundle(served.plain).predict_proba(served.paths, batch_size=0)
+        load_bundle(served.plain).roadwork_probability(served.paths, batch_size=0)
 
 
 # --------------------------------------------------------------------------- integrity
@@ -172,8 +190,8 @@ def test_moved_backbone_weights_load_with_an_override(served, tiny_backbone, tmp
     with pytest.raises(BackboneError, match="pass --backbone PATH, or load_bundle\\(\\.\\.\\., backbone=PATH\\)"):
         load_bundle(b)
     moved = shutil.copytree(tiny_backbone, tmp_path / "moved")
-    expected = load_bundle(served.plain).predict_proba(served.paths)
-    np.testing.assert_array_equal(load_bundle(b, backbone=str(moved)).predict_proba(served.paths), expected)
+    expected = load_bundle(served.plain).roadwork_probability(served.paths)
+    np.testing.assert_array_equal(load_bundle(b, backbone=str(moved)).roadwork_probability(served.paths), expected)
 
 
 def test_the_bundle_holds_json_and_safetensors_only_each_hashed(served):
@@ -317,13 +335,18 @@ def test_cascade_bundle_reproduces_the_cascade_and_refuses_a_tampered_stage(casc
 
     bundle = load_bundle(out)
     assert bundle.is_cascade and "cascade of 2 stages" in repr(bundle)
-    prob, stage = bundle.predict_proba(paths, batch_size=3, return_stage=True)
+    prob, stage = bundle.roadwork_probability(paths, batch_size=3, return_stage=True)
     assert prob.dtype == np.float64 and ((prob >= 0) & (prob <= 1)).all()
     assert set(want_stage.tolist()) == {0, 1}  # both stages answer some images
     np.testing.assert_array_equal(stage, want_stage)
     np.testing.assert_allclose(prob, want_prob, rtol=0, atol=1e-5)
-    bad = bundle.predict_proba([str(tmp_path / "missing.jpg"), paths[0]])
+    bad = bundle.roadwork_probability([str(tmp_path / "missing.jpg"), paths[0]])
     assert bad[0] == bundle.prior and abs(bad[1] - want_prob[0]) < 1e-5
+    proba, proba_stage = bundle.predict_proba(paths, batch_size=3, return_stage=True)
+    assert proba.shape == (len(paths), 2)
+    np.testing.assert_array_equal(proba[:, 1], prob)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(proba_stage, stage)
 
     tampered = tampered_copy(out, tmp_path / "tampered")
     (tampered / "stage1_head.safetensors").write_bytes(b"tampered")
@@ -347,7 +370,7 @@ def test_cascade_bundle_with_an_external_third_stage(cascade_dir, tmp_path, monk
     [h5] = (cascade_dir / "c1").glob("*.h5")
     with open_cache(h5) as c:
         path_of = dict(zip(c.ids.tolist(), c.paths.tolist()))
-    got, got_stage = bundle.predict_proba([path_of[i] for i in ids.tolist()], return_stage=True)
+    got, got_stage = bundle.roadwork_probability([path_of[i] for i in ids.tolist()], return_stage=True)
     np.testing.assert_array_equal(got_stage, stage)
     np.testing.assert_allclose(got, prob, atol=1e-5)
     assert (got_stage == 2).any() and (got[got_stage == 2] == 0.75).all() and ((got >= 0) & (got <= 1)).all()
@@ -387,7 +410,7 @@ def test_an_infinite_router_threshold_round_trips_as_the_string_inf(cascade_dir,
 
     with open_cache(h5) as c:
         paths = list(c.paths[:3])
-    _, stage = bundle.predict_proba(paths, return_stage=True)
+    _, stage = bundle.roadwork_probability(paths, return_stage=True)
     np.testing.assert_array_equal(stage, [1, 1, 1])
     rewrite(out, lambda m: m["router"].update(thresholds=["abc"]))
     with pytest.raises(DataError, match="router.thresholds \\(entry 0: 'abc' is not a number, 'inf' or '-inf'\\): "

@@ -53,4 +53,4 @@ def test_a_challenge_jpeg_served_equals_its_cached_draw(e1_bundle):
             files.append(path)
     served = bundle.features(files, batch_size=4)
     np.testing.assert_array_equal(served, cached)
-    np.testing.assert_allclose(bundle.predict_proba(files), test["prob"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(bundle.roadwork_probability(files), test["prob"], rtol=0, atol=1e-6)

@@ -50,9 +50,9 @@ def test_the_bundle_records_the_backbone_path_absolute_and_relative_to_itself(pr
 def test_a_bundle_with_a_relative_backbone_loads_from_another_folder(project, demo_images, tmp_path, monkeypatch,
                                                                    dead_hub):
     images = sorted(str(p) for p in demo_images.rglob("*.jpg"))
-    expected = load_bundle(project / "bundle", backbone=str(project / "models" / "tiny")).predict_proba(images)
+    expected = load_bundle(project / "bundle", backbone=str(project / "models" / "tiny")).roadwork_probability(images)
     monkeypatch.chdir(tmp_path)
-    np.testing.assert_array_equal(load_bundle(project / "bundle").predict_proba(images), expected)
+    np.testing.assert_array_equal(load_bundle(project / "bundle").roadwork_probability(images), expected)
     r = CliRunner().invoke(cli, ["predict", str(project / "bundle"), images[0], "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)[0]["probability"] == pytest.approx(expected[0], abs=1e-9)
@@ -62,10 +62,10 @@ def test_a_bundle_moved_with_its_backbone_finds_it_relative_to_itself(demo_image
                                                                      monkeypatch, dead_hub):
     origin = make_project(tmp_path / "origin", demo_images, tiny_backbone)
     images = sorted(str(p) for p in demo_images.rglob("*.jpg"))
-    expected = load_bundle(origin / "bundle", backbone=str(origin / "models" / "tiny")).predict_proba(images)
+    expected = load_bundle(origin / "bundle", backbone=str(origin / "models" / "tiny")).roadwork_probability(images)
     moved = origin.rename(tmp_path / "moved")  # the recorded absolute path is gone
     monkeypatch.chdir(tmp_path)
-    np.testing.assert_array_equal(load_bundle(moved / "bundle").predict_proba(images), expected)
+    np.testing.assert_array_equal(load_bundle(moved / "bundle").roadwork_probability(images), expected)
 
     shutil.rmtree(moved / "models")  # now neither path holds it: one line, fast, no Hub
     start = time.monotonic()
@@ -76,7 +76,7 @@ def test_a_bundle_moved_with_its_backbone_finds_it_relative_to_itself(demo_image
     assert str(tmp_path / "origin" / "models" / "tiny") in message and "models/tiny" in message
     r = CliRunner().invoke(cli, ["predict", str(moved / "bundle"), images[0]])
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "--backbone PATH" in r.output
-    assert load_bundle(moved / "bundle", backbone=str(tiny_backbone)).predict_proba(images).shape == expected.shape
+    assert load_bundle(moved / "bundle", backbone=str(tiny_backbone)).roadwork_probability(images).shape == expected.shape
 
 
 def test_an_old_bundle_with_only_a_relative_spec_fails_fast_naming_the_backbone_option(

@@ -36,7 +36,7 @@ def test_four_threads_sharing_pil_images_and_one_bad_input_all_get_answers(serve
 
     bundle = load_bundle(served.plain)
     paths = served.paths
-    expected = bundle.predict_proba(paths)
+    expected = bundle.roadwork_probability(paths)
     truncated = Path(paths[0]).read_bytes()
     truncated = truncated[: len(truncated) // 2]
     for _ in range(3):  # fresh, lazily opened images each round: the first load() is the racy one
@@ -44,7 +44,7 @@ def test_four_threads_sharing_pil_images_and_one_bad_input_all_get_answers(serve
         answers: list[tuple[np.ndarray, np.ndarray]] = []
 
         def work(images=images, answers=answers):
-            answers.append(bundle.predict_proba(images, batch_size=3, return_stage=True))
+            answers.append(bundle.roadwork_probability(images, batch_size=3, return_stage=True))
 
         assert _run_threads(4, work) == []
         assert len(answers) == 4
@@ -55,12 +55,12 @@ def test_four_threads_sharing_pil_images_and_one_bad_input_all_get_answers(serve
 
 def test_four_threads_sharing_one_bundle_get_the_answers_of_one(served):
     bundle = load_bundle(served.plain)
-    expected = bundle.predict_proba(served.paths)
+    expected = bundle.roadwork_probability(served.paths)
     answers: list[np.ndarray] = []
 
     def work():
         for _ in range(5):
-            answers.append(bundle.predict_proba(served.paths, batch_size=2))
+            answers.append(bundle.roadwork_probability(served.paths, batch_size=2))
 
     assert _run_threads(4, work) == []
     for prob in answers:  # the featurizer's reused buffers are not overwritten by another thread
@@ -77,9 +77,9 @@ def test_a_pil_image_that_fails_in_any_way_gets_the_prior(served):
     broken = Broken()
     broken._size, broken._mode = (8, 8), "RGB"
     bundle = load_bundle(served.plain)
-    prob = bundle.predict_proba([broken, served.paths[0]])
+    prob = bundle.roadwork_probability([broken, served.paths[0]])
     assert prob[0] == bundle.prior
-    np.testing.assert_allclose(prob[1], bundle.predict_proba(served.paths[:1])[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(prob[1], bundle.roadwork_probability(served.paths[:1])[0], rtol=0, atol=1e-12)
 
 
 def test_predict_json_says_which_answers_are_the_prior(served, tmp_path):

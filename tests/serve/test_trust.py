@@ -73,7 +73,7 @@ def test_a_named_external_stage_loads_by_spec_or_callable(cascade_bundle, trap, 
 
     by_callable = load_bundle(cascade_bundle, external=trap_mod.run)
     paths = served.paths
-    np.testing.assert_array_equal(bundle.predict_proba(paths), by_callable.predict_proba(paths))
+    np.testing.assert_array_equal(bundle.roadwork_probability(paths), by_callable.roadwork_probability(paths))
     with pytest.raises(ConfigError, match="external stage 'builtins:print' is not the bundle's 'trap_mod:run'"):
         load_bundle(cascade_bundle, external=print)
 
@@ -179,8 +179,8 @@ def test_a_signed_bundle_verifies_and_refuses_another_key_or_an_edit(served, tmp
     b = export_bundle(served.run, tmp_path / "signed", sign_key=key_file)
     signature = json.loads((b / "manifest.json").read_text())["signature"]
     assert signature["alg"] == "hmac-sha256" and len(signature["value"]) == 64
-    expected = load_bundle(served.calibrated).predict_proba(served.paths[:2])
-    np.testing.assert_array_equal(load_bundle(b, verify_key=KEY).predict_proba(served.paths[:2]), expected)
+    expected = load_bundle(served.calibrated).roadwork_probability(served.paths[:2])
+    np.testing.assert_array_equal(load_bundle(b, verify_key=KEY).roadwork_probability(served.paths[:2]), expected)
     load_bundle(b, verify_key=key_file)  # a key file reads as its bytes
     load_bundle(b)  # without a key a signed bundle loads as any other
     with pytest.raises(DataError, match="signature does not match the verify key") as info:
@@ -238,5 +238,5 @@ def test_a_bundle_written_before_signing_and_local_paths_still_loads(served, tmp
         for st in m["stages"]:
             st["backbone"].pop("local", None)
     rewrite(b, as_before)
-    np.testing.assert_array_equal(load_bundle(b).predict_proba(served.paths[:2]),
-                                  load_bundle(served.plain).predict_proba(served.paths[:2]))
+    np.testing.assert_array_equal(load_bundle(b).roadwork_probability(served.paths[:2]),
+                                  load_bundle(served.plain).roadwork_probability(served.paths[:2]))

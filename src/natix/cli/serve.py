@@ -62,7 +62,7 @@ def predict(bundle, paths, backbone, checkpoint, adapter, stage3, verify_key, ba
     quiet_transformers()
     served = load_bundle(bundle, backbone=backbone, checkpoint=checkpoint, adapter=adapter, external=stage3,
                          verify_key=verify_key)
-    probs, stage = served.predict_proba(files, batch_size=batch_size, return_stage=True)
+    probs, stage = served.roadwork_probability(files, batch_size=batch_size, return_stage=True)
     # "prior": the image could not be answered (not decoded): its answer is the bundle's prior.
     rows = [{"path": f, "probability": float(p), "prior": bool(k < 0)} for f, p, k in zip(files, probs, stage)]
     echo_result(as_json, rows, lambda rows: "\n".join(

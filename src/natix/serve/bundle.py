@@ -61,7 +61,8 @@ __all__ = ["Bundle", "load_bundle"]
 
 
 class Bundle:
-    """A loaded bundle: images in, P(roadwork) out.
+    """A loaded bundle: images in, P(roadwork) out (:meth:`roadwork_probability`, ``(n,)``), or both
+    class probabilities as scikit-learn's ``predict_proba`` gives them (:meth:`predict_proba`, ``(n, 2)``).
 
     Use `load_bundle` to create one. Attributes: ``path``, ``manifest`` (the parsed
     manifest.json), ``stages`` (the run stages, each with its ``featurizer``, ``head`` and
@@ -104,8 +105,8 @@ class Bundle:
         X, _ = self._features(as_list(images), batch_size, self.stages[0])
         return X
 
-    def predict_proba(self, images, *, batch_size: int = 32, return_stage: bool = False):
-        """P(roadwork) per image, shape ``(n,)``, float64 in [0, 1].
+    def roadwork_probability(self, images, *, batch_size: int = 32, return_stage: bool = False):
+        """P(roadwork) per image, shape ``(n,)``, float64 in [0, 1]: the one float a miner answers.
 
         `images` is a list of paths (str or Path), encoded bytes, PIL images or ``[H, W, 3]``
         uint8 RGB arrays (or one of them), decoded `batch_size` at a time. Each image goes
@@ -135,12 +136,25 @@ class Bundle:
                 prob[ok], stage[ok] = self.stages[0].proba(X[ok]), 0
         return (prob, stage) if return_stage else prob
 
+    def predict_proba(self, images, *, batch_size: int = 32, return_stage: bool = False):
+        """Probabilities per image as scikit-learn returns them: shape ``(n, 2)``, columns
+        P(no roadwork), P(roadwork) (classes 0 and 1); rows sum to 1.
+
+        Column 1 is :meth:`roadwork_probability` (same inputs, batching, prior and routing); with
+        ``return_stage=True`` returns ``(proba, stage)`` with the same ``stage`` as there.
+        """
+        from natix.calibrate.checks import two_column  # as serve's other tier-2 imports: not at module import
+
+        prob, stage = self.roadwork_probability(images, batch_size=batch_size, return_stage=True)
+        proba = two_column(prob)
+        return (proba, stage) if return_stage else proba
+
     def predict(self, images, *, batch_size: int = 32) -> np.ndarray:
-        """Decisions ``predict_proba(images) > 0.5`` as int64 (0.5 is "no roadwork", as NATIX rounds)."""
-        return M.predictions(self.predict_proba(images, batch_size=batch_size))
+        """Decisions ``roadwork_probability(images) > 0.5`` as int64 (0.5 is "no roadwork", as NATIX rounds)."""
+        return M.predictions(self.roadwork_probability(images, batch_size=batch_size))
 
     def _route(self, items: list, batch_size: int, prob: np.ndarray, stage: np.ndarray) -> None:
-        """Fill `prob` and `stage` as the cascade's router answers `items` (see `predict_proba`)."""
+        """Fill `prob` and `stage` as the cascade's router answers `items` (see `roadwork_probability`)."""
         rows = np.arange(len(items))  # the images that reach the current stage
         last = len(self.thresholds)
         for k, st in enumerate(self.stages):
