@@ -17,8 +17,9 @@ def run(*args, **kwargs):
 def _one_line_error(result, code):
     assert result.exit_code == code, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.output  # status lines ("loading ...") may come first
+    return errors[0]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "natix")
@@ -154,7 +155,7 @@ def test_happy_path_end_to_end(setup):
     assert r.exit_code == 0, r.output
     assert "12 extracted" in r.output and "features  [N, 10, 32]" in r.output
     r = run("extract", data, "--backbone", backbone, "--cache", cache, "--views", "10", "--json")
-    result = json.loads(r.output)
+    result = json.loads(r.stdout)
     assert (result["extracted"], result["already_cached"], result["model_work"]) == (0, 12, False)
     r = run("extract", data, "--backbone", backbone, "--cache", cache)
     assert "no model work" in r.output
@@ -197,9 +198,9 @@ def test_config_file_supplies_defaults_and_flags_win(setup, tmp_path):
     cfg.write_text(f"extract:\n  views: 1\n  cache: {cache}\n  backbone: {backbone}\n  batch-size: 4\n")
     r = run("--config", cfg, "extract", data, "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["n_views"] == 1
+    assert json.loads(r.stdout)["n_views"] == 1
     r = run("--config", cfg, "extract", data, "--views", "10", "--json")
-    assert json.loads(r.output)["n_views"] == 10
+    assert json.loads(r.stdout)["n_views"] == 10
     cfg.write_text("extract:\n  viewz: 1\n")
     assert "unknown option(s) viewz" in _one_line_error(run("--config", cfg, "extract", data), 2)
     cfg.write_text("extrakt: {}\n")
@@ -302,4 +303,4 @@ def test_config_file_defaults_of_a_sub_command(tmp_path):
     cfg.write_text(f"cache: {{ls: {{cache: {tmp_path / 'root'}, json: true}}}}\n")
     r = run("--config", cfg, "cache", "ls")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output) == []
+    assert json.loads(r.stdout) == []

@@ -121,6 +121,7 @@ PLACED = {
     "natix.heads": "tier 2", "natix.calibrate": "tier 2", "natix.cascade": "tier 2",
     "natix.cache": "shared", "natix.metrics": "shared", "natix.rundir": "shared", "natix.jsonio": "shared",
     "natix.registry": "shared", "natix.config": "shared", "natix.errors": "shared", "natix.distributed": "shared",
+    "natix.progress": "shared",
 }
 
 

@@ -101,7 +101,7 @@ def test_cli_calibrate_report_and_scrc_policy(run_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert "before" in r.output and "certified bound: selective_risk <= 0.2" in r.output and "guarantee" in r.output
     r = runner.invoke(cli, ["calibrate", str(run_dir), "--json"])
-    assert json.loads(r.output)["calibration"]["method"] == "platt"
+    assert json.loads(r.stdout)["calibration"]["method"] == "platt"
     r = runner.invoke(cli, ["calibrate", str(run_dir), "--exit", "ltt", "--alpha", "2"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "'2' is out of range: pass a number in (0, 1)" in r.output
     r = runner.invoke(cli, ["report", str(run_dir), "--out", str(tmp_path / "rep")])
@@ -150,7 +150,7 @@ def test_json_outputs_are_strict_and_levels_are_checked(run_dir):
     runner = CliRunner()
     r = runner.invoke(cli, ["calibrate", str(run_dir), "--exit", "ltt", "--alpha", "0.001", "--json"])
     assert r.exit_code == 0 and "NaN" not in r.output and "Infinity" not in r.output
-    json.loads(r.output)
+    json.loads(r.stdout)
     json.loads((run_dir / "thresholds.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     for flag, value in (("--alpha", "nan"), ("--delta", "inf"), ("--acceptance", "-3")):
         r = runner.invoke(cli, ["calibrate", str(run_dir), flag, value])

@@ -32,7 +32,7 @@ def test_fit_failure_prints_the_comparison_and_stores_the_predictor(cli_runs, mo
     meta = json.loads((cli_runs / "stage1" / "failure.json").read_text())
     assert meta["trained_on"] == "train_oof" and (cli_runs / "stage1" / "failure.safetensors").is_file()
     r = CliRunner().invoke(cli, ["fit-failure", str(cli_runs / "stage1"), "--model", model, "--threads", "1", "--json"])
-    res = json.loads(r.output)
+    res = json.loads(r.stdout)
     assert set(res["confidences"]) == {"max probability", f"failure predictor ({model})"}
 
 
@@ -81,7 +81,7 @@ def test_tune_gatekeeper_threads_reach_torch_and_change_no_result(cli_runs, tmp_
         r = CliRunner().invoke(cli, ["tune-gatekeeper", str(cli_runs / "stage1"), "--alpha", "0.5", "--epochs", "2",
                                      "--json", "--out", str(tmp_path / name), *extra])
         assert r.exit_code == 0, r.output
-        rows[name], seen[name] = json.loads(r.output)[0], {torch_threads for torch_threads, _ in threads_in_steps}
+        rows[name], seen[name] = json.loads(r.stdout)[0], {torch_threads for torch_threads, _ in threads_in_steps}
     assert seen == {"one": {1}, "default": {available_cores()}}
     for key in ("accuracy", "auroc_f", "overlap"):
         assert rows["one"][key] == pytest.approx(rows["default"][key], rel=1e-6, abs=1e-9)
@@ -99,8 +99,9 @@ def test_negative_threads_is_a_one_line_usage_error(cli_runs, tmp_path, command)
 def _one_line_error(result, code):
     assert result.exit_code == code, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.output  # status lines ("loading ...") may come first
+    return errors[0]
 
 
 @pytest.mark.parametrize("stage2", ["stage1", "stage1/", "stage2/../stage1"])

@@ -31,7 +31,7 @@ def _run(*args):
 def test_finetune_writes_a_run_and_extracts_a_new_cache(demo_images, tiny_backbone, tmp_path):
     frozen = _run("extract", demo_images, "--backbone", tiny_backbone, "--views", "1", "--cache", tmp_path / "c",
                   "--workers", "0", "-q", "--json")
-    frozen = json.loads(frozen.output)
+    frozen = json.loads(frozen.stdout)
     r = _run("finetune", demo_images, "--backbone", tiny_backbone, "--out", tmp_path / "run", "--epochs", "2",
              "--extract", "--cache", tmp_path / "c", *FAST)
     assert "adapter   " in r.output and "--adapter" in r.output and "new fingerprint" in r.output

@@ -33,7 +33,7 @@ def test_export_then_predict_reproduces_the_run(chain, tmp_path):
     paths = [path_of[i] for i in ids.tolist()]
     r = CliRunner().invoke(cli, ["predict", str(tmp_path / "bundle"), *paths, "--json"])
     assert r.exit_code == 0, r.output
-    got = np.array([row["probability"] for row in json.loads(r.output)])
+    got = np.array([row["probability"] for row in json.loads(r.stdout)])
     np.testing.assert_allclose(got, stored, atol=1e-5)
     r = CliRunner().invoke(cli, ["predict", str(tmp_path / "bundle"), str(tmp_path / "missing.jpg")])
     assert r.exit_code == 2 and "does not exist" in r.output

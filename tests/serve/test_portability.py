@@ -55,7 +55,7 @@ def test_a_bundle_with_a_relative_backbone_loads_from_another_folder(project, de
     np.testing.assert_array_equal(load_bundle(project / "bundle").roadwork_probability(images), expected)
     r = CliRunner().invoke(cli, ["predict", str(project / "bundle"), images[0], "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)[0]["probability"] == pytest.approx(expected[0], abs=1e-9)
+    assert json.loads(r.stdout)[0]["probability"] == pytest.approx(expected[0], abs=1e-9)
 
 
 def test_a_bundle_moved_with_its_backbone_finds_it_relative_to_itself(demo_images, tiny_backbone, tmp_path,

@@ -87,7 +87,7 @@ def test_predict_json_says_which_answers_are_the_prior(served, tmp_path):
     bad.write_bytes(b"not an image")
     r = CliRunner().invoke(cli, ["predict", str(served.plain), served.paths[0], str(bad), "--json"])
     assert r.exit_code == 0, r.output
-    rows = json.loads(r.output)
+    rows = json.loads(r.stdout)
     assert [row["prior"] for row in rows] == [False, True]
     assert rows[1]["probability"] == load_bundle(served.plain).prior
     text = CliRunner().invoke(cli, ["predict", str(served.plain), served.paths[0], str(bad)])

@@ -92,7 +92,7 @@ def test_predict_stage3_names_the_external_stage(cascade_bundle, trap, rewrite, 
     r = CliRunner().invoke(cli, ["predict", str(cascade_bundle), *served.paths[:3], "--stage3", "trap_mod:run",
                                  "--json"])
     assert r.exit_code == 0, r.output
-    assert len(json.loads(r.output)) == 3
+    assert len(json.loads(r.stdout)) == 3
 
 
 # --------------------------------------------------------------------------- field checks

@@ -125,19 +125,18 @@ def extract_summary(r: dict) -> str:
                    "the tables are still checked.")
 @click.option("--allow-outside", is_flag=True,
               help="Let a manifest name images outside its folder (for a manifest you trust).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @library_errors
 def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
             precision, challenge, draws, challenge_seed, cache_root, batch_size, workers, device, compile_,
-            retry_failures, rehash, skip_checksum, allow_outside, quiet, as_json) -> None:
+            retry_failures, rehash, skip_checksum, allow_outside, as_json) -> None:
     """Extract per-view features of every image in DATA (folder or CSV/JSONL manifest)."""
     from natix.config import RunOptions, ViewRecipe
     from natix.extract.extractor import extract as run_extract
 
     recipe = ViewRecipe(n_views=views or (10 if challenge == "clean" else 1), grid=grid, overlap=overlap, view_size=view_size,
                         tile_size=tile_size or view_size)
-    options = RunOptions(batch_size=batch_size, workers=workers, device=device, progress=not quiet)
+    options = RunOptions(batch_size=batch_size, workers=workers, device=device)
     quiet_transformers()
     r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
                     checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,

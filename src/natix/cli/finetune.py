@@ -120,13 +120,12 @@ def dino_text(res: dict) -> str:
 @click.option("--extract", "then_extract", is_flag=True, help="Then extract DATA with the adapter into a new cache.")
 @click.option("--cache", "cache_root", type=click.Path(file_okay=False), help=CACHE_HELP)
 @click.option("--allow-outside", is_flag=True, help="Let a manifest name images outside its folder.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True)
 @library_errors
 def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, rank, lora_alpha, lora_dropout, targets,
              unfreeze_last, full_blocks, local_crops, head, agg, views, epochs, lr, head_lr, weight_decay, warmup, batch_size, grad_accum,
              patience, seed, precision, checkpointing, save_every, view_cache_mb, challenge, challenge_seed, resume,
-             splits_path, ratios, split_seed, device, then_extract, cache_root, allow_outside, quiet, as_json) -> None:
+             splits_path, ratios, split_seed, device, then_extract, cache_root, allow_outside, as_json) -> None:
     """Fine-tune the backbone with a head on DATA's labeled images (same splits as tier 2)."""
     from natix.config import ViewRecipe
     from natix.finetune.adapters import AdapterSpec
@@ -154,20 +153,20 @@ def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, r
         from natix.finetune.dino import DinoConfig, pretrain
 
         res = pretrain(data, backbone, out, config=config, dino=DinoConfig(local_crops=local_crops),
-                       checkpoint=checkpoint, device=device, progress=not quiet, allow_outside=allow_outside)
+                       checkpoint=checkpoint, device=device, allow_outside=allow_outside)
         if res:  # rank 0 of a torchrun job (or a plain process) reports
             echo_result(as_json, res, dino_text)
         return
     r = run_finetune(data, backbone, out, config=config, recipe=recipe, checkpoint=checkpoint,
                      init_adapter=init_adapter, splits_path=splits_path, ratios=ratios, split_seed=split_seed,
-                     device=device, resume=resume, progress=not quiet, allow_outside=allow_outside)
+                     device=device, resume=resume, allow_outside=allow_outside)
     if r is None:  # another process of a torchrun job: rank 0 reports
         return
     res = {"out": str(r.out), "adapter": r.adapter, "metrics": r.metrics, "history": r.history, "seconds": r.seconds,
            "resumed_at": r.resumed_at, "challenge": r.challenge, "cache": None}
     if then_extract:
         before = _cache_stats(cache_root)
-        cache = _extract_with(data, backbone, checkpoint, r.adapter, recipe, cache_root, device, quiet, allow_outside)
+        cache = _extract_with(data, backbone, checkpoint, r.adapter, recipe, cache_root, device, allow_outside)
         after = _cache_stats(cache_root)
         res["cache"] = str(cache)
         others = {p: st for p, st in before.items() if p.name != Path(cache).name}
@@ -184,7 +183,7 @@ def _cache_stats(cache_root) -> dict:
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.glob("*.h5"))} if root.is_dir() else {}
 
 
-def _extract_with(data, backbone, checkpoint, adapter: dict, recipe, cache_root, device, quiet, allow_outside):
+def _extract_with(data, backbone, checkpoint, adapter: dict, recipe, cache_root, device, allow_outside):
     """Extract DATA with the fine-tuned weights (same view recipe); the path of the new cache."""
     from natix.config import RunOptions
     from natix.extract.extractor import extract
@@ -194,5 +193,5 @@ def _extract_with(data, backbone, checkpoint, adapter: dict, recipe, cache_root,
               "--checkpoint": {"backbone": backbone, "checkpoint": adapter["path"]}}[adapter["option"]]
     name = kwargs.pop("backbone")
     result = extract(data, name, recipe=recipe, cache_root=cache_root, allow_outside=allow_outside,
-                     options=RunOptions(device=device, progress=not quiet), **kwargs)
+                     options=RunOptions(device=device), **kwargs)
     return result.cache_file

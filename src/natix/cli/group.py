@@ -96,8 +96,45 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _set_quiet(_ctx, _param, value: bool) -> None:
+    from natix.progress import QUIET, set_verbosity
+
+    if value:
+        set_verbosity(QUIET)
+
+
+def _set_verbose(_ctx, _param, value: int) -> None:
+    if value:
+        _verbosity(value)
+
+
+def _verbosity(verbose: int) -> None:
+    """Progress and status lines (natix.progress) and the logging level for -v counted `verbose` times."""
+    from natix.progress import NORMAL, set_verbosity
+
+    set_verbosity(NORMAL + verbose)
+    logging.getLogger().setLevel(logging.WARNING - 10 * min(verbose, 2))
+
+
+class NatixCommand(click.Command):
+    """A command with the same -q/--quiet and -v/--verbose as every other natix command."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params += [
+            click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_set_quiet,
+                         help="No progress bars or status lines (warnings, errors and results still show)."),
+            click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_set_verbose,
+                         help="More detail on stderr (-vv: debug logs)."),
+        ]
+
+
 class OneLineErrors(click.Group):
-    """A click group whose errors are one line on stderr: exit 2 for usage, 1 for the rest."""
+    """A click group whose errors are one line on stderr: exit 2 for usage, 1 for the rest; its
+    commands are :class:`NatixCommand` s and its subgroups are like it."""
+
+    command_class = NatixCommand
+    group_class = type  # subgroups (`natix cache`) are OneLineErrors groups too
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
@@ -125,8 +162,8 @@ class OneLineErrors(click.Group):
 @click.option("-v", "--verbose", count=True, help="More diagnostics on stderr (-vv for debug).")
 def cli(verbose: int) -> None:
     """natix: extract DINOv3 view features once, train everything else from the cache."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    _verbosity(verbose)  # every call starts here: a command's own -q or -v comes after
 
 
 def main() -> None:

@@ -216,10 +216,9 @@ def evaluate(run, split, under, skip_checksum, as_json) -> None:
 @click.option("--baseline", default=None, help="Arm to compare against, e.g. linear/mean/softmax [default: first].")
 @click.option("--under", type=click.Path(dir_okay=False), default=None,
               help="Judge every arm on this cache's val_test rows (e.g. validator-e1 draws of the same images).")
-@click.option("-q", "--quiet", is_flag=True)
 @head_options
 @library_errors
-def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, under, quiet, **o) -> None:
+def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, under, **o) -> None:
     """Train every head x aggregator x policy x seed arm on FEATURES (a cache, or comma-separated caches of the
     same images, optionally named as NAME=PATH: the cache becomes a factor); write a leaderboard."""
     from natix.heads.ablate import ablate as run_ablate
@@ -227,7 +226,7 @@ def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, 
     hc, tc = head_configs("linear", "mean", "softmax", 0, o)
     board = run_ablate(_ablate_caches(features), out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
                        seeds=seeds, metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
-                       ratios=o["ratios"], split_seed=o["split_seed"], progress=not quiet,
+                       ratios=o["ratios"], split_seed=o["split_seed"],
                        verify=not o["skip_checksum"], under=under)
     click.echo(board.markdown)
 

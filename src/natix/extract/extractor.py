@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from natix.extract.featurizer import (
 )
 from natix.extract.ranks import JobProgress, check_job, chunks, file_ids, gather_stats, my_chunks, open_writer
 from natix.extract.views import build_views, view_table
+from natix.progress import Progress, say
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +384,8 @@ def _extract(job: Job, t0: float, source, backbone, recipe, preprocess, pool, st
     hashed, memo = file_ids(job, [r.path for r in records], root, hash_files, rehash=rehash)
     ids = hashed.ids
 
+    if job.main:
+        say(f"loading backbone {backbone}" + (f" with adapter {adapter}" if adapter else ""))
     model, bb_ident = load_backbone(backbone, checkpoint=checkpoint, adapter=adapter, pool=pool)
     identity = build_identity(bb_ident, recipe, preprocess, store_dtype=store_dtype, precision=precision,
                               challenge=chal)
@@ -452,7 +454,7 @@ class _Work:
         items = [todo[k] for c in mine for k in chunks(len(todo), options.batch_size)[c]]
         extracted = failed = 0
         step, seconds = options.batch_size, 0.0
-        bar = _progress(len(todo), options.progress and job.main and bool(todo))
+        bar = Progress(len(todo), "extract", "img", enabled=options.progress and job.main and bool(todo))
         if job.world > 1 and job.main:
             bar = JobProgress(bar, writer.path, base, sizes)
         try:
@@ -540,11 +542,4 @@ def _rows(todo, good) -> Rows:
                 labels=[_label(rec) for (rec, _), _ in entries], groups=[rec.group or "" for (rec, _), _ in entries],
                 sizes=[e[1] for _, e in entries], challenge=challenge)
 
-
-def _progress(total: int, enabled: bool):
-    """A tqdm bar in images/s on a terminal; a no-op otherwise."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="extract", disable=not enabled or not sys.stderr.isatty(),
-                dynamic_ncols=True, smoothing=0.1)
 

@@ -28,6 +28,7 @@ from natix.cache.store import CacheWriter
 from natix.data.hashmemo import Hashed
 from natix.distributed import Job
 from natix.errors import CacheError, ConfigError, NatixError
+from natix.progress import say
 
 
 def chunks(n: int, batch_size: int) -> list[range]:
@@ -60,7 +61,11 @@ def file_ids(job: Job, paths: list, root: Path, hash_files, *, rehash: bool = Fa
     from natix.data.hashmemo import hash_with_memo, load_memo
 
     def read(todo: list | None) -> list:
-        return shared_hashes(job, job.broadcast(todo), hash_files)
+        todo = job.broadcast(todo)
+        if job.main and todo:
+            say(f"hashing {len(todo):,} files" + (f" across {job.world} ranks" if job.world > 1 else ""),
+                detail=len(todo) < 1000)
+        return shared_hashes(job, todo, hash_files)
 
     if not job.main:
         read(None)

@@ -166,12 +166,11 @@ def pretrain(data, backbone: str, out, *, config, dino: DinoConfig = DinoConfig(
     write ``adapter/``, ``config.json`` and ``history.json`` into `out`; return what was written."""
     import torch
 
-    from natix.extract.backbones import load_backbone
-    from natix.extract.featurizer import resolve_device
-    from natix.finetune.adapters import attach, save_adapter
+    from natix.finetune.adapters import save_adapter
     from natix.finetune.dist import setup, teardown
-    from natix.finetune.loop import Batches, Progress, decode_chw, labeled_images, schedule
+    from natix.finetune.loop import Batches, decode_chw, labeled_images, schedule
     from natix.finetune.train import check_out
+    from natix.progress import Progress
 
     t0 = time.perf_counter()
     _check(config)
@@ -181,15 +180,10 @@ def pretrain(data, backbone: str, out, *, config, dino: DinoConfig = DinoConfig(
             check_out(Path(out), resume=False)
         dist.barrier()
         images = labeled_images(data, allow_outside=allow_outside, labeled=False)
-        bb, _ = load_backbone(backbone, checkpoint=checkpoint)
-        torch.manual_seed(config.seed)
-        params = attach(bb, config.adapter)
-        model = Dino(bb, bb.dim, dino, preprocess, resolve_device(dist.device))
-        opt = torch.optim.AdamW([{"params": params}, {"params": list(model.head.parameters())}], lr=config.lr,
-                                weight_decay=config.weight_decay)
+        model, params, opt = _model(backbone, checkpoint, config, dino, preprocess, dist)
         rows = np.arange(len(images.ids))
         steps = config.epochs * math.ceil(len(rows) / config.batch_size)
-        bar, history, step = Progress(steps, progress and dist.main), [], 0
+        bar, history, step = Progress(steps, "dino", "batch", enabled=progress and dist.main), [], 0
         for epoch in range(config.epochs):
             batches, losses = Batches(rows, config.batch_size, seed=config.seed, epoch=epoch), []
             for b in range(len(batches)):
@@ -223,6 +217,27 @@ def pretrain(data, backbone: str, out, *, config, dino: DinoConfig = DinoConfig(
         return {"out": str(out), "adapter": adapter, "history": history, "seconds": time.perf_counter() - t0}
     finally:
         teardown(dist)
+
+
+def _model(backbone: str, checkpoint, config, dino: DinoConfig, preprocess: Preprocess, dist):
+    """The backbone with its adapters attached, inside the student/teacher model, the trained
+    parameters and their optimizer."""
+    import torch
+
+    from natix.extract.backbones import load_backbone
+    from natix.extract.featurizer import resolve_device
+    from natix.finetune.adapters import attach
+    from natix.progress import say
+
+    if dist.main:
+        say(f"loading backbone {backbone}")
+    bb, _ = load_backbone(backbone, checkpoint=checkpoint)
+    torch.manual_seed(config.seed)
+    params = attach(bb, config.adapter)
+    model = Dino(bb, bb.dim, dino, preprocess, resolve_device(dist.device))
+    opt = torch.optim.AdamW([{"params": params}, {"params": list(model.head.parameters())}], lr=config.lr,
+                            weight_decay=config.weight_decay)
+    return model, params, opt
 
 
 def _check(config) -> None:

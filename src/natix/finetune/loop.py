@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,22 +114,6 @@ class Batches:
 
     def __getitem__(self, b: int) -> np.ndarray:
         return self.rows[b * self.batch_size:(b + 1) * self.batch_size]
-
-
-class Progress:
-    """A tqdm bar of training batches on a terminal; nothing otherwise."""
-
-    def __init__(self, total: int, enabled: bool, done: int = 0):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, initial=done, unit="batch", desc="finetune",
-                        disable=not enabled or not sys.stderr.isatty())
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def load_model(backbone: str, config, recipe: ViewRecipe, preprocess: Preprocess, *, checkpoint, init_adapter,
@@ -354,5 +337,5 @@ class Model:
         return info
 
 
-__all__ = ["Batches", "ChallengeDraws", "Images", "Model", "Progress", "challenge_draws", "decode", "decode_chw",
+__all__ = ["Batches", "ChallengeDraws", "Images", "Model", "challenge_draws", "decode", "decode_chw",
            "labeled_images", "load_model", "schedule"]

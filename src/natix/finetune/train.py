@@ -35,9 +35,10 @@ from natix.data.challenge import challenge_recipe
 from natix.errors import ConfigError
 from natix.finetune.adapters import AdapterSpec
 from natix.finetune.dist import Dist, setup, teardown
-from natix.finetune.loop import Batches, Progress, challenge_draws, labeled_images, load_model
+from natix.finetune.loop import Batches, challenge_draws, labeled_images, load_model
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
 from natix.jsonio import write_json
+from natix.progress import Progress, say
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -135,6 +136,8 @@ def _finetune(data, backbone, out: Path, config, recipe, preprocess, checkpoint,
     splits = _splits(images, splits_path, ratios, split_seed)
     rows = splits.rows(images.ids, cache=data, owner=f"split file '{splits_path}'" if splits_path else None)
     draws = challenge_draws(config.challenge, config.challenge_seed, images)
+    if dist.main:
+        say(f"loading backbone {backbone}" + (f" with adapter {init_adapter}" if init_adapter else ""))
     model = load_model(backbone, config, recipe, preprocess, checkpoint=checkpoint, init_adapter=init_adapter,
                        device=dist.device, standardise_on=[images.paths[r] for r in rows["train"]], draws=draws)
     identity = _identity(backbone, checkpoint, init_adapter, recipe, preprocess, config, splits, draws)
@@ -144,8 +147,9 @@ def _finetune(data, backbone, out: Path, config, recipe, preprocess, checkpoint,
     if resume and (out / CHECKPOINT).is_file():
         state = model.load_checkpoint(out / CHECKPOINT, identity)
         resumed_at = (state["epoch"], state["batch"])
-    bar = Progress(config.epochs * math.ceil(len(rows["train"]) / config.batch_size), progress and dist.main,
-                   done=state["epoch"] * math.ceil(len(rows["train"]) / config.batch_size) + state["batch"])
+    per_epoch = math.ceil(len(rows["train"]) / config.batch_size)
+    bar = Progress(config.epochs * per_epoch, "finetune", "batch", enabled=progress and dist.main,
+                   initial=state["epoch"] * per_epoch + state["batch"])
     while state["epoch"] < config.epochs and state["bad_epochs"] < config.patience:
         _epoch(model, images, rows, config, state, out if dist.main else None, identity, bar, dist)
     bar.close()

@@ -418,6 +418,6 @@ def write_leaderboard(board: list[dict], out: Path, metric: str, baseline: str, 
 
 
 def _bar(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from natix.progress import Progress
 
-    return tqdm(total=total, unit="arm", desc="ablate", disable=not enabled or not sys.stderr.isatty())
+    return Progress(total, "ablate", "arm", enabled=enabled)
