@@ -118,7 +118,7 @@ def test_budget_holds_on_calibration_and_beats_stage1_alone(runs):
     stage = router.route([c1["confidence"]])
     assert stage.mean() <= 0.3
     y = c1["labels"]
-    joint = router.predict_proba([c1["prob"], c2["prob"]])
+    joint = router.roadwork_probability([c1["prob"], c2["prob"]])
     reward = M.ordered_rewards(y, joint)[1]
     assert reward == pytest.approx(router.reward_calib_)
     assert reward >= M.ordered_rewards(y, c1["prob"])[1]
@@ -177,15 +177,16 @@ def test_nan_in_an_answering_stage_raises_but_not_elsewhere():
     deferred = router.route([np.maximum(p1, 1 - p1)]) == 1
     assert deferred.any() and not deferred.all()
     p2 = np.where(deferred, 0.7, np.nan)  # NaN only where stage 2 does not answer
-    out = router.predict_proba([p1, p2])
+    out = router.roadwork_probability([p1, p2])
+    np.testing.assert_array_equal(router.predict_proba([p1, p2]), np.column_stack([1 - out, out]))
     assert np.isfinite(out).all()
     p2[np.flatnonzero(deferred)[0]] = np.nan
     with pytest.raises(DataError, match="stage 2 answers 1 images with NaN"):
-        router.predict_proba([p1, p2])
+        router.roadwork_probability([p1, p2])
     p1_bad = p1.copy()
     p1_bad[np.flatnonzero(~deferred)[0]] = np.nan
     with pytest.raises(DataError, match="stage 1 confidence is NaN"):
-        router.predict_proba([p1_bad, np.full(len(y), 0.7)])
+        router.roadwork_probability([p1_bad, np.full(len(y), 0.7)])
 
 
 def test_router_is_a_scikit_learn_estimator():

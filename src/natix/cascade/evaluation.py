@@ -156,7 +156,7 @@ def evaluate_cascade(stage_runs: Sequence, router, *, stage3=None) -> dict:
     stage = router.route(confidences)
     if external is not None:
         probs.append(_external_answers(external, stages[0], ids, stage == K - 1))
-    prob = router.predict_proba(probs, confidences)
+    prob = router.roadwork_probability(probs, confidences)
     reach = [float((stage >= k).mean()) for k in range(K)]
     compute = _compute(stages, external, reach)
     sources = [str(s["run"]) for s in stages] + ([external.name] if external is not None else [])

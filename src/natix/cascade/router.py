@@ -323,7 +323,7 @@ class Router(BaseEstimator):
         check_is_fitted(self, "thresholds_")
         return self._route(confidences)
 
-    def predict_proba(self, stage_probs: Sequence, confidences: Sequence | None = None) -> np.ndarray:
+    def roadwork_probability(self, stage_probs: Sequence, confidences: Sequence | None = None) -> np.ndarray:
         """The cascade's P(roadwork) per sample: the answering stage's probability.
 
         Parameters
@@ -363,6 +363,12 @@ class Router(BaseEstimator):
             out[rows] = p
         return out
 
+    def predict_proba(self, stage_probs: Sequence, confidences: Sequence | None = None) -> np.ndarray:
+        """``(n, 2)``: P(no roadwork), P(roadwork), as scikit-learn's ``predict_proba`` gives them
+        (:meth:`roadwork_probability` is the second column)."""
+        p = self.roadwork_probability(stage_probs, confidences)
+        return np.column_stack([1.0 - p, p])
+
     def predict(self, stage_probs: Sequence, confidences: Sequence | None = None) -> np.ndarray:
-        """Hard decisions ``predict_proba > 0.5`` (the validator's rounding), int64 of shape (n,)."""
-        return M.predictions(self.predict_proba(stage_probs, confidences))
+        """Hard decisions ``P(roadwork) > 0.5`` (the validator's rounding), int64 of shape (n,)."""
+        return M.predictions(self.roadwork_probability(stage_probs, confidences))

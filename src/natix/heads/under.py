@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from natix import metrics as M
-from natix.errors import DataError
+from natix.errors import DataError, NatixError
 from natix.heads.runs import Dataset, check_same_features, load_dataset
 from natix.heads.splits import SPLITS, Splits
 from natix.rundir import Run, Under
@@ -33,6 +33,8 @@ def load_head(run: Run):
     cfg = run.config
     try:
         return FittedHead(HeadConfig(**cfg["head"]), TrainConfig(**cfg.get("train", {})), load(run.model_bytes()))
+    except NatixError:  # already one line with its own fix (natix input errors are ValueErrors too)
+        raise
     except (TypeError, ValueError, KeyError) as exc:
         raise DataError(f"run '{run.path}' cannot be loaded ({exc}): refit the run with natix fit-head") from None
 

@@ -41,6 +41,8 @@ def build_head(head: dict, data: bytes, *, where: str, fix: str):
     try:
         model = HeadConfig(**head["config"]).build(int(head["dim"]), int(head["n_views"]))
         model.load_state_dict(load_safetensors(data), strict=True)
+    except NatixError:  # already one line with its own fix (natix input errors are ValueErrors too)
+        raise
     except (TypeError, KeyError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"the head of {where} does not load ({first}): {fix}") from None
