@@ -303,7 +303,7 @@ def test_rows_refuses_a_cache_of_other_or_fewer_images(fitted, tmp_path):
 
 # ------------------------------------------------------------------------------- the README example
 
-CACHE_IN_README = ".natix-cache/3f04ff86d05d29ea.h5"
+CACHE_IN_README = "caches/l10/*.h5"
 RUN_IN_README = "runs/mlp-att-gate"
 README_EXAMPLE = '''\
 import torch
@@ -328,7 +328,7 @@ class CachedRows(torch.utils.data.Dataset):
         return torch.from_numpy(self.cache[row]), int(self.cache.labels[row])
 
 
-with open_cache(".natix-cache/3f04ff86d05d29ea.h5") as cache:
+with open_cache("caches/l10/*.h5") as cache:
     print(cache)  # <FeatureCache '...h5' 1,200 rows × 10 views × 1024 float16, backbone ...>
     train = cache.rows("train", run="runs/mlp-att-gate")  # row indices of the run's splits
     test = cache.rows("val_test", run="runs/mlp-att-gate")
@@ -376,3 +376,19 @@ def test_the_readme_example_feeds_a_torch_dataset_and_a_sklearn_pipeline(fitted,
 
 def test_the_readme_shows_the_tested_example():
     assert _readme_example() == README_EXAMPLE
+
+
+def test_a_glob_that_matches_one_cache_file_opens_it(tmp_path):
+    from natix.cache.reader import cache_file
+    from natix.cache.synthetic import make_synthetic_cache
+    from natix.errors import CacheError
+
+    one = make_synthetic_cache(tmp_path / "a", n=20, n_views=2, dim=4, seed=0)
+    assert cache_file(tmp_path / "a" / "*.h5") == one
+    with open_cache(str(tmp_path / "a" / "*.h5")) as c:
+        assert c.path == one and len(c) == 20
+    make_synthetic_cache(tmp_path / "a", n=20, n_views=2, dim=4, seed=1)
+    with pytest.raises(CacheError, match=r"matches 2 files .*: name one cache file"):
+        cache_file(tmp_path / "a" / "*.h5")
+    with pytest.raises(CacheError, match="does not exist"):
+        cache_file(tmp_path / "b" / "*.h5")

@@ -66,9 +66,7 @@ class FeatureCache:
     def __init__(self, path: str | os.PathLike):
         import h5py
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CacheError(f"feature file '{self.path}' does not exist: run `natix extract` or check the path")
+        self.path = cache_file(path)
         f = None
         try:
             f = h5py.File(self.path, "r")
@@ -373,6 +371,26 @@ def _read_rows(ds, rows: np.ndarray, views: np.ndarray | None = None, block: int
 def _strings(values) -> np.ndarray:
     """HDF5 variable-length strings (bytes or str) → an object array of str."""
     return np.array([v.decode() if isinstance(v, bytes) else v for v in values], dtype=object)
+
+
+def cache_file(path: str | os.PathLike) -> Path:
+    """`path`, or the one file its glob pattern matches (``caches/l10/*.h5``, as the README writes
+    paths whose fingerprint is not known in advance); a one-line `CacheError` otherwise."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    text = str(path)
+    if any(c in text for c in "*?["):
+        import glob
+
+        matches = sorted(glob.glob(text))
+        if len(matches) == 1 and Path(matches[0]).is_file():
+            return Path(matches[0])
+        if len(matches) > 1:
+            shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+            raise CacheError(f"'{text}' matches {len(matches)} files ({shown}): name one cache file (natix cache ls "
+                             "lists them with their backbones)")
+    raise CacheError(f"feature file '{text}' does not exist: run `natix extract` or check the path")
 
 
 def open_cache(path: str | os.PathLike) -> FeatureCache:
