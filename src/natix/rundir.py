@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,8 @@ from natix import metrics as M
 from natix.errors import ConfigError, DataError
 from natix.jsonio import read_json, write_atomic, write_json
 
-__all__ = ["DERIVED", "PREDICTION_SPLITS", "Run", "Under", "check_out", "open_run", "confidence", "write_predictions", "write_run"]
+__all__ = ["DERIVED", "PREDICTION_SPLITS", "Run", "Under", "check_out", "check_replace", "confidence", "is_run", "open_run",
+           "write_predictions", "write_run"]
 
 PREDICTION_SPLITS = ("train", "val_select", "val_calib", "val_test")
 # Files a later step derives from the model: a refit removes them with the old model.
@@ -223,7 +225,7 @@ def check_out(out, *, base=None, run: bool = True) -> Path:
     out = Path(out)
     if base is not None and out.resolve() == Path(base).resolve():
         raise ConfigError(f"out '{out}' is the base run: pass a new directory")
-    if run and out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
+    if run and out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_run(out))):
         raise ConfigError(f"run directory '{out}' exists and is not a natix run: pass a new --out")
     # The nearest existing folder decides: `out` itself, or the ancestor it would be created in.
     existing = out.absolute()
@@ -235,6 +237,30 @@ def check_out(out, *, base=None, run: bool = True) -> Path:
         raise ConfigError(f"cannot write '{out}': '{existing}' is not writable: pass an --out in a writable "
                           "directory")
     return out
+
+
+def is_run(path) -> bool:
+    """Whether `path` is a natix run directory (it has config.json, which a run writes last)."""
+    return (Path(path) / "config.json").is_file()
+
+
+def check_replace(out, *, force: bool, what: str = "natix run", ours: Callable[[Path], bool] = is_run) -> bool:
+    """Refuse an `out` that already holds something, before a command writes there.
+
+    A missing or empty `out` passes. A `what` already there (``ours(out)`` is true) passes only
+    with `force`, to be replaced; anything else is refused even with `force`, because it is not
+    ours to replace. Returns whether `out` holds a `what` that is to be replaced.
+    """
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return False
+    if out.is_dir() and not any(out.iterdir()):
+        return False
+    if not out.is_dir() or not ours(out):
+        raise ConfigError(f"'{out}' exists and is not a {what}: pass a new --out (--force replaces only a {what})")
+    if not force:
+        raise ConfigError(f"'{out}' already holds a {what}: pass --force to replace it, or a new --out")
+    return True
 
 
 def write_predictions(out, split: str, ids, labels, pred: dict) -> Path:

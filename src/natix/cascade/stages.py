@@ -14,6 +14,8 @@ them would make the thresholds (fitted on raw ``val_calib``) and the evaluation 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -119,15 +121,16 @@ def _align(part: dict, first: dict, k: int, split: str) -> dict:
 
 
 def load_callable(spec: str) -> Callable:
-    """Import ``"package.module:function"`` (the function may be dotted, ``module:Class.method``)."""
+    """Import ``"package.module:function"`` (the function may be dotted, ``module:Class.method``);
+    the module is looked for in the current folder first, then on ``sys.path``."""
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise ConfigError(f"stage 3 must be given as 'module:function', got {spec!r}")
     module_name, attr = spec.split(":")
     try:
-        obj = importlib.import_module(module_name)
+        obj = _import_from_cwd(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import module '{module_name}' for stage 3 ({exc}): put it on PYTHONPATH "
-                          "or pass another module:function") from None
+        raise ConfigError(f"cannot import module '{module_name}' for stage 3 ({exc}): put it in the current folder "
+                          "or on PYTHONPATH, or pass another module:function") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"module '{module_name}' has no attribute '{attr}': pass module:function")
@@ -135,6 +138,18 @@ def load_callable(spec: str) -> Callable:
     if not callable(obj):
         raise ConfigError(f"'{spec}' is not callable: pass a function images -> probabilities")
     return obj
+
+
+def _import_from_cwd(module_name: str):
+    """Import `module_name` with the current folder first on ``sys.path`` for this import only, as
+    ``python -m`` would find it: the ``natix`` console script's own ``sys.path`` lacks the folder."""
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
+    importlib.invalidate_caches()  # a module file written since the last import is seen
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(cwd)  # the first occurrence: the one inserted above
 
 
 class ExternalStage:

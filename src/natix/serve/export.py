@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 
 from natix import __version__, jsonio
-from natix.errors import ConfigError, DataError
-from natix.rundir import Run
+from natix.errors import DataError
+from natix.rundir import Run, check_replace
 from natix.serve.location import record
 from natix.serve.manifest import FORMAT, MANIFEST, is_bundle, manifest_bytes, read_key, sha256
 from natix.serve.schema import as_threshold, is_external_spec
@@ -26,13 +26,14 @@ __all__ = ["export_bundle"]
 _IDENTITY_KEYS = ("backbone", "views", "preprocess", "precision", "store_dtype")
 
 
-def export_bundle(path, out, *, sign_key=None) -> Path:
+def export_bundle(path, out, *, sign_key=None, replace: bool = True) -> Path:
     """Freeze a run directory, or a cascade directory (one holding ``cascade.json``), into the
     bundle directory `out`; returns `out`.
 
     The runs' caches must still exist (their identities say how images become features). `out` is
     written next to itself and swapped in whole, so an existing bundle there is replaced only
-    once the new one is complete; any other non-empty directory is refused.
+    once the new one is complete (``replace=False`` refuses it, as ``natix export`` does without
+    ``--force``); any other non-empty directory is refused.
 
     `sign_key` (bytes, or the path of a key file; at least 16 bytes) signs the manifest with
     HMAC-SHA256, which ``load_bundle(..., verify_key=...)`` checks (:mod:`natix.serve.manifest`).
@@ -41,9 +42,9 @@ def export_bundle(path, out, *, sign_key=None) -> Path:
     path, out = Path(path), Path(out)
     key = None if sign_key is None else read_key(sign_key, option="sign_key")
     if (path / "cascade.json").is_file():
-        return _export_cascade(path, out, key)
+        return _export_cascade(path, out, key, replace)
     run = Run(path)
-    stage, files = _stage_entry(run, 0, out=out)
+    stage, files = _stage_entry(run, 0, out=out, replace=replace)
     manifest = _manifest(stages=[stage], prior=run.prior(), files=files, source_run=str(path.resolve()))
     return _write_bundle(out, manifest, files, key)
 
@@ -61,13 +62,12 @@ def _write_bundle(out: Path, manifest: dict, files: dict[str, bytes], key: bytes
     return out
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an existing `out` that is neither empty nor a natix bundle."""
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or is_bundle(out))):
-        raise ConfigError(f"'{out}' exists and is not a natix bundle: pass a new --out")
+def _check_out(out: Path, replace: bool) -> None:
+    """Refuse an existing `out` that is neither empty nor a natix bundle, and a bundle unless `replace`."""
+    check_replace(out, force=replace, what="natix bundle", ours=is_bundle)
 
 
-def _stage_entry(run: Run, k: int, *, out: Path) -> tuple[dict, dict[str, bytes]]:
+def _stage_entry(run: Run, k: int, *, out: Path, replace: bool) -> tuple[dict, dict[str, bytes]]:
     """The manifest entry of `run` as stage `k` (0-based) and the files it needs; `out` is
     checked once the run's cache is known to be readable (the order single-run export always had)."""
     from natix.calibrate.apply import calibration_from_json
@@ -75,7 +75,7 @@ def _stage_entry(run: Run, k: int, *, out: Path) -> tuple[dict, dict[str, bytes]
     cfg = run.config
     head_bytes = run.model_bytes()
     identity, source = _cache_identity(run)
-    _check_out(out)
+    _check_out(out, replace)
     head = {"config": cfg["head"], "dim": int(cfg["cache"]["dim"]), "n_views": int(cfg["cache"]["n_views"]),
             "view_names": cfg["cache"].get("view_names")}
     build_head(head, head_bytes, where=f"run '{run.path}'", fix="refit the run with natix fit-head")  # refuse now
@@ -131,16 +131,16 @@ def _cache_identity(run: Run) -> tuple[dict, dict]:
     return identity, source
 
 
-def _export_cascade(cascade: Path, out: Path, key: bytes | None) -> Path:
+def _export_cascade(cascade: Path, out: Path, key: bytes | None, replace: bool) -> Path:
     """A cascade directory → a cascade bundle: one stage entry per run, an optional last
     ``{"external": "module:function"}`` entry, and the router (mode, thresholds, confidence)."""
-    _check_out(out)
+    _check_out(out, replace)
     doc_file = cascade / "cascade.json"
     mode, sources, confidence, thresholds = _read_cascade(doc_file)
     runs, external = _cascade_stages(sources)
     stages, files = [], {}
     for k, run in enumerate(runs):
-        stage, stage_files = _stage_entry(run, k, out=out)
+        stage, stage_files = _stage_entry(run, k, out=out, replace=replace)
         gated = stage["head"]["config"].get("policy") == "gate"
         if (confidence[k] == "gate") != gated:
             raise DataError(f"cascade stage {k + 1} routes on '{confidence[k]}' but the head of run '{run.path}' "
