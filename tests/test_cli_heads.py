@@ -210,9 +210,9 @@ def bad_files(cache, other_cache, tmp_path_factory):
     (["MISSING"], 1, "does not exist"),
     (["FOREIGN"], 1, "not a natix feature cache"),
     (["UNLABELED"], 1, "no labeled images"),
-    (["CACHE", "--head", "resnet"], 1, "unknown head 'resnet'"),
-    (["CACHE", "--agg", "sum"], 1, "unknown aggregator 'sum'"),
-    (["CACHE", "--policy", "vote"], 1, "unknown policy 'vote'"),
+    (["CACHE", "--head", "resnet"], 2, "--head.*'resnet' is not one of 'linear', 'mlp'"),
+    (["CACHE", "--agg", "sum"], 2, "--agg.*'sum' is not one of 'global', 'mean'"),
+    (["CACHE", "--policy", "vote"], 2, "--policy.*'vote' is not one of 'softmax', 'gate', 'scrc'"),
     (["CACHE", "--ratios", "0.5,0.2,0.2,0.2"], 1, r"four positive fractions summing to 1, got \(0.5, 0.2, 0.2, 0.2\)"),
     (["CACHE", "--ratios", "a,b"], 2, r"--ratios.*'a,b' is not four comma-separated fractions"),
     (["CACHE", "--stop-metric", "auc"], 2, r"--stop-metric.*'auc' is not one of"),
@@ -234,10 +234,12 @@ def test_fit_head_bad_inputs(bad_files, tmp_path, args, code, match):
 @pytest.mark.parametrize("option, names", [("--head", list_heads()), ("--agg", list_aggregators()),
                                            ("--policy", list(POLICIES))])
 def test_unknown_names_list_the_valid_ones(cache, tmp_path, option, names):
+    """The registries' names, checked when the command line is parsed: a usage error (exit 2)."""
     assert len(names) >= 2
-    line = _one_line_error(run("fit-head", cache, option, "nope", "--out", tmp_path / "run"), 1)
-    listed = line.split("pass one of", 1)[1]
-    assert all(re.search(rf"\b{re.escape(n)}\b", listed) for n in names), line
+    line = _one_line_error(run("fit-head", cache, option, "nope", "--out", tmp_path / "run"), 2)
+    listed = line.split("is not one of", 1)[1]
+    assert all(f"'{n}'" in listed for n in names), line
+    assert not (tmp_path / "run").exists()
 
 
 def test_other_cache_split_file_names_both_caches(bad_files, other_cache, cache, tmp_path):
@@ -251,13 +253,13 @@ def test_other_cache_split_file_names_both_caches(bad_files, other_cache, cache,
 def test_evaluate_prints_metrics_with_cis(fitted):
     _ok(fitted[0])
     out = fitted[1]
-    r = _ok(run("evaluate", out))
+    r = _ok(run("evaluate", out))  # the result on stdout; status lines (progress) go to stderr
     stored = json.loads((out / "metrics.json").read_text())["val_test"]
-    assert "split val_test" in r.output.splitlines()[0] and "95% bootstrap CI" in r.output
+    assert "split val_test" in r.stdout.splitlines()[0] and "95% bootstrap CI" in r.stdout
     ci_line = re.compile(r"^\s+(\w+)\s+(-?[\d.]+|nan)\s+\[(-?[\d.]+|nan), (-?[\d.]+|nan)\]$")
     with_ci = {}
-    body = r.output.split("\n\n")[0].splitlines()[1:]  # the reward definitions follow a blank line
-    assert "reward_expected: " in r.output
+    body = r.stdout.split("\n\n")[0].splitlines()[1:]  # the reward definitions follow a blank line
+    assert "reward_expected: " in r.stdout
     for line in body:
         name, value = line.split()[:2]
         assert float(value) == pytest.approx(stored[name], abs=5e-5, nan_ok=True), line
@@ -272,14 +274,14 @@ def test_evaluate_train_split(fitted):
     _ok(fitted[0])
     r = _ok(run("evaluate", fitted[1], "--split", "train"))
     stored = json.loads((fitted[1] / "metrics.json").read_text())["train"]
-    assert "split train" in r.output.splitlines()[0]
-    [n_line] = [line for line in r.output.splitlines() if line.split()[:1] == ["n"]]
+    assert "split train" in r.stdout.splitlines()[0]
+    [n_line] = [line for line in r.stdout.splitlines() if line.split()[:1] == ["n"]]
     assert int(n_line.split()[1]) == stored["n"]
 
 
 def test_evaluate_json_matches_metrics_json(fitted):
     _ok(fitted[0])
-    result = json.loads(_ok(run("evaluate", fitted[1], "--json")).output)
+    result = json.loads(_ok(run("evaluate", fitted[1], "--json")).stdout)
     stored = json.loads((fitted[1] / "metrics.json").read_text())["val_test"]
     assert result["split"] == "val_test" and set(result["metrics"]) == set(stored)
     assert all(_same(result["metrics"][k], stored[k]) for k in stored), (result["metrics"], stored)
@@ -298,12 +300,12 @@ def test_evaluate_json_is_strict_when_a_metric_is_undefined(fitted, tmp_path):
     with np.load(run_dir / "predictions" / "val_test.npz") as z:
         pred = {k: z[k] for k in z.files}
     write_predictions(run_dir, "val_test", pred.pop("ids"), np.ones_like(pred.pop("labels")), pred)
-    out = _ok(run("evaluate", run_dir, "--json")).output
+    out = _ok(run("evaluate", run_dir, "--json")).stdout
     assert "NaN" not in out
     result = json.loads(out)
     assert result["metrics"]["auroc"] is None and result["metrics"]["n"] == len(pred["prob"])
     assert result["metrics"]["accuracy"] == pytest.approx(float(np.mean(pred["prob"] > 0.5)))
-    text = _ok(run("evaluate", run_dir)).output
+    text = _ok(run("evaluate", run_dir)).stdout
     assert re.search(r"^\s+auroc\s+nan\b", text, re.MULTILINE), text
 
 
@@ -336,12 +338,12 @@ def test_calibrate_budget_exit(fitted, tmp_path):
     assert "certified bound" not in text
     line = _one_line_error(run("calibrate", run_dir, "--exit", "budget", "--budget", "1.5"), 2)  # refused at parse time
     assert "budget" in line, line
-    # Names are the library's registries: an unknown one is the library's one-line error, before any write.
+    # Names are the library's registries, checked at parse time: a usage line listing them, before any write.
     before = sorted(p.name for p in Path(run_dir).iterdir())
-    line = _one_line_error(run("calibrate", run_dir, "--exit", "maybe"), 1)
-    assert "unknown exit rule 'maybe': pass one of budget, crc, ltt, scrc" in line, line
-    line = _one_line_error(run("calibrate", run_dir, "--method", "dirichlet"), 1)
-    assert "unknown calibrat" in line and "platt" in line, line
+    line = _one_line_error(run("calibrate", run_dir, "--exit", "maybe"), 2)
+    assert "'maybe' is not one of 'none', 'ltt', 'crc', 'scrc', 'budget'" in line, line
+    line = _one_line_error(run("calibrate", run_dir, "--method", "dirichlet"), 2)
+    assert "'dirichlet' is not one of" in line and "'platt'" in line, line
     assert sorted(p.name for p in Path(run_dir).iterdir()) == before
 
 
@@ -354,7 +356,9 @@ def test_cascade_prints_what_the_library_wrote(fitted, cache, tmp_path):
     res = json.loads(_ok(run(*args, "--json")).output)
     doc = json.loads((tmp_path / "casc" / "cascade.json").read_text())
     assert res == doc and doc["mode"] == "budget" and doc["router"]["budget"] == 0.5
-    text = _ok(run(*args)).output
+    line = _one_line_error(run(*args), 1)  # the cascade is there now: replaced only with --force
+    assert "already holds a natix cascade" in line and "--force" in line, line
+    text = _ok(run(*args, "--force")).output
     assert f"accuracy {doc['metrics']['accuracy']:.4f}" in text and doc["calibration"]["guarantee"] in text
 
 
@@ -381,7 +385,7 @@ def test_fit_head_on_an_extracted_cache(demo_images, tiny_backbone, tmp_path):
     assert config["cache"]["view_names"] == [v["name"] for v in info["view_table"]]
     sizes = config["splits"]["sizes"]
     assert sum(sizes.values()) == 12 and min(sizes.values()) >= 2
-    assert json.loads(_ok(run("evaluate", out, "--json")).output)["metrics"]["n"] == sizes["val_test"]
+    assert json.loads(_ok(run("evaluate", out, "--json")).stdout)["metrics"]["n"] == sizes["val_test"]
 
 
 # --------------------------------------------------------------------------- ablate
@@ -435,17 +439,17 @@ def test_ablate_jobs_2_gives_the_same_leaderboard(ablations):
         assert b["auroc_ci"] == pytest.approx(a["auroc_ci"]) and b["diff"] == pytest.approx(a["diff"])
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--metric", "nope"], "unknown metric 'nope': pass one of"),
-    (["--baseline", "nope"], "baseline 'nope' is not an arm: pass one of"),
+@pytest.mark.parametrize("extra, code, match", [
+    (["--metric", "nope"], 2, "'nope' is not one of"),
+    (["--baseline", "nope"], 1, "baseline 'nope' is not an arm: pass one of"),
 ], ids=["metric", "baseline"])
-def test_ablate_bad_options(cache, tmp_path, extra, match):
+def test_ablate_bad_options(cache, tmp_path, extra, code, match):
     out = tmp_path / "board"
     args = ["--head", "linear,mlp", "--agg", "mean,max", "--policy", "softmax", "--max-epochs", "2", "-q"]
-    line = _one_line_error(run("ablate", cache, *args, *extra, "--out", out), 1)
+    line = _one_line_error(run("ablate", cache, *args, *extra, "--out", out), code)
     assert match in line, line
     if extra[0] == "--metric":
-        assert all(re.search(rf"\b{m}\b", line) for m in METRIC_NAMES), line
+        assert all(f"'{m}'" in line for m in METRIC_NAMES), line
     if extra[0] == "--baseline":
         assert all(arm in line for arm in ARMS), line
     assert not out.exists()
@@ -473,8 +477,8 @@ def test_config_file_supplies_fit_head_defaults(cache, tmp_path):
 
 
 def test_ablate_empty_arm_list_is_a_one_line_error(cache, tmp_path):
-    line = _one_line_error(run("ablate", cache, "--head", "", "--out", tmp_path / "board"), 1)
-    assert "--head" in line or "arm" in line
+    line = _one_line_error(run("ablate", cache, "--head", "", "--out", tmp_path / "board"), 2)
+    assert "--head" in line and "names none: pass one or more of linear, mlp" in line, line
 
 
 def test_ablate_repeated_arm(cache, tmp_path):
@@ -536,7 +540,7 @@ def test_every_numeric_option_has_the_checked_type(command):
     from natix.cli.common import Number, Numbers
 
     for p in cli.commands[command].params:
-        if getattr(p, "count", False):  # -v: a count of flags, not a number typed in
+        if getattr(p, "count", False) or getattr(p, "hidden", False):  # -v: a count of flags; old spellings
             continue
         assert not isinstance(p.type, (click.types.IntParamType, click.types.FloatParamType)), (command, p.name)
         if isinstance(p.default, (int, float)) and not isinstance(p.default, bool) and not p.count:

@@ -48,3 +48,25 @@ def test_predict_refuses_a_batch_size_below_one_before_loading(tmp_path):
     for bad in ("0", "-2", "nan"):
         r = CliRunner().invoke(cli, ["predict", str(tmp_path / "no-bundle"), str(image), "--batch-size", bad])
         assert r.exit_code == 2 and "--batch-size" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_export_replaces_a_bundle_only_with_force(chain, tmp_path):
+    bundle = tmp_path / "bundle"
+    args = ["export", str(chain / "s2"), "--out", str(bundle)]
+    r = CliRunner().invoke(cli, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == {"bundle": str(bundle), "signed": False}
+    manifest = (bundle / "manifest.json").read_bytes()
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert f"'{bundle}' already holds a natix bundle: pass --force to replace it, or a new --out" in r.output
+    assert (bundle / "manifest.json").read_bytes() == manifest
+    r = CliRunner().invoke(cli, ["export", str(chain / "s1"), "--out", str(bundle), "--force"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((bundle / "manifest.json").read_text())["source_run"] == str((chain / "s1").resolve())
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    r = CliRunner().invoke(cli, ["export", str(chain / "s2"), "--out", str(foreign), "--force"])
+    assert r.exit_code == 1 and "exists and is not a natix bundle" in r.output
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]

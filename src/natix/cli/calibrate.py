@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from natix.cli.common import LEVEL, Number, echo_json, opened, under_option
+from natix.cli.common import (
+    CALIBRATOR,
+    EXIT_RULE,
+    LEVEL,
+    Number,
+    echo_json,
+    echo_result,
+    json_option,
+    opened,
+    under_option,
+)
 from natix.cli.group import cli, library_errors
 
 
@@ -55,11 +65,10 @@ def calibration_summary(res) -> str:
 
 @cli.command("calibrate")
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--method", default="platt", show_default=True,
-              help="A registered calibrator: temperature, platt, beta, isotonic, or your own.")
-@click.option("--exit", "exit_rule", default=None,
+@click.option("--method", type=CALIBRATOR, default="platt", show_default=True, help="A registered calibrator.")
+@click.option("--exit", "exit_rule", type=EXIT_RULE, default=None,
               help="A registered exit rule: ltt, crc, scrc (certified), budget (defer at most --budget, no "
-                   "guarantee), or your own; none: no deferral.")
+                   "guarantee); none: no deferral  [default: none]")
 @click.option("--alpha", type=LEVEL, default=0.1, show_default=True, help="Risk level of the guarantee.")
 @click.option("--delta", type=LEVEL, default=0.1, show_default=True, help="Failure probability (LTT, SCRC).")
 @click.option("--target-fnr", type=Number(min=0, max=1, max_open=True), default=None,
@@ -68,12 +77,13 @@ def calibration_summary(res) -> str:
 @click.option("--budget", type=LEVEL, default=0.2, show_default=True,
               help="--exit budget: largest fraction of the calibration images deferred.")
 @under_option()
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @library_errors
 def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, budget, under, as_json) -> None:
     """Calibrate a run on val_calib and certify an exit rule; report on val_test."""
     from natix.calibrate.apply import calibrate_run
 
+    exit_rule = None if exit_rule == "none" else exit_rule
     res = calibrate_run(opened(run, under), method=method, exit=exit_rule, alpha=alpha, delta=delta, target_fnr=target_fnr,
                         acceptance=acceptance, budget=budget)
     if as_json:
@@ -87,10 +97,14 @@ def calibrate(run, method, exit_rule, alpha, delta, target_fnr, acceptance, budg
 @cli.command("report")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder [default: RUN/report].")
+@json_option
 @library_errors
-def report(run, out) -> None:
+def report(run, out, as_json) -> None:
     """Plot reliability, risk-coverage and confidence histograms of a run (PNG + markdown)."""
     from natix.calibrate.report import PLOTS, write_report
 
     md = write_report(run, out)
-    click.echo(f"wrote {md} and {len(PLOTS)} plots ({', '.join(PLOTS)})")
+    # Each plot has the numbers it draws next to it, in a JSON file of the same name.
+    written = {"report": md, "plots": [{"png": md.parent / name, "numbers": (md.parent / name).with_suffix(".json")}
+                                       for name in PLOTS]}
+    echo_result(as_json, written, lambda w: f"wrote {w['report']} and {len(PLOTS)} plots ({', '.join(PLOTS)})")

@@ -1,16 +1,22 @@
-"""What every command module shares: checked numeric options, strict JSON output,
-comma-separated values, a quiet transformers. Nothing here imports a heavy library at module level."""
+"""What every command module shares: checked numeric options, choices read from the registries,
+comma-separated names, strict JSON output, ``--force``, renamed options, a quiet transformers.
+Nothing here imports a heavy library at module level, and nothing a command's ``--help`` reads
+imports one either (torch, scikit-learn, h5py): the names of registries are read when needed."""
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-__all__ = ["COUNT", "LEVEL", "SEED", "THREADS", "Number", "Numbers", "comma_names", "echo_json", "echo_result",
-           "quiet_transformers"]
+__all__ = ["AGGREGATOR", "CALIBRATOR", "CHALLENGE", "COUNT", "EXIT_RULE", "HEAD", "LEVEL", "METRIC", "POLICY",
+           "SEED", "THREADS", "LazyChoice", "Names", "Number", "Numbers", "comma_names", "echo_json", "echo_result",
+           "force_option", "json_option", "names_in", "quiet_transformers", "renamed_option", "take_renamed"]
 
 
 class Number(click.ParamType):
@@ -134,6 +140,178 @@ class Numbers(click.ParamType):
                           param, ctx)
             values.append(x)
         return tuple(values)
+
+
+class LazyChoice(click.Choice):
+    """One of the names ``names()`` returns, read each time they are needed (help, shell
+    completion, checking a value) and never when the CLI is imported, so a registry stays the one
+    list of its names. `names` must be light enough for ``--help`` (no torch, scikit-learn, h5py).
+    """
+
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self.names = names
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.names())
+
+    @choices.setter
+    def choices(self, _given) -> None:
+        """click's constructor stores its (empty) tuple here: `names` is the one list."""
+
+
+class Names(click.ParamType):
+    """Comma-separated names (or a list in a ``--config`` file), each one of `choice`'s; converts to
+    a tuple. Help shows them as ``[a|b|c],...``; an unknown or missing name is one usage line
+    listing the valid ones; shell completion completes the name after the last comma."""
+
+    name = "names"
+
+    def __init__(self, choice: click.Choice):
+        self.choice = choice
+
+    def __repr__(self) -> str:
+        return f"Names({list(self.choice.choices)})"
+
+    def get_metavar(self, param, ctx=None) -> str:  # click < 8.2 passes no ctx
+        return "[" + "|".join(self.choice.choices) + "],..."
+
+    def convert(self, value, param, ctx):
+        listed = isinstance(value, (list, tuple))
+        items = [str(v).strip() for v in value] if listed else comma_names(str(value))
+        text = ",".join(items) if listed else str(value)
+        valid = self.choice.choices
+        if not items:
+            self.fail(f"'{text}' names none: pass one or more of {', '.join(valid)}, comma-separated", param, ctx)
+        for item in items:
+            if item not in valid:
+                self.fail(f"'{item}' in '{text}' is not one of {', '.join(map(repr, valid))}: pass comma-separated "
+                          "names from them", param, ctx)
+        return tuple(items)
+
+    def shell_complete(self, ctx, param, incomplete: str):
+        from click.shell_completion import CompletionItem
+
+        done, comma, last = incomplete.rpartition(",")
+        return [CompletionItem(done + comma + n) for n in self.choice.choices if n.startswith(last)]
+
+
+# --------------------------------------------------------------------------- registered names
+# Each reads its registry (or the library's tuple of names) when asked. The calibrator and exit
+# rule registries live in modules that import scikit-learn and SciPy, too slow for --help: their
+# built-in names are listed here (tests/test_cli_consistency.py keeps them equal to the
+# registries), plus whatever was registered when the registry module is already loaded.
+BUILTIN_CALIBRATORS = ("temperature", "platt", "beta", "isotonic")
+BUILTIN_EXIT_RULES = ("ltt", "crc", "scrc", "budget")
+
+
+def names_in(module: str, attr: str) -> LazyChoice:
+    """A choice of the names `module.attr` holds (a tuple, or a registry in registration order),
+    imported when first asked; `module` must be light (no torch, scikit-learn, h5py)."""
+    return LazyChoice(lambda: list(getattr(importlib.import_module(module), attr)))
+
+
+def _names(builtin: Iterable[str], registry) -> list[str]:
+    """`builtin` then the other names of `registry` (None: not loaded), each once, in registration order."""
+    return list(dict.fromkeys([*builtin, *(registry if registry is not None else ())]))
+
+
+def _loaded(module: str, attr: str):
+    """`module.attr` when `module` is already imported, else None (importing it is too slow for --help)."""
+    mod = sys.modules.get(module)
+    return getattr(mod, attr) if mod is not None else None
+
+
+def head_names() -> list[str]:
+    """The built-in heads (named without importing torch), then any registered since."""
+    from natix.heads.registry import BUILTIN_HEADS, HEADS
+
+    return _names(BUILTIN_HEADS, HEADS)
+
+
+def aggregator_names() -> list[str]:
+    """The built-in view aggregators (named without importing torch), then any registered since."""
+    from natix.heads.registry import AGGREGATORS, BUILTIN_AGGREGATORS
+
+    return _names(BUILTIN_AGGREGATORS, AGGREGATORS)
+
+
+def calibrator_names() -> list[str]:
+    return _names(BUILTIN_CALIBRATORS, _loaded("natix.calibrate.calibrators", "CALIBRATORS"))
+
+
+def exit_rule_names() -> list[str]:
+    return _names(BUILTIN_EXIT_RULES, _loaded("natix.calibrate.exits", "EXIT_RULES"))
+
+
+HEAD = LazyChoice(head_names)
+AGGREGATOR = LazyChoice(aggregator_names)
+POLICY = names_in("natix.heads.config", "POLICIES")
+METRIC = names_in("natix.metrics", "METRIC_NAMES")
+CHALLENGE = names_in("natix.data", "CHALLENGES")
+CALIBRATOR = LazyChoice(calibrator_names)
+EXIT_RULE = LazyChoice(lambda: ["none", *exit_rule_names()])  # none: answer every image
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def json_option(fn):
+    """The ``--json`` flag of a command that prints a result."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the result as strict JSON on stdout (status lines go to stderr).")(fn)
+
+
+def force_option(what: str):
+    """The ``--force`` flag of a command that writes `what` into ``--out``."""
+    return click.option("--force", is_flag=True,
+                        help=f"Replace the {what} already at --out (anything else there is never replaced).")
+
+
+# How explicitly a value was given: the command line beats the environment beats a --config file
+# beats the default.
+_EXPLICIT = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.DEFAULT_MAP,
+             ParameterSource.DEFAULT)
+
+
+def renamed_option(old: str, new: str, type: click.ParamType):
+    """The hidden old spelling `old` of the option `new`, kept working for one release.
+
+    Using it (on the command line or as a ``--config`` key) prints a one-line deprecation warning
+    on stderr; giving both on the command line is a usage error. The option `new` takes
+    ``callback=take_renamed``.
+    """
+
+    def remember(ctx: click.Context, param: click.Parameter, value):
+        if value is None:
+            return
+        click.echo(f"Warning: {old} is deprecated and goes away in the next release: use {new}", err=True)
+        dest = new.lstrip("-").replace("-", "_")
+        ctx.meta[("natix.renamed", dest)] = (old, value, ctx.get_parameter_source(param.name))
+        if dest in ctx.params:  # `new` was processed first
+            ctx.params[dest] = _newest(ctx, dest, new, ctx.params[dest])
+
+    return click.option(old, type=type, default=None, hidden=True, expose_value=False, callback=remember)
+
+
+def take_renamed(ctx: click.Context, param: click.Parameter, value):
+    """Callback of an option that has a :func:`renamed_option`: the old spelling's value when it is
+    the more explicit one."""
+    return _newest(ctx, param.name, param.opts[0], value)
+
+
+def _newest(ctx: click.Context, dest: str, new: str, value):
+    """`value` of option `new`, or the value given under its old name when that is more explicit."""
+    given = ctx.meta.get(("natix.renamed", dest))
+    if given is None:
+        return value
+    old, old_value, old_source = given
+    source = ctx.get_parameter_source(dest)
+    if source is ParameterSource.COMMANDLINE and old_source is ParameterSource.COMMANDLINE:
+        raise click.UsageError(f"{old} is the old name of {new}: pass {new} only", ctx)
+    rank = {s: i for i, s in enumerate(_EXPLICIT)}
+    return value if rank.get(source, len(rank)) <= rank.get(old_source, len(rank)) else old_value
 
 
 def echo_json(value) -> None:

@@ -3,12 +3,23 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
-from natix.cli.common import COUNT, SEED, Number, echo_result, quiet_transformers
-from natix.cli.group import cli, library_errors
+from natix.cli.common import (
+    CHALLENGE,
+    COUNT,
+    SEED,
+    Number,
+    echo_json,
+    echo_result,
+    json_option,
+    names_in,
+    quiet_transformers,
+)
+from natix.cli.group import Interrupted, cli, library_errors
 
 CACHE_HELP = "Cache directory  [default: $NATIX_CACHE, else ./.natix-cache]"
 
@@ -103,12 +114,12 @@ def extract_summary(r: dict) -> str:
 @click.option("--overlap", type=Number(min=0, max=1, max_open=True), default=0.125, show_default=True, help="Tile overlap fraction in [0, 1).")
 @click.option("--view-size", type=COUNT, default=224, show_default=True, help="Global view side (multiple of 16).")
 @click.option("--tile-size", type=COUNT, default=None, help="Tile side (multiple of 16)  [default: view size]")
-@click.option("--pool", type=click.Choice(["cls", "cls+mean"]), default="cls", show_default=True)
-@click.option("--store-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+@click.option("--pool", type=names_in("natix.config", "POOLS"), default="cls", show_default=True)
+@click.option("--store-dtype", type=names_in("natix.config", "STORE_DTYPES"), default="float16", show_default=True)
+@click.option("--precision", type=names_in("natix.config", "PRECISIONS"), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA, fp32 on CPU (part of the cache identity).")
-@click.option("--challenge", default="clean", show_default=True,
-              help="Challenge recipe each image goes through first: validator-e1, validator-e2, native or clean.")
+@click.option("--challenge", type=CHALLENGE, default="clean", show_default=True,
+              help="Challenge recipe each image goes through first.")
 @click.option("--draws", type=COUNT, default=1, show_default=True, help="Challenge draws per image (rows per image).")
 @click.option("--seed", "challenge_seed", type=SEED, default=0, show_default=True,
               help="Challenge seed: draw d of an image is fixed by the image, d and this seed.")
@@ -125,7 +136,7 @@ def extract_summary(r: dict) -> str:
                    "the tables are still checked.")
 @click.option("--allow-outside", is_flag=True,
               help="Let a manifest name images outside its folder (for a manifest you trust).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option
 @library_errors
 def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size, tile_size, pool, store_dtype,
             precision, challenge, draws, challenge_seed, cache_root, batch_size, workers, device, compile_,
@@ -138,13 +149,42 @@ def extract(data, backbone, checkpoint, adapter, views, grid, overlap, view_size
                         tile_size=tile_size or view_size)
     options = RunOptions(batch_size=batch_size, workers=workers, device=device)
     quiet_transformers()
-    r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
-                    checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
-                    compile=compile_, retry_failures=retry_failures, verify=not skip_checksum,
-                    allow_outside=allow_outside, challenge=challenge, draws=draws,
-                    challenge_seed=challenge_seed, rehash=rehash)
+    started = time.time()
+    try:
+        r = run_extract(data, backbone, recipe=recipe, pool=pool, store_dtype=store_dtype, precision=precision,
+                        checkpoint=checkpoint, adapter=adapter, cache_root=cache_root, options=options,
+                        compile=compile_, retry_failures=retry_failures, verify=not skip_checksum,
+                        allow_outside=allow_outside, challenge=challenge, draws=draws,
+                        challenge_seed=challenge_seed, rehash=rehash)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_extract(cache_root, started)) from None
     if r.rank == 0:  # in a torchrun job rank 0 reports for every rank
         echo_result(as_json, {**vars(r), "images_per_s": r.images_per_s, "model_work": r.model_work}, extract_summary)
+
+
+def interrupted_extract(cache_root, started: float) -> str:
+    """The line for an extraction stopped by Ctrl-C: how many images the finished chunks keep.
+
+    The caches this run wrote are those whose writer lock it took (the lock file changes when taken
+    and when let go); their chunks not merged yet are what a rerun resumes from.
+    """
+    from natix.cache.layout import image_ids, pending_parts
+    from natix.cache.parts import read_part
+    from natix.cache.store import resolve_cache_root
+    from natix.errors import CacheError
+
+    root = resolve_cache_root(cache_root)
+    # Slack for file systems that keep modification times in whole (or even) seconds.
+    written = sorted(lock.with_suffix("") for lock in root.glob("*.h5.lock") if lock.stat().st_mtime >= started - 2)
+    kept: set[str] = set()
+    for cache_file in written:
+        for part in pending_parts(cache_file):
+            try:
+                kept.update(image_ids(read_part(part, features=False)["ids"]).tolist())
+            except CacheError:  # a damaged chunk is extracted again by the rerun
+                continue
+    where = f" in finished chunks of {', '.join(str(c) for c in written)}" if kept else ""
+    return f"rerun the same command to resume ({len(kept)} images kept{where})"
 
 
 # --------------------------------------------------------------------------- cache
@@ -173,7 +213,7 @@ def cache_table(rows: list[dict]) -> str:
 
 @cache.command("ls")
 @click.option("--cache", "cache_root", type=click.Path(file_okay=False), help=CACHE_HELP)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @library_errors
 def cache_ls(cache_root, as_json) -> None:
     """List the caches in the cache directory."""
@@ -240,7 +280,7 @@ def cache_text(info: dict, shown_failures: int = 10) -> str:
 
 @cache.command("info")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @library_errors
 def cache_info(file, as_json) -> None:
     """Describe one cache file: identity, contents, views, failures."""
@@ -253,17 +293,23 @@ def cache_info(file, as_json) -> None:
 
 @cache.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False))
+@json_option
 @library_errors
-def cache_verify(file) -> None:
-    """Check a cache file: fingerprint, row counts, ids, labels, finite values, checksums, unmerged chunks."""
+def cache_verify(file, as_json) -> None:
+    """Check a cache file: fingerprint, row counts, ids, labels, finite values, checksums, unmerged chunks.
+    A damaged file exits with status 1 (with --json too, after the JSON)."""
     from natix.cache.store import verify_cache
 
     report = verify_cache(file)
-    for note in report["notes"]:
-        click.echo(f"note: {note}", err=True)
+    if as_json:
+        echo_json(report)
+    else:
+        for note in report["notes"]:
+            click.echo(f"note: {note}", err=True)
     if report["ok"]:
-        click.echo(f"ok: {report['images']} images x {report['views']} views x {report['dim']} dims; "
-                   f"checked {', '.join(report['checked'])}")
+        if not as_json:
+            click.echo(f"ok: {report['images']} images x {report['views']} views x {report['dim']} dims; "
+                       f"checked {', '.join(report['checked'])}")
         return
     n = len(report["problems"])
     raise click.ClickException(f"{file} failed verification ({n} problem{'s' if n > 1 else ''}): "

@@ -3,34 +3,30 @@ and optionally extract a new cache with it."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
 
-from natix.cli.common import COUNT, SEED, Number, comma_names, echo_result, quiet_transformers
+from natix.cli.common import (
+    AGGREGATOR,
+    CHALLENGE,
+    COUNT,
+    HEAD,
+    SEED,
+    Number,
+    comma_names,
+    echo_result,
+    force_option,
+    json_option,
+    names_in,
+    quiet_transformers,
+)
 from natix.cli.extract import CACHE_HELP
-from natix.cli.group import cli, library_errors
+from natix.cli.group import Interrupted, cli, library_errors
 from natix.cli.heads import RATIOS
 
 LR = Number(min=0, max=10, min_open=True, max_open=True)
-
-
-class RecipeChoice(click.Choice):
-    """One of the registered challenge recipes (:data:`natix.data.CHALLENGES`), read when first
-    needed: `import natix.cli` stays free of the recipes' imports (numpy)."""
-
-    def __init__(self):
-        super().__init__((), case_sensitive=True)
-
-    @property
-    def choices(self) -> tuple[str, ...]:
-        from natix.data import CHALLENGES
-
-        return tuple(CHALLENGES.names())
-
-    @choices.setter
-    def choices(self, _given) -> None:
-        """click's constructor stores its (empty) list here: the registry is the one list of names."""
 
 
 def finetune_text(res: dict) -> str:
@@ -76,9 +72,10 @@ def dino_text(res: dict) -> str:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights file for a timm:<model> backbone.")
 @click.option("--init-adapter", type=click.Path(file_okay=False), help="Start from this PEFT adapter (merged first).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@force_option("natix fine-tuning run (removed first; an interrupted one too, instead of --resume)")
 @click.option("--objective", type=click.Choice(["supervised", "dino"]), default="supervised", show_default=True,
               help="dino: ExPLoRA-style self-supervised pretraining on the images (labels ignored).")
-@click.option("--method", type=click.Choice(["lora", "dora", "last-k", "full"]), default="lora", show_default=True)
+@click.option("--method", type=names_in("natix.finetune.adapters", "METHODS"), default="lora", show_default=True)
 @click.option("--rank", type=COUNT, default=8, show_default=True, help="LoRA/DoRA rank.")
 @click.option("--lora-alpha", type=Number(min=0, min_open=True), default=16.0, show_default=True)
 @click.option("--lora-dropout", type=Number(min=0, max=1, max_open=True), default=0.0, show_default=True)
@@ -88,8 +85,8 @@ def dino_text(res: dict) -> str:
               help="lora/dora: last blocks that also train in full  [default: 1 with --objective dino, else 0]")
 @click.option("--local-crops", type=Number(min=0, integer=True), default=4, show_default=True,
               help="dino: small crops per image for the student.")
-@click.option("--head", default="linear", show_default=True)
-@click.option("--agg", default="mean", show_default=True)
+@click.option("--head", type=HEAD, default="linear", show_default=True)
+@click.option("--agg", type=AGGREGATOR, default="mean", show_default=True)
 @click.option("--views", type=COUNT, default=1, show_default=True, help="1 (global), 10 (+tiles), 20 (+flips).")
 @click.option("--epochs", type=COUNT, default=5, show_default=True)
 @click.option("--lr", type=LR, default=1e-4, show_default=True, help="Backbone learning rate.")
@@ -101,13 +98,13 @@ def dino_text(res: dict) -> str:
 @click.option("--grad-accum", type=COUNT, default=1, show_default=True, help="Batches per optimizer step.")
 @click.option("--patience", type=COUNT, default=2, show_default=True, help="Epochs without a better val_select loss.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--precision", type=names_in("natix.config", "PRECISIONS"), default="auto", show_default=True)
 @click.option("--checkpointing", is_flag=True, help="Gradient checkpointing (less memory, more time).")
 @click.option("--save-every", type=COUNT, default=50, show_default=True, help="Optimizer steps between checkpoints.")
 @click.option("--view-cache-mb", type=Number(min=0, integer=True), default=1024, show_default=True,
               help="Memory for keeping decoded views (source images with --challenge) across epochs (0: decode "
                    "every epoch).")
-@click.option("--challenge", type=RecipeChoice(), default="clean", show_default=True,
+@click.option("--challenge", type=CHALLENGE, default="clean", show_default=True,
               help="Challenge recipe as training augmentation: at epoch e each training image is its draw e (as "
                    "extract --challenge draws it); validation and the metrics use draw 0.")
 @click.option("--challenge-seed", type=SEED, default=0, show_default=True,
@@ -120,9 +117,9 @@ def dino_text(res: dict) -> str:
 @click.option("--extract", "then_extract", is_flag=True, help="Then extract DATA with the adapter into a new cache.")
 @click.option("--cache", "cache_root", type=click.Path(file_okay=False), help=CACHE_HELP)
 @click.option("--allow-outside", is_flag=True, help="Let a manifest name images outside its folder.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @library_errors
-def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, rank, lora_alpha, lora_dropout, targets,
+def finetune(data, backbone, checkpoint, init_adapter, out, force, objective, method, rank, lora_alpha, lora_dropout, targets,
              unfreeze_last, full_blocks, local_crops, head, agg, views, epochs, lr, head_lr, weight_decay, warmup, batch_size, grad_accum,
              patience, seed, precision, checkpointing, save_every, view_cache_mb, challenge, challenge_seed, resume,
              splits_path, ratios, split_seed, device, then_extract, cache_root, allow_outside, as_json) -> None:
@@ -146,20 +143,24 @@ def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, r
                             save_every=save_every, view_cache_mb=view_cache_mb, challenge=challenge,
                             challenge_seed=challenge_seed)
     recipe = ViewRecipe(n_views=views)
-    if dino:
-        if init_adapter or resume or then_extract or splits_path:
-            raise click.UsageError("--objective dino takes no --init-adapter, --resume, --extract or --splits: start "
-                                   "a supervised run from its adapter with --init-adapter")
-        from natix.finetune.dino import DinoConfig, pretrain
+    if dino and (init_adapter or resume or then_extract or splits_path):
+        raise click.UsageError("--objective dino takes no --init-adapter, --resume, --extract or --splits: start "
+                               "a supervised run from its adapter with --init-adapter")
+    claim_out(out, force, resume)
+    try:
+        if dino:
+            from natix.finetune.dino import DinoConfig, pretrain
 
-        res = pretrain(data, backbone, out, config=config, dino=DinoConfig(local_crops=local_crops),
-                       checkpoint=checkpoint, device=device, allow_outside=allow_outside)
-        if res:  # rank 0 of a torchrun job (or a plain process) reports
-            echo_result(as_json, res, dino_text)
-        return
-    r = run_finetune(data, backbone, out, config=config, recipe=recipe, checkpoint=checkpoint,
-                     init_adapter=init_adapter, splits_path=splits_path, ratios=ratios, split_seed=split_seed,
-                     device=device, resume=resume, allow_outside=allow_outside)
+            res = pretrain(data, backbone, out, config=config, dino=DinoConfig(local_crops=local_crops),
+                           checkpoint=checkpoint, device=device, allow_outside=allow_outside)
+            if res:  # rank 0 of a torchrun job (or a plain process) reports
+                echo_result(as_json, res, dino_text)
+            return
+        r = run_finetune(data, backbone, out, config=config, recipe=recipe, checkpoint=checkpoint,
+                         init_adapter=init_adapter, splits_path=splits_path, ratios=ratios, split_seed=split_seed,
+                         device=device, resume=resume, allow_outside=allow_outside)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_finetune(out, dino)) from None
     if r is None:  # another process of a torchrun job: rank 0 reports
         return
     res = {"out": str(r.out), "adapter": r.adapter, "metrics": r.metrics, "history": r.history, "seconds": r.seconds,
@@ -173,6 +174,38 @@ def finetune(data, backbone, checkpoint, init_adapter, out, objective, method, r
         res["kept"] = [str(p) for p, st in others.items() if after.get(p) == st]
         res["changed"] = [str(p) for p, st in others.items() if after.get(p) != st]
     echo_result(as_json, res, finetune_text)
+
+
+def claim_out(out, force: bool, resume: bool) -> None:
+    """Check --out before fine-tuning: an earlier run there is refused without --force and removed
+    with it, a checkpoint is continued with --resume, anything else is refused even with --force."""
+    from natix.distributed import job_env
+    from natix.finetune.train import CHECKPOINT
+    from natix.rundir import check_replace, is_run
+
+    if force and resume:
+        raise click.UsageError("--force starts over and --resume continues the run in --out: pass one of them")
+    out = Path(out)
+    if resume or (force and job_env()[0] != 0):
+        return  # the library checks the checkpoint; under torchrun rank 0 clears --out before the job starts
+    if (out / CHECKPOINT).is_file() and not force:
+        raise click.ClickException(f"'{out}' holds the checkpoint of an interrupted run: pass --resume to continue "
+                                   "it, --force to start over, or a new --out")
+    if check_replace(out, force=force, what="natix fine-tuning run",
+                     ours=lambda p: is_run(p) or (p / CHECKPOINT).is_file()):
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
+def interrupted_finetune(out, dino: bool) -> str:
+    """The line for a fine-tuning run stopped by Ctrl-C: what is kept and how to go on."""
+    from natix.finetune.train import CHECKPOINT
+
+    if dino:
+        return f"DINO pretraining does not resume: rerun to start {out} again"
+    if (Path(out) / CHECKPOINT).is_file():
+        return f"the last checkpoint in {out} is kept: rerun the same command with --resume to continue"
+    return f"no checkpoint was written yet in {out}: rerun to start again"
 
 
 def _cache_stats(cache_root) -> dict:

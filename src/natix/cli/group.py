@@ -1,7 +1,8 @@
-"""The `natix` click group: one-line errors, a YAML file of defaults, verbosity.
+"""The `natix` click group: one-line errors, a YAML file of defaults, verbosity, Ctrl-C.
 
 Library errors (`NatixError`) become one-line click errors with exit status 1, usage errors one
-line with exit status 2; anything else keeps its traceback, because it is a bug.
+line with exit status 2, Ctrl-C one line with exit status 130 (128 + SIGINT, as a shell reports
+it) saying what was kept; anything else keeps its traceback, because it is a bug.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import click
 
 from natix.errors import NatixError
 
-__all__ = ["OneLineErrors", "cli", "library_errors", "load_config", "main"]
+__all__ = ["Interrupted", "NatixCommand", "OneLineErrors", "cli", "library_errors", "load_config", "main"]
+
+INTERRUPTED = 130  # 128 + SIGINT: the exit status a shell gives a program stopped by Ctrl-C
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C stopped a command: exit status 130 and one line saying what was kept and how to go on."""
+
+    exit_code = INTERRUPTED
 
 
 def library_errors(fn):
@@ -117,7 +126,8 @@ def _verbosity(verbose: int) -> None:
 
 
 class NatixCommand(click.Command):
-    """A command with the same -q/--quiet and -v/--verbose as every other natix command."""
+    """A command with the same -q/--quiet and -v/--verbose as every other natix command; Ctrl-C
+    while it runs is :class:`Interrupted` (a command that knows what it kept raises its own)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -127,6 +137,13 @@ class NatixCommand(click.Command):
             click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_set_verbose,
                          help="More detail on stderr (-vv: debug logs)."),
         ]
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            command = " ".join(["natix", *ctx.command_path.split()[1:]])  # the same under any program name
+            raise Interrupted(f"{command} stopped by Ctrl-C") from None
 
 
 class OneLineErrors(click.Group):
@@ -141,6 +158,9 @@ class OneLineErrors(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+        except Interrupted as exc:
+            click.echo(f"Interrupted: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else "natix"
             click.echo(f"Error: {exc.format_message()} (see '{where} --help')", err=True)
@@ -148,7 +168,10 @@ class OneLineErrors(click.Group):
         except click.ClickException as exc:
             click.echo(f"Error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C before a command ran
+                click.echo("Interrupted: stopped by Ctrl-C", err=True)
+                sys.exit(INTERRUPTED)
             click.echo("Aborted.", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -7,7 +7,26 @@ from pathlib import Path
 import click
 
 from natix.cli.calibrate import calibration_summary
-from natix.cli.common import COUNT, LEVEL, SEED, THREADS, Number, Numbers, comma_names, echo_json, echo_result
+from natix.cli.common import (
+    AGGREGATOR,
+    COUNT,
+    HEAD,
+    LEVEL,
+    METRIC,
+    POLICY,
+    SEED,
+    THREADS,
+    LazyChoice,
+    Names,
+    Number,
+    Numbers,
+    comma_names,
+    echo_json,
+    echo_result,
+    force_option,
+    json_option,
+    names_in,
+)
 from natix.cli.group import cli, library_errors
 
 TABLE_METRICS = ("n", "accuracy", "mcc", "auroc", "nll", "ece", "augrc", "reward_ordered", "reward_expected")
@@ -16,6 +35,8 @@ RATE = Number(min=0, max=1, max_open=True)  # dropout
 L2 = Numbers(Number(min=0), what="comma-separated L2 penalties", example="1e-3,1e-2")
 RATIOS = Numbers(Number(min=0, max=1, min_open=True), count=4, what="four comma-separated fractions",
                  example="0.6,0.1,0.15,0.15")
+# fit-head's policies: the heads' own, and scrc (a softmax head, then Platt and an SCRC exit).
+FIT_POLICY = LazyChoice(lambda: [*POLICY.choices, "scrc"])
 
 
 def head_options(fn):
@@ -33,7 +54,7 @@ def head_options(fn):
         click.option("--view-dropout", type=RATE, default=0.0, show_default=True, help="Training-time view dropout."),
         click.option("--coverage", type=Number(min=0, max=1, min_open=True), default=0.8, show_default=True,
                      help="Gate policy: target coverage."),
-        click.option("--optimizer", type=click.Choice(["auto", "lbfgs", "adamw"]), default="auto", show_default=True,
+        click.option("--optimizer", type=names_in("natix.heads.config", "OPTIMIZERS"), default="auto", show_default=True,
                      help="auto: full-batch L-BFGS (numpy) for linear heads on global/mean/max/topk, AdamW otherwise."),
         click.option("--l2", type=L2, default="1e-4,1e-3,1e-2,1e-1,1", show_default=True,
                      help="L-BFGS: L2 penalties tried together; the best on val_select is kept."),
@@ -47,11 +68,11 @@ def head_options(fn):
         click.option("--patience", type=COUNT, default=None,
                      help="Epochs (AdamW) or iterations (L-BFGS) without improvement on val_select "
                           "[default: 2 epochs, 8 iterations]."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+        click.option("--precision", type=names_in("natix.heads.config", "PRECISIONS"), default="auto", show_default=True,
                      help="AdamW training forward; auto = bf16 autocast where the CPU/GPU multiplies bf16 natively."),
         click.option("--threads", type=THREADS, default=0, show_default=True,
                      help="CPU threads (torch and BLAS); 0 = every available core, divided by --jobs."),
-        click.option("--stop-metric", type=click.Choice(["nll", "mcc"]), default="nll", show_default=True,
+        click.option("--stop-metric", type=names_in("natix.heads.config", "STOP_METRICS"), default="nll", show_default=True,
                      help="Early stopping on val_select."),
         click.option("--class-weights", is_flag=True, help="Weight classes to equal total weight."),
         click.option("--ratios", type=RATIOS, default="0.6,0.1,0.15,0.15", show_default=True,
@@ -110,28 +131,31 @@ def fit_summary(r, head_name: str, seed: int, policy: str) -> str:
 
 @cli.command("fit-head")
 @click.argument("features", type=click.Path(dir_okay=False))
-@click.option("--head", default="linear", show_default=True, help="linear or mlp.")
-@click.option("--agg", default="mean", show_default=True,
-              help="global, mean, max, topk, attention, gated-attention.")
-@click.option("--policy", default="softmax", show_default=True,
-              help="softmax, gate, or scrc (softmax head + Platt + SCRC exit).")
+@click.option("--head", type=HEAD, default="linear", show_default=True, help="A registered head.")
+@click.option("--agg", type=AGGREGATOR, default="mean", show_default=True, help="A registered view aggregator.")
+@click.option("--policy", type=FIT_POLICY, default="softmax", show_default=True,
+              help="scrc: a softmax head, then Platt calibration and an SCRC exit.")
 @click.option("--alpha", type=LEVEL, default=0.1, show_default=True, help="scrc: risk level.")
 @click.option("--delta", type=LEVEL, default=0.1, show_default=True, help="scrc: failure probability.")
 @click.option("--acceptance", type=LEVEL, default=0.8, show_default=True, help="scrc: target acceptance rate.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@force_option("natix run")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--splits", "splits_path", type=click.Path(dir_okay=False), help="Reuse a splits.json.")
 @click.option("--oof-folds", type=Number(min=0, integer=True), default=0, show_default=True,
               help="Cross-fit K models for out-of-fold train predictions (0: off; at most the rows of a class).")
 @click.option("--also", default=None,
               help="Comma-separated caches of the same images (e.g. validator-e1 draws) whose train rows join training.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @head_options
 @library_errors
-def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, seed, splits_path, oof_folds, also, as_json,
-             **o) -> None:
+def fit_head(features, head, agg, policy, alpha, delta, acceptance, out, force, seed, splits_path, oof_folds, also,
+             as_json, **o) -> None:
     """Train a head on a feature cache and write a run directory."""
     from natix.heads.runs import fit_run
+    from natix.rundir import check_replace
+
+    check_replace(out, force=force)  # a run there is replaced (written over) only with --force
 
     scrc = policy == "scrc"  # train a softmax head, then calibrate and certify with SCRC (levels checked at parse)
     hc, tc = head_configs(head, agg, "softmax" if scrc else policy, seed, o)
@@ -194,7 +218,7 @@ def reward_notes(names) -> list[str]:
 @click.option("--under", type=click.Path(dir_okay=False),
               help="Judge the run's head on this cache of the same images instead (e.g. validator-e1 draws).")
 @click.option("--skip-checksum", is_flag=True, help="With --under: do not check that cache's features checksum.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @library_errors
 def evaluate(run, split, under, skip_checksum, as_json) -> None:
     """Recompute a run's metrics from its stored predictions, or judge it under another cache."""
@@ -206,29 +230,41 @@ def evaluate(run, split, under, skip_checksum, as_json) -> None:
 
 @cli.command("ablate")
 @click.argument("features")
-@click.option("--head", "heads", default="linear,mlp", show_default=True)
-@click.option("--agg", "aggs", default="global,mean,max,attention", show_default=True)
-@click.option("--policy", "policies", default="softmax,gate", show_default=True)
+@click.option("--head", "heads", type=Names(HEAD), default="linear,mlp", show_default=True,
+              help="Comma-separated heads.")
+@click.option("--agg", "aggs", type=Names(AGGREGATOR), default="global,mean,max,attention", show_default=True,
+              help="Comma-separated view aggregators.")
+@click.option("--policy", "policies", type=Names(POLICY), default="softmax,gate", show_default=True,
+              help="Comma-separated policies.")
 @click.option("--seeds", type=COUNT, default=3, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the leaderboard.")
+@force_option("natix leaderboard")
 @click.option("--jobs", type=COUNT, default=1, show_default=True, help="Arms trained in parallel processes.")
-@click.option("--metric", default="mcc", show_default=True, help="Sort and compare by this metric.")
+@click.option("--metric", type=METRIC, default="mcc", show_default=True, help="Sort and compare by this metric.")
 @click.option("--baseline", default=None, help="Arm to compare against, e.g. linear/mean/softmax [default: first].")
 @click.option("--under", type=click.Path(dir_okay=False), default=None,
               help="Judge every arm on this cache's val_test rows (e.g. validator-e1 draws of the same images).")
+@json_option
 @head_options
 @library_errors
-def ablate(features, heads, aggs, policies, seeds, out, jobs, metric, baseline, under, **o) -> None:
+def ablate(features, heads, aggs, policies, seeds, out, force, jobs, metric, baseline, under, as_json, **o) -> None:
     """Train every head x aggregator x policy x seed arm on FEATURES (a cache, or comma-separated caches of the
     same images, optionally named as NAME=PATH: the cache becomes a factor); write a leaderboard."""
     from natix.heads.ablate import ablate as run_ablate
+    from natix.rundir import check_replace
 
+    check_replace(out, force=force, what="natix leaderboard", ours=is_leaderboard)
     hc, tc = head_configs("linear", "mean", "softmax", 0, o)
-    board = run_ablate(_ablate_caches(features), out, heads=comma_names(heads), aggs=comma_names(aggs), policies=comma_names(policies),
+    board = run_ablate(_ablate_caches(features), out, heads=heads, aggs=aggs, policies=policies,
                        seeds=seeds, metric=metric, baseline=baseline, jobs=jobs, head_cfg=hc, train_cfg=tc,
                        ratios=o["ratios"], split_seed=o["split_seed"],
                        verify=not o["skip_checksum"], under=under)
-    click.echo(board.markdown)
+    echo_result(as_json, {"out": board.out, "rows": board.rows, "meta": board.meta}, lambda _: board.markdown)
+
+
+def is_leaderboard(path: Path) -> bool:
+    """Whether `path` holds a leaderboard `natix ablate` wrote (--force writes over its three files only)."""
+    return any((path / f"leaderboard.{ext}").is_file() for ext in ("json", "md", "csv"))
 
 
 def _ablate_caches(features: str):

@@ -6,22 +6,25 @@ from pathlib import Path
 
 import click
 
-from natix.cli.common import COUNT, echo_result, quiet_transformers
+from natix.cli.common import COUNT, echo_result, force_option, json_option, quiet_transformers
 from natix.cli.group import cli, library_errors
 
 
 @cli.command("export")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle directory to write.")
+@force_option("natix bundle (swapped in whole once the new one is complete)")
 @click.option("--sign-key", type=click.Path(dir_okay=False), default=None,
               help="Key file (>= 16 bytes): sign the manifest with HMAC-SHA256, for bundles that travel.")
+@json_option
 @library_errors
-def export(run, out, sign_key) -> None:
+def export(run, out, force, sign_key, as_json) -> None:
     """Export a run (head, calibration, thresholds, failure predictor) as a servable bundle."""
     from natix.serve.export import export_bundle
 
-    written = export_bundle(run, out, sign_key=sign_key)
-    click.echo(f"bundle written to {written}{' (signed)' if sign_key else ''}")
+    written = export_bundle(run, out, sign_key=sign_key, replace=force)
+    echo_result(as_json, {"bundle": written, "signed": sign_key is not None},
+                lambda w: f"bundle written to {w['bundle']}{' (signed)' if w['signed'] else ''}")
 
 
 def image_files(paths) -> list[Path]:
@@ -48,11 +51,12 @@ def image_files(paths) -> list[Path]:
 @click.option("--checkpoint", default=None, help="Where the bundle's timm checkpoint file is now (same hash).")
 @click.option("--adapter", default=None, help="Where the bundle's PEFT adapter directory is now (same hash).")
 @click.option("--stage3", default=None,
-              help="The cascade's external stage as module:function; must be the one the bundle declares.")
+              help="The cascade's external stage as module:function (found in the current folder or on "
+                   "PYTHONPATH); must be the one the bundle declares.")
 @click.option("--verify-key", type=click.Path(dir_okay=False), default=None,
               help="Key file: refuse the bundle unless it was signed with this key (natix export --sign-key).")
 @click.option("--batch-size", type=COUNT, default=16, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @library_errors
 def predict(bundle, paths, backbone, checkpoint, adapter, stage3, verify_key, batch_size, as_json) -> None:
     """Probability of roadwork for each image (files or folders), through the bundle."""
