@@ -13,8 +13,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 demo: $(VENV)/.installed
 	rm -rf $(DEMO)
+	@echo "--- 200 synthetic street scenes (half with small roadwork objects) and a tiny random DINOv3: nothing to download"
 	$(BIN)/natix demo-data $(DEMO)/images --n 200 --seed 0
 	$(BIN)/natix demo-backbone $(DEMO)/backbone
+	@echo "--- tier 1: the backbone runs once over 10 views of every image (global + 3x3 tiles) into an HDF5 cache"
 	$(BIN)/natix extract $(DEMO)/images --backbone $(DEMO)/backbone --views 10 --cache $(DEMO)/cache
 	@echo "--- the same command again: the cache already holds every image"
 	$(BIN)/natix extract $(DEMO)/images --backbone $(DEMO)/backbone --views 10 --cache $(DEMO)/cache
@@ -34,11 +36,12 @@ demo: $(VENV)/.installed
 	@echo "--- export the cascade as one bundle and serve it on raw images"
 	$(BIN)/natix export $(DEMO)/cascade --out $(DEMO)/bundle
 	$(BIN)/natix predict $(DEMO)/bundle $(DEMO)/images/img_00000.jpg $(DEMO)/images/img_00001.jpg $(DEMO)/images/img_00002.jpg
+	@echo "--- an ablation: four view aggregators x 2 seeds, one leaderboard with paired bootstrap CIs"
 	$(BIN)/natix ablate $(DEMO)/cache/*.h5 --head linear --agg global,mean,max,attention --policy softmax --seeds 2 --out $(DEMO)/ablate -q
 	@echo "--- judged under validator conditions: 4 validator-e1 draws per image (224x224 quality-75 JPEGs), global view"
 	$(BIN)/natix extract $(DEMO)/images --backbone $(DEMO)/backbone --challenge validator-e1 --draws 4 --cache $(DEMO)/cache-e1
 	$(BIN)/natix evaluate $(DEMO)/runs/global --under $(DEMO)/cache-e1/*.h5
-	$(BIN)/natix ablate "$$(echo $(DEMO)/cache-global/*.h5),$$(echo $(DEMO)/cache-e1/*.h5)" --under $(DEMO)/cache-e1/*.h5 --head linear --agg global --policy softmax --seeds 2 --out $(DEMO)/ablate-e1 -q
+	$(BIN)/natix ablate "clean=$(DEMO)/cache-global/*.h5,e1=$(DEMO)/cache-e1/*.h5" --under $(DEMO)/cache-e1/*.h5 --head linear --agg global --policy softmax --seeds 2 --out $(DEMO)/ablate-e1 -q
 	@echo "--- fine-tuning the backbone: the random demo backbone reads nothing frozen, so this part uses an easier"
 	@echo "    image set (objects 4x larger, no orange distractors) that full fine-tuning of the same backbone learns"
 	$(BIN)/natix demo-data $(DEMO)/images-large --n 400 --seed 1 --object-scale 4 --hard-negatives 0
@@ -47,6 +50,8 @@ demo: $(VENV)/.installed
 	$(BIN)/natix cache ls --cache $(DEMO)/cache-large
 	@echo "--- frozen vs fine-tuned backbone, judged on the same val_test images (the older cache is the frozen one)"
 	$(BIN)/natix ablate "frozen=$$(ls -tr $(DEMO)/cache-large/*.h5 | head -1),fine-tuned=$$(ls -t $(DEMO)/cache-large/*.h5 | head -1)" --head linear --agg global --policy softmax --seeds 3 --out $(DEMO)/ablate-finetune
+	@echo "--- done: everything is under $(DEMO)/. Next: source $(BIN)/activate, then natix --help, or the README's"
+	@echo "    commands (each runs as written on the demo data); make test runs the test suite"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
