@@ -19,6 +19,9 @@ import time
 
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 _level = NORMAL
+# Seconds between two log lines of a Progress that is not given `every` (read when it starts); a test
+# sets it to 0 to see a line per update.
+EVERY = 10.0
 
 
 def set_verbosity(level: int) -> None:
@@ -45,15 +48,18 @@ class Progress:
     """Work done out of `total` `unit`s (a tqdm-like object: ``update``, ``n``, ``refresh``, ``close``).
 
     On a terminal a tqdm bar; otherwise a line ``desc: n/total unit (p %), r unit/s, t s`` at most
-    every `every` seconds and at the end; nothing when quiet or not `enabled`.
+    every `every` seconds (default :data:`EVERY`) and at the end; nothing when quiet or not
+    `enabled`. A `total` of None counts without one (``desc: n unit, r unit/s, t s``).
     """
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", *, enabled: bool = True,
-                 every: float = 10.0, initial: int = 0):
-        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+                 every: float | None = None, initial: int = 0):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.every = EVERY if every is None else every
         self.n = initial
         self._start = self._last = time.monotonic()
         self._initial = initial
+        self._shown = None  # the count of the last log line: the final line does not repeat it
         self._bar = None
         self._log = enabled and _level >= NORMAL and not sys.stderr.isatty()
         if enabled and _level >= NORMAL and sys.stderr.isatty():
@@ -76,6 +82,7 @@ class Progress:
 
     def _line(self) -> None:
         self._last = now = time.monotonic()
+        self._shown = self.n
         elapsed = now - self._start
         rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0
         of = f"/{_count(self.total)}" if self.total else ""
@@ -90,7 +97,7 @@ class Progress:
         if self._bar is not None:
             self._bar.n = self.n
             self._bar.close()
-        elif self._log and self.n:
+        elif self._log and self.n and self.n != self._shown:
             self._line()
 
     def __enter__(self):
@@ -100,4 +107,4 @@ class Progress:
         self.close()
 
 
-__all__ = ["NORMAL", "Progress", "QUIET", "VERBOSE", "say", "set_verbosity", "verbosity"]
+__all__ = ["EVERY", "NORMAL", "Progress", "QUIET", "VERBOSE", "say", "set_verbosity", "verbosity"]
