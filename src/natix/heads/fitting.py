@@ -3,6 +3,10 @@
 `fit_heads` sends view-linear heads to the numpy L-BFGS engine (`natix.heads.linear`) and the
 rest to the torch AdamW engine (`natix.heads.train`, imported only then). `out_of_fold` gives
 every training row a prediction from a model that did not see it (cross-fitting).
+
+With ``progress=True`` a fit counts its L-BFGS iterations or AdamW epochs and cross-fitting its
+folds (:mod:`natix.progress`). Both are off by default here, because callers fit many heads in a
+loop (``natix ablate`` counts arms); :func:`natix.heads.runs.fit_run` turns them on.
 """
 
 from __future__ import annotations
@@ -14,15 +18,25 @@ import numpy as np
 
 from natix.errors import ConfigError
 from natix.heads.config import FittedHead, HeadConfig, TrainConfig
+from natix.progress import Progress, say
+
+
+def fit_progress(head: HeadConfig, train: TrainConfig, desc: str, *, enabled: bool) -> Progress:
+    """The count of one fit: L-BFGS iterations (no total: it stops when it converges) or AdamW
+    epochs (out of ``max_epochs``; early stopping ends it sooner)."""
+    if train.engine(head) == "lbfgs":
+        return Progress(None, desc, "it", enabled=enabled)
+    return Progress(train.max_epochs, desc, "epoch", enabled=enabled)
 
 
 def fit_heads(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
               head: HeadConfig = HeadConfig(), train: TrainConfig = TrainConfig(), *,
-              seeds: tuple[int, ...] | None = None) -> list[FittedHead]:
+              seeds: tuple[int, ...] | None = None, progress: bool = False) -> list[FittedHead]:
     """Fit one head per seed (default: ``train.seed``) on ``X_train [N, V, D]``; early stopping on ``X_val``.
 
     Seeds change the initialisation (and dropout); the batch order of adamw follows
     ``train.seed``, so every seed of one call sees the same batches and they train together.
+    `progress` counts the iterations or epochs ("fit-head"; off by default: see the module).
     """
     seeds = tuple(seeds) if seeds is not None else (train.seed,)
     if not seeds:
@@ -34,13 +48,14 @@ def fit_heads(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val
     if len(X_train) != len(y_train) or len(X_val) != len(y_val):
         raise ConfigError("features and labels have different numbers of rows")
     head.check_views(X_train.shape[1])
-    if train.engine(head) == "lbfgs":
-        from natix.heads.linear import fit_view_linear
+    with fit_progress(head, train, "fit-head", enabled=progress) as bar:
+        if train.engine(head) == "lbfgs":
+            from natix.heads.linear import fit_view_linear
 
-        return fit_view_linear(X_train, y_train, X_val, y_val, head, train, seeds)
-    from natix.heads.train import fit_adamw
+            return fit_view_linear(X_train, y_train, X_val, y_val, head, train, seeds, bar=bar)
+        from natix.heads.train import fit_adamw
 
-    return fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds)
+        return fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds, bar=bar)
 
 
 def _binary(y, name: str) -> np.ndarray:
@@ -110,25 +125,18 @@ def check_oof_folds(k: int, y_train) -> None:
 
 
 def out_of_fold(X_train, y_train, ids_train, X_val, y_val, head: HeadConfig, train: TrainConfig,
-                k: int) -> dict[str, np.ndarray]:
+                k: int, *, progress: bool = False) -> dict[str, np.ndarray]:
     """Cross-fitted predictions for every training row from a model that did not see it.
 
     View-linear heads fit the k fold models as members of one L-BFGS run; other heads one
-    after another (fold f uses seed ``train.seed + 1000 (f + 1)``).
+    after another (fold f uses seed ``train.seed + 1000 (f + 1)``). `progress` counts the folds
+    ("oof"), or the iterations of the one L-BFGS run that fits them all.
     """
     check_oof_folds(k, y_train)
     folds = fold_ids(ids_train, y_train, k, seed=train.seed)
-    if train.engine(head) == "lbfgs":
-        from natix.heads.linear import fit_view_linear
-
-        fitted = fit_view_linear(X_train, _binary(y_train, "training"), X_val, _binary(y_val, "val_select"), head,
-                                 train, (train.seed,), row_groups=folds[:, None] != np.arange(k)[None, :])
-    else:
-        fitted = []
-        for f in range(k):
-            kept = np.flatnonzero(folds != f)
-            fitted += fit_heads(RowView(X_train, kept), y_train[kept], X_val, y_val, head,
-                                dataclasses.replace(train, seed=train.seed + 1000 * (f + 1)))
+    if progress:
+        say(f"cross-fitting {k} folds of {len(y_train):,} training rows for out-of-fold predictions")
+    fitted = _fold_models(X_train, y_train, X_val, y_val, head, train, folds, k, progress)
     result: dict[str, np.ndarray] = {}
     for f, model in enumerate(fitted):
         held = np.flatnonzero(folds == f)
@@ -139,3 +147,22 @@ def out_of_fold(X_train, y_train, ids_train, X_val, y_val, head: HeadConfig, tra
             result[key][held] = val
     result["fold"] = folds
     return result
+
+
+def _fold_models(X_train, y_train, X_val, y_val, head: HeadConfig, train: TrainConfig, folds: np.ndarray, k: int,
+                 progress: bool) -> list[FittedHead]:
+    """The k models of :func:`out_of_fold`, fold f's fitted without the rows of fold f."""
+    if train.engine(head) == "lbfgs":
+        from natix.heads.linear import fit_view_linear
+
+        with fit_progress(head, train, f"oof ({k} folds)", enabled=progress) as bar:
+            return fit_view_linear(X_train, _binary(y_train, "training"), X_val, _binary(y_val, "val_select"), head,
+                                   train, (train.seed,), row_groups=folds[:, None] != np.arange(k)[None, :], bar=bar)
+    fitted = []
+    with Progress(k, "oof", "fold", enabled=progress) as bar:
+        for f in range(k):
+            kept = np.flatnonzero(folds != f)
+            fitted += fit_heads(RowView(X_train, kept), y_train[kept], X_val, y_val, head,
+                                dataclasses.replace(train, seed=train.seed + 1000 * (f + 1)))
+            bar.update(1)
+    return fitted

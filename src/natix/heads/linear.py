@@ -33,17 +33,18 @@ class _Member:
 
 def fit_view_linear(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
                     head: HeadConfig, train: TrainConfig, seeds: tuple[int, ...], *,
-                    row_groups: np.ndarray | None = None) -> list[FittedHead]:
+                    row_groups: np.ndarray | None = None, bar=None) -> list[FittedHead]:
     """Fit `head` for every seed (and every row group); returns ``FittedHead`` per (group, seed), group-major.
 
     `row_groups` ``[N_train, G]`` bool selects the training rows of each of G fits (cross-fitting
-    folds); default: one group of all rows. ``X_*`` are ``[N, V, D]`` in any float dtype.
+    folds); default: one group of all rows. ``X_*`` are ``[N, V, D]`` in any float dtype. `bar`
+    (a :class:`natix.progress.Progress`) is set to the iterations done at each check on val_select.
     """
     with limit_threads(train.threads):
-        return _fit(X_train, y_train, X_val, y_val, head, train, tuple(seeds), row_groups)
+        return _fit(X_train, y_train, X_val, y_val, head, train, tuple(seeds), row_groups, bar)
 
 
-def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
+def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups, bar):
     n, _, d = X_train.shape
     groups = np.ones((n, 1), dtype=bool) if row_groups is None else np.asarray(row_groups, dtype=bool)
     Z, Zv, mu, sigma = standardised_inputs(X_train, X_val, head, train.n_threads)
@@ -64,9 +65,12 @@ def _fit(X_train, y_train, X_val, y_val, head, train, seeds, row_groups):
     for i, m in enumerate(members):
         if not convex:  # break the symmetry between views; the seed decides where
             x0[i, :d] = np.random.default_rng(m.seed).normal(0.0, 0.01, d) / scale[i]
-    stopper = _EarlyStopping(val, x0, train.patience_for("lbfgs"))
+    stopper = _EarlyStopping(val, x0, train.patience_for("lbfgs"), bar)
     res = minimize_lbfgs(objective, x0, max_iter=train.max_iter, callback=stopper, callback_every=train.eval_every)
     stopper.final(res.x)
+    if bar is not None:
+        bar.n = int(res.n_iter.max())
+        bar.refresh()
     stats = (mu, sigma, g_mu, g_sigma, scale)
     return [_result(head, train, members, stopper, res, stats, g, s, s if not convex else fit_seeds[0])
             for g in range(groups.shape[1]) for s in seeds]
@@ -302,10 +306,11 @@ class _ValScore:
 
 
 class _EarlyStopping:
-    """Keeps each member's best iterate on val_select; stops it `patience` iterations after its best."""
+    """Keeps each member's best iterate on val_select; stops it `patience` iterations after its best;
+    shows the iterations done on `bar` (when there is one)."""
 
-    def __init__(self, score, x0, patience: int):
-        self.score, self.patience = score, patience
+    def __init__(self, score, x0, patience: int, bar=None):
+        self.score, self.patience, self.bar = score, patience, bar
         self.best_x = x0.copy()
         self.best_score = np.full(len(x0), np.inf)  # the starting point is not a candidate
         self.best_iter = np.zeros(len(x0), dtype=np.int64)
@@ -316,6 +321,9 @@ class _EarlyStopping:
         self.trace.append((it, f.copy(), s))
         better = s < self.best_score - 1e-7
         self.best_x[better], self.best_score[better], self.best_iter[better] = x[better], s[better], it
+        if self.bar is not None:
+            self.bar.n = it
+            self.bar.refresh()
         return it - self.best_iter >= self.patience
 
     def final(self, x: np.ndarray) -> None:

@@ -26,11 +26,15 @@ from natix.cache.verify import Problem, damage_error, read_checked, table_proble
 from natix.errors import ConfigError, DataError
 from natix.heads.fitting import check_oof_folds
 from natix.heads.splits import DEFAULT_RATIOS, SPLITS, Splits, make_splits
+from natix.progress import Progress, say
 
 log = logging.getLogger(__name__)
 
 # Metrics `evaluate_run` gives a bootstrap CI.
 CI_METRICS = ("accuracy", "mcc", "auroc", "nll")
+# Feature values (images x views x dims) from which reading a cache's labeled rows takes long
+# enough (a second or more: 256 MiB of float16) for `load_dataset` to say so first.
+SAY_READ_VALUES = 1 << 27
 
 
 @dataclass
@@ -56,13 +60,15 @@ class Dataset:
             self.levels = np.full(len(self.ids), -1, dtype=np.int8)
 
 
-def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
+def load_dataset(path: str | Path, *, verify: bool = True, progress: bool = True) -> Dataset:
     """Read the labeled rows of a cache file (features stay float16 if stored so), checked for training.
 
     Always checked (cheap): structure, unique ids, labels in {-1, 0, 1}, the checksums of ids,
     labels and the view table, and finite features in the labeled rows. With `verify` the features
     checksum too, in the same pass that reads the rows; ``verify=False`` skips it for huge caches
     and says so in a log line. Damage raises a one-line `CacheError` naming `natix cache verify`.
+    `progress` says what is read before reading at least :data:`SAY_READ_VALUES` feature values
+    (:func:`natix.progress.say`).
     """
     with open_cache(path) as cache:
         problems = table_problems(cache)
@@ -72,6 +78,9 @@ def load_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
         if len(labeled) == 0:
             raise DataError(f"cache '{path}' has no labeled images: extract from a source with labels "
                             "(class folders or a manifest with a label column)")
+        if progress and len(labeled) * cache.n_views * cache.dim >= SAY_READ_VALUES:
+            say(f"reading {len(labeled):,} labeled images x {cache.n_views} views x {cache.dim} dims from "
+                f"{cache.path}" + (" (checking the features checksum)" if verify else ""))
         if verify:  # also checks that every feature is finite, in the same pass
             X = read_checked(cache, labeled)
         else:
@@ -112,7 +121,7 @@ class RunResult:
 
 def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DEFAULT_RATIOS,
             split_seed: int = 0, oof_folds: int = 0, data: Dataset | None = None, verify: bool = True,
-            also=()) -> RunResult:
+            also=(), progress: bool = True) -> RunResult:
     """Fit a head on a cache and write the run directory `out` (see :mod:`natix.rundir`).
 
     Returns the metrics it wrote. View-linear heads (see `natix.heads.config`) never import
@@ -120,6 +129,8 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
     is checked as :func:`load_dataset` does; ``verify=False`` skips its features checksum.
     `also` names further caches of the same images (e.g. validator-e1 draws of a clean cache)
     whose train-split rows join the training rows; every other split stays the first cache's.
+    `progress` says what it reads and counts the fit's iterations or epochs ("fit-head") and the
+    cross-fitting folds ("oof") on stderr (:mod:`natix.progress`).
     """
     from natix.heads.config import HeadConfig, TrainConfig, limit_threads
 
@@ -129,16 +140,16 @@ def fit_run(features, out, *, head=None, train=None, splits_path=None, ratios=DE
         raise ConfigError(f"--oof-folds must be 0 (off) or >= 2, got {oof_folds}")
     t0 = time.perf_counter()
     out = rundir.check_out(out)
-    data = data or load_dataset(features, verify=verify)
+    data = data or load_dataset(features, verify=verify, progress=progress)
     splits = resolve_splits(data, splits_path=splits_path, ratios=ratios, seed=split_seed)
     rows = splits.rows(data.images)
     for extra in also:
-        data, rows = _with_train_rows(data, rows, splits, load_dataset(extra, verify=verify))
+        data, rows = _with_train_rows(data, rows, splits, load_dataset(extra, verify=verify, progress=progress))
     if oof_folds:  # refused before the main fit, not after it; folds hold images (all draws of one together)
         _, first = np.unique(data.images[rows["train"]], return_index=True)
         check_oof_folds(oof_folds, data.labels[rows["train"]][first])
     with limit_threads(train.threads):
-        fitted, preds = _fit_and_predict(data, rows, head, train, oof_folds)
+        fitted, preds = _fit_and_predict(data, rows, head, train, oof_folds, progress)
     predictions = {}
     for name, pred in preds.items():
         r = rows["train"] if name == "train_oof" else rows[name]
@@ -182,17 +193,22 @@ def _with_train_rows(data: Dataset, rows: dict, splits: Splits, extra: Dataset) 
     return joined, {**rows, "train": np.concatenate([rows["train"], n + np.arange(len(add))])}
 
 
-def _fit_and_predict(data: Dataset, rows: dict, head, train, oof_folds: int):
+def _fit_and_predict(data: Dataset, rows: dict, head, train, oof_folds: int, progress: bool):
     """The fitted head and its predictions per split (one pass over the features for all splits)."""
     from natix.heads.fitting import RowView, fit_heads, out_of_fold
 
     Xtr, ytr = RowView(data.X, rows["train"]), data.labels[rows["train"]]
     Xva, yva = RowView(data.X, rows["val_select"]), data.labels[rows["val_select"]]
-    fitted = fit_heads(Xtr, ytr, Xva, yva, head, train)[0]
+    if progress:
+        engine = {"lbfgs": "L-BFGS", "adamw": "AdamW"}[train.engine(head)]
+        say(f"fitting {head.name} on {len(ytr):,} training images ({engine}), early stopping on "
+            f"{len(yva):,} val_select images")
+    fitted = fit_heads(Xtr, ytr, Xva, yva, head, train, progress=progress)[0]
     every = fitted.predict(data.X)
     preds = {name: {k: v[r] for k, v in every.items()} for name, r in rows.items()}
     if oof_folds:
-        preds["train_oof"] = out_of_fold(Xtr, ytr, data.images[rows["train"]], Xva, yva, head, train, oof_folds)
+        preds["train_oof"] = out_of_fold(Xtr, ytr, data.images[rows["train"]], Xva, yva, head, train, oof_folds,
+                                         progress=progress)
     return fitted, preds
 
 
@@ -218,7 +234,7 @@ def draw_groups(ids) -> np.ndarray | None:
 
 
 def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000, seed: int = 0, under=None,
-                 verify: bool = True) -> dict:
+                 verify: bool = True, progress: bool = True) -> dict:
     """A split's metrics, with bootstrap CIs for the main ones: from the run's stored predictions, or
     with `under` (another cache of the same images, e.g. validator-e1 draws) from the run's head
     applied to that cache's rows of the split's images (see :mod:`natix.heads.under`).
@@ -230,7 +246,8 @@ def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000
     :data:`CI_METRICS`: plain values that :func:`natix.jsonio.dumps` writes as strict JSON. Under
     a cache, also ``under`` (its path, fingerprint, challenge, draws) and ``levels`` (level →
     metrics of its rows, for caches whose rows have validator levels). The CIs resample rows, or
-    whole images when the rows are challenge draws (``ci_unit`` says which).
+    whole images when the rows are challenge draws (``ci_unit`` says which). `progress` counts
+    the metrics as their CIs are bootstrapped ("bootstrap", :mod:`natix.progress`).
     """
     if under is None:
         pred = rundir.Run(run).predictions(split)
@@ -248,12 +265,14 @@ def evaluate_run(run: str | Path, split: str = "val_test", *, n_boot: int = 1000
         result["levels"] = level_table(pred)
     groups = draw_groups(pred["ids"])
     result["ci_unit"] = "row" if groups is None else "image (all its draws resampled together)"
-    for name in CI_METRICS:
-        try:
-            _, lo, hi = M.bootstrap_ci(getattr(M, name), y, prob, n_boot=n_boot, seed=seed, groups=groups)
-        except ValueError:  # undefined on this split, e.g. AUROC with one class
-            lo = hi = float("nan")
-        result["ci"][name] = [float(lo), float(hi)]
+    with Progress(len(CI_METRICS), "bootstrap", "metric", enabled=progress) as bar:
+        for name in CI_METRICS:
+            try:
+                _, lo, hi = M.bootstrap_ci(getattr(M, name), y, prob, n_boot=n_boot, seed=seed, groups=groups)
+            except ValueError:  # undefined on this split, e.g. AUROC with one class
+                lo = hi = float("nan")
+            result["ci"][name] = [float(lo), float(hi)]
+            bar.update(1)
     return result
 
 

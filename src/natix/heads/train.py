@@ -96,13 +96,16 @@ class _Member:
 
 
 def fit_adamw(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
-              head: HeadConfig, train: TrainConfig, seeds: tuple[int, ...]) -> list[FittedHead]:
-    """Train one model per seed as members sharing every batch; returns a `FittedHead` per seed."""
+              head: HeadConfig, train: TrainConfig, seeds: tuple[int, ...], *, bar=None) -> list[FittedHead]:
+    """Train one model per seed as members sharing every batch; returns a `FittedHead` per seed.
+
+    `bar` (a :class:`natix.progress.Progress`) counts the epochs as they end.
+    """
     with limit_threads(train.threads), torch.random.fork_rng(devices=[]):
-        return _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds)
+        return _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds, bar)
 
 
-def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
+def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds, bar):
     n, v, d = X_train.shape
     X_fit, X_val_fit, mu, sigma = standardised_inputs(X_train, X_val, head, train.n_threads)
     X_t = torch.from_numpy(X_fit)
@@ -130,6 +133,8 @@ def _fit_adamw(X_train, y_train, X_val, y_val, head, train, seeds):
         for m in live:
             prob = predict(m.model, X_val_fit, device=train.device, standardised=True, view_logits=False)["prob"]
             _record(m, epoch, _stop_score(prob, y_val, train.stop_metric), m.total / n, train.patience_for("adamw"))
+        if bar is not None:
+            bar.update(1)
     out = []
     for m in members:
         if m.best_state is not None:
