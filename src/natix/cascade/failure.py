@@ -23,6 +23,7 @@ from natix import metrics as M
 from natix.calibrate.calibrators import PlattScaling
 from natix.calibrate.checks import real_array
 from natix.errors import ConfigError, DataError
+from natix.progress import Progress, say
 from natix.rundir import Run, open_run, under_source
 
 __all__ = ["MODELS", "FailurePredictor", "compare_confidences", "vilu_failure_weight"]
@@ -120,7 +121,7 @@ class FailurePredictor(ClassifierMixin, BaseEstimator):
     # fit / predict
     # ---------------------------------------------------------------------------------------
 
-    def fit(self, X, is_error, *, X_calib=None, is_error_calib=None):
+    def fit(self, X, is_error, *, X_calib=None, is_error_calib=None, progress: bool = False):
         """Fit on features ``X`` and failure labels, then (optionally) Platt-calibrate.
 
         Parameters
@@ -134,6 +135,9 @@ class FailurePredictor(ClassifierMixin, BaseEstimator):
         X_calib : array of shape (m, k), optional
         is_error_calib : array of shape (m,), optional
             Held-out rows for the Platt calibrator; pass both or neither.
+        progress : bool, default=False
+            Count the MLP's epochs or XGBoost's boosting rounds on stderr ("fit-failure",
+            :mod:`natix.progress`); off by default, as scikit-learn estimators are silent.
 
         Returns
         -------
@@ -159,10 +163,12 @@ class FailurePredictor(ClassifierMixin, BaseEstimator):
         if self.model == "mlp":
             import torch  # noqa: F401 -- limit_threads caps torch only once it is loaded
         with limit_threads(int(self.threads)) as n_threads:
-            if self.model == "mlp":
-                self._fit_mlp(X, e, weights)
-            else:
-                self._fit_xgboost(X, e, weights, n_threads)
+            rounds = int(self.epochs if self.model == "mlp" else self.n_estimators)
+            with Progress(rounds, "fit-failure", "epoch" if self.model == "mlp" else "round", enabled=progress) as bar:
+                if self.model == "mlp":
+                    self._fit_mlp(X, e, weights, bar)
+                else:
+                    self._fit_xgboost(X, e, weights, n_threads, bar if progress else None)
             self.calibrator_ = None
             if X_calib is not None:
                 self.calibrator_ = PlattScaling().fit(self._raw_score(Xc), ec)
@@ -296,8 +302,8 @@ class FailurePredictor(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"threads must be an integer >= 0, got {self.threads!r}: pass 0 (every available "
                               "core) or a thread count")
 
-    def _fit_mlp(self, X: np.ndarray, e: np.ndarray, weights: np.ndarray) -> None:
-        """Full-batch AdamW on the weighted BCE, standardised inputs, CPU."""
+    def _fit_mlp(self, X: np.ndarray, e: np.ndarray, weights: np.ndarray, bar) -> None:
+        """Full-batch AdamW on the weighted BCE, standardised inputs, CPU; `bar` counts the epochs."""
         import torch
         import torch.nn.functional as F
 
@@ -319,20 +325,22 @@ class FailurePredictor(ClassifierMixin, BaseEstimator):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            bar.update(1)
         if not all(torch.isfinite(p).all() for p in mlp.parameters()):
             raise DataError("the failure MLP diverged (non-finite weights): lower lr")
         mlp.eval()
         self.mlp_ = mlp
 
-    def _fit_xgboost(self, X: np.ndarray, e: np.ndarray, weights: np.ndarray, n_threads: int) -> None:
-        """XGBoost with the ViLU weights as sample weights; only the booster is kept."""
+    def _fit_xgboost(self, X: np.ndarray, e: np.ndarray, weights: np.ndarray, n_threads: int, bar) -> None:
+        """XGBoost with the ViLU weights as sample weights; only the booster is kept. `bar` (or None)
+        counts the boosting rounds."""
         import xgboost
 
         # n_jobs explicitly: XGBoost's own default takes every core regardless of the machine's load.
         clf = xgboost.XGBClassifier(n_estimators=int(self.n_estimators), max_depth=int(self.max_depth),
                                     learning_rate=float(self.learning_rate), random_state=int(self.seed),
                                     objective="binary:logistic", tree_method="hist", eval_metric="logloss",
-                                    n_jobs=int(n_threads))
+                                    n_jobs=int(n_threads), callbacks=None if bar is None else [_round_counter(bar)])
         clf.fit(X, e, sample_weight=weights)
         self.booster_ = clf.get_booster()
 
@@ -347,6 +355,18 @@ class FailurePredictor(ClassifierMixin, BaseEstimator):
             return np.exp(-np.logaddexp(0.0, -logit))
         p = np.asarray(self.booster_.inplace_predict(X), dtype=np.float64)
         return np.clip(p, 0.0, 1.0)
+
+
+def _round_counter(bar):
+    """An XGBoost training callback that counts each boosting round on `bar` (and never stops training)."""
+    from xgboost.callback import TrainingCallback
+
+    class RoundCounter(TrainingCallback):
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            bar.update(1)
+            return False
+
+    return RoundCounter()
 
 
 def _build_mlp(n_features: int, hidden: int):
@@ -386,7 +406,7 @@ def _errors(is_error, n: int, name: str) -> np.ndarray:
 
 
 def compare_confidences(y_err, scores: Mapping[str, np.ndarray], *, n_boot: int = 1000, seed: int = 0,
-                        alpha: float = 0.05, reference: str | None = None) -> dict:
+                        alpha: float = 0.05, reference: str | None = None, progress: bool = False) -> dict:
     """AUROC_f, FPR@95%TPR and AUGRC of each named confidence, with percentile bootstrap CIs.
 
     Every confidence is resampled with the same bootstrap indices (same ``seed``), so the
@@ -405,6 +425,8 @@ def compare_confidences(y_err, scores: Mapping[str, np.ndarray], *, n_boot: int 
     reference : str, optional
         A key of ``scores``; every other confidence then also gets the paired bootstrap difference
         (other minus reference) of each metric under ``"vs_reference"``.
+    progress : bool, default=False
+        Count the confidences as their intervals are bootstrapped ("bootstrap", :mod:`natix.progress`).
 
     Returns
     -------
@@ -436,28 +458,33 @@ def compare_confidences(y_err, scores: Mapping[str, np.ndarray], *, n_boot: int 
     metrics = (("auroc_f", M.auroc_failure), ("fpr_at_95_tpr", M.fpr_at_95_tpr), ("augrc", M.augrc))
     out = {"n": len(e), "error_rate": float(e.mean()), "n_boot": int(n_boot), "alpha": float(alpha),
            "reference": reference, "confidences": {}}
-    for name, s in conf.items():
-        row = {}
-        for key, fn in metrics:
-            est, lo, hi = M.bootstrap_ci(fn, e, s, n_boot=n_boot, alpha=alpha, seed=seed)
-            row[key] = {"estimate": est, "low": lo, "high": hi}
-        if reference is not None and name != reference:
-            row["vs_reference"] = {}
+    with Progress(len(conf), "bootstrap", "confidence", enabled=progress) as bar:
+        for name, s in conf.items():
+            row = {}
             for key, fn in metrics:
-                d, lo, hi = M.paired_bootstrap_diff(fn, e, s, conf[reference], n_boot=n_boot, alpha=alpha, seed=seed)
-                row["vs_reference"][key] = {"diff": d, "low": lo, "high": hi}
-        out["confidences"][name] = row
+                est, lo, hi = M.bootstrap_ci(fn, e, s, n_boot=n_boot, alpha=alpha, seed=seed)
+                row[key] = {"estimate": est, "low": lo, "high": hi}
+            if reference is not None and name != reference:
+                row["vs_reference"] = {}
+                for key, fn in metrics:
+                    d, lo, hi = M.paired_bootstrap_diff(fn, e, s, conf[reference], n_boot=n_boot, alpha=alpha,
+                                                        seed=seed)
+                    row["vs_reference"][key] = {"diff": d, "low": lo, "high": hi}
+            out["confidences"][name] = row
+            bar.update(1)
     return out
 
 
 def fit_failure_run(run, *, model: str = "xgboost", n_boot: int = 1000, seed: int = 0, threads: int = 0,
-                    **params) -> dict:
+                    progress: bool = True, **params) -> dict:
     """Train a failure predictor for a run and store it there (failure.json + failure.safetensors).
 
     Training rows are the run's out-of-fold train predictions (never a head's predictions on its
     own training rows); `val_calib` calibrates P(error); `val_test` scores max-probability, the
     gate (if any) and the predictor side by side. `threads` caps the torch, BLAS and XGBoost
-    threads of the whole call (0 = every available core). Returns the comparison dict.
+    threads of the whole call (0 = every available core). `progress` says each step and counts
+    the fit's epochs or rounds and the bootstrapped confidences on stderr (:mod:`natix.progress`).
+    Returns the comparison dict.
     """
 
     from natix.heads.config import limit_threads
@@ -465,10 +492,10 @@ def fit_failure_run(run, *, model: str = "xgboost", n_boot: int = 1000, seed: in
     predictor = FailurePredictor(model=model, seed=seed, threads=threads, **params)
     predictor._check_params()  # bad options fail before the run is read
     with limit_threads(int(threads)):
-        return _fit_and_compare(open_run(run), predictor, n_boot)
+        return _fit_and_compare(open_run(run), predictor, n_boot, progress)
 
 
-def _fit_and_compare(source: Run, predictor: FailurePredictor, n_boot: int) -> dict:
+def _fit_and_compare(source: Run, predictor: FailurePredictor, n_boot: int, progress: bool) -> dict:
     """The steps of :func:`fit_failure_run`."""
     from safetensors.numpy import save
 
@@ -478,7 +505,10 @@ def _fit_and_compare(source: Run, predictor: FailurePredictor, n_boot: int) -> d
     X_tr, names = uncertainty_features(oof)
     X_cal, _ = uncertainty_features(cal)
     X_te, _ = uncertainty_features(test)
-    predictor.fit(X_tr, failure_labels(oof), X_calib=X_cal, is_error_calib=failure_labels(cal))
+    if progress:
+        say(f"training the failure predictor ({predictor.model}) on {len(X_tr):,} out-of-fold train predictions, "
+            f"calibrating it on {len(X_cal):,} val_calib images")
+    predictor.fit(X_tr, failure_labels(oof), X_calib=X_cal, is_error_calib=failure_labels(cal), progress=progress)
     meta, tensors = predictor.to_state()
     meta = {**meta, "features": names, "trained_on": "train_oof", "calibrated_on": "val_calib",
             "under": under_source(source)}
@@ -488,6 +518,8 @@ def _fit_and_compare(source: Run, predictor: FailurePredictor, n_boot: int) -> d
     if "gate" in test:
         scores["gate score"] = np.asarray(test["gate"], dtype=np.float64)
     scores[f"failure predictor ({predictor.model})"] = 1.0 - predictor.failure_score(X_te)
+    if progress:
+        say(f"comparing {len(scores)} confidences on {len(X_te):,} val_test images ({n_boot:,} bootstrap resamples)")
     comparison = compare_confidences(failure_labels(test), scores, n_boot=n_boot, seed=int(predictor.seed),
-                                     reference="max probability")
+                                     reference="max probability", progress=progress)
     return {**comparison, "under": meta["under"]}

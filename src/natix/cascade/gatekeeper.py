@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from natix import metrics as M
 from natix.errors import ConfigError, DataError
 from natix.heads.config import check_device
+from natix.progress import Progress, say
 from natix.rundir import Run, check_out, confidence, write_run
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class GatekeeperResult:
 def tune_gatekeeper(run, out, *, alpha: float, epochs: int = 30, lr: float = 1e-3, batch_size: int = 256,
                     patience: int = 5, stop_metric: str = "augrc", recalibrate: str = "platt", seed: int = 0,
                     device: str = "cpu", threads: int = 0, features=None, stage2=None,
-                    data=None) -> GatekeeperResult:
+                    data=None, progress: bool = True) -> GatekeeperResult:
     """Fine-tune a run with the Gatekeeper loss and write the tuned run to `out`.
 
     The run's model (head, aggregator, view embedding; the standardisation stays fixed) is tuned
@@ -240,7 +241,8 @@ def tune_gatekeeper(run, out, *, alpha: float, epochs: int = 30, lr: float = 1e-
     `stage2` is a run directory whose ``val_test`` predictions give stage-2 correctness for s_d;
     `data` is a preloaded :class:`natix.heads.runs.Dataset` of the same cache. `threads` caps the
     torch and BLAS threads of the tuning and the predictions (0 = every available core); callers
-    running J tunings at once pass ``cores // J``.
+    running J tunings at once pass ``cores // J``. `progress` says what it reads and counts the
+    epochs ("gatekeeper alpha=α") on stderr (:mod:`natix.progress`).
     """
     from natix.heads.config import limit_threads
 
@@ -248,17 +250,18 @@ def tune_gatekeeper(run, out, *, alpha: float, epochs: int = 30, lr: float = 1e-
                            stop_metric=stop_metric, recalibrate=recalibrate, seed=seed, device=device,
                            threads=threads)
     source = _read_run(run)
-    data = data if data is not None else _load_data(source, features)
+    data = data if data is not None else _load_data(source, features, progress)
     with limit_threads(cfg.threads):
-        return _tune(source, Path(out), cfg, data, stage2)
+        return _tune(source, Path(out), cfg, data, stage2, progress)
 
 
-def tune_gatekeeper_grid(run, out_root, alphas, stage2=None, **options) -> list[dict]:
+def tune_gatekeeper_grid(run, out_root, alphas, stage2=None, *, progress: bool = True, **options) -> list[dict]:
     """Tune one run per α into ``out_root/alpha-<α>``; a row per α for a table.
 
     Rows: ``alpha, accuracy, auroc_f, overlap, s_d`` (val_test, recalibrated; s_d None without
     `stage2`) and ``out``. `options` go to :func:`tune_gatekeeper` (epochs, lr, threads, features,
-    ...). The cache is read once, after the options are checked.
+    ...). The cache is read once, after the options are checked. `progress` says which α is
+    tuned (``i of n``) and counts each one's epochs.
     """
     alphas = [_check_alpha(a) for a in alphas]
     if not alphas:
@@ -267,10 +270,13 @@ def tune_gatekeeper_grid(run, out_root, alphas, stage2=None, **options) -> list[
         raise ConfigError(f"alphas repeat: {alphas}: pass each alpha once")
     features = options.pop("features", None)
     GatekeeperConfig(alpha=alphas[0], **options)  # a bad option fails before the cache is read
-    data = _load_data(_read_run(run), features)
+    data = _load_data(_read_run(run), features, progress)
     rows = []
-    for a in alphas:
-        res = tune_gatekeeper(run, Path(out_root) / f"alpha-{a:g}", alpha=a, stage2=stage2, data=data, **options)
+    for i, a in enumerate(alphas):
+        out = Path(out_root) / f"alpha-{a:g}"
+        if progress:
+            say(f"gatekeeper: tuning alpha={a:g} ({i + 1} of {len(alphas)}) into {out}")
+        res = tune_gatekeeper(run, out, alpha=a, stage2=stage2, data=data, progress=progress, **options)
         d = res.deferral
         rows.append({"alpha": a, "accuracy": res.metrics["val_test"]["accuracy"], "auroc_f": d["auroc_f"],
                      "overlap": d["overlap"], "s_d": d["s_d"], "out": str(res.out)})
@@ -293,14 +299,14 @@ def _read_run(run) -> Run:
     return source
 
 
-def _load_data(source: Run, features):
+def _load_data(source: Run, features, progress: bool):
     from natix.heads.runs import load_dataset
 
     path = Path(features) if features is not None else Path(source.config["cache"].get("path", ""))
     if not path.is_file():
         how = "pass features=" if features is not None else f"run '{source.path}' names it; if it moved, pass features="
         raise DataError(f"cache '{path}' is missing ({how}<the cache file>)")
-    return load_dataset(path)
+    return load_dataset(path, progress=progress)
 
 
 def _build_model(source: Run, data):
@@ -339,7 +345,7 @@ def _stop_score(logit: np.ndarray, y: np.ndarray, cfg: GatekeeperConfig) -> floa
     return float(M.augrc(M.decision_errors(y, prob), M.confidence(prob)))
 
 
-def _finetune(model, X_train, y_train, X_val, y_val, cfg: GatekeeperConfig, view_dropout: float):
+def _finetune(model, X_train, y_train, X_val, y_val, cfg: GatekeeperConfig, view_dropout: float, bar):
     from natix.heads.train import predict
 
     torch.manual_seed(cfg.seed)
@@ -373,6 +379,7 @@ def _finetune(model, X_train, y_train, X_val, y_val, cfg: GatekeeperConfig, view
         history["train_loss"].append(total / n)
         history["val_score"].append(score)
         history["val_accuracy"].append(float(np.mean((logit > 0) == (y_val == 1))))
+        bar.update(1)
         if score < best - 1e-9:
             best, best_epoch, bad = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -443,7 +450,7 @@ def _deferral_of(pred: dict, stage2_correct) -> dict:
                             stage2_correct=stage2_correct)
 
 
-def _tune(source: Run, out: Path, cfg: GatekeeperConfig, data, stage2) -> GatekeeperResult:
+def _tune(source: Run, out: Path, cfg: GatekeeperConfig, data, stage2, progress: bool) -> GatekeeperResult:
     from natix.heads.splits import Splits
 
     t0 = time.perf_counter()
@@ -464,8 +471,9 @@ def _tune(source: Run, out: Path, cfg: GatekeeperConfig, data, stage2) -> Gateke
         raise DataError(f"run '{source.path}': predictions/val_test.npz does not match its splits.json: refit "
                         "the run")
     tr, va = rows["train"], rows["val_select"]
-    model, history = _finetune(model, data.X[tr], data.labels[tr], data.X[va], data.labels[va], cfg,
-                               float(base["head"].get("view_dropout", 0.0)))
+    with Progress(cfg.epochs, f"gatekeeper alpha={cfg.alpha:g}", "epoch", enabled=progress) as bar:
+        model, history = _finetune(model, data.X[tr], data.labels[tr], data.X[va], data.labels[va], cfg,
+                                   float(base["head"].get("view_dropout", 0.0)), bar)
     predictions, recal = _predict_splits(model, data, rows, cfg)
     deferral, base_deferral = _deferral_of(predictions["val_test"], c2), _deferral_of(base_pred, c2)
 
