@@ -50,6 +50,7 @@ import numpy as np
 
 from natix import metrics as M
 from natix.errors import ConfigError, DecodeError
+from natix.progress import Progress, say
 from natix.serve.inputs import as_list, check_input, decode, describe
 from natix.serve.manifest import read_key, read_manifest, thresholds
 from natix.serve.schema import SERVED_PRECISIONS, external_spec
@@ -72,6 +73,10 @@ class Bundle:
 
     Threads may share a bundle and the images they pass: each stage's backbone runs one call at a
     time, and a PIL image is read into a private array under a lock (:mod:`natix.serve.inputs`).
+
+    A call whose images span more than one batch counts them as they are answered ("predict",
+    :mod:`natix.progress`) unless given ``progress=False``; a call of one batch (a request of a
+    validator) says nothing.
     """
 
     def __init__(self, path: Path, manifest: dict, stages: list[Stage], *, external=None):
@@ -98,14 +103,15 @@ class Bundle:
                 f"head={s['head']['config'].get('head')}/{s['head']['config'].get('agg')}, calibration={cal}, "
                 f"device={self.device})")
 
-    def features(self, images, *, batch_size: int = 32) -> np.ndarray:
+    def features(self, images, *, batch_size: int = 32, progress: bool = True) -> np.ndarray:
         """Per-view features ``[n, V, D]`` in the cache's store dtype, equal to what `natix extract`
         stores for the same images; rows of images that cannot be decoded are NaN. For a cascade:
         the features of stage 1."""
-        X, _ = self._features(as_list(images), batch_size, self.stages[0])
+        X, _ = self._features(as_list(images), batch_size, self.stages[0], "features" if progress else None)
         return X
 
-    def roadwork_probability(self, images, *, batch_size: int = 32, return_stage: bool = False):
+    def roadwork_probability(self, images, *, batch_size: int = 32, return_stage: bool = False,
+                             progress: bool = True):
         """P(roadwork) per image, shape ``(n,)``, float64 in [0, 1]: the one float a miner answers.
 
         `images` is a list of paths (str or Path), encoded bytes, PIL images or ``[H, W, 3]``
@@ -123,20 +129,20 @@ class Bundle:
         them is not a path, the inputs as given) and must answer each with a probability.
 
         With ``return_stage=True`` returns ``(prob, stage)``, ``stage`` the 0-based index of the
-        answering stage per image (int64; -1 where the prior answered).
+        answering stage per image (int64; -1 where the prior answered). `progress`: see the class.
         """
         items = as_list(images)
         prob = np.full(len(items), self.prior, dtype=np.float64)
         stage = np.full(len(items), -1, dtype=np.int64)
         if self.is_cascade:
-            self._route(items, batch_size, prob, stage)
+            self._route(items, batch_size, prob, stage, progress)
         else:
-            X, ok = self._features(items, batch_size, self.stages[0])
+            X, ok = self._features(items, batch_size, self.stages[0], "predict" if progress else None)
             if ok.any():
                 prob[ok], stage[ok] = self.stages[0].proba(X[ok]), 0
         return (prob, stage) if return_stage else prob
 
-    def predict_proba(self, images, *, batch_size: int = 32, return_stage: bool = False):
+    def predict_proba(self, images, *, batch_size: int = 32, return_stage: bool = False, progress: bool = True):
         """Probabilities per image as scikit-learn returns them: shape ``(n, 2)``, columns
         P(no roadwork), P(roadwork) (classes 0 and 1); rows sum to 1.
 
@@ -145,20 +151,21 @@ class Bundle:
         """
         from natix.calibrate.checks import two_column  # as serve's other tier-2 imports: not at module import
 
-        prob, stage = self.roadwork_probability(images, batch_size=batch_size, return_stage=True)
+        prob, stage = self.roadwork_probability(images, batch_size=batch_size, return_stage=True, progress=progress)
         proba = two_column(prob)
         return (proba, stage) if return_stage else proba
 
-    def predict(self, images, *, batch_size: int = 32) -> np.ndarray:
+    def predict(self, images, *, batch_size: int = 32, progress: bool = True) -> np.ndarray:
         """Decisions ``roadwork_probability(images) > 0.5`` as int64 (0.5 is "no roadwork", as NATIX rounds)."""
-        return M.predictions(self.roadwork_probability(images, batch_size=batch_size))
+        return M.predictions(self.roadwork_probability(images, batch_size=batch_size, progress=progress))
 
-    def _route(self, items: list, batch_size: int, prob: np.ndarray, stage: np.ndarray) -> None:
+    def _route(self, items: list, batch_size: int, prob: np.ndarray, stage: np.ndarray, progress: bool) -> None:
         """Fill `prob` and `stage` as the cascade's router answers `items` (see `roadwork_probability`)."""
         rows = np.arange(len(items))  # the images that reach the current stage
         last = len(self.thresholds)
         for k, st in enumerate(self.stages):
-            X, ok = self._features([items[i] for i in rows], batch_size, st)
+            desc = f"predict stage {k + 1}" if progress else None
+            X, ok = self._features([items[i] for i in rows], batch_size, st, desc)
             rows = rows[ok]
             if len(rows) == 0:
                 return
@@ -179,8 +186,10 @@ class Bundle:
         # The same checks (shape, finiteness, range) on an answer to the inputs as given.
         return ExternalStage(lambda _: ext.fn(inputs), name=ext.name)([""] * len(inputs))
 
-    def _features(self, items: list, batch_size: int, stage: Stage) -> tuple[np.ndarray, np.ndarray]:
-        """Features ``[n, V, D]`` of `stage` (NaN rows for failures) and the mask of decoded images."""
+    def _features(self, items: list, batch_size: int, stage: Stage,
+                  desc: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """Features ``[n, V, D]`` of `stage` (NaN rows for failures) and the mask of decoded images;
+        the images are counted under `desc` when they span several batches (None: never)."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         for i, item in enumerate(items):
@@ -188,18 +197,25 @@ class Bundle:
         f = stage.featurizer
         X = np.full((len(items), f.recipe.n_views, f.dim), np.nan, dtype=f.store_dtype)
         ok = np.zeros(len(items), dtype=bool)
-        for start in range(0, len(items), batch_size):
-            decoded, rows = self._decode(items, range(start, min(start + batch_size, len(items))))
-            if len(rows) == 0:
-                continue
-            feats = stage.features(decoded)
-            finite = np.isfinite(feats).all(axis=(1, 2))
-            for i in rows[~finite]:
-                log.warning("image %d %s gives features that overflow %s: answering the prior %.4f", i,
-                            describe(items[i]), f.store_dtype, self.prior)
-            X[rows[finite]] = feats[finite]
-            ok[rows[finite]] = True
+        with Progress(len(items), desc or "", "img", enabled=desc is not None and len(items) > batch_size) as bar:
+            for start in range(0, len(items), batch_size):
+                batch = range(start, min(start + batch_size, len(items)))
+                self._answer_batch(items, batch, stage, X, ok)
+                bar.update(len(batch))
         return X, ok
+
+    def _answer_batch(self, items: list, batch: range, stage: Stage, X: np.ndarray, ok: np.ndarray) -> None:
+        """Fill the rows `batch` of `X` and `ok` with the features of those images that decode and stay finite."""
+        decoded, rows = self._decode(items, batch)
+        if len(rows) == 0:
+            return
+        feats = stage.features(decoded)
+        finite = np.isfinite(feats).all(axis=(1, 2))
+        for i in rows[~finite]:
+            log.warning("image %d %s gives features that overflow %s: answering the prior %.4f", i,
+                        describe(items[i]), stage.featurizer.store_dtype, self.prior)
+        X[rows[finite]] = feats[finite]
+        ok[rows[finite]] = True
 
     def _decode(self, items: list, positions) -> tuple[list[np.ndarray], np.ndarray]:
         """The decoded images among `items[positions]` and their positions; a warning for the others."""
@@ -226,7 +242,7 @@ def _per_stage(value, name: str, n: int) -> list:
 
 def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = None,
                 adapter: str | None = None, device: str = "cpu", precision: str | None = None,
-                external=None, verify_key=None) -> Bundle:
+                external=None, verify_key=None, progress: bool = True) -> Bundle:
     """Load and verify a bundle written by :func:`natix.serve.export.export_bundle`.
 
     Parameters
@@ -247,6 +263,8 @@ def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = N
     verify_key : bytes, or the path of a key file: refuse the bundle unless its manifest is
         signed with this key (``export_bundle(..., sign_key=...)``). Without it a signed or
         unsigned bundle loads; its hashes detect damage, not malice.
+    progress : say which backbone each stage loads (its weights are read and hashed), as a detail
+        (``-v``, :mod:`natix.progress`).
 
     Raises `DataError` for a missing or altered file, a field outside its schema or range, or a
     missing or wrong signature; `BackboneError` for weights that are not the bundle's (checked
@@ -267,9 +285,13 @@ def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = N
     where = zip(_per_stage(backbone, "backbone", n), _per_stage(checkpoint, "checkpoint", n),
                 _per_stage(adapter, "adapter", n))
     dev = resolve_device(device)
-    stages = [Stage.load(st, blobs, dev, where=f"stages[{k}]", root=path, backbone=b, checkpoint=c, adapter=a,
-                         precision=precision)
-              for k, (st, (b, c, a)) in enumerate(zip(run_stages, where))]
+    stages = []
+    for k, (st, (b, c, a)) in enumerate(zip(run_stages, where)):
+        if progress:
+            say(f"loading backbone {b or st['backbone']['spec']}" + (f" for stage {k + 1} of {n}" if n > 1 else "")
+                + " and checking its weights hash", detail=True)
+        stages.append(Stage.load(st, blobs, dev, where=f"stages[{k}]", root=path, backbone=b, checkpoint=c,
+                                 adapter=a, precision=precision))
     if named is None:
         return Bundle(path, manifest, stages)
     from natix.cascade.stages import as_external  # the caller named it: import it now
