@@ -215,7 +215,7 @@ def bench_size(n: int, args, work: Path, table: list) -> Path:
 
     for rep in range(args.repeats):
         secs, peak, _ = run_process("from natix.cli import main; main()",
-                                    ["fit-head", str(path), "--out", str(work / f"run-proc-{n}")])
+                                    ["fit-head", str(path), "--out", str(work / f"run-proc-{n}"), "--force"])
         auc = number(Run(work / f"run-proc-{n}").metrics()["val_test"]["auroc"])  # null (undefined) -> NaN
         row("natix fit-head process (linear, mean)", secs, peak, auc, ref="sk-proc")
         secs, peak, outp = run_process(SKLEARN_SCRIPT, [str(path)])

@@ -102,18 +102,18 @@ def main() -> None:
                       options=RunOptions(batch_size=16, workers=0, device=args.device, progress=False))
         fit_run(res.cache_file, work / "run", head=HeadConfig(agg="attention"), train=TrainConfig(max_epochs=20))
         calibrate_run(work / "run", method="platt")
-        bundle = load_bundle(export_bundle(work / "run", work / "bundle"), device=args.device)
+        bundle = load_bundle(export_bundle(work / "run", work / "bundle"), device=args.device, progress=False)
         naive = naive_predictor(bundle, backbone)
         raw = [p.read_bytes() for p in paths]
 
-        bundle.roadwork_probability(paths[:2])  # warm both pipelines (allocator, kernels)
+        bundle.roadwork_probability(paths[:2], progress=False)  # warm both pipelines (allocator, kernels)
         naive(paths[0])
 
         calls = [paths[i % len(paths)] for i in range(args.calls or len(paths))]
         lat = {"bundle": [], "naive": []}
         for p in calls:  # interleaved, so drift on a shared machine hits both alike
             t = time.perf_counter()
-            bundle.roadwork_probability([p])
+            bundle.roadwork_probability([p], progress=False)
             lat["bundle"].append(time.perf_counter() - t)
             t = time.perf_counter()
             naive(p)
@@ -130,11 +130,11 @@ def main() -> None:
         rows = [("naive loop (PIL views, 1 image/forward, fp32)", throughput(lambda: [naive(p) for p in paths]))]
         for b in (1, 8, 32):
             rows.append((f"bundle.roadwork_probability(paths, batch_size={b})",
-                         throughput(lambda b=b: bundle.roadwork_probability(paths, batch_size=b))))
+                         throughput(lambda b=b: bundle.roadwork_probability(paths, batch_size=b, progress=False))))
         rows.append(("bundle.roadwork_probability(bytes, batch_size=32)",
-                     throughput(lambda: bundle.roadwork_probability(raw, batch_size=32))))
+                     throughput(lambda: bundle.roadwork_probability(raw, batch_size=32, progress=False))))
 
-        ours = bundle.roadwork_probability(paths)
+        ours = bundle.roadwork_probability(paths, progress=False)
         theirs = np.array([naive(p) for p in paths])
         sizes = sorted({f"{w}x{h}" for w, h in (Image.open(p).size for p in paths)})
         n_views = bundle.manifest["stages"][0]["recipe"]["n_views"]

@@ -91,4 +91,4 @@ def test_predict_json_says_which_answers_are_the_prior(served, tmp_path):
     assert [row["prior"] for row in rows] == [False, True]
     assert rows[1]["probability"] == load_bundle(served.plain).prior
     text = CliRunner().invoke(cli, ["predict", str(served.plain), served.paths[0], str(bad)])
-    assert text.exit_code == 0 and "(prior" in text.output.splitlines()[1] and "(prior" not in text.output.splitlines()[0]
+    assert text.exit_code == 0 and "(prior" in text.stdout.splitlines()[1] and "(prior" not in text.stdout.splitlines()[0]

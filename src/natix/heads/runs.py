@@ -90,7 +90,7 @@ def load_dataset(path: str | Path, *, verify: bool = True, progress: bool = True
             if not all_finite(X):
                 raise damage_error(cache.path, [Problem("features", "features of labeled images contain NaN or inf")])
         images = cache.image_ids[labeled]
-        return Dataset(Path(path), cache.fingerprint, cache.ids[labeled], cache.labels[labeled].astype(np.int64),
+        return Dataset(Path(cache.path), cache.fingerprint, cache.ids[labeled], cache.labels[labeled].astype(np.int64),
                        cache.groups[labeled], X, cache.view_names, held_out=cache.conflict_ids & set(images.tolist()),
                        images=images, levels=cache.levels[labeled], identity=cache.identity)
 

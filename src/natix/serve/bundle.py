@@ -289,7 +289,7 @@ def load_bundle(path, *, backbone: str | None = None, checkpoint: str | None = N
     for k, (st, (b, c, a)) in enumerate(zip(run_stages, where)):
         if progress:
             say(f"loading backbone {b or st['backbone']['spec']}" + (f" for stage {k + 1} of {n}" if n > 1 else "")
-                + " and checking its weights hash", detail=True)
+                + " and checking its weights hash")
         stages.append(Stage.load(st, blobs, dev, where=f"stages[{k}]", root=path, backbone=b, checkpoint=c,
                                  adapter=a, precision=precision))
     if named is None:
