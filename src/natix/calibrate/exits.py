@@ -151,7 +151,7 @@ class LearnThenTestExit(ExitRule):
     def fit(self, q, y, confidence) -> LearnThenTestExit:
         self.ltt_ = LearnThenTest(alpha=self.alpha, delta=self.delta).fit(confidence, M.decision_errors(y, q))
         self.bound, self.threshold = Bound("selective_risk", self.alpha), self.ltt_.threshold_
-        self.guarantee = (f"LTT: P(selective risk <= {self.alpha}) >= {1 - self.delta}" if self.ltt_.certified_ else
+        self.guarantee = (f"LTT: P(selective risk <= {self.alpha:g}) >= {1 - self.delta:g}" if self.ltt_.certified_ else
                           "LTT certified no threshold: every image defers to the next stage")
         return self
 
@@ -178,7 +178,7 @@ class ConformalRiskControlExit(ExitRule):
         # CRC decides positive at q >= t; re-centring just below t sends exactly those above 0.5.
         self.recentre_below_ = float(np.nextafter(self.crc_.threshold_, -np.inf))
         self.bound = Bound("fnr", self.alpha)
-        self.guarantee = f"CRC: E[false-negative rate] <= {self.alpha} (decision at p >= {self.crc_.threshold_:.4f})"
+        self.guarantee = f"CRC: E[false-negative rate] <= {self.alpha:g} (decision at p >= {self.crc_.threshold_:.4f})"
         return self
 
     def state(self) -> dict:
@@ -289,9 +289,11 @@ class BudgetExit(ExitRule):
     budget: float
 
     def fit(self, q, y, confidence) -> BudgetExit:
+        from natix.calibrate.report import rounded
+
         b = self.budget_ = BudgetThreshold(budget=self.budget).fit(confidence)
         self.threshold = b.threshold_
-        self.guarantee = (f"budget: no guarantee; accepts confidence >= {b.threshold_:.6g}, which deferred "
+        self.guarantee = (f"budget: no guarantee; accepts confidence >= {rounded(b.threshold_)}, which deferred "
                           f"{b.deferred_fraction_:.4f} (at most budget = {self.budget:g}) of the {b.n_calibration_} "
                           "calibration images it was fitted on; on new images the deferred fraction is only estimated "
                           "and the error rate of the accepted images is not bounded")

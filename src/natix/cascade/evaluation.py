@@ -231,7 +231,8 @@ def write_cascade(out: Path, result: dict, *, router, calibration: dict, sources
     buf = io.BytesIO()
     np.savez(buf, ids=pred["ids"].astype(str), labels=pred["labels"], prob=pred["prob"], stage=pred["stage"])
     write_atomic(out / "cascade_predictions.npz", buf.getvalue())
-    files = [str(out / "cascade.json"), str(csv_path), str(png_path), str(out / "cascade_predictions.npz")]
+    files = [str(out / "cascade.json"), str(csv_path), str(png_path), str(png_path.with_suffix(".json")),
+             str(out / "cascade_predictions.npz")]
     doc = {"mode": router.mode_,
            "router": {**router.get_params(), "thresholds": router.thresholds_},
            "stages": sources, "under": under, "confidence": confidences, "calibration": calibration,
@@ -248,7 +249,8 @@ def cascade_run(stage1, stage2, *, stage3=None, target_risk: float | None = None
 
     Writes into ``out`` (default ``<stage1>/cascade``): ``cascade.json`` (strict JSON: mode,
     thresholds, stage sources, calibration procedure, metrics, compute, s_d),
-    ``cascade_curve.csv``, ``cascade_curve.png`` and ``cascade_predictions.npz`` (ids, labels,
+    ``cascade_curve.csv``, ``cascade_curve.png`` (with the numbers it drew in ``cascade_curve.json``)
+    and ``cascade_predictions.npz`` (ids, labels,
     prob, stage per val_test image). Returns the :func:`evaluate_cascade` dict plus ``router``,
     ``calibration``, ``out``, ``files`` and ``document`` (the content of cascade.json).
     """
