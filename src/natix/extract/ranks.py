@@ -116,8 +116,14 @@ def check_job(job: Job, cache_file: Path, fingerprint: str) -> None:
                           "every rank must run the same command (backbone, views, options)")
     token = secrets.token_hex(16) if job.main else None
     if job.main:
-        marker(cache_file).write_text(token)
+        try:
+            marker(cache_file).write_text(token)
+        except OSError as exc:
+            token = f"!cannot write {marker(cache_file).name}: {exc.strerror or exc}"
     token = job.broadcast(token)
+    if token.startswith("!"):  # every rank fails with the same line
+        raise CacheError(f"rank 0 {token[1:]} in '{cache_file.parent}': a torchrun job needs a cache directory "
+                         "it can write; pass --cache DIR")
     seen = _sees(marker(cache_file), token)
     results = job.gather((seen, job.host))
     if job.main:
