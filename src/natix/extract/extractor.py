@@ -344,13 +344,14 @@ def extract(source, backbone: str, *, recipe: ViewRecipe | None = None, preproce
 
     Only images whose content is not yet in the cache go through the model; an identical
     rerun does no model work, and reads no file whose size, mtime and inode are unchanged since
-    it was last hashed (see :mod:`natix.data.hashmemo`; `rehash` reads every file). Images that failed to decode are skipped while their bytes are
-    unchanged, unless `retry_failures`. The cache file is checked before any work: labels,
+    it was last hashed (see :mod:`natix.data.hashmemo`; `rehash` reads every file). Images that
+    failed to decode are skipped while their bytes are unchanged, unless `retry_failures`. The cache file is checked before any work: labels,
     paths and groups the source lists and the view table are repaired, other damage raises; a
     run that would not rewrite the cache also checks its features checksum, unless `verify` is
     False. Manifest paths outside the manifest's folder are refused unless `allow_outside`.
-    Returns what was done. Raises `NatixError` subclasses for bad input, before anything
-    is written.
+    Under ``torchrun`` every rank takes a share of the work and rank 0 merges
+    (:mod:`natix.extract.ranks`); the result is the same file one process writes. Returns what
+    was done. Raises `NatixError` subclasses for bad input, before anything is written.
     """
     import torch  # noqa: F401 - loaded before the clock starts, as the speed reported is the work's
 
