@@ -450,14 +450,14 @@ class _Work:
             options: RunOptions) -> tuple[int, int, int, list]:
         """This rank's chunks of `todo` through the model into parts ``base + chunk``; (extracted,
         failed, batch size settled on, every rank's stats) once every rank is done."""
-        sizes = [len(c) for c in chunks(len(todo), options.batch_size)]
+        parts = chunks(len(todo), options.batch_size)
         mine = my_chunks(len(todo), options.batch_size, job)
-        items = [todo[k] for c in mine for k in chunks(len(todo), options.batch_size)[c]]
+        items = [todo[k] for c in mine for k in parts[c]]
         extracted = failed = 0
         step, seconds = options.batch_size, 0.0
         bar = Progress(len(todo), "extract", "img", enabled=options.progress and job.main and bool(todo))
         if job.world > 1 and job.main:
-            bar = JobProgress(bar, writer.path, base, sizes)
+            bar = JobProgress(bar, writer.path, base, [len(c) for c in parts])
         try:
             if items:
                 writer.require_writable()

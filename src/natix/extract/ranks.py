@@ -39,7 +39,7 @@ def chunks(n: int, batch_size: int) -> list[range]:
 def my_chunks(n: int, batch_size: int, job: Job) -> list[int]:
     """This rank's chunk numbers (rank, rank + world, ...): the DataLoader's batches over their
     concatenation are exactly these chunks, as only the last chunk of the list can be short."""
-    return list(range(job.rank, len(chunks(n, batch_size)), job.world))
+    return list(range(job.rank, -(-n // batch_size), job.world))
 
 
 def shared_hashes(job: Job, paths: list, hash_files) -> list:
