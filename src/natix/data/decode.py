@@ -48,6 +48,8 @@ _LIBJPEG_WARNING = re.compile(
 # what is printed meanwhile is kept per process (pid → (descriptor, inode)).
 _STDERR_LOCK = threading.Lock()
 _SCRATCH: dict[int, tuple[int, int]] = {}
+_SCRATCH_READ: dict[int, int] = {}  # pid → how far its scratch file has been read
+_SCRATCH_LIMIT = 1 << 20  # bytes of other threads' text kept before the file is emptied
 _SAVED_STDERR: list[int | None] = [None]  # the real stderr while a capture holds descriptor 2
 
 
@@ -290,6 +292,13 @@ def _capture_stderr(call):
     failure, result = None, None
     with _STDERR_LOCK:
         sink = _scratch_fd()
+        start = _SCRATCH_READ.get(os.getpid(), 0)
+        late = _read_from(sink, start)  # another thread's write still in flight when the last capture ended
+        _pass_on(late)
+        start += len(late)
+        if start > _SCRATCH_LIMIT:  # emptied only between captures, when fd 2 no longer points at it
+            os.ftruncate(sink, 0)
+            start = 0
         try:
             try:
                 saved = os.dup(2)
@@ -308,14 +317,21 @@ def _capture_stderr(call):
                 else:
                     os.dup2(saved, 2)
                     os.close(saved)
-            size = os.fstat(sink).st_size
-            printed = os.pread(sink, size, 0) if size else b""
+            printed = _read_from(sink, start)
         finally:
-            os.ftruncate(sink, 0)
+            # Not truncated here: a write another thread began before fd 2 was restored may land
+            # after this read, and the next capture passes it on from this offset.
+            _SCRATCH_READ[os.getpid()] = start + len(printed)
     if failure is not None:
         _pass_on(_split_warnings(printed)[1])  # what other threads printed meanwhile is not lost
         raise failure
     return result, printed
+
+
+def _read_from(fd: int, offset: int) -> bytes:
+    """Everything in the scratch file from `offset` to its end."""
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size - offset, offset) if size > offset else b""
 
 
 def _scratch_fd() -> int:
@@ -339,6 +355,7 @@ def _scratch_fd() -> int:
             fd = os.dup(fh.fileno())
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
     _SCRATCH[os.getpid()] = (fd, os.fstat(fd).st_ino)
+    _SCRATCH_READ[os.getpid()] = 0
     return fd
 
 
